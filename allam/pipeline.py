@@ -1,0 +1,447 @@
+"""The one place that wires tokenizer -> data -> model -> trainer for each task.
+
+Each task is a function taking the composed, validated config. No other module reads the
+global config: each part gets only the sub-config it needs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from allam.config import ConfigError, InitName, TokenizerVariant, to_dict, validate
+
+log = logging.getLogger("allam")
+
+GROUP_FIELDS = {
+    "model": "model.name",
+    "init": "init.name",
+    "tokenizer": "tokenizer.variant",
+    "data": "data.name",
+    "optim": "optim.name",
+    "trainer": "trainer.name",
+    "logger": "logger.name",
+}
+
+
+# --------------------------------------------------------------------------- small helpers
+def _v(x):
+    return getattr(x, "value", x)
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.cache_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def group_choices(cfg: DictConfig) -> dict[str, str]:
+    """The choice made in every config group (from Hydra when it ran us, else from the names)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = dict(HydraConfig.get().runtime.choices)
+        return {k: v for k, v in choices.items() if not k.startswith("hydra") and k != "hydra"}
+    except Exception:
+        return {g: str(_v(OmegaConf.select(cfg, key))) for g, key in GROUP_FIELDS.items()}
+
+
+def world_size(t) -> int:
+    devices = t.devices
+    if isinstance(devices, int):
+        n = devices
+    elif isinstance(devices, str) and devices.isdigit():
+        n = int(devices)
+    elif hasattr(devices, "__len__") and not isinstance(devices, str):
+        n = len(devices)
+    elif devices in ("auto", -1, "-1"):
+        n = torch.cuda.device_count() if t.accelerator in ("gpu", "cuda") else 1
+    else:
+        n = 1
+    return max(1, n) * max(1, t.num_nodes)
+
+
+def tokens_per_step(cfg: DictConfig) -> int:
+    return cfg.data.batch_size * cfg.model.seq_len * cfg.trainer.accumulate_grad_batches * world_size(cfg.trainer)
+
+
+def total_steps(cfg: DictConfig) -> int:
+    """Optimizer steps of the run, from the config alone (never from the trainer; Lightning #20550)."""
+    if cfg.trainer.max_steps:
+        return int(cfg.trainer.max_steps)
+    return max(1, math.ceil(cfg.trainer.max_tokens / tokens_per_step(cfg)))
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def device_type(t) -> str:
+    return "cuda" if t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+# --------------------------------------------------------------------------- parts
+def build_tokenizer(cfg: DictConfig):
+    from allam.tokenizer import build_tokenizer as _build
+
+    init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
+    return _build(
+        cfg.tokenizer,
+        cache_dir=cache_dir(cfg) / "tokenizers",
+        init_checkpoint=init_ckpt,
+        local_files_only=cfg.init.local_files_only,
+    )
+
+
+def build_model(cfg: DictConfig, bundle, attention: str):
+    """A fresh (init=random) or loaded (init=llama2) LlamaForCausalLM sized for the tokenizer.
+
+    A loaded model whose vocabulary is smaller than the tokenizer's is resized (padded to
+    model.pad_vocab_to) and its new rows filled per init.new_embeddings, before any sharding.
+    """
+    from allam.model.build import build_random, load_pretrained, padded
+
+    m, init = cfg.model, cfg.init
+    vocab = len(bundle.tokenizer)
+    if _v(init.name) == InitName.random.value:
+        rows = m.vocab_size or padded(vocab, m.pad_vocab_to)
+        if rows < vocab:
+            raise ConfigError(f"model.vocab_size={rows}: smaller than the tokenizer's {vocab} pieces")
+        return build_random(m, init, rows, attention)
+    model = load_pretrained(m, init, attention)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab > rows:
+        if _v(cfg.tokenizer.variant) != TokenizerVariant.expanded.value or bundle.base is None:
+            raise ConfigError(
+                f"init.checkpoint={init.checkpoint}: has {rows} embedding rows but tokenizer "
+                f"({bundle.name}) has {vocab} pieces; use tokenizer=expanded to grow the vocabulary"
+            )
+        from allam.model.embeddings import resize_embeddings
+
+        resize_embeddings(
+            model,
+            base_tokenizer=bundle.base.tokenizer,
+            new_tokenizer=bundle.tokenizer,
+            strategy=_v(init.new_embeddings),
+            pad_to=m.pad_vocab_to,
+            seed=init.seed,
+        )
+    return model
+
+
+def build_datamodule(cfg: DictConfig, tokenizer):
+    from allam.data.datamodule import AllamDataModule
+
+    return AllamDataModule(
+        cfg.data,
+        tokenizer,
+        seq_len=cfg.model.seq_len,
+        cache_dir=cache_dir(cfg) / "data",
+        train_batches=total_steps(cfg) * cfg.trainer.accumulate_grad_batches,
+    )
+
+
+def build_logger(cfg: DictConfig, out: Path):
+    name = _v(cfg.logger.name)
+    if name == "none":
+        return False
+    if name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = cfg.logger.mode
+        os.environ.setdefault("WANDB_MODE", mode)
+        return WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            save_dir=str(out),
+            offline=mode != "online",
+            tags=list(cfg.logger.tags),
+            config=to_dict(cfg),
+        )
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(str(out), name="csv", version="")
+
+
+def build_strategy(t):
+    strategy = str(t.strategy)
+    if strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        return FSDPStrategy(
+            auto_wrap_policy={LlamaDecoderLayer},
+            activation_checkpointing_policy=None,
+            sharding_strategy="FULL_SHARD",
+            state_dict_type="sharded",
+            use_orig_params=True,
+        )
+    return strategy
+
+
+def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    t = cfg.trainer
+    ckpt = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_steps or None,
+        save_last=True,
+        save_top_k=-1 if t.checkpoint_every_steps else 0,
+    )
+    cbs = [ckpt, *callbacks]
+    if t.progress_bar:
+        cbs.append(TQDMProgressBar(refresh_rate=1))
+    val_every = t.val_every_steps * t.accumulate_grad_batches if t.val_every_steps else None
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(t),
+        precision=t.precision,
+        max_steps=steps,
+        max_epochs=1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=build_logger(cfg, out),
+        callbacks=cbs,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        deterministic=t.deterministic,
+        use_distributed_sampler=False,
+    )
+
+
+def export_hf(model, bundle, out: Path) -> Path:
+    """A Hugging Face folder (safetensors weights, config, tokenizer) that Auto* classes load."""
+    out.mkdir(parents=True, exist_ok=True)
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "sdpa"  # xformers is registered only inside allam
+    model.config.use_cache = True
+    try:
+        model.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        model.config._attn_implementation = impl
+        model.config.use_cache = False
+    bundle.tokenizer.save_pretrained(str(out))
+    return out
+
+
+# --------------------------------------------------------------------------- tasks
+def train(cfg: DictConfig) -> dict:
+    """Train (or continue training) and write results.json; returns the results."""
+    import lightning as L
+
+    from allam.model.build import flops_per_token, parameter_counts
+    from allam.tokenizer import token_byte_lengths
+    from allam.train.callbacks import Throughput
+    from allam.train.module import CausalLM
+
+    validate(cfg)
+    out = run_dir(cfg)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
+
+    bundle = build_tokenizer(cfg)
+    attention = resolve_attention_for(cfg)
+    model = build_model(cfg, bundle, attention)
+    steps = total_steps(cfg)
+    dm = build_datamodule(cfg, bundle.tokenizer)
+    dm.prepare()
+
+    counts = parameter_counts(model)
+    fpt = flops_per_token(model.config, counts["non_embedding"], cfg.model.seq_len)
+    warm_steps = math.ceil(cfg.init.embedding_warmup_tokens / tokens_per_step(cfg)) if cfg.init.embedding_warmup_tokens else 0
+    module = CausalLM(
+        model,
+        cfg.optim,
+        total_steps=steps,
+        token_bytes=token_byte_lengths(bundle.tokenizer),
+        val_languages=dm.val_languages,
+        embedding_warmup_steps=warm_steps,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        compile=cfg.trainer.compile,
+    )
+    throughput = Throughput(fpt, str(cfg.trainer.precision), cfg.trainer.peak_tflops, cfg.trainer.log_every_n_steps)
+    trainer = build_trainer(cfg, out, [throughput], steps)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tokens_per_step(cfg):,}", out)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt)
+    if not module.final_val:
+        trainer.validate(module, datamodule=dm, verbose=False)
+
+    results = {
+        "task": "train",
+        "run_dir": str(out),
+        "choices": group_choices(cfg),
+        "model.parameters": counts["total"],
+        "model.non_embedding_parameters": counts["non_embedding"],
+        "model.attention": attention,
+        "tokenizer.name": bundle.name,
+        "tokenizer.vocab_size": len(bundle.tokenizer),
+        "train.steps": trainer.global_step,
+        "train.tokens": throughput.tokens,
+        "train.seconds": throughput.train_seconds,
+        "train.tokens_per_second": throughput.tokens_per_second,
+        "train.mfu": throughput.mfu,
+        "train.mfu_peak_source": throughput.peak_source,
+        "train.flops_per_token": fpt,
+        "train.loss": _metric(trainer, "train/loss"),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    for lang, vals in module.final_val.items():
+        for key in ("loss", "bpb", "tokens", "bytes"):
+            results[f"val.{lang}.{key}"] = vals[key]
+    if hasattr(dm, "mix_report"):
+        results["data"] = dm.mix_report()
+    if cfg.export and trainer.is_global_zero:
+        results["export"] = str(export_hf(module.model, bundle, out / "hf"))
+    results["config"] = to_dict(cfg)
+    path = write_results(out, results)
+    print_summary(results, path)
+    return results
+
+
+def _metric(trainer, key: str):
+    v = trainer.callback_metrics.get(key)
+    return float(v) if v is not None else None
+
+
+def resolve_attention_for(cfg: DictConfig) -> str:
+    from allam.model.attention import resolve_attention
+
+    return resolve_attention(_v(cfg.model.attention), device_type(cfg.trainer), compute_dtype(str(cfg.trainer.precision)))
+
+
+def write_results(out: Path, results: dict) -> Path:
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def print_summary(results: dict, path: Path) -> None:
+    def f(key, fmt="{:.4f}"):
+        v = results.get(key)
+        return fmt.format(v) if isinstance(v, (int, float)) else "n/a"
+
+    print()
+    print(f"tokens seen      {f('train.tokens', '{:,}')} in {f('train.seconds', '{:.1f}')} s ({f('train.tokens_per_second', '{:,.0f}')} tokens/s)")
+    for lang in ("ar", "en"):
+        if f"val.{lang}.loss" in results:
+            print(f"val {lang}           loss {f(f'val.{lang}.loss')}  bits/byte {f(f'val.{lang}.bpb')}")
+    print(f"results: {path}")
+
+
+def plan(cfg: DictConfig) -> dict:
+    """Meta-device model and a memory estimate; reads and downloads nothing."""
+    from allam.model.plan import make_plan
+
+    validate(cfg)
+    vocab = cfg.model.vocab_size
+    source = "model.vocab_size"
+    if vocab is None:
+        bundle = build_tokenizer(cfg)
+        from allam.model.build import padded
+
+        vocab, source = padded(len(bundle.tokenizer), cfg.model.pad_vocab_to), f"tokenizer {bundle.name}"
+    p = make_plan(cfg, vocab)
+    print(f"plan: model={cfg.model.name} init={_v(cfg.init.name)} tokenizer={_v(cfg.tokenizer.variant)} (vocabulary from {source})")
+    for line in p.lines():
+        print("  " + line)
+    results = {"task": "plan", "choices": group_choices(cfg), **{f"plan.{k}": v for k, v in p.as_dict().items()}}
+    results["model.parameters"] = p.parameters
+    return results
+
+
+def export(cfg: DictConfig) -> dict:
+    """Export a Hugging Face folder from a Lightning checkpoint of an allam run (ckpt=...)."""
+    from allam.train.checkpoint import load_module_state
+
+    if not cfg.ckpt:
+        raise ConfigError("ckpt=None: task=export needs ckpt=<path to a .ckpt of an allam run>")
+    ckpt = Path(cfg.ckpt)
+    if not ckpt.exists():
+        raise ConfigError(f"ckpt={cfg.ckpt}: no such checkpoint")
+    train_cfg = training_config_for(ckpt) or cfg
+    bundle = build_tokenizer(train_cfg)
+    model = build_model_skeleton(train_cfg, bundle)
+    load_module_state(model, ckpt)
+    out = Path(cfg.paths.output_dir) / "hf"
+    export_hf(model, bundle, out)
+    print(f"exported: {out}")
+    return {"task": "export", "export": str(out), "ckpt": str(ckpt)}
+
+
+def training_config_for(ckpt: Path) -> DictConfig | None:
+    """The resolved config saved next to a run's checkpoints (run_dir/config.yaml)."""
+    for parent in ckpt.resolve().parents:
+        candidate = parent / "config.yaml"
+        if candidate.exists():
+            from allam.config import AllamConfig
+
+            schema = OmegaConf.structured(AllamConfig)
+            return OmegaConf.merge(schema, OmegaConf.load(candidate))
+    return None
+
+
+def build_model_skeleton(cfg: DictConfig, bundle):
+    """A model with the run's final shape (vocabulary included) to load trained weights into."""
+    from transformers import LlamaForCausalLM
+
+    from allam.model.build import checkpoint_config, llama_config, padded
+
+    vocab = len(bundle.tokenizer)
+    if _v(cfg.init.name) == InitName.llama2.value:
+        hf_cfg = checkpoint_config(cfg.init.checkpoint, cfg.init.local_files_only)
+        if vocab > hf_cfg.vocab_size:  # the run grew the vocabulary (tokenizer=expanded)
+            hf_cfg.vocab_size = padded(vocab, cfg.model.pad_vocab_to)
+        hf_cfg._attn_implementation = "sdpa"
+    else:
+        hf_cfg = llama_config(cfg.model, cfg.model.vocab_size or padded(vocab, cfg.model.pad_vocab_to), "sdpa")
+    return LlamaForCausalLM(hf_cfg)
+
+
+def tokenizer_report(cfg: DictConfig) -> dict:
+    from allam.tokenizer.report import run_report
+
+    validate(cfg)
+    return run_report(cfg.tokenizer, cache_dir=cache_dir(cfg) / "tokenizers", out_dir=run_dir(cfg))
+
+
+TASKS = {
+    "train": train,
+    "plan": plan,
+    "export": export,
+    "tokenizer-report": tokenizer_report,
+}
+
+
+def run(cfg: DictConfig) -> dict:
+    task = _v(cfg.task)
+    if task not in TASKS:
+        raise ConfigError(f"task={task}: not implemented yet; available: {', '.join(TASKS)}")
+    return TASKS[task](cfg)

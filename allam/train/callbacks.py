@@ -1,0 +1,126 @@
+"""Callbacks: tokens seen, tokens/s and MFU."""
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import lightning as L
+import torch
+
+# Dense peak TFLOP/s by device name fragment and compute dtype (vendor datasheets, no sparsity).
+_PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp32": 67.0},
+    "H100": {"bf16": 989.0, "fp32": 67.0},  # SXM; PCIe is lower (756)
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.0, "fp32": 91.6},
+    "A10": {"bf16": 125.0, "fp32": 31.2},
+    "V100": {"bf16": 125.0, "fp32": 15.7},
+}
+
+
+@lru_cache(maxsize=None)
+def measured_cpu_tflops() -> float:
+    """float32 matmul rate of this CPU, measured once; the denominator of MFU on CPUs."""
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    for _ in range(2):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        a @ b
+        n += 1
+    return 2 * 1024**3 * n / (time.perf_counter() - t0) / 1e12
+
+
+def peak_tflops(device: torch.device, precision: str, override: float | None) -> tuple[float, str]:
+    """(peak TFLOP/s per device, where the figure comes from)."""
+    if override:
+        return float(override), "trainer.peak_tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        kind = "fp32" if precision.startswith("32") else "bf16"
+        for frag, table in _PEAK_TFLOPS.items():
+            if frag in name:
+                return table[kind], f"datasheet {frag} {kind}"
+        return 0.0, f"unknown GPU '{name}': set trainer.peak_tflops"
+    return measured_cpu_tflops(), "measured fp32 matmul rate of this CPU"
+
+
+class Throughput(L.Callback):
+    """Logs train/tokens, train/tokens_per_s, train/mfu and the learning rate.
+
+    Tokens count input positions of every micro-batch on every rank. Time counts training
+    only: validation passes are subtracted.
+    """
+
+    def __init__(self, flops_per_token: float, precision: str, peak_override: float | None, log_every: int) -> None:
+        self.flops_per_token = flops_per_token
+        self.precision = precision
+        self.peak_override = peak_override
+        self.log_every = max(1, log_every)
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.peak = 0.0
+        self.peak_source = ""
+        self._t_last: float | None = None
+        self._window_tokens = 0
+        self._window_t0: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.peak, self.peak_source = peak_tflops(pl_module.device, self.precision, self.peak_override)
+        self.peak *= 1e12
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._t_last is None:
+            self._t_last = now
+            self._window_t0 = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        n = int(batch.shape[0] * (batch.shape[1] - 1)) * trainer.world_size
+        self.tokens += n
+        self._window_tokens += n
+        self.train_seconds += now - self._t_last
+        self._t_last = now
+        pl_module.log("train/tokens", float(self.tokens), on_step=True, on_epoch=False)
+        opt = trainer.optimizers[0] if trainer.optimizers else None
+        if opt is not None:
+            pl_module.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if trainer.global_step % self.log_every == 0 and now > self._window_t0:
+            rate = self._window_tokens / (now - self._window_t0)
+            pl_module.log("train/tokens_per_s", rate, prog_bar=True, on_step=True, on_epoch=False)
+            if self.peak > 0:
+                mfu = rate * self.flops_per_token / (self.peak * trainer.world_size)
+                pl_module.log("train/mfu", mfu, on_step=True, on_epoch=False)
+            self._window_tokens, self._window_t0 = 0, now
+
+    def _pause(self) -> None:
+        if self._t_last is not None:
+            self.train_seconds += time.perf_counter() - self._t_last
+            self._t_last = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._pause()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._t_last = time.perf_counter()
+            self._window_t0 = self._t_last
+            self._window_tokens = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def mfu(self) -> float | None:
+        if self.peak <= 0:
+            return None
+        return self.tokens_per_second * self.flops_per_token / self.peak / max(1, self._world)
+
+    _world = 1
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._world = trainer.world_size

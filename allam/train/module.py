@@ -1,0 +1,113 @@
+"""The LightningModule: next-token loss, optimizer and schedule, per-language validation."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from allam.eval.bpb import BitsPerByte
+from allam.train.optim import build_optimizer, build_scheduler
+
+
+class CausalLM(L.LightningModule):
+    """Trains a Hugging Face causal LM on packed blocks [batch, seq_len + 1].
+
+    Validation runs one dataloader per language (`val_languages`) and logs
+    `val/<lang>/loss` (mean NLL per token) and `val/<lang>/bpb` (bits per byte).
+    With `embedding_warmup_steps` > 0 only the input embeddings and the output head train
+    for that many optimizer steps; then every parameter trains.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim_cfg,
+        total_steps: int,
+        token_bytes: np.ndarray,
+        val_languages: list[str],
+        embedding_warmup_steps: int = 0,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim_cfg
+        self.total_steps = total_steps
+        self.val_languages = list(val_languages)
+        self.embedding_warmup_steps = embedding_warmup_steps
+        self.compile = compile
+        self.register_buffer("token_bytes", torch.as_tensor(token_bytes, dtype=torch.long), persistent=False)
+        self._val = {lang: BitsPerByte() for lang in self.val_languages}
+        self.final_val: dict[str, dict[str, float]] = {}
+        self._frozen: bool | None = None
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.compile and not getattr(self, "_compiled", False):
+            self.model.model = torch.compile(self.model.model)
+            self._compiled = True
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+    # ------------------------------------------------------------------ embedding warm-up
+    def embedding_params(self) -> set[int]:
+        ids = {id(self.model.get_input_embeddings().weight)}
+        head = self.model.get_output_embeddings()
+        if head is not None:
+            ids.add(id(head.weight))
+        return ids
+
+    def _set_frozen(self, frozen: bool) -> None:
+        if self._frozen is frozen:
+            return
+        keep = self.embedding_params()
+        for p in self.model.parameters():
+            if id(p) not in keep:
+                p.requires_grad_(not frozen)
+        self._frozen = frozen
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.embedding_warmup_steps > 0:
+            self._set_frozen(self.global_step < self.embedding_warmup_steps)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = self(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        for acc in self._val.values():
+            acc.reset()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        lang = self.val_languages[dataloader_idx]
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = self(inputs)
+        self._val[lang].update(logits, targets, self.token_bytes)
+
+    def on_validation_epoch_end(self) -> None:
+        out = {}
+        for lang, acc in self._val.items():
+            state = torch.tensor(acc.state(), dtype=torch.float64, device=self.device)
+            state = self.trainer.strategy.reduce(state, reduce_op="sum") if self.trainer.world_size > 1 else state
+            nll_all, tokens, nll_bytes, nbytes = state.tolist()
+            acc.merge(nll_all, int(tokens), nll_bytes, int(nbytes))
+            if acc.tokens_all == 0:
+                continue
+            out[lang] = {"loss": acc.loss, "bpb": acc.bpb, "tokens": acc.tokens_all, "bytes": acc.bytes}
+            self.log(f"val/{lang}/loss", acc.loss, prog_bar=True, sync_dist=False)
+            self.log(f"val/{lang}/bpb", acc.bpb, sync_dist=False)
+        self.final_val = out
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optim_cfg)
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,75 @@
+"""Every option of every group composes; bad overrides fail with one line naming the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from allam.config import ROOT, ConfigError, group_choices, validate
+
+GROUPS = ["model", "init", "tokenizer", "data", "optim", "trainer", "logger"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_choice_composes_and_validates(make_cfg, group):
+    choices = group_choices(group)
+    assert choices, f"conf/{group} is empty"
+    for choice in choices:
+        extra = []
+        if group == "init" and choice == "llama2":
+            extra = ["model=7b"]  # tiny has no published checkpoint
+        cfg = make_cfg(f"{group}={choice}", *extra)
+        validate(cfg)
+        if group in ("model", "logger", "data", "trainer"):
+            assert cfg[group].name == choice
+
+
+def test_every_experiment_composes(make_cfg):
+    for choice in group_choices("experiment"):
+        validate(make_cfg(f"experiment={choice}"))
+
+
+def test_readme_example_composes(make_cfg):
+    cfg = make_cfg("model=13b", "init=llama2", "data.ar_ratio=0.4")
+    validate(cfg)
+    assert cfg.init.checkpoint == "meta-llama/Llama-2-13b-hf"
+    assert cfg.model.vocab_size == 32000 and cfg.data.ar_ratio == 0.4
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.ar_ratio=1.5", "data.ar_ratio=1.5: must be a fraction in [0, 1]"),
+        ("model=15b", "model=15b: no such choice; allowed: 13b, 1b, 70b, 7b, tiny"),
+        ("data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
+        ("model.attention=flash", "model.attention=flash: allowed: auto, xformers, sdpa, eager"),
+        ("data.batch_size=many", "data.batch_size=many:"),
+        ("optim.lr=-1", "optim.lr=-1.0: must be positive"),
+        ("init=llama2", "init.checkpoint=None: init=llama2 needs a checkpoint"),
+    ],
+)
+def test_bad_override_fails_with_one_line(override, expected):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), override], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: " + expected), lines[0]
+
+
+def test_validate_rejects_ratio_without_arabic_source(make_cfg):
+    cfg = make_cfg("~data.sources.tafsir_ar", "~data.sources.hadith_ar", "~data.sources.bible_ar")
+    with pytest.raises(ConfigError, match="data.ar_ratio=0.45: is above 0 but data.sources has no Arabic source"):
+        validate(cfg)
+    validate(make_cfg("~data.sources.tafsir_ar", "~data.sources.hadith_ar", "~data.sources.bible_ar", "data.ar_ratio=0"))
+
+
+def test_cfg_job_prints_composed_config():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "model=13b", "init=llama2", "data.ar_ratio=0.4", "--cfg", "job"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "hidden_size: 5120" in proc.stdout and "ar_ratio: 0.4" in proc.stdout
