@@ -41,6 +41,8 @@ def main(cfg: DictConfig) -> None:
     from allam import pipeline
 
     logging.getLogger("allam").setLevel(logging.INFO)
+    # Lightning prints through its own handler; don't print its lines a second time through Hydra's
+    logging.getLogger("lightning.pytorch").propagate = False
     try:
         pipeline.run(cfg)
     except ConfigError as exc:

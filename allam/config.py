@@ -162,6 +162,7 @@ class SourceConfig:
     max_wrong_script: float = 0.5  # drop a document whose share of the other script's letters exceeds this
     dedup: bool = True
     skip_bad_utf8: bool = False  # False: a non-UTF-8 file is an error naming file and byte offset
+    pair_field: Optional[str] = None  # translated jsonl/parquet/hf sources: field with the English original (parallel_pairs)
 
 
 @dataclass
@@ -186,6 +187,7 @@ class DataConfig:
     val_blocks: int = 16  # validation blocks per language (0: the whole held-out text)
     allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota
     seed: int = 1234
+    allow_fingerprint_change: bool = False  # resume even if the data fingerprint differs from the checkpoint's
 
 
 @dataclass

@@ -219,7 +219,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
         strategy=build_strategy(t),
         precision=t.precision,
         max_steps=steps,
-        max_epochs=1,
+        max_epochs=-1,  # max_steps ends the run; an epoch is one pass over the blend
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=val_every,
@@ -425,11 +425,44 @@ def build_model_skeleton(cfg: DictConfig, bundle):
     return LlamaForCausalLM(hf_cfg)
 
 
+REPORT_VARIANTS = (
+    {"variant": "base", "base": "english8k"},
+    {"variant": "base", "base": "mistral7b"},
+    {"variant": "expanded", "base": "english8k"},
+    {"variant": "expanded", "base": "mistral7b"},
+    {"variant": "bilingual"},
+)
+
+
 def tokenizer_report(cfg: DictConfig) -> dict:
-    from allam.tokenizer.report import run_report
+    """Fertility of each tokenizer variant on held-out Arabic and English (JSON + PNG in the run dir).
+
+    Compares the configured tokenizer with the two offline bases, their expansions (with
+    tokenizer.num_new_tokens new pieces) and the bilingual tokenizer (tokenizer.vocab_size).
+    """
+    from allam.data.demo import demo_texts
+    from allam.tokenizer import build_tokenizer as _build
+    from allam.tokenizer import tokenizer_report as _report
 
     validate(cfg)
-    return run_report(cfg.tokenizer, cache_dir=cache_dir(cfg) / "tokenizers", out_dir=run_dir(cfg))
+    bundles, seen = [], set()
+    wanted = [dict(c) for c in REPORT_VARIANTS]
+    configured = {"variant": _v(cfg.tokenizer.variant), "base": cfg.tokenizer.base}
+    if configured not in wanted and configured["base"] != "auto":
+        wanted.insert(0, configured)
+    init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
+    for spec in wanted:
+        tcfg = OmegaConf.merge(cfg.tokenizer, spec)
+        bundle = _build(tcfg, cache_dir=cache_dir(cfg) / "tokenizers", init_checkpoint=init_ckpt,
+                        local_files_only=cfg.init.local_files_only)
+        if bundle.name not in seen:
+            seen.add(bundle.name)
+            bundles.append(bundle)
+    report = _report(bundles, run_dir(cfg), lambda lang: demo_texts(lang, "val"))
+    results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report}
+    path = write_results(run_dir(cfg), results)
+    print(f"results: {path}")
+    return results
 
 
 TASKS = {

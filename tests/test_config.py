@@ -26,8 +26,15 @@ def test_every_choice_composes_and_validates(make_cfg, group):
 
 
 def test_every_experiment_composes(make_cfg):
-    for choice in group_choices("experiment"):
-        validate(make_cfg(f"experiment={choice}"))
+    choices = group_choices("experiment")
+    assert {"english_base", "adapt_toy", "allam7b_scratch", "allam13b_adapt"} <= set(choices)
+    for choice in choices:
+        cfg = make_cfg(f"experiment={choice}")
+        if cfg.init.name.value == "llama2" and cfg.init.checkpoint is None:
+            with pytest.raises(ConfigError, match="init.checkpoint=None"):
+                validate(cfg)  # the toy adaptation names the english_base export on the command line
+            cfg = make_cfg(f"experiment={choice}", "init.checkpoint=/tmp/some-export")
+        validate(cfg)
 
 
 def test_readme_example_composes(make_cfg):
@@ -73,3 +80,21 @@ def test_cfg_job_prints_composed_config():
     )
     assert proc.returncode == 0, proc.stderr
     assert "hidden_size: 5120" in proc.stdout and "ar_ratio: 0.4" in proc.stdout
+
+
+def test_sweep_parameters_are_plain_overrides(make_cfg):
+    """Every W&B sweep value composes as an ordinary Hydra override."""
+    import itertools
+
+    import yaml
+
+    files = sorted((ROOT / "sweeps").glob("*.yaml"))
+    assert files
+    for f in files:
+        spec = yaml.safe_load(f.read_text())
+        assert spec["command"][-1] == "${args_no_hyphens}", f
+        params = spec["parameters"]
+        axes = [[(k, v) for v in (p["values"] if "values" in p else [p["value"]])] for k, p in params.items()]
+        for combo in itertools.product(*axes):
+            cfg = make_cfg(*[f"{k}={v}" for k, v in combo])
+            validate(cfg)

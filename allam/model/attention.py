@@ -65,15 +65,15 @@ def register_xformers() -> None:
 @lru_cache(maxsize=None)
 def xformers_status(device_type: str, dtype: torch.dtype) -> tuple[bool, str]:
     """(runs, reason): whether xformers' kernels run for this device type and dtype."""
+    if device_type == "cpu":
+        return False, "xformers has no CPU kernels"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False, "CUDA is not available"
     try:
         import xformers  # noqa: F401
         import xformers.ops as xops
     except Exception as exc:  # pragma: no cover - depends on the install
         return False, f"xformers is not importable ({type(exc).__name__}: {exc})"
-    if device_type == "cpu":
-        return False, "xformers has no CPU kernels"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return False, "CUDA is not available"
     try:
         q = torch.randn(1, 8, 2, 64, device=device_type, dtype=dtype)
         xops.memory_efficient_attention(q, q, q, attn_bias=xops.fmha.attn_bias.LowerTriangularMask())

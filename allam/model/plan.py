@@ -45,6 +45,15 @@ class Plan:
             f"memory/GPU   {mem['total']:.1f} GiB estimated for {self.precision}, {self.optimizer}, strategy={self.strategy}: "
             f"weights {mem['weights']:.1f}, gradients {mem['gradients']:.1f}, optimizer {mem['optimizer']:.1f}, "
             f"activations {mem['activations']:.1f}, logits {mem['logits']:.1f}",
+        ] + self.hints()
+
+    def hints(self, gpu_gib: float = 80.0) -> list[str]:
+        if self.memory_gib["total"] <= gpu_gib:
+            return []
+        return [
+            f"hint         over an {gpu_gib:.0f} GiB GPU: try model.gradient_checkpointing=true, a smaller "
+            "data.batch_size with trainer.accumulate_grad_batches, trainer=fsdp with more devices/nodes, "
+            "trainer.precision=bf16-true or optim=adamw8bit"
         ]
 
 

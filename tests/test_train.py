@@ -1,0 +1,174 @@
+"""End to end through the real Trainer: tiny models, a few steps, real tokenizers and files."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from allam import pipeline
+from allam.config import ConfigError
+
+FAST = [
+    "trainer.max_steps=3",
+    "data.batch_size=2",
+    "data.val_blocks=2",
+    "trainer.log_every_n_steps=1",
+]
+SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
+               "model.seq_len=64"]
+
+REQUIRED = ["val.ar.bpb", "val.en.bpb", "val.ar.loss", "val.en.loss", "train.tokens", "train.tokens_per_second",
+            "model.parameters"]
+
+
+def test_default_config_trains_and_writes_results(make_cfg, tmp_path, capsys):
+    """The default job (tiny model, demo corpus, english8k tokenizer), cut to 3 steps."""
+    out = tmp_path / "run"
+    res = pipeline.train(make_cfg(*FAST, out=out))
+    saved = json.loads((out / "results.json").read_text())
+    for key in REQUIRED:
+        assert key in saved and saved[key] is not None, key
+    assert saved["train.tokens"] == 3 * 2 * 256
+    assert 6.5e6 < saved["model.parameters"] < 8e6
+    assert saved["choices"]["model"] == "tiny" and saved["choices"]["init"] == "random"
+    assert saved["tokenizer.name"] == "english8k" and saved["tokenizer.vocab_size"] == 8192
+    for lang in ("ar", "en"):
+        # three steps from random init: no better than a few nats under uniform over the vocabulary
+        assert math.log(8192) - 4 < saved[f"val.{lang}.loss"] < math.log(8192) + 0.5
+        assert 0 < saved[f"val.{lang}.bpb"] < 20
+    assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.ckpt").exists()
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"results: {out / 'results.json'}"
+    assert res["model.attention"] == "sdpa"
+
+
+def test_training_lowers_loss_with_adamw8bit(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=30", "data.batch_size=4", "data.val_blocks=4", "optim=adamw8bit",
+                   "optim.lr=3e-3", "optim.warmup_steps=2", "export=false", "logger=csv", out=out)
+    res = pipeline.train(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(out / "csv" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert res["val.en.loss"] < math.log(8192) - 1.0
+    assert any(r.get("train/tokens_per_s") for r in rows) and any(r.get("train/mfu") for r in rows)
+    assert any(r.get("train/lr") for r in rows)
+
+
+def _save_tiny_llama(folder: Path, tokenizer, hidden=64, vocab=None) -> Path:
+    cfg = LlamaConfig(vocab_size=vocab or len(tokenizer), hidden_size=hidden, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=128, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def english8k(make_cfg):
+    return pipeline.build_tokenizer(make_cfg())
+
+
+def test_init_llama2_from_saved_checkpoint(make_cfg, tmp_path, english8k):
+    ckpt = _save_tiny_llama(tmp_path / "base", english8k.tokenizer)
+    out = tmp_path / "run"
+    cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST, out=out)
+    before = LlamaForCausalLM.from_pretrained(ckpt).model.layers[0].mlp.up_proj.weight.clone()
+    res = pipeline.train(cfg)
+    assert res["choices"]["init"] == "llama2"
+    assert res["model.parameters"] == sum(p.numel() for p in LlamaForCausalLM.from_pretrained(ckpt).parameters())
+    after = AutoModelForCausalLM.from_pretrained(out / "hf").model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(before, after)  # it trained from the loaded weights
+    assert (after - before).abs().max() < 0.05  # ...and did not start from random ones
+
+
+def test_init_llama2_vocab_mismatch_is_a_clear_error(make_cfg, tmp_path, english8k):
+    ckpt = _save_tiny_llama(tmp_path / "small-vocab", english8k.tokenizer, vocab=4096)
+    cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST)
+    with pytest.raises(ConfigError, match=r"has 4096 embedding rows but tokenizer .* has 8192 pieces; use tokenizer=expanded"):
+        pipeline.train(cfg)
+
+
+def test_init_llama2_architecture_mismatch_names_both(make_cfg, tmp_path, english8k):
+    ckpt = _save_tiny_llama(tmp_path / "wide", english8k.tokenizer, hidden=128)
+    cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST)
+    with pytest.raises(ConfigError, match=r"model=tiny disagrees with init.checkpoint=.*hidden_size 64 vs 128"):
+        pipeline.train(cfg)
+
+
+def test_init_llama2_refuses_pickle_only_checkpoint(make_cfg, tmp_path, english8k):
+    folder = tmp_path / "pickled"
+    cfg = LlamaConfig(vocab_size=8192, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=False)
+    english8k.tokenizer.save_pretrained(folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ConfigError, match="safetensors"):
+        pipeline.train(make_cfg("init=llama2", f"init.checkpoint={folder}", *SMALL_MODEL, *FAST))
+
+
+def test_export_reproduces_training_logits(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    pipeline.train(make_cfg(*SMALL_MODEL, *FAST, out=out))
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    model = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32).eval()
+    ids = tok(["The word of God. قال رسول الله"], return_tensors="pt").input_ids
+    # the same weights, read back out of the Lightning checkpoint
+    from allam.train.checkpoint import model_state, read_checkpoint
+
+    ref = LlamaForCausalLM(model.config)
+    ref.load_state_dict(model_state(read_checkpoint(out / "checkpoints" / "last.ckpt")), strict=False)
+    with torch.no_grad():
+        diff = (model(ids).logits - ref.eval()(ids).logits).abs().max().item()
+    assert diff < 1e-4
+    gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert gen.shape[1] == ids.shape[1] + 5
+    # task=export from the checkpoint gives the same folder contents
+    exp = tmp_path / "exported"
+    pipeline.export(make_cfg("task=export", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", out=exp))
+    again = AutoModelForCausalLM.from_pretrained(exp / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (again(ids).logits - model(ids).logits).abs().max().item() < 1e-5
+
+
+def test_embedding_warmup_freezes_then_unfreezes(make_cfg, tmp_path, monkeypatch):
+    """init.embedding_warmup_tokens: only embeddings and head move for that many tokens."""
+    import lightning as L
+
+    snaps = []
+
+    class Snap(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            m = module.model
+            snaps.append((trainer.global_step, m.model.layers[0].mlp.up_proj.weight.detach().clone(),
+                          m.model.embed_tokens.weight.detach().clone()))
+
+    real = pipeline.build_trainer
+    monkeypatch.setattr(pipeline, "build_trainer", lambda cfg, out, cbs, steps: real(cfg, out, [*cbs, Snap()], steps))
+    # 2 x 64 tokens per step: 256 warm-up tokens = 2 steps
+    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "data.batch_size=2", "data.val_blocks=1", "export=false",
+                   "init.embedding_warmup_tokens=256", "optim.warmup_steps=0")
+    pipeline.train(cfg)
+    steps = {s: (w, e) for s, w, e in snaps}
+    assert torch.equal(steps[0][0], steps[2][0])  # layers frozen during steps 0 and 1
+    assert not torch.equal(steps[0][1], steps[2][1])  # embeddings trained
+    assert not torch.equal(steps[2][0], steps[4][0])  # unfrozen from step 2 on
+
+
+def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
+    out1 = tmp_path / "first"
+    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=2", "data.val_blocks=1",
+                            "export=false", out=out1))
+    out2 = tmp_path / "second"
+    res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2", "data.val_blocks=1",
+                                  "export=false", f"ckpt={out1 / 'checkpoints' / 'last.ckpt'}", out=out2))
+    assert res["train.steps"] == 4
+    assert res["train.tokens"] == 2 * 2 * 64  # only the two new steps ran here
