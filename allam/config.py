@@ -24,15 +24,6 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------- enums
-class Task(str, Enum):
-    train = "train"
-    plan = "plan"
-    tokenizer_report = "tokenizer-report"
-    eval = "eval"
-    export = "export"
-    report = "report"
-
-
 class Attention(str, Enum):
     auto = "auto"
     xformers = "xformers"
@@ -246,7 +237,7 @@ class PathsConfig:
 
 @dataclass
 class AllamConfig:
-    task: Task = Task.train
+    task: str = "train"  # train | plan | tokenizer-report | export
     ckpt: Optional[str] = None  # checkpoint for resume / eval / export
     export: bool = True  # export a Hugging Face folder at the end of training
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -268,6 +259,7 @@ register()
 
 
 # --------------------------------------------------------------------------- validation
+TASKS = ("train", "plan", "tokenizer-report", "export")
 GROUPS = ("model", "init", "tokenizer", "data", "optim", "trainer", "logger", "paths", "experiment")
 
 
@@ -295,6 +287,8 @@ def _positive(key: str, value: Optional[int], allow_zero: bool = False) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks a composed config before anything is built. Raises ConfigError (one line)."""
     m, d, o, t, tok, ini = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer, cfg.init
+    if cfg.task not in TASKS:
+        _fail("task", cfg.task, "allowed: " + ", ".join(TASKS))
     _unit("data.ar_ratio", d.ar_ratio)
     _unit("data.translated_share", d.translated_share)
     for i, st in enumerate(d.stages):

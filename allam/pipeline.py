@@ -238,6 +238,8 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
 
 def export_hf(model, bundle, out: Path) -> Path:
     """A Hugging Face folder (safetensors weights, config, tokenizer) that Auto* classes load."""
+    from allam.tokenizer import export_tokenizer
+
     out.mkdir(parents=True, exist_ok=True)
     impl = model.config._attn_implementation
     model.config._attn_implementation = "sdpa"  # xformers is registered only inside allam
@@ -247,7 +249,7 @@ def export_hf(model, bundle, out: Path) -> Path:
     finally:
         model.config._attn_implementation = impl
         model.config.use_cache = False
-    bundle.tokenizer.save_pretrained(str(out))
+    export_tokenizer(bundle, out)  # the tokenizer folder, SentencePiece model included
     return out
 
 

@@ -1,0 +1,141 @@
+"""Grow a model's vocabulary: resize the input embedding and output head, fill the new rows.
+
+Strategies for the rows of new tokens (``init.new_embeddings``):
+- ``subtoken_mean`` (ALLaM): the mean of the base rows of the pieces the base tokenizer splits the
+  new token's text into, computed separately for the input embedding and the output head;
+- ``mean``: the mean of all base rows;
+- ``random``: normal with mean 0 and the standard deviation of the base rows' entries.
+
+Rows past the new tokenizer's length (padding up to a multiple of 64) get the mean of the base
+rows under ``subtoken_mean`` and ``mean`` (their logits then sit at the average instead of at an
+arbitrary value), and random rows under ``random``. Base rows are never written.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("subtoken_mean", "mean", "random")
+
+
+def _strategy(strategy) -> str:
+    value = getattr(strategy, "value", strategy)
+    if value not in STRATEGIES:
+        from allam.config import ConfigError
+
+        raise ConfigError(f"init.new_embeddings={value}: allowed: {', '.join(STRATEGIES)}")
+    return value
+
+
+def base_subtoken_ids(base_tokenizer: PreTrainedTokenizerBase, new_tokenizer: PreTrainedTokenizerBase, token_id: int) -> list[int]:
+    """Ids of the base tokenizer's pieces for the text of ``new_tokenizer``'s token ``token_id``.
+
+    The piece string itself (with its "▁" space marker, if any) is segmented by the base
+    tokenizer's model, so a word-internal piece gets no spurious dummy-prefix space. Falls back to
+    decode + encode (no special tokens) for tokenizers whose model cannot segment a piece.
+    """
+    piece = new_tokenizer.convert_ids_to_tokens(token_id)
+    backend = getattr(base_tokenizer, "backend_tokenizer", None)
+    if backend is not None and piece:
+        try:
+            ids = [t.id for t in backend.model.tokenize(piece)]
+            if ids:
+                return ids
+        except Exception:  # a model without tokenize, or a piece it rejects
+            pass
+    text = new_tokenizer.decode([token_id])
+    return list(base_tokenizer.encode(text, add_special_tokens=False))
+
+
+def _weights(model: PreTrainedModel) -> list[torch.Tensor]:
+    """The input embedding and, unless tied to it, the output head."""
+    inp = model.get_input_embeddings().weight
+    out_emb = model.get_output_embeddings()
+    out = out_emb.weight if out_emb is not None else None
+    return [inp] if out is None or out.data_ptr() == inp.data_ptr() else [inp, out]
+
+
+@torch.no_grad()
+def init_new_embedding_rows(
+    model: PreTrainedModel,
+    base_tokenizer: PreTrainedTokenizerBase | None,
+    new_tokenizer: PreTrainedTokenizerBase | None,
+    num_old_rows: int,
+    strategy: str = "subtoken_mean",
+    seed: int = 0,
+) -> int:
+    """Fills rows ``num_old_rows:`` of the input embedding and output head in place.
+
+    ``num_old_rows`` is the number of base rows (the base tokenizer's length): statistics use only
+    those rows and only later rows are written. Tokens of ``new_tokenizer`` from ``num_old_rows``
+    up to its length are new tokens; later rows are padding. Returns the number of new-token rows
+    initialized per ``strategy``. ``base_tokenizer`` and ``new_tokenizer`` are needed for
+    ``subtoken_mean`` only (``new_tokenizer`` also bounds the new-token rows when given).
+    """
+    strategy = _strategy(strategy)
+    weights = _weights(model)
+    rows = weights[0].shape[0]
+    if not 0 < num_old_rows <= rows:
+        raise ValueError(f"num_old_rows={num_old_rows} must be in 1..{rows} (the model's embedding rows)")
+    n_tokens = min(len(new_tokenizer), rows) if new_tokenizer is not None else rows
+    new_ids = list(range(num_old_rows, max(n_tokens, num_old_rows)))
+    if strategy == "subtoken_mean":
+        if base_tokenizer is None or new_tokenizer is None:
+            raise ValueError("subtoken_mean needs base_tokenizer and new_tokenizer")
+        if num_old_rows < len(base_tokenizer):
+            raise ValueError(f"num_old_rows={num_old_rows} is below the base tokenizer's {len(base_tokenizer)} pieces")
+        groups = [base_subtoken_ids(base_tokenizer, new_tokenizer, i) for i in new_ids]
+        if any(j >= num_old_rows for g in groups for j in g):
+            raise ValueError("the base tokenizer produced ids beyond num_old_rows; is base_tokenizer the model's tokenizer?")
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    for w in weights:
+        old = w[:num_old_rows].float()
+        mean = old.mean(dim=0)
+        pad = slice(num_old_rows + len(new_ids), rows)
+        if strategy == "random":
+            std = old.std().item()
+            fill = torch.randn((rows - num_old_rows, w.shape[1]), generator=gen) * std
+            w[num_old_rows:] = fill.to(w.dtype).to(w.device)
+            continue
+        if strategy == "mean":
+            w[num_old_rows : num_old_rows + len(new_ids)] = mean.to(w.dtype)
+        else:
+            lengths = torch.tensor([len(g) for g in groups], device=w.device)
+            flat = torch.tensor([j for g in groups for j in g], dtype=torch.long, device=w.device)
+            owner = torch.repeat_interleave(torch.arange(len(groups), device=w.device), lengths)
+            sums = torch.zeros((len(groups), w.shape[1]), dtype=torch.float32, device=w.device)
+            sums.index_add_(0, owner, old[flat])
+            w[num_old_rows : num_old_rows + len(new_ids)] = (sums / lengths.clamp(min=1)[:, None]).to(w.dtype)
+        w[pad] = mean.to(w.dtype)
+    log.info("initialized %d new embedding rows (%s) and %d padding rows", len(new_ids), strategy, rows - num_old_rows - len(new_ids))
+    return len(new_ids)
+
+
+def resize_embeddings(
+    model: PreTrainedModel,
+    new_tokenizer: PreTrainedTokenizerBase,
+    base_tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    strategy: str = "subtoken_mean",
+    seed: int = 0,
+    pad_to: int = 64,
+) -> int:
+    """Resizes input embedding and output head to ``len(new_tokenizer)`` padded to ``pad_to`` and
+    fills the new rows (see :func:`init_new_embedding_rows`). Returns the number of base rows.
+
+    Base rows are the base tokenizer's length (or the model's current rows when no base tokenizer
+    is given). Rows the model already had beyond the base tokenizer (padding) are re-initialized as
+    new rows. Call before any sharding (FSDP): it replaces the embedding modules' weights.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    num_old = min(len(base_tokenizer), rows) if base_tokenizer is not None else rows
+    target = len(new_tokenizer)
+    if target > rows:
+        model.resize_token_embeddings(target, pad_to_multiple_of=pad_to or None, mean_resizing=False)
+    if model.get_input_embeddings().weight.shape[0] > num_old:
+        init_new_embedding_rows(model, base_tokenizer, new_tokenizer, num_old, strategy, seed)
+    return num_old

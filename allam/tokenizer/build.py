@@ -1,0 +1,361 @@
+"""Resolve, train, expand and cache tokenizers: the ``tokenizer`` config group's one entry point.
+
+Every artifact is a Hugging Face folder under ``cache_dir`` named ``<name>-<fingerprint>``; the
+fingerprint hashes the base model's bytes, the training text and every option that changes the
+result, so a changed corpus or option builds a new folder and an unchanged one is reused. Folders
+are written atomically, so concurrent processes (e.g. DDP ranks) at worst build the same folder
+twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from transformers import PreTrainedTokenizerBase
+
+from allam.config import ConfigError
+from allam.tokenizer import expand as expand_mod
+from allam.tokenizer import hf_folder
+from allam.tokenizer import spm as spm_util
+
+log = logging.getLogger(__name__)
+
+# bump when an algorithm or option changes what gets built, so old cache folders are not reused
+BUILD_VERSION = 1
+KEYWORDS = ("auto", "english8k", "mistral7b")
+MISTRAL_FILE = ("data", "tokenizer.model.v1")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+Texts = Callable[[str], Iterable[str]]
+
+
+@dataclass
+class TokenizerBundle:
+    """A loaded tokenizer and where it lives.
+
+    tokenizer: the fast tokenizer ``AutoTokenizer.from_pretrained(path)`` returns.
+    path: the folder it loads from (tokenizer.model + configs); a model export copies it.
+    name: e.g. "english8k", "mistral7b", "english8k+ar16000", "bilingual16384".
+    base: for an expanded tokenizer, the base it grew from (subtoken_mean init needs it); else None.
+    sp_model_path: the SentencePiece model inside ``path``, if there is one.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    path: Path
+    name: str
+    base: "TokenizerBundle | None" = None
+    sp_model_path: Path | None = None
+
+    @property
+    def meta(self) -> dict:
+        """What was recorded when the folder was built (options, counts, timings); {} if foreign."""
+        return hf_folder.read_meta(self.path)
+
+
+def export_tokenizer(bundle: TokenizerBundle, out_dir: Path) -> Path:
+    """Ships the tokenizer with a model export: copies the folder's files (tokenizer.model
+    included, which ``save_pretrained`` alone does not write, so the export can be expanded
+    later as a base). Falls back to ``save_pretrained`` for a folder without such files."""
+    if not hf_folder.copy_files(bundle.path, out_dir):
+        bundle.tokenizer.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def default_texts(lang: str) -> Iterable[str]:
+    from allam.data.demo import demo_texts
+
+    return demo_texts(lang, "train")
+
+
+def _value(x: Any) -> Any:
+    return x.value if isinstance(x, Enum) else x
+
+
+def _fingerprint(options: dict, text_fingerprint: str = "") -> str:
+    blob = json.dumps({**options, "text": text_fingerprint, "build_version": BUILD_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.+\-]", "-", name)
+
+
+def _load_bundle(folder: Path, name: str, base: TokenizerBundle | None = None) -> TokenizerBundle:
+    tok = hf_folder.load(folder, local_files_only=True)
+    sp_path = folder / hf_folder.SP_FILE
+    return TokenizerBundle(tok, folder, name, base, sp_path if sp_path.is_file() else None)
+
+
+def _publish(proto, folder: Path, name: str, meta: dict, check_texts: Iterable[str] = ()) -> None:
+    """Writes the folder, then checks that AutoTokenizer on it encodes like SentencePiece."""
+    hf_folder.write_folder(proto, folder, {"name": name, **meta})
+    try:
+        hf_folder.check_equal(hf_folder.load(folder, local_files_only=True), proto, check_texts, name)
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _sample(lines: list[str], n: int = 200) -> list[str]:
+    step = max(1, len(lines) // n)
+    return lines[::step][:n]
+
+
+# --------------------------------------------------------------------------- base tokenizers
+def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
+    size = int(cfg.english_vocab_size)
+    name = f"english{size // 1024}k" if size % 1024 == 0 else f"english{size}"
+    text = spm_util.TrainingText()
+    text.add("en", texts("en"), cfg.training_words)
+    if not text.lines:
+        raise ConfigError(f"tokenizer.base={cfg.base}: no English training text to train {name} on")
+    options = {"kind": "english-bpe", "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
+    folder = Path(cache_dir) / f"{name}-{_fingerprint(options, text.fingerprint)}"
+    if hf_folder.is_complete(folder):
+        log.info("tokenizer %s: cached at %s", name, folder)
+    else:
+        t0 = time.perf_counter()
+        try:
+            proto = spm_util.train_bpe(text.lines, size, seed=cfg.seed, what=f"{name} English BPE")
+        except ValueError as e:
+            raise ConfigError(f"tokenizer.english_vocab_size={size}: {e} ({text.words['en']} English words)") from None
+        meta = {**options, "training_words": text.words, "train_seconds": round(time.perf_counter() - t0, 2)}
+        _publish(proto, folder, name, meta, _sample(text.lines))
+        log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
+    return _load_bundle(folder, name)
+
+
+def _wrap_model_file(model_file: Path, name: str, cache_dir: Path, key: str) -> TokenizerBundle:
+    """A SentencePiece .model file as a cached Hugging Face folder."""
+    try:
+        proto = spm_util.read_model(model_file)
+    except ValueError as e:
+        raise ConfigError(f"{key}={model_file}: {e}") from None
+    if not spm_util.is_bpe(proto):
+        kind = spm_util.sp_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
+        raise ConfigError(
+            f"{key}={model_file}: a SentencePiece {kind} model; .model files must be BPE (Llama-style), "
+            "other tokenizers load from a Hugging Face folder"
+        )
+    sha = spm_util.model_sha256(proto)
+    folder = Path(cache_dir) / f"{_safe(name)}-{sha[:16]}"
+    if not hf_folder.is_complete(folder):
+        _publish(proto, folder, name, {"kind": "sentencepiece-file", "source": str(model_file), "sha256": sha})
+    return _load_bundle(folder, name)
+
+
+def _mistral(cache_dir: Path) -> TokenizerBundle:
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("tokenizer.base=mistral7b: the mistral-common package is not installed (pip install mistral-common)")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*MISTRAL_FILE)
+    if not path.is_file():
+        raise ConfigError(f"tokenizer.base=mistral7b: {path} is missing from the installed mistral-common")
+    return _wrap_model_file(path, "mistral7b", cache_dir, "tokenizer.base")
+
+
+def _external(spec: str, cache_dir: Path, key: str, local_files_only: bool) -> TokenizerBundle:
+    """A SentencePiece .model file, a Hugging Face tokenizer folder, or a hub id."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        name = path.stem if path.suffix == ".model" else path.name
+        if name == "tokenizer":  # .../<folder>/tokenizer.model: the folder says more
+            name = hf_folder.read_meta(path.parent).get("name") or path.resolve().parent.name
+        return _wrap_model_file(path, name, cache_dir, key)
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")):
+            raise ConfigError(f"{key}={spec}: folder has no tokenizer (tokenizer.model, tokenizer.json or tokenizer_config.json)")
+        try:
+            tok = hf_folder.load(path, local_files_only=True)
+        except Exception as e:
+            raise ConfigError(f"{key}={spec}: not a loadable tokenizer folder ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        sp_path = path / hf_folder.SP_FILE
+        name = hf_folder.read_meta(path).get("name") or path.resolve().name
+        return TokenizerBundle(tok, path.resolve(), name, None, sp_path if sp_path.is_file() else None)
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith(".model") or spec.count("/") > 1
+    if looks_local or not _HUB_ID.match(spec):
+        raise ConfigError(f"{key}={spec}: no such file or folder (expected a SentencePiece .model, a tokenizer folder, a hub id, or one of {', '.join(KEYWORDS)})")
+    return _hub(spec, key, local_files_only)
+
+
+def _hub(repo_id: str, key: str, local_files_only: bool) -> TokenizerBundle:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_files_only))
+        tok = hf_folder.load(folder, local_files_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        where = "not in the local Hugging Face cache" if local_files_only else "could not be loaded from the hub"
+        raise ConfigError(f"{key}={repo_id}: not a local file or folder, and as a hub id it is {where} ({msg})") from None
+    sp_path = folder / hf_folder.SP_FILE
+    return TokenizerBundle(tok, folder, repo_id.replace("/", "--"), None, sp_path if sp_path.is_file() else None)
+
+
+def resolve_base(
+    cfg, *, cache_dir: Path, init_checkpoint: str | None, texts: Texts, local_files_only: bool = False
+) -> TokenizerBundle:
+    spec = str(cfg.base)
+    if spec == "auto":
+        if init_checkpoint:
+            return _external(str(init_checkpoint), cache_dir, "tokenizer.base=auto (init.checkpoint)", local_files_only)
+        spec = "english8k"
+    if spec == "english8k":
+        return _english(cfg, cache_dir, texts)
+    if spec == "mistral7b":
+        return _mistral(cache_dir)
+    return _external(spec, cache_dir, "tokenizer.base", local_files_only)
+
+
+# --------------------------------------------------------------------------- expanded
+def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> TokenizerBundle:
+    n = int(cfg.num_new_tokens)
+    if n <= 0:
+        raise ConfigError(f"tokenizer.num_new_tokens={n}: must be positive")
+    base_proto = _base_proto(cfg, base)
+    if not spm_util.is_bpe(base_proto):
+        kind = spm_util.sp_pb2.TrainerSpec.ModelType.Name(base_proto.trainer_spec.model_type)
+        raise ConfigError(f"tokenizer.base={cfg.base}: expansion needs a SentencePiece BPE model; {base.name} is {kind}")
+    if not spm_util.has_byte_fallback(base_proto):
+        warnings.warn(
+            f"base tokenizer {base.name} has no byte fallback: characters outside its vocabulary and the new Arabic "
+            "pieces encode as <unk> and cannot be decoded back, so decode(encode(x)) == x holds only for covered text",
+            stacklevel=3,
+        )
+    text = spm_util.TrainingText()
+    words = text.add("ar", texts("ar"), cfg.training_words)
+    if words == 0:
+        raise ConfigError("tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
+    if base.sp_model_path is None:  # a rebuilt proto: check it on real Arabic text too
+        try:
+            hf_folder.check_equal(base.tokenizer, base_proto, _sample(text.lines), base.name)
+        except RuntimeError as e:
+            raise ConfigError(f"tokenizer.base={cfg.base}: cannot rebuild a SentencePiece model from its tokenizer.json ({e})") from None
+    name = f"{base.name}+ar{n}"
+    options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
+    folder = Path(cache_dir) / f"{_safe(name)}-{_fingerprint(options, text.fingerprint)}"
+    if hf_folder.is_complete(folder):
+        log.info("tokenizer %s: cached at %s", name, folder)
+    else:
+        t0 = time.perf_counter()
+        merged, stats, arabic_size = _train_and_merge(cfg, base_proto, base.name, text, n)
+        meta = {
+            **options,
+            "base": base.name,
+            "training_words": text.words,
+            "arabic_model_size": arabic_size,
+            "stats": stats.__dict__,
+            "train_seconds": round(time.perf_counter() - t0, 2),
+        }
+        _publish(merged, folder, name, meta, _sample(text.lines))
+        log.info("tokenizer %s: %d Arabic pieces appended to %s in %.1fs", name, stats.added, base.name, time.perf_counter() - t0)
+    return _load_bundle(folder, name, base=base)
+
+
+def _base_proto(cfg, base: TokenizerBundle):
+    """The base's SentencePiece model: its tokenizer.model, else one rebuilt from a Llama-style
+    tokenizer.json (checked to encode exactly like the base tokenizer)."""
+    if base.sp_model_path is not None:
+        try:
+            return spm_util.read_model(base.sp_model_path)
+        except ValueError as e:
+            raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
+    proto = hf_folder.proto_from_tokenizer(base.tokenizer)
+    if proto is not None:
+        try:
+            hf_folder.check_equal(base.tokenizer, proto, [], base.name)
+            return proto
+        except RuntimeError:
+            pass
+    raise ConfigError(
+        f"tokenizer.base={cfg.base}: expansion needs a SentencePiece BPE base; {base.path} has no tokenizer.model "
+        "and its tokenizer.json is not a Llama-style BPE (e.g. a byte-level BPE cannot be expanded here)"
+    )
+
+
+def _train_and_merge(cfg, base_proto, base_name: str, text: spm_util.TrainingText, n: int):
+    """Trains the Arabic BPE large enough that ``n`` usable new pieces remain after selection."""
+    overrides = spm_util.trainer_overrides_like(base_proto)
+    overrides["byte_fallback"] = False  # its byte pieces would never be appended; save the slots
+    base_arabic = sum(expand_mod.has_arabic(p.piece) for p in base_proto.pieces)
+    size = n + base_arabic + n // 20 + 256
+    for attempt in range(4):
+        arabic = spm_util.train_bpe(
+            text.lines, size, seed=cfg.seed, hard_vocab_limit=False, what=f"Arabic BPE for {base_name} (try {attempt + 1})", **overrides
+        )
+        merged, stats = expand_mod.expand(base_proto, arabic, n)
+        if stats.added == n:
+            return merged, stats, len(arabic.pieces)
+        if len(arabic.pieces) < size:  # the text ran out of merges
+            raise ConfigError(
+                f"tokenizer.num_new_tokens={n}: the Arabic training text ({text.words['ar']} words) supports only "
+                f"{stats.added} new pieces over {base_name}"
+            )
+        size += 2 * (n - stats.added) + n // 10
+    raise ConfigError(f"tokenizer.num_new_tokens={n}: could not find {n} new Arabic pieces over {base_name} (got {stats.added})")
+
+
+# --------------------------------------------------------------------------- bilingual
+def _bilingual(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
+    size = int(cfg.vocab_size)
+    if size <= 0:
+        raise ConfigError(f"tokenizer.vocab_size={size}: must be positive")
+    name = f"bilingual{size}"
+    cap = None if cfg.training_words is None else int(cfg.training_words) // 2
+    text = spm_util.TrainingText()
+    for lang in ("ar", "en"):
+        if text.add(lang, texts(lang), cap) == 0:
+            raise ConfigError(f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text")
+    options = {"kind": "bilingual-bpe", "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
+    folder = Path(cache_dir) / f"{name}-{_fingerprint(options, text.fingerprint)}"
+    if hf_folder.is_complete(folder):
+        log.info("tokenizer %s: cached at %s", name, folder)
+    else:
+        t0 = time.perf_counter()
+        try:
+            proto = spm_util.train_bpe(text.lines, size, seed=cfg.seed, what=f"{name} Arabic+English BPE")
+        except ValueError as e:
+            raise ConfigError(f"tokenizer.vocab_size={size}: {e} ({text.words} words)") from None
+        meta = {**options, "training_words": text.words, "train_seconds": round(time.perf_counter() - t0, 2)}
+        _publish(proto, folder, name, meta, _sample(text.lines))
+        log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
+    return _load_bundle(folder, name)
+
+
+# --------------------------------------------------------------------------- entry point
+def build_tokenizer(
+    cfg,
+    *,
+    cache_dir: Path,
+    init_checkpoint: str | None = None,
+    texts: Texts | None = None,
+    local_files_only: bool = False,
+) -> TokenizerBundle:
+    """The tokenizer the ``tokenizer`` config group asks for (see TokenizerConfig in allam/config.py).
+
+    ``texts(lang)`` yields training text of "ar" / "en" (default: the demo corpus's training split).
+    ``init_checkpoint`` is the init=llama2 checkpoint, whose own tokenizer ``tokenizer.base=auto``
+    selects. Raises ConfigError (one line) for a config that cannot work.
+    """
+    texts = texts or default_texts
+    cache_dir = Path(cache_dir)
+    variant = str(_value(cfg.variant))
+    if variant == "bilingual":
+        return _bilingual(cfg, cache_dir, texts)
+    if variant not in ("base", "expanded"):
+        raise ConfigError(f"tokenizer.variant={variant}: allowed: base, expanded, bilingual")
+    base = resolve_base(cfg, cache_dir=cache_dir, init_checkpoint=init_checkpoint, texts=texts, local_files_only=local_files_only)
+    if variant == "base":
+        return base
+    return _expanded(cfg, base, cache_dir, texts)

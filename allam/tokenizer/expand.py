@@ -1,0 +1,133 @@
+"""Vocabulary expansion: append Arabic BPE pieces to a SentencePiece BPE base (the ALLaM recipe).
+
+An Arabic-only SentencePiece BPE is trained on the Arabic training text with the base model's own
+pre-tokenization settings. Its pieces are appended to the base ModelProto; base pieces keep their
+ids, scores and types, and the normalizer is the base's.
+
+Which pieces are appended (exactly ``num_new`` of them):
+- only pieces that contain an Arabic-script character. English (or any text without Arabic
+  script) can then never form a new piece, so its encodings are the base's token for token;
+- none that the base already has;
+- the Arabic model's single characters that the base lacks come first (every longer piece is
+  merged from characters, and a character outside the vocabulary falls back to bytes, which
+  never merge), then longer pieces in the Arabic model's merge order, each kept only if it can
+  be formed from two pieces already in the merged vocabulary (a piece whose only route ran
+  through a skipped piece could never be produced).
+
+Scores of the new pieces: SentencePiece BPE merges, at each step, the adjacent pair whose
+concatenation has the highest score; the fast tokenizer that ``transformers`` converts the model
+to ranks the same merges by piece id instead. New pieces therefore score below every base piece
+and fall strictly with their id, in the Arabic model's merge order. Then (1) SentencePiece and the
+converted tokenizer agree (score order = id order), (2) among themselves the new pieces merge in
+the order BPE learned them, and (3) on Arabic text the base's own Arabic merges fire first and
+the new ones build on top, the way appended merges extend a BPE merge list. Scores are spaced so
+that they stay distinct in float32 (a tie would be broken by position, not by rank).
+
+Limits: the base must be a SentencePiece BPE model (a Unigram base would need log-probability
+scores; a tokenizer.json-only base such as a byte-level BPE has no ModelProto). A base whose
+normalizer is not one of SentencePiece's built-in rules is trained against with identity
+normalization; its own normalizer still runs at encoding time.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from allam.tokenizer.spm import NormalPiece
+
+log = logging.getLogger(__name__)
+
+# Arabic, Arabic Supplement, Arabic Extended-B/-A, Presentation Forms-A/-B
+ARABIC_RANGES = ((0x0600, 0x06FF), (0x0750, 0x077F), (0x0870, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
+
+
+def is_arabic_char(ch: str) -> bool:
+    o = ord(ch)
+    return any(lo <= o <= hi for lo, hi in ARABIC_RANGES)
+
+
+def has_arabic(text: str) -> bool:
+    return any(is_arabic_char(ch) for ch in text)
+
+
+@dataclass
+class ExpansionStats:
+    requested: int
+    added: int = 0
+    added_chars: int = 0
+    arabic_model_pieces: int = 0
+    already_in_base: int = 0
+    without_arabic: int = 0
+    unreachable: int = 0
+    score_step: float = 1.0
+
+
+def _score_step(start: float, count: int) -> float:
+    """Smallest power-of-two step that keeps ``start - k * step`` distinct in float32."""
+    step = 1.0
+    while float(np.spacing(np.float32(abs(start) + (count + 1) * step))) * 2 > step:
+        step *= 2
+    return step
+
+
+def select_pieces(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int) -> tuple[list[str], ExpansionStats]:
+    """The Arabic model's pieces to append to ``base``, in id order (see module docstring)."""
+    stats = ExpansionStats(requested=num_new)
+    vocab = {p.piece for p in base.pieces}
+    ranked = sorted(
+        ((i, p) for i, p in enumerate(arabic.pieces) if p.type == NormalPiece.NORMAL), key=lambda ip: (-ip[1].score, ip[0])
+    )
+    stats.arabic_model_pieces = len(ranked)
+    chars, longer = [], []
+    for _, p in ranked:
+        s = p.piece
+        if s in vocab:
+            stats.already_in_base += 1
+        elif not has_arabic(s):
+            stats.without_arabic += 1
+        elif len(s) == 1:
+            chars.append(s)
+        else:
+            longer.append(s)
+    chars = chars[:num_new]  # most frequent first
+    vocab.update(chars)
+    picked: list[str] = []
+    budget = num_new - len(chars)
+    for s in longer:
+        if len(picked) >= budget:
+            break
+        if any(s[:k] in vocab and s[k:] in vocab for k in range(1, len(s))):
+            picked.append(s)
+            vocab.add(s)
+        else:
+            stats.unreachable += 1
+    stats.added_chars = len(chars)
+    stats.added = len(picked) + len(chars)
+    # merged pieces first, characters last: the layout SentencePiece's own BPE trainer writes
+    return picked + chars, stats
+
+
+def append_pieces(base: sp_pb2.ModelProto, pieces: list[str], stats: ExpansionStats) -> sp_pb2.ModelProto:
+    """A copy of ``base`` with ``pieces`` appended, scored below every base piece, falling with id."""
+    merged = sp_pb2.ModelProto()
+    merged.CopyFrom(base)
+    start = min(p.score for p in base.pieces)
+    step = _score_step(start, len(pieces))
+    stats.score_step = step
+    for k, s in enumerate(pieces):
+        new = merged.pieces.add()
+        new.piece = s
+        new.score = start - step * (k + 1)
+        new.type = NormalPiece.NORMAL
+    merged.trainer_spec.vocab_size = len(merged.pieces)
+    return merged
+
+
+def expand(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int) -> tuple[sp_pb2.ModelProto, ExpansionStats]:
+    """Appends ``num_new`` Arabic pieces of ``arabic`` to ``base``. ``stats.added`` may fall short
+    when the Arabic model has too few usable pieces; the caller decides what that means."""
+    pieces, stats = select_pieces(base, arabic, num_new)
+    return append_pieces(base, pieces, stats), stats
