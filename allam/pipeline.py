@@ -323,8 +323,9 @@ def train(cfg: DictConfig) -> dict:
     if cfg.export and trainer.is_global_zero:
         results["export"] = str(export_hf(module.model, bundle, out / "hf"))
     results["config"] = to_dict(cfg)
-    path = write_results(out, results)
-    print_summary(results, path)
+    if trainer.is_global_zero:
+        path = write_results(out, results)
+        print_summary(results, path)
     return results
 
 

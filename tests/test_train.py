@@ -172,3 +172,12 @@ def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
                                   "export=false", f"ckpt={out1 / 'checkpoints' / 'last.ckpt'}", out=out2))
     assert res["train.steps"] == 4
     assert res["train.tokens"] == 2 * 2 * 64  # only the two new steps ran here
+
+
+def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "run"
+    pipeline.train(make_cfg(*SMALL_MODEL, *FAST, "logger=wandb", "export=false", out=out))
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs, list(out.rglob("*"))[:20]
+    assert any(runs[0].rglob("*.wandb"))

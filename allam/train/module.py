@@ -102,8 +102,9 @@ class CausalLM(L.LightningModule):
             if acc.tokens_all == 0:
                 continue
             out[lang] = {"loss": acc.loss, "bpb": acc.bpb, "tokens": acc.tokens_all, "bytes": acc.bytes}
-            self.log(f"val/{lang}/loss", acc.loss, prog_bar=True, sync_dist=False)
-            self.log(f"val/{lang}/bpb", acc.bpb, sync_dist=False)
+            # already summed over ranks above: every rank holds the same value, so the sync is a no-op mean
+            self.log(f"val/{lang}/loss", acc.loss, prog_bar=True, sync_dist=True)
+            self.log(f"val/{lang}/bpb", acc.bpb, sync_dist=True)
         self.final_val = out
 
     # ------------------------------------------------------------------ optimizer
