@@ -237,8 +237,9 @@ class PathsConfig:
 
 @dataclass
 class AllamConfig:
-    task: str = "train"  # train | plan | tokenizer-report | export
-    ckpt: Optional[str] = None  # checkpoint for resume / eval / export
+    task: str = "train"  # train | plan | tokenizer-report | export | report
+    ckpt: Optional[str] = None  # checkpoint for resume / export
+    report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
     export: bool = True  # export a Hugging Face folder at the end of training
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -259,7 +260,7 @@ register()
 
 
 # --------------------------------------------------------------------------- validation
-TASKS = ("train", "plan", "tokenizer-report", "export")
+TASKS = ("train", "plan", "tokenizer-report", "export", "report")
 GROUPS = ("model", "init", "tokenizer", "data", "optim", "trainer", "logger", "paths", "experiment")
 
 

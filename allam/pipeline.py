@@ -292,6 +292,12 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, out, [throughput], steps)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tokens_per_step(cfg):,}", out)
+    start_val = {}
+    if _v(cfg.init.name) == InitName.llama2.value and not cfg.ckpt:
+        # the starting checkpoint's scores, so forgetting (English) and gains (Arabic) are measured, not guessed
+        trainer.validate(module, datamodule=dm, verbose=False)
+        start_val = dict(module.final_val)
+        module.final_val = {}
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt)
     if not module.final_val:
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -318,6 +324,11 @@ def train(cfg: DictConfig) -> dict:
     for lang, vals in module.final_val.items():
         for key in ("loss", "bpb", "tokens", "bytes"):
             results[f"val.{lang}.{key}"] = vals[key]
+    for lang, vals in start_val.items():
+        results[f"start.val.{lang}.loss"] = vals["loss"]
+        results[f"start.val.{lang}.bpb"] = vals["bpb"]
+        if lang in module.final_val:  # > 0: worse than the starting checkpoint (forgetting)
+            results[f"delta.val.{lang}.bpb"] = module.final_val[lang]["bpb"] - vals["bpb"]
     if hasattr(dm, "mix_report"):
         results["data"] = dm.mix_report()
     if cfg.export and trainer.is_global_zero:
@@ -355,7 +366,10 @@ def print_summary(results: dict, path: Path) -> None:
     print(f"tokens seen      {f('train.tokens', '{:,}')} in {f('train.seconds', '{:.1f}')} s ({f('train.tokens_per_second', '{:,.0f}')} tokens/s)")
     for lang in ("ar", "en"):
         if f"val.{lang}.loss" in results:
-            print(f"val {lang}           loss {f(f'val.{lang}.loss')}  bits/byte {f(f'val.{lang}.bpb')}")
+            line = f"val {lang}           loss {f(f'val.{lang}.loss')}  bits/byte {f(f'val.{lang}.bpb')}"
+            if f"start.val.{lang}.bpb" in results:
+                line += f"  (start {f(f'start.val.{lang}.bpb')}, change {f(f'delta.val.{lang}.bpb', '{:+.4f}')})"
+            print(line)
     print(f"results: {path}")
 
 
@@ -468,11 +482,24 @@ def tokenizer_report(cfg: DictConfig) -> dict:
     return results
 
 
+def report(cfg: DictConfig) -> dict:
+    """Table and plot across the runs under report_dir (reads only their results.json)."""
+    from allam.report import run_report
+
+    if not cfg.report_dir:
+        raise ConfigError("report_dir=None: task=report needs report_dir=<folder of runs, e.g. a multirun dir>")
+    res = run_report(Path(cfg.report_dir), run_dir(cfg))
+    path = write_results(run_dir(cfg), {"task": "report", **res})
+    print(f"results: {path}")
+    return res
+
+
 TASKS = {
     "train": train,
     "plan": plan,
     "export": export,
     "tokenizer-report": tokenizer_report,
+    "report": report,
 }
 
 

@@ -76,6 +76,8 @@ def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
     assert saved["tokenizer.vocab_size"] == 8192 + 512
     assert abs(saved["data"]["realized_ar_ratio"] - 0.45) < 0.2  # 8 blocks: within one block of 45%
     assert saved["config"]["optim"]["schedule"] == "constant"
+    # the starting checkpoint was scored first, so English forgetting is a measured number
+    assert saved["delta.val.en.bpb"] == pytest.approx(saved["val.en.bpb"] - saved["start.val.en.bpb"])
     # the adapted export loads with Auto* classes and generates Arabic and English
     tok = AutoTokenizer.from_pretrained(adapt_out / "hf")
     model = AutoModelForCausalLM.from_pretrained(adapt_out / "hf")

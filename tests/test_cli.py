@@ -26,6 +26,13 @@ def test_multirun_sweeps_an_ablation_axis(tmp_path, cache_dir):
     assert len(results) == 2
     ratios = sorted(json.loads(p.read_text())["data"]["realized_ar_ratio"] for p in results)
     assert ratios == [0.0, 1.0]
+    # the report finds the swept axis and tabulates both runs
+    rep = _run(["task=report", f"report_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'report'}"], cache_dir)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "data.ar_ratio" in table.splitlines()[0] and "val.ar.bpb" in table.splitlines()[0]
+    assert len(table.splitlines()) == 4
+    assert (tmp_path / "report" / "report.png").stat().st_size > 1000
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, cache_dir):

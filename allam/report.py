@@ -1,0 +1,123 @@
+"""Tables and plots across runs. Reads only results.json files.
+
+    python run.py task=report report_dir=multirun/2026-11-26/10-00-00
+
+The table has one row per training run, the config keys that differ between the runs (the
+ablation axes, found by comparing their resolved configs) and the headline metrics.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS = (
+    "val.ar.bpb",
+    "val.en.bpb",
+    "delta.val.en.bpb",
+    "val.ar.loss",
+    "val.en.loss",
+    "train.tokens",
+    "train.tokens_per_second",
+)
+IGNORED_PREFIXES = ("paths.", "ckpt", "trainer.progress_bar", "report_dir")
+
+
+def collect(root: Path) -> list[dict]:
+    """Every training run's results under `root` (or the one file `root`), oldest first."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(root.rglob("results.json"))
+    runs = []
+    for f in files:
+        try:
+            res = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if res.get("task") == "train":
+            res["_path"] = str(f)
+            runs.append(res)
+    return runs
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
+
+
+def differing_keys(runs: list[dict]) -> list[str]:
+    flats = [_flatten(r.get("config", {})) for r in runs]
+    keys = sorted(set().union(*flats)) if flats else []
+    return [
+        k
+        for k in keys
+        if not k.startswith(IGNORED_PREFIXES) and len({repr(f.get(k)) for f in flats}) > 1
+    ]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    axes = differing_keys(runs)
+    metrics = [m for m in METRICS if any(m in r for r in runs)]
+    header = ["run", *axes, *metrics]
+    rows = []
+    for r in runs:
+        flat = _flatten(r.get("config", {}))
+        name = Path(r["_path"]).parent.name
+        rows.append([name, *[_fmt(flat.get(k)) for k in axes], *[_fmt(r.get(m)) for m in metrics]])
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], header: list[str], rows: list[list[str]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = header[1 : 1 + len(differing_keys(runs))]
+    labels = [", ".join(f"{a.split('.')[-1]}={v}" for a, v in zip(axes, row[1:])) or row[0] for row in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs) + 2), 4))
+    width = 0.4
+    for i, (lang, color) in enumerate((("ar", "tab:blue"), ("en", "tab:orange"))):
+        vals = [r.get(f"val.{lang}.bpb") or 0.0 for r in runs]
+        xs = [j + (i - 0.5) * width for j in range(len(runs))]
+        ax.bar(xs, vals, width, label={"ar": "Arabic", "en": "English"}[lang], color=color)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("validation bits per byte")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_report(root: Path, out_dir: Path) -> dict:
+    runs = collect(root)
+    if not runs:
+        from allam.config import ConfigError
+
+        raise ConfigError(f"report_dir={root}: no training results.json found under it")
+    header, rows = build_table(runs)
+    table = markdown(header, rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(table + "\n", encoding="utf-8")
+    plot(runs, header, rows, out_dir / "report.png")
+    print(table)
+    return {"runs": len(runs), "axes": differing_keys(runs), "header": header, "rows": rows,
+            "table": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}

@@ -1,0 +1,428 @@
+"""Data pipeline: exact blend on windows, stages, shards cache, resume, fingerprint, bad input.
+
+Everything here uses a tiny byte-level BPE trained in the session and tiny corpora written to
+tmp dirs (no demo corpus, no downloads), so the file runs in well under a minute on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from allam.config import ConfigError, DataConfig, SourceConfig
+from allam.data.blend import Blend, Permutation, SourceInfo, StageSpec
+from allam.data.datamodule import AllamDataModule
+from allam.data.fingerprint import check_fingerprint
+
+AR_WORDS = ("كتاب قلم بيت مدرسة علم نور ماء شمس قمر بحر جبل طريق مدينة سماء أرض شجرة زهرة "
+            "رجل امرأة ولد بنت صديق عمل يوم ليل صباح مساء كلام حديث قال كان").split()
+EN_WORDS = ("the of and book house school light water sun moon sea mountain road city sky earth "
+            "tree flower man woman child friend work day night morning evening word said was").split()
+
+
+def _docs(words, n, seed, length=24):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(length)) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_docs(AR_WORDS, 200, 0) + _docs(EN_WORDS, 200, 1), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", bos_token="<s>")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "ar_nat.txt").write_text("\n".join(_docs(AR_WORDS, 300, 10)) + "\n", encoding="utf-8")
+    en_orig = _docs(EN_WORDS, 200, 11)
+    with open(d / "ar_tr.jsonl", "w", encoding="utf-8") as fh:
+        for en, ar in zip(en_orig, _docs(AR_WORDS, 200, 12)):
+            fh.write(json.dumps({"text": ar, "en": en}, ensure_ascii=False) + "\n")
+    pq.write_table(pa.table({"text": _docs(EN_WORDS, 300, 13)}), d / "en.parquet")
+    (d / "en2").mkdir()
+    (d / "en2" / "a.txt").write_text("\n".join(_docs(EN_WORDS, 60, 14)) + "\n", encoding="utf-8")
+    (d / "en2" / "b.txt").write_text("\n".join(_docs(EN_WORDS, 60, 15)) + "\n", encoding="utf-8")
+    return d
+
+
+def sources(corpus: Path) -> dict:
+    return {
+        "ar_nat": {"lang": "ar", "kind": "natural", "loader": "text", "path": str(corpus / "ar_nat.txt")},
+        "ar_tr": {"lang": "ar", "kind": "translated", "loader": "jsonl", "path": str(corpus / "ar_tr.jsonl"), "pair_field": "en"},
+        "en_pq": {"lang": "en", "kind": "natural", "loader": "parquet", "path": str(corpus / "en.parquet")},
+        "en_glob": {"lang": "en", "kind": "natural", "loader": "text", "path": str(corpus / "en2" / "*.txt")},
+    }
+
+
+def data_cfg(srcs: dict, **kw):
+    cfg = OmegaConf.structured(DataConfig)
+    cfg.sources = {k: OmegaConf.merge(OmegaConf.structured(SourceConfig), v) for k, v in srcs.items()}
+    return OmegaConf.merge(cfg, OmegaConf.create({"batch_size": 4, "val_blocks": 8, **kw}))
+
+
+def make_dm(tok, cache, srcs, *, seq_len=32, train_batches=40, workers=1, **kw):
+    return AllamDataModule(data_cfg(srcs, **kw), tok, seq_len=seq_len, cache_dir=cache,
+                           train_batches=train_batches, workers=workers, progress=False)
+
+
+# --------------------------------------------------------------------------- the blend
+SRC5 = [SourceInfo("a1", "ar", "natural", 300), SourceInfo("a2", "ar", "translated", 500),
+        SourceInfo("a3", "ar", "translated", 70), SourceInfo("e1", "en", "natural", 1000),
+        SourceInfo("e2", "en", "natural", 30)]
+
+
+def _max_window_dev(x: np.ndarray, p: float, sizes) -> float:
+    cs = np.concatenate([[0], np.cumsum(x, dtype=np.float64)])
+    return max(float(np.abs(cs[n:] - cs[:-n] - p * n).max()) for n in sizes if n <= len(x))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 1 / 3, 0.45, 0.5, 0.9, 1.0])
+def test_every_window_within_one_block_of_target(ratio):
+    blend = Blend(SRC5, [StageSpec(None, ratio, 0.5, "data")], 256, seed=7)
+    n = 4000
+    src, _ = blend.locate(np.arange(n))
+    is_ar = np.isin(src, [0, 1, 2])
+    sizes = list(range(1, 80)) + [128, 1000, 3999]
+    assert _max_window_dev(is_ar, ratio, sizes) < 1.0  # Arabic (so also English) per window
+    if ratio > 0:
+        tr = np.isin(src[is_ar], [1, 2])  # translated share inside the Arabic blocks of any window
+        assert _max_window_dev(tr, 0.5, sizes) < 1.0
+    # realized totals per source stay within ~one block of the target (nested splits)
+    targets = blend.targets(n)[0]
+    for s in range(len(SRC5)):
+        assert abs(int((src == s).sum()) - targets.get(s, 0.0)) < 1.5
+
+
+def test_translated_share_by_size_and_weights():
+    blend = Blend(SRC5, [StageSpec(None, 0.5, None, "data")], 64, seed=0)
+    t = blend.targets(10_000)[0]
+    assert t[1] / (t[0] + t[1] + t[2]) == pytest.approx(570 / 870 * 500 / 570)
+    assert t[3] / t[4] == pytest.approx(1000 / 30)
+    weighted = [SourceInfo(s.name, s.lang, s.kind, s.blocks, w) for s, w in zip(SRC5, [1, 1, 3, 1, 1])]
+    t = Blend(weighted, [StageSpec(None, 0.5, 0.5, "data")], 64, seed=0).targets(10_000)[0]
+    assert t[2] / t[1] == pytest.approx(3.0) and t[3] == pytest.approx(t[4])
+    mixed = [SourceInfo(s.name, s.lang, s.kind, s.blocks, w) for s, w in zip(SRC5, [None, 1, None, None, None])]
+    with pytest.raises(ConfigError, match="weight"):
+        Blend(mixed, [StageSpec(None, 0.5, 0.5, "data")], 64, seed=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_permutation_is_a_bijection(n):
+    p = Permutation(n, 1234, "src", 3)(np.arange(n))
+    assert sorted(p.tolist()) == list(range(n))
+    if n > 16:
+        assert not np.array_equal(p, Permutation(n, 1234, "src", 4)(np.arange(n)))  # new order each epoch
+
+
+def test_stage_switch_at_configured_token_count():
+    stages = [StageSpec(1000 * 32, 0.0, None, "data.stages.0"), StageSpec(None, 0.6, 0.5, "data.stages.1")]
+    blend = Blend(SRC5, stages, 32, seed=1)
+    assert blend.starts == [0, 1000]
+    src, k = blend.locate(np.arange(3000))
+    is_ar = np.isin(src, [0, 1, 2])
+    assert not is_ar[:1000].any() and is_ar[1000]  # English only, then the mix from token 32,000
+    assert _max_window_dev(is_ar[1000:], 0.6, range(1, 50)) < 1.0
+    # sources continue where the previous stage left them (no block consumed twice in an epoch)
+    e1 = k[src == 3]
+    assert np.array_equal(e1, np.arange(len(e1)))
+    # a switch that does not fall on a block boundary happens at the first block at or after it
+    assert Blend(SRC5, [StageSpec(100, 0.0, None, "s"), StageSpec(None, 0.5, None, "s")], 32, 1).starts == [0, 4]
+
+
+# --------------------------------------------------------------------------- the datamodule
+def test_batches_mix_and_validation(tok, corpus, tmp_path, capsys):
+    dm = make_dm(tok, tmp_path / "cache", sources(corpus), ar_ratio=0.45, workers=2)
+    dm.prepare()
+    table = capsys.readouterr().out
+    assert "target tok" in table and "ar_nat" in table and "arabic share" in table
+    assert dm.val_languages == ["ar", "en"]
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 40 and all(b.shape == (4, 33) and b.dtype == torch.int64 for b in batches)
+    # every delivered block is the block the blend names, read from the source's shard
+    src, block = dm.blend.blocks(np.arange(160))
+    flat = torch.cat(batches).numpy()
+    for i in (0, 1, 57, 159):
+        sh = dm._shard_list[src[i]]
+        assert np.array_equal(flat[i], sh.tokens("train")[block[i] * 33 : block[i] * 33 + 33])
+    is_ar = np.array([dm._shard_list[s].lang == "ar" for s in src])
+    assert abs(is_ar.sum() - 0.45 * 160) < 1
+    assert (flat == tok.eos_token_id).any()  # document boundaries
+    rep = dm.mix_report()
+    assert rep["realized_ar_ratio"] == pytest.approx(0.45, abs=1 / 160)
+    assert sum(v["realized_tokens"] for v in rep["sources"].values()) == 160 * 32
+    assert rep["sources"]["ar_tr"]["kind"] == "translated" and rep["sources"]["en_glob"]["epochs"] > 0
+    val = dm.val_dataloader()
+    assert [len(v.dataset) for v in val] == [8, 8]
+    ar_val = torch.cat(list(val[0]))
+    assert ar_val.shape == (8, 33)
+    text = tok.decode(ar_val[0].tolist())
+    assert any(w in text for w in AR_WORDS) and not any(w in text.split() for w in EN_WORDS)
+
+
+def test_parallel_pairs_put_original_and_translation_in_one_sequence(tok, corpus, tmp_path):
+    srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_tr", "en_pq")}
+    plain = make_dm(tok, tmp_path / "c", srcs, ar_ratio=0.5)
+    paired = make_dm(tok, tmp_path / "c", srcs, ar_ratio=0.5, parallel_pairs=True)
+    plain.prepare(), paired.prepare()
+    a, b = plain.shards["ar_tr"], paired.shards["ar_tr"]
+    assert a.path != b.path and b.meta["train"]["tokens"] > 1.5 * a.meta["train"]["tokens"]
+    doc = tok.decode(b.tokens("train")[:400].tolist()).split("</s>")[0]
+    en, ar = doc.split("\n\n")
+    assert set(en.split()) <= set(EN_WORDS) and set(ar.split()) <= set(AR_WORDS)
+    assert b.meta["val"]["tokens"] == a.meta["val"]["tokens"]  # validation stays monolingual
+    srcs["ar_tr"] = {**srcs["ar_tr"], "pair_field": None}
+    with pytest.raises(ConfigError, match=r"data.sources.ar_tr.pair_field=None"):
+        make_dm(tok, tmp_path / "c", srcs, parallel_pairs=True).prepare()
+
+
+def test_ranks_read_disjoint_slices_of_one_blend(tok, corpus, tmp_path):
+    one = make_dm(tok, tmp_path / "c", sources(corpus), train_batches=8)
+    ref = list(one.train_dataloader())
+    for rank in (0, 1):
+        dm = make_dm(tok, tmp_path / "c", sources(corpus), train_batches=4)
+        dm.rank, dm.world = rank, 2
+        got = list(dm.train_dataloader())
+        for m in range(4):
+            assert torch.equal(got[m], ref[2 * m + rank])
+
+
+def test_cache_reuse_and_invalidation(tok, corpus, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_nat", "en_pq")}
+    first = make_dm(tok, cache, srcs)
+    first.prepare()
+    assert "docs read" in capsys.readouterr().out
+    again = make_dm(tok, cache, srcs)
+    again.prepare()
+    assert "docs read" not in capsys.readouterr().out  # reused, nothing rebuilt
+    assert again.shards["ar_nat"].path == first.shards["ar_nat"].path
+    assert torch.equal(next(iter(again.train_dataloader())), next(iter(first.train_dataloader())))
+    # a cleaning option rebuilds only that source
+    changed = dict(srcs, ar_nat={**srcs["ar_nat"], "min_chars": 30})
+    dm = make_dm(tok, cache, changed)
+    dm.prepare()
+    out = capsys.readouterr().out
+    assert "ar_nat:" in out and "en_pq:" not in out
+    assert dm.shards["ar_nat"].path != first.shards["ar_nat"].path
+    # a different tokenizer rebuilds everything
+    other = tok.__class__(tokenizer_object=tok.backend_tokenizer.__class__.from_str(
+        tok.backend_tokenizer.to_str().replace('"</s>"', '"<eos>"')), eos_token="<eos>")
+    dm = make_dm(other, cache, srcs)
+    dm.prepare()
+    assert dm.shards["en_pq"].path != first.shards["en_pq"].path
+    # changed content rebuilds
+    f = tmp_path / "small.txt"
+    f.write_text("\n".join(_docs(EN_WORDS, 40, 99)) + "\n", encoding="utf-8")
+    s2 = {"a": srcs["ar_nat"], "e": {"lang": "en", "loader": "text", "path": str(f)}}
+    p1 = make_dm(tok, cache, s2)
+    p1.prepare()
+    with open(f, "a", encoding="utf-8") as fh:
+        fh.write(" ".join(EN_WORDS) + " more text\n")
+    p2 = make_dm(tok, cache, s2)
+    p2.prepare()
+    assert p2.shards["e"].path != p1.shards["e"].path
+    assert p2.shards["e"].meta["docs_read"] == p1.shards["e"].meta["docs_read"] + 1
+
+
+def test_shards_use_uint32_when_vocab_exceeds_uint16(tmp_path, corpus):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(EN_WORDS + AR_WORDS + ["[UNK]"])}
+    vocab.update({f"pad{i}": 70_000 + i for i in range(10)})
+    vocab["</s>"] = 70_010
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    big = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>")
+    dm = make_dm(big, tmp_path / "c", {k: v for k, v in sources(corpus).items() if k in ("ar_nat", "en_pq")})
+    dm.prepare()
+    assert dm.shards["ar_nat"].meta["dtype"] == "uint32"
+    assert int(dm.shards["ar_nat"].tokens("train").max()) == 70_010  # EOS survives
+
+
+# --------------------------------------------------------------------------- resume
+def _stage_cfg():
+    return {"stages": [{"tokens": 20 * 4 * 32, "ar_ratio": 0.0}, {"tokens": None, "ar_ratio": 0.5, "translated_share": 0.5}]}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_state_round_trips_through_torch_save(tok, corpus, tmp_path, num_workers):
+    srcs = sources(corpus)
+    ref = list(make_dm(tok, tmp_path / "c", srcs, **_stage_cfg()).train_dataloader())
+    dm = make_dm(tok, tmp_path / "c", srcs, num_workers=num_workers, **_stage_cfg())
+    it = iter(dm.train_dataloader())
+    first = [next(it) for _ in range(17)]
+    torch.save(dm.state_dict(), tmp_path / "state.pt")
+    del it
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh = make_dm(tok, tmp_path / "c", srcs, num_workers=num_workers, **_stage_cfg())
+    fresh.load_state_dict(state)
+    rest = list(fresh.train_dataloader())  # crosses the stage switch at batch 20
+    got = first + rest
+    assert len(got) == len(ref) == 40
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
+def test_fingerprint_refusal_names_what_changed(tok, corpus, tmp_path):
+    srcs = sources(corpus)
+    dm = make_dm(tok, tmp_path / "c", srcs)
+    state = dm.state_dict()
+    other = make_dm(tok, tmp_path / "c", srcs, ar_ratio=0.3)
+    with pytest.raises(ConfigError, match=r"stages\.0\.ar_ratio: 0\.45 -> 0\.3.*data.allow_fingerprint_change=true"):
+        other.load_state_dict(state)
+    allowed = make_dm(tok, tmp_path / "c", srcs, ar_ratio=0.3, allow_fingerprint_change=True)
+    allowed.load_state_dict(state)
+    srcs2 = dict(srcs, ar_nat={**srcs["ar_nat"], "strip_diacritics": True})
+    with pytest.raises(ConfigError, match=r"sources\.ar_nat\.strip_diacritics: False -> True"):
+        make_dm(tok, tmp_path / "c", srcs2).load_state_dict(state)
+    with pytest.raises(ConfigError, match="seq_len: 32 -> 16"):
+        make_dm(tok, tmp_path / "c", srcs, seq_len=16).load_state_dict(state)
+    assert check_fingerprint({"a": 1}, {"a": 1}, allow_change=False) == []
+    assert check_fingerprint({"a": 1}, {"a": 2}, allow_change=True) == ["a: 1 -> 2"]
+
+
+# --------------------------------------------------------------------------- bad input
+def _one(corpus, **override):
+    srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_nat", "en_pq")}
+    for k, v in override.items():
+        srcs[k] = v
+    return srcs
+
+
+def test_bad_input_errors(tok, corpus, tmp_path):
+    c = tmp_path / "c"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data.sources.e: empty source"):
+        make_dm(tok, c, _one(corpus, e={"lang": "en", "loader": "text", "path": str(empty)})).prepare()
+    with pytest.raises(ConfigError, match=r"data.sources.e.path=.*nope.txt: no such file"):
+        make_dm(tok, c, _one(corpus, e={"lang": "en", "loader": "text", "path": str(tmp_path / "nope.txt")})).prepare()
+    with pytest.raises(ConfigError, match=r"data.sources.e.path=.*: the glob matches no file"):
+        make_dm(tok, c, _one(corpus, e={"lang": "en", "loader": "text", "path": str(tmp_path / "*.none")})).prepare()
+    # English text declared Arabic
+    with pytest.raises(ConfigError, match=r"data.sources.wrong.lang=ar: .* mostly Latin script"):
+        make_dm(tok, c, _one(corpus, wrong={"lang": "ar", "loader": "parquet", "path": str(corpus / "en.parquet")})).prepare()
+    # Arabic share asked for without an Arabic source
+    with pytest.raises(ConfigError, match=r"data.ar_ratio=0.45: is above 0 but data.sources has no Arabic source"):
+        make_dm(tok, c, {"en_pq": sources(corpus)["en_pq"]}).prepare()
+    with pytest.raises(ConfigError, match=r"model.seq_len=64: larger than the model allows"):
+        AllamDataModule(data_cfg(_one(corpus)), tok, seq_len=64, cache_dir=c, train_batches=1, max_seq_len=32)
+    with pytest.raises(ConfigError, match=r"data.sources.ar_nat: exhausted: .*data.allow_repeat=false"):
+        make_dm(tok, c, _one(corpus), train_batches=2000, allow_repeat=False).prepare()
+    with pytest.raises(ConfigError, match=r"translated_share=0.5: is above 0 but no Arabic source has kind=translated"):
+        make_dm(tok, c, _one(corpus), translated_share=0.5).prepare()
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("the book of the sea and the sun\n" * 1, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data.sources.e: .* fewer than one block"):
+        make_dm(tok, c, _one(corpus, e={"lang": "en", "loader": "text", "path": str(tiny)}), seq_len=512).prepare()
+
+
+def test_non_utf8_is_an_error_with_offset_or_skipped_and_counted(tok, corpus, tmp_path):
+    good = "\n".join(_docs(EN_WORDS, 120, 5)) + "\n"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(good.encode() + b"the sea \xff\xfe broken line of text here\n" + good.encode())
+    offset = len(good.encode()) + len(b"the sea ")
+    src = {"lang": "en", "loader": "text", "path": str(bad)}
+    with pytest.raises(ConfigError, match=rf"bad.txt is not valid UTF-8 at byte offset {offset} .*skip_bad_utf8=true"):
+        make_dm(tok, tmp_path / "c", _one(corpus, e=src)).prepare()
+    dm = make_dm(tok, tmp_path / "c", _one(corpus, e={**src, "skip_bad_utf8": True}))
+    dm.prepare()
+    assert dm.shards["e"].meta["drops"]["bad_utf8"] == 1
+    assert dm.mix_report()["sources"]["e"]["dropped"]["duplicate"] == 120  # the file repeats itself
+
+
+def test_cleaning_steps_count_their_drops(tok, tmp_path, corpus):
+    from allam.data.cleaning import Cleaner
+
+    cl = Cleaner(lang="ar", strip_diacritics=True, strip_tatweel=True, strip_bidi=True, min_chars=5)
+    assert cl.clean("كِتَابٌ\u200fـــ  جميل")[0] == "كتاب جميل"
+    assert cl.clean("   ")[1] == "empty" and cl.clean("قلم")[1] == "too_short"
+    assert cl.clean("this is all english text")[1] == "wrong_script"
+    assert cl.clean("كتاب جميل جدا في البيت with english")[0] is not None  # 11 of 29 letters Latin: kept
+    assert Cleaner(lang="ar", max_wrong_script=1.0).clean("this is all english text")[0] is not None
+    f = tmp_path / "mixed.txt"
+    lines = _docs(EN_WORDS, 60, 3) + ["short", "كتاب قلم بيت مدرسة علم نور ماء شمس قمر"] + _docs(EN_WORDS, 5, 3)
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dm = make_dm(tok, tmp_path / "c", _one(corpus, e={"lang": "en", "loader": "text", "path": str(f), "min_chars": 10}))
+    dm.prepare()
+    drops = dm.mix_report()["sources"]["e"]["dropped"]
+    assert (drops["too_short"], drops["wrong_script"], drops["duplicate"], drops["empty"]) == (1, 1, 5, 0)
+    assert dm.shards["e"].meta["docs_read"] == 67
+
+
+def test_duplicate_memory_is_exact_across_merges():
+    from allam.data.shards import HashSet
+
+    hs = HashSet(buffer=4)
+    assert hs.first_seen(np.array([1, 2, 2, 3], np.uint64)).tolist() == [True, True, False, True]
+    assert hs.first_seen(np.array([3, 4, 5, 1, 6], np.uint64)).tolist() == [False, True, True, False, True]
+    assert len(hs.recent) == 0 and len(hs) == 6  # merged into the sorted array
+    assert hs.first_seen(np.array([6, 7, 0], np.uint64)).tolist() == [False, True, True]
+
+
+def test_hf_dataset_from_disk(tok, corpus, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "hf_en"
+    datasets.Dataset.from_dict({"content": _docs(EN_WORDS, 120, 21)}).save_to_disk(str(path))
+    srcs = _one(corpus, en_pq={"lang": "en", "loader": "hf", "path": str(path), "text_field": "content"})
+    dm = make_dm(tok, tmp_path / "c", srcs)
+    dm.prepare()
+    meta = dm.shards["en_pq"].meta
+    assert meta["docs_read"] == 120 and meta["val"]["docs"] == 50  # chapter 1 (docs 50-99) is held out
+    bad = _one(corpus, en_pq={"lang": "en", "loader": "hf", "path": str(path), "text_field": "text"})
+    with pytest.raises(ConfigError, match=r"data.sources.en_pq.text_field=text: no such column"):
+        make_dm(tok, tmp_path / "c", bad).prepare()
+
+
+def test_bad_jsonl_line_names_file_and_line(tok, corpus, tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text(json.dumps({"text": "the sea and the sun " * 3}) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data.sources.e: .*x.jsonl line 2 is not valid JSON"):
+        make_dm(tok, tmp_path / "c", _one(corpus, e={"lang": "en", "loader": "jsonl", "path": str(f)})).prepare()
+
+
+def test_stage_switch_in_delivered_batches(tok, corpus, tmp_path):
+    stages = [{"tokens": 10 * 4 * 32, "ar_ratio": 0.0}, {"tokens": None, "ar_ratio": 1.0, "translated_share": 0.5}]
+    dm = make_dm(tok, tmp_path / "c", sources(corpus), stages=stages, train_batches=20)
+    batches = torch.cat(list(dm.train_dataloader())).numpy()
+    src, block = dm.blend.blocks(np.arange(80))
+    langs = [dm._shard_list[s].lang for s in src]
+    assert langs[:40] == ["en"] * 40 and langs[40:] == ["ar"] * 40  # switch exactly at token 1,280
+    assert np.array_equal(batches[40], dm._shard_list[src[40]].tokens("train")[block[40] * 33:][:33])
+    st = dm.mix_report()["stages"]
+    assert (st[1]["start_token"], st[1]["start_block"], st[1]["ar_blocks"]) == (1280, 40, 40)
+
+
+def test_benchmark_runs(tok, tmp_path):
+    import subprocess
+    import sys
+
+    from allam.config import ROOT
+
+    tok.save_pretrained(str(tmp_path / "tok"))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "data_pipeline.py"), "--tokenizer", str(tmp_path / "tok"),
+           "--docs", "60", "--sources", "tafsir_ar,bible_en", "--loader-batches", "20", "--skip-num-proc"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("pretokenize_tokens_per_s", "baseline_tokens_per_s", "pretokenize_speedup", "loader_tokens_per_s"):
+        assert key in result
+    assert result["pipeline_tokens"] > 0 and result["loader_tokens_per_s"] > 0
