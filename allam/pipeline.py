@@ -98,13 +98,17 @@ def device_type(t) -> str:
 
 # --------------------------------------------------------------------------- parts
 def build_tokenizer(cfg: DictConfig):
+    """The configured tokenizer; any it must train learns from the configured sources' training text."""
+    from allam.data.sources import training_texts
     from allam.tokenizer import build_tokenizer as _build
 
     init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
+    sources = cfg.data.sources
     return _build(
         cfg.tokenizer,
         cache_dir=cache_dir(cfg) / "tokenizers",
         init_checkpoint=init_ckpt,
+        texts=lambda lang: training_texts(sources, lang),
         local_files_only=cfg.init.local_files_only,
     )
 
@@ -145,7 +149,7 @@ def build_model(cfg: DictConfig, bundle, attention: str):
     return model
 
 
-def build_datamodule(cfg: DictConfig, tokenizer):
+def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None):
     from allam.data.datamodule import AllamDataModule
 
     return AllamDataModule(
@@ -154,6 +158,7 @@ def build_datamodule(cfg: DictConfig, tokenizer):
         seq_len=cfg.model.seq_len,
         cache_dir=cache_dir(cfg) / "data",
         train_batches=total_steps(cfg) * cfg.trainer.accumulate_grad_batches,
+        max_seq_len=max_seq_len,
     )
 
 
@@ -272,7 +277,7 @@ def train(cfg: DictConfig) -> dict:
     attention = resolve_attention_for(cfg)
     model = build_model(cfg, bundle, attention)
     steps = total_steps(cfg)
-    dm = build_datamodule(cfg, bundle.tokenizer)
+    dm = build_datamodule(cfg, bundle.tokenizer, max_seq_len=model.config.max_position_embeddings)
     dm.prepare()
 
     counts = parameter_counts(model)

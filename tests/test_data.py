@@ -415,6 +415,7 @@ def test_benchmark_runs(tok, tmp_path):
     import subprocess
     import sys
 
+    pytest.importorskip("datasets")  # the baseline of the benchmark (extra "hf")
     from allam.config import ROOT
 
     tok.save_pretrained(str(tmp_path / "tok"))

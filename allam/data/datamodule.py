@@ -1,0 +1,459 @@
+"""The LightningDataModule: sources -> cached token shards -> packed blocks -> exact blend -> batches.
+
+Batches are ``torch.LongTensor [batch_size, seq_len + 1]`` (inputs ``x[:, :-1]``, targets
+``x[:, 1:]``). Micro-batch ``m`` of rank ``r`` (of ``W``) holds global blend positions
+``(m·W + r)·B .. (m·W + r)·B + B - 1``, so ranks read disjoint slices of one global blend and
+the order of the blend does not depend on the number of ranks or loader workers.
+
+Resume: the position (micro-batches consumed by training on this rank) is counted in the
+``on_before_batch_transfer`` hook, so batches Lightning prefetched but did not train on are not
+counted. ``state_dict`` stores it as global blocks consumed plus the data fingerprint; Lightning
+saves it in the checkpoint (both as the datamodule's state and as the train loader's state) and
+``load_state_dict`` restores it after checking the fingerprint. Every train-loader iterator
+starts from the current position, read when the iterator is created (never when the loader is
+built), so reading ``trainer.estimated_stepping_batches`` early (Lightning issue 20550) cannot
+lose it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from allam.config import ConfigError
+from allam.data.blend import Blend, SourceInfo, StageSpec
+from allam.data.fingerprint import check_fingerprint
+from allam.data.shards import SourceShards, TokenizerInfo, build, plan_jobs
+from allam.data.sources import _get
+
+log = logging.getLogger("allam.data")
+
+LANGS = ("ar", "en")
+_PLAN_CHUNK = 64  # micro-batches whose blend positions are computed together
+
+
+def _is_rank_zero() -> bool:
+    try:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        return getattr(rank_zero_only, "rank", 0) == 0
+    except Exception:  # pragma: no cover
+        return True
+
+
+# --------------------------------------------------------------------------- datasets
+class _Gather:
+    """Reads blocks (source, block) out of the memory-mapped training shards."""
+
+    def __init__(self, shards: list[SourceShards], block_len: int, split: str = "train"):
+        self.shards, self.block_len, self.split = shards, block_len, split
+        self._ar = np.arange(block_len, dtype=np.int64)
+
+    def __call__(self, src: np.ndarray, block: np.ndarray) -> np.ndarray:
+        out = np.empty((len(src), self.block_len), np.int64)
+        for s in np.unique(src).tolist():
+            rows = np.nonzero(src == s)[0]
+            mm = self.shards[s].tokens(self.split)
+            if len(rows) == 1:
+                b = int(block[rows[0]]) * self.block_len
+                out[rows[0]] = mm[b : b + self.block_len]
+            else:
+                out[rows] = mm[(block[rows] * self.block_len)[:, None] + self._ar]
+        return out
+
+
+class BlendBatches(IterableDataset):
+    """Micro-batches start, start+1, ..., stop-1 of one rank; with loader workers, worker w yields
+    every n-th of them (DataLoader interleaves workers round-robin, so the order is unchanged)."""
+
+    def __init__(self, blend: Blend, shards: list[SourceShards], *, batch_size: int, block_len: int,
+                 rank: int, world: int, start: int, stop: int):
+        self.blend, self.gather = blend, _Gather(shards, block_len)
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.start, self.stop = start, stop
+
+    def positions(self, m: np.ndarray) -> np.ndarray:
+        base = (m.astype(np.int64) * self.world + self.rank) * self.batch_size
+        return (base[:, None] + np.arange(self.batch_size, dtype=np.int64)).ravel()
+
+    def batches(self, ms: range) -> Iterator[torch.Tensor]:
+        ms_all = np.fromiter(ms, np.int64, len(ms))
+        for c in range(0, len(ms_all), _PLAN_CHUNK):
+            chunk = ms_all[c : c + _PLAN_CHUNK]
+            src, block = self.blend.blocks(self.positions(chunk))
+            data = self.gather(src, block).reshape(len(chunk), self.batch_size, -1)
+            for i in range(len(chunk)):
+                yield torch.from_numpy(data[i])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.batches(range(self.start + wid, self.stop, nw))
+
+
+class TrainLoader:
+    """The train dataloader: an iterable of micro-batches that resumes from the datamodule's
+    position. Exposes state_dict/load_state_dict (Lightning saves them with the fit loop)."""
+
+    def __init__(self, dm: "AllamDataModule"):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return self.dm.train_batches
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        dm = self.dm
+        start = dm._begin_iteration()
+        ds = BlendBatches(dm.blend, dm._shard_list, batch_size=dm.batch_size, block_len=dm.block_len,
+                          rank=dm.rank, world=dm.world, start=start, stop=max(start, dm.train_batches))
+        if dm.num_workers > 0:
+            it: Any = DataLoader(ds, batch_size=None, num_workers=dm.num_workers,
+                                 pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        else:
+            it = ds
+        for batch in it:
+            dm._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.dm.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dm.load_state_dict(state)
+
+
+class BlockDataset(Dataset):
+    """Held-out blocks of one language (map-style, in a fixed order)."""
+
+    def __init__(self, shards: list[SourceShards], src: np.ndarray, block: np.ndarray, block_len: int):
+        self.gather = _Gather(shards, block_len, "val")
+        self.src, self.block = src, block
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.gather(self.src[i : i + 1], self.block[i : i + 1])[0])
+
+
+# --------------------------------------------------------------------------- datamodule
+class AllamDataModule(L.LightningDataModule):
+    """See the module docstring. `cfg` is the `data` config (DataConfig)."""
+
+    def __init__(self, cfg: Any, tokenizer: Any, *, seq_len: int, cache_dir: Path, train_batches: int,
+                 seed: Optional[int] = None, max_seq_len: Optional[int] = None, workers: Optional[int] = None,
+                 progress: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.seq_len = int(seq_len)
+        self.block_len = self.seq_len + 1
+        self.cache_dir = Path(cache_dir)
+        self.train_batches = int(train_batches)
+        self.seed = int(cfg.seed if seed is None else seed)
+        self.batch_size = int(cfg.batch_size)
+        self.num_workers = int(cfg.num_workers)
+        self.workers = workers  # pre-tokenization processes (None: all cores)
+        self.progress = progress
+        self.sources: dict[str, Any] = dict(cfg.sources)
+        if not self.sources:
+            raise ConfigError("data.sources={}: no data source configured")
+        for name, src in self.sources.items():
+            if _get(src, "lang") not in LANGS:
+                raise ConfigError(f"data.sources.{name}.lang={_get(src, 'lang')}: allowed: ar, en")
+        if self.seq_len <= 0:
+            raise ConfigError(f"model.seq_len={seq_len}: must be positive")
+        if max_seq_len is not None and self.seq_len > int(max_seq_len):
+            raise ConfigError(f"model.seq_len={self.seq_len}: larger than the model allows (max_position_embeddings={max_seq_len})")
+        self.val_languages = [lang for lang in LANGS if any(_get(s, "lang") == lang for s in self.sources.values())]
+        self.stages = self._stage_specs()
+        self.rank, self.world = 0, 1
+        self._prepared = False
+        self._tok: Optional[TokenizerInfo] = None
+        self._fingerprint: Optional[dict] = None
+        self._consumed = 0  # micro-batches trained on (counted in on_before_batch_transfer)
+        self._yielded = 0  # micro-batches handed out by the train loader
+        self._report: Optional[dict] = None
+        self.shards: dict[str, SourceShards] = {}
+        self._shard_list: list[SourceShards] = []
+        self.blend: Optional[Blend] = None
+        self.prepare_seconds: Optional[float] = None
+
+    def _stage_specs(self) -> list[StageSpec]:
+        cfg = self.cfg
+        stages = list(cfg.stages or [])
+        if not stages:
+            return [StageSpec(None, float(cfg.ar_ratio), _opt_float(cfg.translated_share), "data")]
+        out = []
+        for i, st in enumerate(stages):
+            tokens = _get(st, "tokens")
+            if tokens is None and i != len(stages) - 1:
+                raise ConfigError(f"data.stages.{i}.tokens=None: only the last stage may leave tokens unset")
+            out.append(StageSpec(tokens, float(_get(st, "ar_ratio", 0.45)), _opt_float(_get(st, "translated_share")), f"data.stages.{i}"))
+        return out
+
+    # -- building -----------------------------------------------------------------------
+    def _tokenizer_info(self) -> TokenizerInfo:
+        if self._tok is None:
+            self._tok = TokenizerInfo.from_tokenizer(self.tokenizer)
+        return self._tok
+
+    def prepare(self) -> None:
+        """Pre-tokenizes (or reuses the cache), builds the blend and prints the target-vs-realized
+        table. Idempotent; raises ConfigError (one line) on bad input before any training."""
+        if self._prepared:
+            return
+        t0 = time.perf_counter()
+        tok = self._tokenizer_info()
+        jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir)
+        say = print if _is_rank_zero() else (lambda *a, **k: None)
+        self.shards = build(jobs, tok, workers=self.workers, progress=self.progress and _is_rank_zero(), log=say)
+        self._shard_list = [self.shards[n] for n in self.sources]
+        infos = []
+        for name, src in self.sources.items():
+            sh = self.shards[name]
+            nb = sh.blocks("train", self.block_len)
+            infos.append(SourceInfo(name, sh.lang, sh.kind, nb, _opt_float(_get(src, "weight"))))
+            if nb == 0:
+                raise ConfigError(
+                    f"data.sources.{name}: {sh.meta['train']['tokens']:,} training tokens, fewer than one block of "
+                    f"model.seq_len+1={self.block_len}"
+                )
+        self.blend = Blend(infos, self.stages, self.seq_len, self.seed)
+        self._build_val()
+        self.prepare_seconds = time.perf_counter() - t0
+        self._make_report(print_table=True)  # raises when a source would be exhausted (allow_repeat=false)
+        self._prepared = True
+
+    def _build_val(self) -> None:
+        self._val: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        want = int(self.cfg.val_blocks)
+        for lang in self.val_languages:
+            srcs, blocks = [], []
+            for i, sh in enumerate(self._shard_list):
+                if sh.lang == lang:
+                    n = sh.blocks("val", self.block_len)
+                    srcs.append(np.full(n, i, np.int64))
+                    blocks.append(np.arange(n, dtype=np.int64))
+            src = np.concatenate(srcs) if srcs else np.zeros(0, np.int64)
+            blk = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+            total = len(src)
+            if want and total > want:  # evenly spaced, so every source is represented by its size
+                idx = (np.arange(want, dtype=np.int64) * total) // want
+                src, blk = src[idx], blk[idx]
+            if total == 0:
+                log.warning("data: no held-out %s text (validation for %s is empty)", lang, lang)
+            self._val[lang] = (src, blk)
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        trainer = self.trainer
+        if trainer is not None:
+            rank, world = int(trainer.global_rank), int(trainer.world_size)
+            if (rank, world) != (self.rank, self.world):
+                self.rank, self.world = rank, world
+                if self._prepared:
+                    self._make_report(print_table=world != 1)
+        self.prepare()
+
+    def train_dataloader(self) -> TrainLoader:
+        self.prepare()
+        return TrainLoader(self)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        self.prepare()
+        loaders = []
+        for lang in self.val_languages:
+            src, blk = self._val[lang]
+            # each rank scores its own share of the held-out blocks; CausalLM sums the counts across ranks
+            src, blk = src[self.rank :: self.world], blk[self.rank :: self.world]
+            loaders.append(DataLoader(BlockDataset(self._shard_list, src, blk, self.block_len),
+                                      batch_size=self.batch_size, shuffle=False, num_workers=0))
+        return loaders
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            self._consumed += 1
+        return batch
+
+    # -- position and resume --------------------------------------------------------------
+    def _counting(self) -> bool:
+        return self.trainer is not None
+
+    @property
+    def position(self) -> int:
+        """Micro-batches of this rank consumed so far (the next batch is number `position`)."""
+        return self._consumed if self._counting() else self._yielded
+
+    def _begin_iteration(self) -> int:
+        self.prepare()
+        start = self.position
+        self._consumed = self._yielded = start
+        return start
+
+    def state_dict(self) -> dict:
+        pos = self.position
+        return {
+            "position": pos,
+            "blocks_consumed": pos * self.world * self.batch_size,
+            "world_size": self.world,
+            "batch_size": self.batch_size,
+            "fingerprint": self.fingerprint(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        check_fingerprint(state_dict.get("fingerprint", {}), self.fingerprint(), bool(self.cfg.allow_fingerprint_change))
+        blocks = int(state_dict.get("blocks_consumed", state_dict.get("position", 0)))
+        per_step = self.world * self.batch_size
+        if blocks % per_step:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size}: the checkpoint consumed {blocks} blocks, not a multiple of "
+                f"batch_size x world_size = {per_step}; resume with the batch size and device count it was saved with"
+            )
+        self._consumed = self._yielded = blocks // per_step
+
+    # -- fingerprint and report -----------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """Everything that decides the token stream: sources (config and content), stages and
+        ratios, pair option, seed, seq_len, tokenizer (hash of its serialized model)."""
+        if self._fingerprint is None:
+            from allam.data.sources import content_fingerprint
+
+            keys = ("lang", "kind", "loader", "path", "text_field", "split", "pair_field", "weight", "nfc",
+                    "strip_diacritics", "strip_tatweel", "strip_bidi", "min_chars", "max_wrong_script", "dedup",
+                    "skip_bad_utf8")
+            sources = {}
+            for name, src in self.sources.items():
+                entry = {k: _plain(_get(src, k)) for k in keys}
+                entry["content"] = self.shards[name].meta["content"] if name in self.shards else content_fingerprint(name, src)
+                sources[name] = entry
+            self._fingerprint = {
+                "sources": sources,
+                "stages": [{"tokens": s.tokens, "ar_ratio": s.ar_ratio, "translated_share": s.translated_share}
+                           for s in self.stages],
+                "parallel_pairs": bool(self.cfg.parallel_pairs),
+                "seed": self.seed,
+                "seq_len": self.seq_len,
+                "tokenizer": self._tokenizer_info().hash,
+            }
+        return self._fingerprint
+
+    def total_blocks(self) -> int:
+        return self.train_batches * self.world * self.batch_size
+
+    def _make_report(self, print_table: bool) -> dict:
+        assert self.blend is not None
+        total = self.total_blocks()
+        counts = self.blend.counts(total)
+        targets = self.blend.targets(total)
+        names = list(self.sources)
+        sources = {}
+        for i, name in enumerate(names):
+            sh = self._shard_list[i]
+            realized = sum(c.get(i, 0) for c in counts)
+            target = sum(t.get(i, 0.0) for t in targets)
+            avail = self.blend.sources[i].blocks
+            meta = sh.meta
+            sources[name] = {
+                "lang": sh.lang,
+                "kind": sh.kind,
+                "target_tokens": round(target * self.seq_len),
+                "realized_tokens": realized * self.seq_len,
+                "target_share": target / total if total else 0.0,
+                "realized_share": realized / total if total else 0.0,
+                "blocks": realized,
+                "available_blocks": avail,
+                "epochs": realized / avail if avail else 0.0,
+                "train_tokens": meta["train"]["tokens"],
+                "val_tokens": meta["val"]["tokens"],
+                "docs_read": meta["docs_read"],
+                "docs_kept": meta["train"]["docs"] + meta["val"]["docs"],
+                "dropped": dict(meta["drops"]),
+                "cache": str(sh.path),
+            }
+        ar_blocks = sum(v["blocks"] for v in sources.values() if v["lang"] == "ar")
+        stages = []
+        for s, (lo, hi) in enumerate(self.blend.stage_ranges(total)):
+            st = self.stages[s]
+            stages.append({"tokens": st.tokens, "ar_ratio": st.ar_ratio, "translated_share": st.translated_share,
+                           "start_block": lo, "end_block": hi, "start_token": lo * self.seq_len,
+                           "blocks": hi - lo, "ar_blocks": sum(counts[s].get(i, 0) for i, n in enumerate(names)
+                                                                if self._shard_list[i].lang == "ar")})
+        self._report = {
+            "seq_len": self.seq_len,
+            "block_tokens": self.block_len,
+            "batch_size": self.batch_size,
+            "world_size": self.world,
+            "blocks": total,
+            "tokens": total * self.seq_len,
+            "target_ar_ratio": (sum(v["target_share"] for v in sources.values() if v["lang"] == "ar")),
+            "realized_ar_ratio": ar_blocks / total if total else 0.0,
+            "stages": stages,
+            "sources": sources,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint(),
+            "prepare_seconds": self.prepare_seconds,
+        }
+        if not bool(self.cfg.allow_repeat):
+            for name, v in sources.items():
+                if v["blocks"] > v["available_blocks"]:
+                    raise ConfigError(
+                        f"data.sources.{name}: exhausted: the run needs {v['blocks']:,} blocks ({v['epochs']:.2f} epochs) "
+                        f"but it has {v['available_blocks']:,}; data.allow_repeat=false"
+                    )
+        if print_table and _is_rank_zero():
+            print(format_table(self._report))
+        return self._report
+
+    def mix_report(self) -> dict:
+        """Target vs realized tokens per source, epochs, drops, stages (for results.json "data")."""
+        self.prepare()
+        return self._report if self._report is not None else self._make_report(print_table=False)
+
+
+def format_table(r: dict) -> str:
+    n_st = len(r["stages"])
+    lines = [
+        f"data mix: {r['blocks']:,} blocks of {r['block_tokens']} tokens = {r['tokens']:,} training tokens "
+        f"({r['seq_len']} per block), {n_st} stage{'s' if n_st != 1 else ''}, seed {r['seed']}",
+    ]
+    if n_st > 1:
+        for i, s in enumerate(r["stages"]):
+            tr = "by size" if s["translated_share"] is None else f"{s['translated_share']:.3f}"
+            lines.append(f"  stage {i}: blocks {s['start_block']:,}-{s['end_block']:,} (from token {s['start_token']:,}), "
+                         f"ar_ratio {s['ar_ratio']:.3f}, translated_share {tr}")
+    hdr = (f"  {'source':<16}{'lang':<5}{'kind':<11}{'target tok':>14}{'realized tok':>14}{'target':>8}{'real':>8}"
+           f"{'epochs':>8}{'avail tok':>13}  docs kept/read (dropped)")
+    lines.append(hdr)
+    for name, v in r["sources"].items():
+        drops = ", ".join(f"{k} {n:,}" for k, n in v["dropped"].items() if n)
+        lines.append(
+            f"  {name:<16}{v['lang']:<5}{v['kind']:<11}{v['target_tokens']:>14,}{v['realized_tokens']:>14,}"
+            f"{v['target_share']:>8.3f}{v['realized_share']:>8.3f}{v['epochs']:>8.2f}{v['train_tokens']:>13,}"
+            f"  {v['docs_kept']:,}/{v['docs_read']:,}" + (f" ({drops})" if drops else "")
+        )
+    lines.append(f"  {'arabic share':<32}{'':>14}{'':>14}{r['target_ar_ratio']:>8.3f}{r['realized_ar_ratio']:>8.3f}")
+    return "\n".join(lines)
+
+
+def _opt_float(v: Any) -> Optional[float]:
+    return None if v is None else float(v)
+
+
+def _plain(v: Any) -> Any:
+    v = getattr(v, "value", v)
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)

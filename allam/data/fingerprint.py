@@ -1,0 +1,52 @@
+"""The data fingerprint stored in checkpoints, and the check made when resuming."""
+from __future__ import annotations
+
+from typing import Any
+
+from allam.config import ConfigError
+
+OVERRIDE_KEY = "data.allow_fingerprint_change"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, (list, tuple)):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}.{i}"))
+        if not d:
+            out[prefix] = []
+        return out
+    return {prefix: d}
+
+
+def _short(v: Any) -> str:
+    s = str(v)
+    return s[:12] if isinstance(v, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s) else s
+
+
+def fingerprint_diff(saved: dict, current: dict) -> list[str]:
+    """'key: old -> new' for every leaf that differs (missing leaves show as <absent>)."""
+    a, b = _flatten(saved), _flatten(current)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if va != vb:
+            out.append(f"{k}: {_short(va)} -> {_short(vb)}")
+    return out
+
+
+def check_fingerprint(saved: dict, current: dict, allow_change: bool) -> list[str]:
+    """Refuses (ConfigError, one line naming what changed) when the data fingerprint saved in a
+    checkpoint differs from the current one, unless allow_change. Returns the differences."""
+    diffs = fingerprint_diff(saved or {}, current or {})
+    if diffs and not allow_change:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ConfigError(
+            f"data fingerprint differs from the checkpoint's ({shown}); set {OVERRIDE_KEY}=true to resume anyway"
+        )
+    return diffs

@@ -1,0 +1,411 @@
+"""Pre-tokenized, memory-mapped token shards, one folder per source, cached by fingerprint.
+
+A source's folder ``<cache>/<name>-<key>/`` holds ``train.bin`` and ``val.bin`` (raw token ids,
+uint16 when the vocabulary fits, else uint32; every document followed by EOS) and ``meta.json``
+(counts, per-step drop counts, dtype). ``key`` hashes the source's content fingerprint, its
+cleaning options, the pair option and the tokenizer (its serialized model, not the object), so a
+changed tokenizer or cleaning option builds a new folder and an unchanged one is reused.
+
+Building streams the source: documents are read in order in the main process, cleaned and
+tokenized in batches by a pool of forked workers (all cores; a bounded number of batches in
+flight, so an arbitrarily large corpus never needs to fit in memory), and appended to the shard
+files in order, with exact-duplicate removal by hash. A progress bar shows documents and tokens.
+Folders are written under a temporary name and renamed when complete; a file lock keeps
+concurrent ranks from building the same folder twice.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from allam.config import ConfigError
+from allam.data.cleaning import DROP_STEPS, Cleaner, doc_hash
+from allam.data.sources import content_fingerprint, read_documents
+
+FORMAT_VERSION = 1
+BATCH_DOCS = 256
+BATCH_CHARS = 1 << 20
+SCRIPT_MISMATCH_SHARE = 0.5  # more than this share of a source's documents in the wrong script: an error
+
+
+# --------------------------------------------------------------------------- tokenizer
+@dataclass
+class TokenizerInfo:
+    """What the pipeline needs from a Hugging Face fast tokenizer."""
+
+    backend: Any  # tokenizers.Tokenizer
+    eos_id: int
+    vocab_size: int
+    hash: str
+    dtype: str  # "uint16" | "uint32"
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> "TokenizerInfo":
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            if hasattr(tokenizer, "encode_batch_fast") or hasattr(tokenizer, "encode_batch"):
+                backend = tokenizer  # a raw tokenizers.Tokenizer
+            else:
+                raise ConfigError(f"tokenizer={type(tokenizer).__name__}: the data pipeline needs a fast (tokenizers-backed) tokenizer")
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise ConfigError(f"tokenizer={type(tokenizer).__name__}: has no eos token; documents need an EOS boundary")
+        try:
+            vocab = len(tokenizer)
+        except TypeError:
+            vocab = backend.get_vocab_size(with_added_tokens=True)
+        vocab = max(vocab, backend.get_vocab_size(with_added_tokens=True), int(eos) + 1)
+        h = hashlib.sha256(backend.to_str().encode("utf-8"))
+        h.update(f"|eos={int(eos)}".encode())
+        return cls(backend, int(eos), vocab, h.hexdigest(), "uint16" if vocab <= 1 << 16 else "uint32")
+
+
+# --------------------------------------------------------------------------- shard access
+@dataclass
+class SourceShards:
+    name: str
+    lang: str
+    kind: str
+    path: Path
+    meta: dict
+    _mm: dict = field(default_factory=dict, repr=False)
+
+    def tokens(self, split: str) -> np.ndarray:
+        """Memory-mapped token ids of one split (opened lazily, once per process)."""
+        key = (split, os.getpid())
+        if key not in self._mm:
+            n = self.meta[split]["tokens"]
+            f = self.path / f"{split}.bin"
+            self._mm[key] = np.memmap(f, dtype=self.meta["dtype"], mode="r", shape=(n,)) if n else np.zeros(0, self.meta["dtype"])
+        return self._mm[key]
+
+    def blocks(self, split: str, block_len: int) -> int:
+        return self.meta[split]["tokens"] // block_len
+
+    def __getstate__(self):  # never pickle mapped data (DataLoader workers reopen it)
+        d = dict(self.__dict__)
+        d["_mm"] = {}
+        return d
+
+
+@dataclass
+class ShardJob:
+    name: str
+    src: Any
+    parallel_pairs: bool
+    cleaner: Cleaner
+    content: str = ""
+    key: str = ""
+    path: Optional[Path] = None
+
+
+def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
+    pairs = bool(job.parallel_pairs and _field(job.src, "kind") == "translated")
+    entry = {
+        "format": FORMAT_VERSION,
+        "content": job.content,
+        "cleaning": job.cleaner.options(),
+        "pairs": pairs,
+        "pair_field": _field(job.src, "pair_field") if pairs else None,
+        "reader": {k: _field(job.src, k) for k in ("loader", "path", "text_field", "split", "skip_bad_utf8")},
+        "tokenizer": tok.hash,
+        "dtype": tok.dtype,
+    }
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _field(src: Any, key: str, default: Any = None) -> Any:
+    v = src.get(key, default) if isinstance(src, dict) else getattr(src, key, default)
+    return getattr(v, "value", v) if v is not None else default
+
+
+def plan_jobs(sources: dict, parallel_pairs: bool, tok: TokenizerInfo, cache_dir: Path) -> list[ShardJob]:
+    jobs = []
+    for name, src in sources.items():
+        job = ShardJob(name, src, parallel_pairs, Cleaner.from_source(src))
+        job.content = content_fingerprint(name, src)
+        job.key = cache_key(job, tok)
+        job.path = Path(cache_dir) / f"{name}-{job.key}"
+        jobs.append(job)
+    return jobs
+
+
+def load(job: ShardJob) -> Optional[SourceShards]:
+    meta_file = job.path / "meta.json"
+    if not meta_file.exists():
+        return None
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        return None
+    return SourceShards(job.name, _field(job.src, "lang"), _field(job.src, "kind", "natural"), job.path, meta)
+
+
+# --------------------------------------------------------------------------- workers
+_W: dict = {}  # set in the parent before forking: tokenizer backend, eos, dtype, cleaners
+
+
+def _process(job_idx: int, texts: list[str], pairs: list[Optional[str]]):
+    """Clean and tokenize one batch. Returns kept indices, token counts (with EOS), flat tokens
+    (EOS after each document), hashes, UTF-8 byte counts and drop counts."""
+    cleaner: Cleaner = _W["cleaners"][job_idx]
+    cleaned, reasons = cleaner.clean_batch(texts, pairs if any(p is not None for p in pairs) else None)
+    kept = [i for i, c in enumerate(cleaned) if c is not None]
+    out: list[str] = [cleaned[i] for i in kept]  # type: ignore[misc]
+    drops: dict[str, int] = {}
+    for why in reasons:
+        if why is not None:
+            drops[why] = drops.get(why, 0) + 1
+    dtype = np.dtype(_W["dtype"])
+    if not out:
+        z = np.zeros(0, np.int64)
+        return np.asarray(kept, np.int64), z, np.zeros(0, dtype), np.zeros(0, np.uint64), z, drops
+    hashes = np.fromiter((doc_hash(t) for t in out), np.uint64, len(out)) if cleaner.dedup else np.zeros(0, np.uint64)
+    nbytes = np.fromiter((len(t.encode("utf-8")) for t in out), np.int64, len(out))
+    backend = _W["backend"]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
+    ids = [e.ids for e in encode(out, add_special_tokens=False)]
+    lens = np.fromiter(map(len, ids), np.int64, len(ids)) + 1
+    flat = np.empty(int(lens.sum()), dtype)
+    eos_pos = np.cumsum(lens) - 1
+    body = np.ones(flat.shape[0], bool)
+    body[eos_pos] = False
+    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype, flat.shape[0] - len(ids))
+    flat[eos_pos] = _W["eos"]
+    return np.asarray(kept, np.int64), lens, flat, hashes, nbytes, drops
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    """A fork pool whose children run the tokenizer single-threaded (no Rayon after fork)."""
+    if workers <= 1:
+        yield None
+        return
+    import multiprocessing as mp
+
+    prev = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the children only
+    try:
+        pool = mp.get_context("fork").Pool(workers)
+    finally:
+        if prev is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = prev
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- building
+class HashSet:
+    """Hashes of the documents kept so far, for exact-duplicate removal: about 8 bytes per
+    document (a sorted uint64 array, plus a Python set of recent ones merged in periodically)."""
+
+    def __init__(self, buffer: int = 1 << 20):
+        self.sorted = np.zeros(0, np.uint64)
+        self.recent: set[int] = set()
+        self.buffer = buffer
+
+    def __len__(self) -> int:
+        return len(self.sorted) + len(self.recent)
+
+    def first_seen(self, hashes: np.ndarray) -> np.ndarray:
+        """Mask of hashes not seen before (also within the batch); remembers them."""
+        keep = np.ones(len(hashes), bool)
+        if len(self.sorted) and len(hashes):
+            pos = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
+            keep &= self.sorted[pos] != hashes
+        for j, h in enumerate(hashes.tolist()):
+            if keep[j]:
+                if h in self.recent:
+                    keep[j] = False
+                else:
+                    self.recent.add(h)
+        if len(self.recent) >= self.buffer:
+            merged = np.concatenate([self.sorted, np.fromiter(self.recent, np.uint64, len(self.recent))])
+            merged.sort()
+            self.sorted, self.recent = merged, set()
+        return keep
+
+
+def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = None, progress: bool = True,
+          log=print) -> dict[str, SourceShards]:
+    """Loads every source's shards, building the missing ones. Returns {name: SourceShards}."""
+    out: dict[str, SourceShards] = {}
+    todo = []
+    for job in jobs:
+        shards = load(job)
+        if shards is None:
+            todo.append(job)
+        else:
+            out[job.name] = shards
+    if not todo:
+        return out
+    workers = default_workers() if workers is None else workers
+    _W.clear()
+    _W.update(backend=tok.backend, eos=tok.eos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
+    pool_cm = None
+    try:
+        for i, job in enumerate(todo):
+            with _locked(job.path):
+                shards = load(job)  # another rank may have built it meanwhile
+                if shards is None:
+                    if pool_cm is None:
+                        pool_cm = _pool(workers)
+                        pool = pool_cm.__enter__()
+                    shards = _build_one(i, job, tok, pool, progress, log)
+            out[job.name] = shards
+    finally:
+        if pool_cm is not None:
+            pool_cm.__exit__(None, None, None)
+        _W.clear()
+    return out
+
+
+def _batches(docs):
+    texts, pairs, splits, chars = [], [], [], 0
+    for d in docs:
+        texts.append(d.text)
+        pairs.append(d.pair)
+        splits.append(d.split)
+        chars += len(d.text)
+        if len(texts) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield texts, pairs, splits
+            texts, pairs, splits, chars = [], [], [], 0
+    if texts:
+        yield texts, pairs, splits
+
+
+def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: bool, log) -> SourceShards:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    tmp = job.path.parent / f"{job.path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    bad = [0]
+    stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
+             "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
+    seen = HashSet()
+    bar = tqdm(desc=f"tokenize {job.name}", unit=" docs", disable=not progress, mininterval=0.5, leave=True)
+    try:
+        with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+            files = {"train": ftrain, "val": fval}
+            docs = read_documents(job.name, job.src, job.parallel_pairs, bad)
+            inflight: collections.deque = collections.deque()
+            window = 2 * (pool._processes if pool is not None else 1) + 2
+            batches = _batches(docs)
+
+            def consume(splits, res):
+                kept, lens, flat, hashes, nbytes, drops = res
+                n = len(splits)
+                stats["docs_read"] += n
+                for k, v in drops.items():
+                    stats["drops"][k] += v
+                keep = seen.first_seen(hashes) if len(hashes) else np.ones(len(kept), bool)
+                stats["drops"]["duplicate"] += int((~keep).sum())
+                is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
+                train_sel = keep & ~is_val
+                for split, sel in (("train", train_sel), ("val", keep & is_val)):
+                    if not sel.any():
+                        continue
+                    toks = flat if sel.all() else flat[np.repeat(sel, lens)]
+                    toks.tofile(files[split])
+                    stats[split]["docs"] += int(sel.sum())
+                    stats[split]["tokens"] += int(toks.shape[0])
+                    stats[split]["bytes"] += int(nbytes[sel].sum())
+                bar.update(n)
+                bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
+                _check_script(job, stats, final=False)
+
+            for texts, pairs, splits in batches:
+                if pool is None:
+                    consume(splits, _process(job_idx, texts, pairs))
+                    continue
+                inflight.append((splits, pool.apply_async(_process, (job_idx, texts, pairs))))
+                while len(inflight) >= window:
+                    s, r = inflight.popleft()
+                    consume(s, r.get())
+            while inflight:
+                s, r = inflight.popleft()
+                consume(s, r.get())
+        bar.close()
+        stats["drops"]["bad_utf8"] = bad[0]
+        _check_script(job, stats, final=True)
+        if stats["docs_read"] == 0 and bad[0] == 0:
+            raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {_field(job.src, 'path') or job.name})")
+        if stats["train"]["tokens"] == 0:
+            d = ", ".join(f"{k}={v}" for k, v in stats["drops"].items() if v)
+            raise ConfigError(f"data.sources.{job.name}: no training text left ({stats['docs_read']} documents read; dropped: {d or 'none'})")
+        meta = {
+            "format": FORMAT_VERSION,
+            "name": job.name,
+            "key": job.key,
+            "lang": _field(job.src, "lang"),
+            "kind": _field(job.src, "kind", "natural"),
+            "dtype": tok.dtype,
+            "eos": tok.eos_id,
+            "tokenizer": tok.hash,
+            "content": job.content,
+            "cleaning": job.cleaner.options(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            **stats,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if job.path.exists():
+            shutil.rmtree(job.path)
+        os.replace(tmp, job.path)
+        kept = meta["train"]["docs"] + meta["val"]["docs"]
+        drops = ", ".join(f"{k} {v:,}" for k, v in meta["drops"].items() if v) or "none"
+        log(f"data: {job.name}: {meta['docs_read']:,} docs read, {kept:,} kept ({drops} dropped), "
+            f"{meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens in {meta['seconds']:.1f}s")
+        return load(job)  # type: ignore[return-value]
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_script(job: ShardJob, stats: dict, final: bool) -> None:
+    read = stats["docs_read"]
+    wrong = stats["drops"]["wrong_script"]
+    if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
+        lang = _field(job.src, "lang")
+        other = "Latin" if lang == "ar" else "Arabic"
+        raise ConfigError(
+            f"data.sources.{job.name}.lang={lang}: {wrong:,} of {read:,} documents are mostly {other} script; "
+            f"check the declared language (or raise max_wrong_script)"
+        )
+

