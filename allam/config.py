@@ -168,7 +168,10 @@ class DataConfig:
     """Group `data`: sources and the language mix."""
 
     name: str = "demo"
-    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    # name -> SourceConfig. Typed Any so a source can be added from the command line
+    # (`+data.sources.NAME={lang: ar, loader: jsonl, path: ...}`); validate() checks each entry
+    # against SourceConfig and fills its defaults.
+    sources: dict[str, Any] = field(default_factory=dict)
     ar_ratio: float = 0.45  # fraction of training tokens that are Arabic
     translated_share: Optional[float] = None  # fraction of Arabic tokens from translated sources; None: by size
     stages: list[StageConfig] = field(default_factory=list)  # empty: one stage with ar_ratio/translated_share
@@ -285,8 +288,32 @@ def _positive(key: str, value: Optional[int], allow_zero: bool = False) -> None:
         _fail(key, value, "must be " + ("non-negative" if allow_zero else "positive"))
 
 
+def _source(name: str, node: Any) -> DictConfig:
+    """One data source checked against SourceConfig, with its defaults filled in."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = f"data.sources.{name}"
+    if not isinstance(node, (dict, DictConfig)):
+        _fail(key, node, "must be a mapping of SourceConfig fields (lang, kind, loader, path, ...)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SourceConfig), node)
+        lang = merged.lang  # MISSING unless given
+    except ConfigKeyError as exc:
+        bad = str(exc).split("'")[1] if "'" in str(exc) else "?"
+        raise ConfigError(f"{key}.{bad}: no such key; allowed: " + ", ".join(SourceConfig.__dataclass_fields__))
+    except MissingMandatoryValue:
+        raise ConfigError(f"{key}.lang: missing; allowed: ar, en")
+    except ValidationError as exc:
+        field_name = getattr(exc, "key", None) or "?"
+        first = str(exc).strip().splitlines()[0]
+        _fail(f"{key}.{field_name}", getattr(exc, "value", "?"), first)
+    del lang
+    return merged
+
+
 def validate(cfg: DictConfig) -> None:
-    """Checks a composed config before anything is built. Raises ConfigError (one line)."""
+    """Checks a composed config before anything is built (and fills each data source's defaults).
+    Raises ConfigError (one line)."""
     m, d, o, t, tok, ini = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer, cfg.init
     if cfg.task not in TASKS:
         _fail("task", cfg.task, "allowed: " + ", ".join(TASKS))
@@ -333,7 +360,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if t.precision not in ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"):
         _fail("trainer.precision", t.precision, "allowed: 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true")
-    for name, src in d.sources.items():
+    for name in list(d.sources):
+        d.sources[name] = src = _source(name, d.sources[name])
         if src.loader not in ("demo", "text", "jsonl", "parquet", "hf"):
             _fail(f"data.sources.{name}.loader", src.loader, "allowed: demo, text, jsonl, parquet, hf")
         _unit(f"data.sources.{name}.max_wrong_script", src.max_wrong_script)

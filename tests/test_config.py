@@ -99,3 +99,16 @@ def test_sweep_parameters_are_plain_overrides(make_cfg):
         for combo in itertools.product(*axes):
             cfg = make_cfg(*[f"{k}={v}" for k, v in combo])
             validate(cfg)
+
+
+def test_a_source_is_added_from_the_command_line(make_cfg, tmp_path):
+    corpus = tmp_path / "news.jsonl"
+    corpus.write_text('{"text": "x"}\n')
+    cfg = make_cfg(f"+data.sources.news_ar={{lang: ar, loader: jsonl, path: '{corpus}', strip_diacritics: true}}")
+    validate(cfg)
+    src = cfg.data.sources.news_ar
+    assert src.lang.value == "ar" and src.loader == "jsonl" and src.strip_diacritics and src.min_chars == 20
+    with pytest.raises(ConfigError, match=r"^data.sources.bad.colour: no such key; allowed: lang, kind"):
+        validate(make_cfg("+data.sources.bad={lang: ar, colour: red}"))
+    with pytest.raises(ConfigError, match=r"^data.sources.bad.lang: missing; allowed: ar, en"):
+        validate(make_cfg("+data.sources.bad={loader: text}"))
