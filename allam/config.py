@@ -358,6 +358,9 @@ def validate(cfg: DictConfig) -> None:
             None,
             f"init=llama2 needs a checkpoint (hub id or local folder); model={m.name} has no published one",
         )
+    if ini.name == InitName.llama2 and tok.variant == TokenizerVariant.bilingual:
+        _fail("tokenizer", "bilingual", "a vocabulary trained from scratch does not fit a checkpoint's embeddings; "
+              "with init=llama2 use tokenizer=base or tokenizer=expanded")
     if t.precision not in ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"):
         _fail("trainer.precision", t.precision, "allowed: 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true")
     for name in list(d.sources):

@@ -129,15 +129,12 @@ def build_model(cfg: DictConfig, bundle, attention: str):
             raise ConfigError(f"model.vocab_size={rows}: smaller than the tokenizer's {vocab} pieces")
         return build_random(m, init, rows, attention)
     model = load_pretrained(m, init, attention)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if vocab > rows:
-        if _v(cfg.tokenizer.variant) != TokenizerVariant.expanded.value or bundle.base is None:
-            raise ConfigError(
-                f"init.checkpoint={init.checkpoint}: has {rows} embedding rows but tokenizer "
-                f"({bundle.name}) has {vocab} pieces; use tokenizer=expanded to grow the vocabulary"
-            )
+    variant = _v(cfg.tokenizer.variant)
+    check_tokenizer_matches_checkpoint(cfg, bundle, model.get_input_embeddings().weight.shape[0])
+    if variant == TokenizerVariant.expanded.value:
         from allam.model.embeddings import resize_embeddings
 
+        # grows the rows when needed and always fills every row past the base vocabulary
         resize_embeddings(
             model,
             base_tokenizer=bundle.base.tokenizer,
@@ -147,6 +144,36 @@ def build_model(cfg: DictConfig, bundle, attention: str):
             seed=init.seed,
         )
     return model
+
+
+def check_tokenizer_matches_checkpoint(cfg: DictConfig, bundle, rows: int) -> None:
+    """With init=llama2, token ids must mean what the checkpoint learned them to mean: the base
+    tokenizer must be the checkpoint's own (tokenizer.base=auto), or have the same vocabulary."""
+    init, variant = cfg.init, _v(cfg.tokenizer.variant)
+    base = bundle.base if variant == TokenizerVariant.expanded.value else bundle
+    if variant == TokenizerVariant.base.value and len(base.tokenizer) > rows:
+        raise ConfigError(
+            f"init.checkpoint={init.checkpoint}: has {rows} embedding rows but tokenizer "
+            f"({bundle.name}) has {len(bundle.tokenizer)} pieces; use tokenizer=expanded to grow the vocabulary"
+        )
+    if cfg.tokenizer.base == "auto":
+        return  # the base is the checkpoint's own tokenizer
+    try:
+        from allam.tokenizer.hf_folder import load
+
+        own = load(init.checkpoint, local_files_only=init.local_files_only)
+    except Exception:
+        own = None
+    if own is not None and own.get_vocab() != base.tokenizer.get_vocab():
+        raise ConfigError(
+            f"tokenizer.base={cfg.tokenizer.base}: its vocabulary differs from the tokenizer of "
+            f"init.checkpoint={init.checkpoint}; use tokenizer.base=auto (the checkpoint's own)"
+        )
+    if own is None and len(base.tokenizer) != rows:
+        raise ConfigError(
+            f"tokenizer.base={cfg.tokenizer.base}: {len(base.tokenizer)} pieces, but init.checkpoint="
+            f"{init.checkpoint} has {rows} embedding rows and no tokenizer to compare with"
+        )
 
 
 def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None):
@@ -303,8 +330,8 @@ def train(cfg: DictConfig) -> dict:
         trainer.validate(module, datamodule=dm, verbose=False)
         start_val = dict(module.final_val)
         module.final_val = {}
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt)
-    if not module.final_val:
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True if cfg.ckpt else None)
+    if module.final_val_step != trainer.global_step:  # the last validation was not at the last step
         trainer.validate(module, datamodule=dm, verbose=False)
 
     results = {
@@ -318,6 +345,7 @@ def train(cfg: DictConfig) -> dict:
         "tokenizer.vocab_size": len(bundle.tokenizer),
         "train.steps": trainer.global_step,
         "train.tokens": throughput.tokens,
+        "train.tokens_this_run": throughput.tokens_this_run,
         "train.seconds": throughput.train_seconds,
         "train.tokens_per_second": throughput.tokens_per_second,
         "train.mfu": throughput.mfu,
@@ -329,6 +357,7 @@ def train(cfg: DictConfig) -> dict:
     for lang, vals in module.final_val.items():
         for key in ("loss", "bpb", "tokens", "bytes"):
             results[f"val.{lang}.{key}"] = vals[key]
+    results["val.step"] = module.final_val_step
     for lang, vals in start_val.items():
         results[f"start.val.{lang}.loss"] = vals["loss"]
         results[f"start.val.{lang}.bpb"] = vals["bpb"]
@@ -336,13 +365,33 @@ def train(cfg: DictConfig) -> dict:
             results[f"delta.val.{lang}.bpb"] = module.final_val[lang]["bpb"] - vals["bpb"]
     if hasattr(dm, "mix_report"):
         results["data"] = dm.mix_report()
-    if cfg.export and trainer.is_global_zero:
-        results["export"] = str(export_hf(module.model, bundle, out / "hf"))
+    if cfg.export:
+        exported = export_after_fit(trainer, module, bundle, out / "hf", cfg)
+        if exported is not None:
+            results["export"] = str(exported)
     results["config"] = to_dict(cfg)
     if trainer.is_global_zero:
         path = write_results(out, results)
         print_summary(results, path)
     return results
+
+
+def export_after_fit(trainer, module, bundle, out: Path, cfg: DictConfig) -> Path | None:
+    """Export the trained model on global rank 0. Under FSDP the weights are sharded across
+    ranks, so rank 0 rebuilds the model and reads only the model's keys out of the sharded
+    last checkpoint that every rank has just written."""
+    if "fsdp" not in str(cfg.trainer.strategy):
+        return export_hf(module.model, bundle, out) if trainer.is_global_zero else None
+    trainer.strategy.barrier()
+    path = None
+    if trainer.is_global_zero:
+        from allam.train.checkpoint import load_module_state
+
+        model = build_model_skeleton(cfg, bundle)
+        load_module_state(model, Path(out.parent / "checkpoints" / "last.ckpt"))
+        path = export_hf(model, bundle, out)
+    trainer.strategy.barrier()
+    return path
 
 
 def _metric(trainer, key: str):
@@ -378,19 +427,43 @@ def print_summary(results: dict, path: Path) -> None:
     print(f"results: {path}")
 
 
+def planned_vocab(cfg: DictConfig) -> tuple[int, str]:
+    """Embedding rows the run will have, and where the number comes from, without training or
+    downloading a tokenizer. Reads at most a local tokenizer file or a checkpoint's config.json."""
+    from allam.model.build import checkpoint_config, padded
+
+    m, tok = cfg.model, cfg.tokenizer
+    variant, llama2 = _v(tok.variant), _v(cfg.init.name) == InitName.llama2.value
+    if variant == TokenizerVariant.bilingual.value:
+        n, source = tok.vocab_size, "tokenizer.vocab_size"
+    else:
+        base = tok.base
+        if base == "auto" and llama2:
+            if m.vocab_size:
+                n, source = m.vocab_size, f"model.vocab_size (the {m.name} checkpoint's vocabulary)"
+            else:
+                n, source = checkpoint_config(cfg.init.checkpoint, cfg.init.local_files_only).vocab_size, "init.checkpoint config"
+        elif base in ("auto", "english8k"):
+            n, source = tok.english_vocab_size, "tokenizer.english_vocab_size"
+        else:
+            from allam.tokenizer.build import resolve_base_size
+
+            n, source = resolve_base_size(base, cfg.init.local_files_only), f"tokenizer.base={base}"
+        if variant == TokenizerVariant.expanded.value:
+            n, source = n + tok.num_new_tokens, source + " + tokenizer.num_new_tokens"
+    if llama2:
+        rows = m.vocab_size or n
+        return (max(rows, padded(n, m.pad_vocab_to)) if n > rows else rows), source
+    return (m.vocab_size or padded(n, m.pad_vocab_to)), source
+
+
 def plan(cfg: DictConfig) -> dict:
-    """Meta-device model and a memory estimate; reads and downloads nothing."""
+    """Meta-device model and a memory estimate; trains, builds and downloads nothing."""
     from allam.model.plan import make_plan
 
     validate(cfg)
-    vocab = cfg.model.vocab_size
-    source = "model.vocab_size"
-    if vocab is None:
-        bundle = build_tokenizer(cfg)
-        from allam.model.build import padded
-
-        vocab, source = padded(len(bundle.tokenizer), cfg.model.pad_vocab_to), f"tokenizer {bundle.name}"
-    p = make_plan(cfg, vocab)
+    vocab, source = planned_vocab(cfg)
+    p = make_plan(cfg, vocab, world_size(cfg.trainer), tokens_per_step(cfg))
     print(f"plan: model={cfg.model.name} init={_v(cfg.init.name)} tokenizer={_v(cfg.tokenizer.variant)} (vocabulary from {source})")
     for line in p.lines():
         print("  " + line)

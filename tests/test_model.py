@@ -144,3 +144,13 @@ def test_xformers_kernel_agrees_with_sdpa_on_gpu():
     la, ga = _forward_backward(a, ids)
     lx, gx = _forward_backward(x, ids)
     torch.testing.assert_close(la.float(), lx.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_plan_counts_the_expanded_vocabulary_without_building_it(make_cfg, cache_dir):
+    """ALLaM 7B adaptation: Llama-2's 32,000 pieces + 32,000 Arabic ones; nothing is trained or cached."""
+    before = set(cache_dir.rglob("*"))
+    res = plan(make_cfg("experiment=allam7b_adapt"))
+    assert res["plan.vocab_size"] == 64000
+    assert res["model.parameters"] == LLAMA2["7b"] + 2 * 32000 * 4096  # new input rows and new head rows
+    assert plan(make_cfg("experiment=allam7b_scratch"))["plan.vocab_size"] == 64000
+    assert set(cache_dir.rglob("*")) == before

@@ -171,7 +171,8 @@ def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
     res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2", "data.val_blocks=1",
                                   "export=false", f"ckpt={out1 / 'checkpoints' / 'last.ckpt'}", out=out2))
     assert res["train.steps"] == 4
-    assert res["train.tokens"] == 2 * 2 * 64  # only the two new steps ran here
+    assert res["train.tokens"] == 4 * 2 * 64  # the count carries over the resume
+    assert res["train.tokens_this_run"] == 2 * 2 * 64  # only the two new steps ran here
 
 
 def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
@@ -181,3 +182,19 @@ def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs, list(out.rglob("*"))[:20]
     assert any(runs[0].rglob("*.wandb"))
+
+
+def test_final_scores_come_from_the_last_step(make_cfg, tmp_path):
+    """With validation every 2 steps of 5, results.json still scores the model after step 5."""
+    res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "trainer.val_every_steps=2", "data.batch_size=2",
+                                  "data.val_blocks=2", "export=false"))
+    assert res["train.steps"] == 5 and res["val.step"] == 5
+
+
+def test_init_llama2_refuses_a_foreign_tokenizer(make_cfg, tmp_path, english8k):
+    """Token ids must mean what the checkpoint learned: Mistral's 32k pieces on an english8k model is an error."""
+    ckpt = _save_tiny_llama(tmp_path / "base", english8k.tokenizer, vocab=32000)
+    with pytest.raises(ConfigError, match=r"tokenizer.base=mistral7b: its vocabulary differs from the tokenizer of init"):
+        pipeline.train(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=mistral", *SMALL_MODEL, *FAST))
+    with pytest.raises(ConfigError, match=r"tokenizer=bilingual: a vocabulary trained from scratch"):
+        pipeline.train(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=bilingual", *SMALL_MODEL, *FAST))

@@ -71,13 +71,10 @@ def _bytes_per_param(precision: str, optimizer: str) -> tuple[float, float, floa
     return w, g, o
 
 
-def make_plan(cfg, vocab_size: int) -> Plan:
+def make_plan(cfg, vocab_size: int, world: int, tokens_per_step: int) -> Plan:
     m, t, d = cfg.model, cfg.trainer, cfg.data
     model = build_meta(m, vocab_size)
     counts = parameter_counts(model)
-    devices = t.devices if isinstance(t.devices, int) else len(t.devices) if hasattr(t.devices, "__len__") else 1
-    world = max(1, int(devices)) * max(1, int(t.num_nodes))
-    tokens_per_step = d.batch_size * m.seq_len * t.accumulate_grad_batches * world
     optimizer = getattr(cfg.optim.name, "value", cfg.optim.name)
     strategy = str(t.strategy)
     w, g, o = _bytes_per_param(str(t.precision), optimizer)

@@ -359,3 +359,23 @@ def build_tokenizer(
     if variant == "base":
         return base
     return _expanded(cfg, base, cache_dir, texts)
+
+
+def resolve_base_size(spec: str, local_files_only: bool = False) -> int:
+    """Pieces in a base tokenizer named by `tokenizer.base`, without training anything:
+    mistral7b and .model files are read with SentencePiece; folders and hub ids are loaded."""
+    import sentencepiece as spm_lib
+
+    if spec == "mistral7b":
+        spec_ = importlib.util.find_spec("mistral_common")
+        if spec_ is None or not spec_.submodule_search_locations:
+            raise ConfigError("tokenizer.base=mistral7b: the mistral-common package is not installed (pip install mistral-common)")
+        path = Path(list(spec_.submodule_search_locations)[0]).joinpath(*MISTRAL_FILE)
+        return spm_lib.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return spm_lib.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    try:
+        return len(hf_folder.load(spec, local_files_only=local_files_only or path.is_dir()))
+    except Exception as e:
+        raise ConfigError(f"tokenizer.base={spec}: cannot read its size ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

@@ -49,8 +49,8 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
 class Throughput(L.Callback):
     """Logs train/tokens, train/tokens_per_s, train/mfu and the learning rate.
 
-    Tokens count input positions of every micro-batch on every rank. Time counts training
-    only: validation passes are subtracted.
+    Tokens count input positions of every micro-batch on every rank, across resumes. Time
+    counts training only: validation passes are left out.
     """
 
     def __init__(self, flops_per_token: float, precision: str, peak_override: float | None, log_every: int) -> None:
@@ -100,19 +100,34 @@ class Throughput(L.Callback):
             self.train_seconds += time.perf_counter() - self._t_last
             self._t_last = None
 
+    # Lightning sets trainer.validating (not .training) during the validation inside fit, so
+    # pause whenever the clock runs and resume only when the validation was part of fit.
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.training:
-            self._pause()
+        self._pause()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.training:
+        if trainer.state.fn == "fit":
             self._t_last = time.perf_counter()
             self._window_t0 = self._t_last
             self._window_tokens = 0
 
+    # the token count survives a resume (curves against tokens do not jump back)
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens = int(state_dict.get("tokens", 0))
+        self._tokens_at_start = self.tokens
+
+    _tokens_at_start = 0
+
+    @property
+    def tokens_this_run(self) -> int:
+        return self.tokens - self._tokens_at_start
+
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+        return self.tokens_this_run / self.train_seconds if self.train_seconds > 0 else 0.0
 
     @property
     def mfu(self) -> float | None:

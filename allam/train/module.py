@@ -16,7 +16,7 @@ class CausalLM(L.LightningModule):
     Validation runs one dataloader per language (`val_languages`) and logs
     `val/<lang>/loss` (mean NLL per token) and `val/<lang>/bpb` (bits per byte).
     With `embedding_warmup_steps` > 0 only the input embeddings and the output head train
-    for that many optimizer steps; then every parameter trains.
+    for that many optimizer steps (the body's LR is 0); then every parameter trains.
     """
 
     def __init__(
@@ -40,7 +40,7 @@ class CausalLM(L.LightningModule):
         self.register_buffer("token_bytes", torch.as_tensor(token_bytes, dtype=torch.long), persistent=False)
         self._val = {lang: BitsPerByte() for lang in self.val_languages}
         self.final_val: dict[str, dict[str, float]] = {}
-        self._frozen: bool | None = None
+        self.final_val_step: int | None = None  # global step the final_val scores belong to
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -52,27 +52,6 @@ class CausalLM(L.LightningModule):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
-
-    # ------------------------------------------------------------------ embedding warm-up
-    def embedding_params(self) -> set[int]:
-        ids = {id(self.model.get_input_embeddings().weight)}
-        head = self.model.get_output_embeddings()
-        if head is not None:
-            ids.add(id(head.weight))
-        return ids
-
-    def _set_frozen(self, frozen: bool) -> None:
-        if self._frozen is frozen:
-            return
-        keep = self.embedding_params()
-        for p in self.model.parameters():
-            if id(p) not in keep:
-                p.requires_grad_(not frozen)
-        self._frozen = frozen
-
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        if self.embedding_warmup_steps > 0:
-            self._set_frozen(self.global_step < self.embedding_warmup_steps)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -106,9 +85,10 @@ class CausalLM(L.LightningModule):
             self.log(f"val/{lang}/loss", acc.loss, prog_bar=True, sync_dist=True)
             self.log(f"val/{lang}/bpb", acc.bpb, sync_dist=True)
         self.final_val = out
+        self.final_val_step = self.global_step
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.optim_cfg, self.total_steps)
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.total_steps, self.embedding_warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -7,16 +7,29 @@ import torch
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings; none on norms and biases."""
-    decay, no_decay = [], []
+    """Three groups: the input embedding and output head; the body's matrices (decayed); the body's
+    norms and biases (not decayed). Groups of the body carry ``body=True`` so an embedding warm-up
+    can hold them still through the LR schedule alone (no requires_grad changes, so DDP and FSDP
+    keep working)."""
+    emb = {id(model.get_input_embeddings().weight)}
+    head = model.get_output_embeddings()
+    if head is not None:
+        emb.add(id(head.weight))
+    embeddings, decay, no_decay, seen = [], [], [], set()
     for p in model.parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        seen.add(id(p))
+        if id(p) in emb:
+            embeddings.append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": embeddings, "weight_decay": weight_decay, "body": False},
+        {"params": decay, "weight_decay": weight_decay, "body": True},
+        {"params": no_decay, "weight_decay": 0.0, "body": True},
     ]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: torch.nn.Module, o) -> torch.optim.Optimizer:
@@ -42,9 +55,16 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, o, total_steps: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, o, total_steps: int, embedding_warmup_steps: int = 0):
+    """LambdaLR per group. During an embedding warm-up the body's groups get LR 0 (AdamW's
+    decoupled weight decay is scaled by the LR, so they do not move at all)."""
     schedule = getattr(o.schedule, "value", o.schedule)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, total_steps, o.warmup_steps, schedule, o.min_lr_ratio),
-    )
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps, o.warmup_steps, schedule, o.min_lr_ratio)
+
+    def body_factor(step: int) -> float:
+        return 0.0 if step < embedding_warmup_steps else factor(step)
+
+    lambdas = [body_factor if g.get("body") and embedding_warmup_steps > 0 else factor for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
