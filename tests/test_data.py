@@ -184,7 +184,7 @@ def test_parallel_pairs_put_original_and_translation_in_one_sequence(tok, corpus
     plain.prepare(), paired.prepare()
     a, b = plain.shards["ar_tr"], paired.shards["ar_tr"]
     assert a.path != b.path and b.meta["train"]["tokens"] > 1.5 * a.meta["train"]["tokens"]
-    doc = tok.decode(b.tokens("train")[:400].tolist()).split("</s>")[0]
+    doc = tok.decode(b.tokens("train")[:400].tolist()).split("</s>")[0].removeprefix("<s>")  # documents are [BOS] text EOS
     en, ar = doc.split("\n\n")
     assert set(en.split()) <= set(EN_WORDS) and set(ar.split()) <= set(AR_WORDS)
     assert b.meta["val"]["tokens"] == a.meta["val"]["tokens"]  # validation stays monolingual
@@ -427,3 +427,15 @@ def test_benchmark_runs(tok, tmp_path):
     for key in ("pretokenize_tokens_per_s", "baseline_tokens_per_s", "pretokenize_speedup", "loader_tokens_per_s"):
         assert key in result
     assert result["pipeline_tokens"] > 0 and result["loader_tokens_per_s"] > 0
+
+
+def test_documents_are_bos_text_eos(tok, corpus, tmp_path):
+    """Llama's document format: every document opens with BOS and closes with EOS."""
+    srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_tr", "en_pq")}
+    dm = make_dm(tok, tmp_path / "c", srcs, ar_ratio=0.5)
+    dm.prepare()
+    ids = dm.shards["en_pq"].tokens("train")
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    after_eos = ids[1:][ids[:-1] == tok.eos_token_id]
+    assert len(after_eos) > 0 and (after_eos == tok.bos_token_id).all()
+    assert (ids == tok.bos_token_id).sum() == (ids == tok.eos_token_id).sum()

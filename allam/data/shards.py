@@ -34,7 +34,7 @@ from allam.config import ConfigError
 from allam.data.cleaning import DROP_STEPS, Cleaner, doc_hash
 from allam.data.sources import content_fingerprint, read_documents
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: documents are [BOS] text EOS
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 SCRIPT_MISMATCH_SHARE = 0.5  # more than this share of a source's documents in the wrong script: an error
@@ -50,6 +50,7 @@ class TokenizerInfo:
     vocab_size: int
     hash: str
     dtype: str  # "uint16" | "uint32"
+    bos_id: Optional[int] = None  # each document starts with BOS when the tokenizer has one (Llama's format)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> "TokenizerInfo":
@@ -67,9 +68,11 @@ class TokenizerInfo:
         except TypeError:
             vocab = backend.get_vocab_size(with_added_tokens=True)
         vocab = max(vocab, backend.get_vocab_size(with_added_tokens=True), int(eos) + 1)
+        bos = getattr(tokenizer, "bos_token_id", None)
+        bos = int(bos) if bos is not None and bos != eos else None
         h = hashlib.sha256(backend.to_str().encode("utf-8"))
-        h.update(f"|eos={int(eos)}".encode())
-        return cls(backend, int(eos), vocab, h.hexdigest(), "uint16" if vocab <= 1 << 16 else "uint32")
+        h.update(f"|eos={int(eos)}|bos={bos}".encode())
+        return cls(backend, int(eos), vocab, h.hexdigest(), "uint16" if vocab <= 1 << 16 else "uint32", bos)
 
 
 # --------------------------------------------------------------------------- shard access
@@ -176,12 +179,18 @@ def _process(job_idx: int, texts: list[str], pairs: list[Optional[str]]):
     backend = _W["backend"]
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
     ids = [e.ids for e in encode(out, add_special_tokens=False)]
-    lens = np.fromiter(map(len, ids), np.int64, len(ids)) + 1
+    bos = _W.get("bos")
+    marks = 1 if bos is None else 2  # [BOS] text EOS
+    lens = np.fromiter(map(len, ids), np.int64, len(ids)) + marks
     flat = np.empty(int(lens.sum()), dtype)
-    eos_pos = np.cumsum(lens) - 1
+    ends = np.cumsum(lens)
+    eos_pos = ends - 1
     body = np.ones(flat.shape[0], bool)
     body[eos_pos] = False
-    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype, flat.shape[0] - len(ids))
+    if bos is not None:
+        body[ends - lens] = False
+        flat[ends - lens] = bos
+    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype, flat.shape[0] - marks * len(ids))
     flat[eos_pos] = _W["eos"]
     return np.asarray(kept, np.int64), lens, flat, hashes, nbytes, drops
 
@@ -275,7 +284,7 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
         return out
     workers = default_workers() if workers is None else workers
     _W.clear()
-    _W.update(backend=tok.backend, eos=tok.eos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
+    _W.update(backend=tok.backend, eos=tok.eos_id, bos=tok.bos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
     pool_cm = None
     try:
         for i, job in enumerate(todo):
@@ -377,6 +386,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
             "kind": _field(job.src, "kind", "natural"),
             "dtype": tok.dtype,
             "eos": tok.eos_id,
+            "bos": tok.bos_id,
             "tokenizer": tok.hash,
             "content": job.content,
             "cleaning": job.cleaner.options(),
