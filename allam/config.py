@@ -311,9 +311,23 @@ def _source(name: str, node: Any) -> DictConfig:
     return merged
 
 
+def _check_keys(cfg: DictConfig) -> None:
+    """Keys added with '+' bypass the schema's struct check; a misspelled one must still fail."""
+    schema = OmegaConf.structured(AllamConfig)
+    for key in cfg:
+        if key not in schema:
+            raise ConfigError(f"{key}: no such key; allowed: {', '.join(str(k) for k in schema)}")
+        if isinstance(schema[key], DictConfig):
+            for sub in cfg[key]:
+                if sub not in schema[key]:
+                    allowed = ", ".join(str(k) for k in schema[key])
+                    raise ConfigError(f"{key}.{sub}: no such key in {key}; allowed: {allowed}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks a composed config before anything is built (and fills each data source's defaults).
     Raises ConfigError (one line)."""
+    _check_keys(cfg)
     m, d, o, t, tok, ini = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer, cfg.init
     if cfg.task not in TASKS:
         _fail("task", cfg.task, "allowed: " + ", ".join(TASKS))
@@ -408,6 +422,11 @@ def explain_compose_error(exc: BaseException) -> str:
     if m3:
         key = m3.group(1)
     detail = (ctext or text).strip().splitlines()[0] if (ctext or text).strip() else type(exc).__name__
+    if key and key.startswith("data.sources.") and key.count(".") >= 3:
+        name = key.split(".")[2]
+        return (f"{key}: no such key, or no source '{name}'; a source's keys: "
+                f"{', '.join(SourceConfig.__dataclass_fields__)}; add a source with "
+                f"+data.sources.{name}={{lang: ar, loader: jsonl, path: ...}}")
     if key and ("not in" in detail or "Could not override" in text or "Key '" in detail):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _allowed_keys(parent)

@@ -99,7 +99,7 @@ def device_type(t) -> str:
 # --------------------------------------------------------------------------- parts
 def build_tokenizer(cfg: DictConfig):
     """The configured tokenizer; any it must train learns from the configured sources' training text."""
-    from allam.data.sources import training_texts
+    from allam.data.sources import source_texts
     from allam.tokenizer import build_tokenizer as _build
 
     init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
@@ -108,7 +108,7 @@ def build_tokenizer(cfg: DictConfig):
         cfg.tokenizer,
         cache_dir=cache_dir(cfg) / "tokenizers",
         init_checkpoint=init_ckpt,
-        texts=lambda lang: training_texts(sources, lang),
+        texts=lambda lang: source_texts(sources, lang, "train"),
         local_files_only=cfg.init.local_files_only,
     )
 
@@ -530,30 +530,28 @@ REPORT_VARIANTS = (
 
 
 def tokenizer_report(cfg: DictConfig) -> dict:
-    """Fertility of each tokenizer variant on held-out Arabic and English (JSON + PNG in the run dir).
+    """Fertility of tokenizer variants on the configured sources' held-out Arabic and English
+    (table, JSON and PNG in the run dir).
 
-    Compares the configured tokenizer with the two offline bases, their expansions (with
-    tokenizer.num_new_tokens new pieces) and the bilingual tokenizer (tokenizer.vocab_size).
+    Compares the run's own tokenizer with the two offline bases, their expansions (with
+    tokenizer.num_new_tokens new pieces) and the bilingual tokenizer (tokenizer.vocab_size), all
+    trained on the configured sources' training text exactly as a training run would.
     """
-    from allam.data.demo import demo_texts
+    from allam.data.sources import source_texts
     from allam.tokenizer import build_tokenizer as _build
     from allam.tokenizer import tokenizer_report as _report
 
     validate(cfg)
-    bundles, seen = [], set()
-    wanted = [dict(c) for c in REPORT_VARIANTS]
-    configured = {"variant": _v(cfg.tokenizer.variant), "base": cfg.tokenizer.base}
-    if configured not in wanted and configured["base"] != "auto":
-        wanted.insert(0, configured)
+    sources = cfg.data.sources
     init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
-    for spec in wanted:
-        tcfg = OmegaConf.merge(cfg.tokenizer, spec)
-        bundle = _build(tcfg, cache_dir=cache_dir(cfg) / "tokenizers", init_checkpoint=init_ckpt,
+    bundles = [build_tokenizer(cfg)]
+    for spec in REPORT_VARIANTS:
+        bundle = _build(OmegaConf.merge(cfg.tokenizer, spec), cache_dir=cache_dir(cfg) / "tokenizers",
+                        init_checkpoint=init_ckpt, texts=lambda lang: source_texts(sources, lang, "train"),
                         local_files_only=cfg.init.local_files_only)
-        if bundle.name not in seen:
-            seen.add(bundle.name)
+        if bundle.name not in {b.name for b in bundles}:
             bundles.append(bundle)
-    report = _report(bundles, run_dir(cfg), lambda lang: demo_texts(lang, "val"))
+    report = _report(bundles, run_dir(cfg), lambda lang: source_texts(sources, lang, "val"))
     results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report}
     path = write_results(run_dir(cfg), results)
     print(f"results: {path}")

@@ -50,6 +50,8 @@ def test_readme_example_composes(make_cfg):
         ("data.ar_ratio=1.5", "data.ar_ratio=1.5: must be a fraction in [0, 1]"),
         ("model=15b", "model=15b: no such choice; allowed: 13b, 1b, 70b, 7b, tiny"),
         ("data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
+        ("+data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
+        ("data.sources.tafsir_ar.strip_diacritcs=true", "data.sources.tafsir_ar.strip_diacritcs: no such key"),
         ("model.attention=flash", "model.attention=flash: allowed: auto, xformers, sdpa, eager"),
         ("data.batch_size=many", "data.batch_size=many:"),
         ("optim.lr=-1", "optim.lr=-1.0: must be positive"),

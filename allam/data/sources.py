@@ -316,11 +316,12 @@ def _guard(name: str, src: Any, docs: Iterator[RawDoc]) -> Iterator[RawDoc]:
 
 
 
-def training_texts(sources: Any, lang: str, batch: int = 256) -> Iterator[str]:
-    """Cleaned training-split text of every configured source in language `lang`.
+def source_texts(sources: Any, lang: str, split: str = "train", batch: int = 256) -> Iterator[str]:
+    """Cleaned text of one split of every configured source in language `lang`.
 
-    What tokenizers learn from: the same documents, cleaning and hold-out rule as the token
-    shards, so a tokenizer never sees validation text.
+    What tokenizers learn from (split "train") and are measured on (split "val"): the same
+    documents, cleaning and hold-out rule as the token shards, so a tokenizer never sees
+    validation text.
     """
     from allam.data.cleaning import Cleaner
 
@@ -330,7 +331,7 @@ def training_texts(sources: Any, lang: str, batch: int = 256) -> Iterator[str]:
         cleaner = Cleaner.from_source(src)
         pending: list[str] = []
         for doc in read_documents(name, src, parallel_pairs=False, bad=[0]):
-            if doc.split != "train":
+            if doc.split != split:
                 continue
             pending.append(doc.text)
             if len(pending) >= batch:
