@@ -178,7 +178,9 @@ class DataConfig:
     parallel_pairs: bool = False  # emit translated documents as aligned English+Arabic pairs
     batch_size: int = 8  # sequences per device per step
     num_workers: int = 0
-    val_blocks: int = 16  # validation blocks per language (0: the whole held-out text)
+    # held-out text scored per language, as whole documents chosen by bytes, so runs with different
+    # tokenizers are scored on the same text (0: all held-out text)
+    val_bytes: int = 65536
     allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota
     seed: int = 1234
     allow_fingerprint_change: bool = False  # resume even if the data fingerprint differs from the checkpoint's
@@ -349,7 +351,7 @@ def validate(cfg: DictConfig) -> None:
     if m.max_position_embeddings is not None and m.seq_len > m.max_position_embeddings:
         _fail("model.seq_len", m.seq_len, f"must be <= model.max_position_embeddings={m.max_position_embeddings}")
     _positive("data.batch_size", d.batch_size)
-    _positive("data.val_blocks", d.val_blocks, allow_zero=True)
+    _positive("data.val_bytes", d.val_bytes, allow_zero=True)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
     _positive("trainer.max_tokens", t.max_tokens)
     _positive("trainer.max_steps", t.max_steps)

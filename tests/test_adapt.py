@@ -64,13 +64,13 @@ def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
     """experiment=english_base, exported, then adapted with an expanded tokenizer: tiny settings."""
     base_out = tmp_path / "english_base"
     res = pipeline.train(make_cfg("experiment=english_base", *SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2",
-                                  "data.val_blocks=1", "trainer.val_every_steps=null",
+                                  "data.val_bytes=1500", "trainer.val_every_steps=null",
                                   "trainer.checkpoint_every_steps=null", out=base_out))
     assert res["data"]["realized_ar_ratio"] == 0.0
     export = base_out / "hf"
     adapt_out = tmp_path / "adapt"
     res = pipeline.train(make_cfg("experiment=adapt_toy", f"init.checkpoint={export}", *SMALL_MODEL, *SMALL_EXPANSION[1:],
-                                  "trainer.max_steps=4", "data.batch_size=2", "data.val_blocks=1", out=adapt_out))
+                                  "trainer.max_steps=4", "data.batch_size=2", "data.val_bytes=1500", out=adapt_out))
     saved = json.loads((adapt_out / "results.json").read_text())
     assert saved["choices"]["init"] == "llama2" and saved["choices"]["tokenizer"] == "expanded"
     assert saved["tokenizer.vocab_size"] == 8192 + 512
@@ -94,7 +94,7 @@ def test_export_from_sharded_checkpoint(make_cfg, tmp_path):
     import torch.distributed.checkpoint as dcp
 
     out = tmp_path / "run"
-    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=1", "data.batch_size=1", "data.val_blocks=1",
+    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=1", "data.batch_size=1", "data.val_bytes=1500",
                             "export=false", out=out))
     full = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     sharded = out / "checkpoints" / "sharded.ckpt"

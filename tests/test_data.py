@@ -75,7 +75,7 @@ def sources(corpus: Path) -> dict:
 def data_cfg(srcs: dict, **kw):
     cfg = OmegaConf.structured(DataConfig)
     cfg.sources = {k: OmegaConf.merge(OmegaConf.structured(SourceConfig), v) for k, v in srcs.items()}
-    return OmegaConf.merge(cfg, OmegaConf.create({"batch_size": 4, "val_blocks": 8, **kw}))
+    return OmegaConf.merge(cfg, OmegaConf.create({"batch_size": 4, "val_bytes": 0, **kw}))
 
 
 def make_dm(tok, cache, srcs, *, seq_len=32, train_batches=40, workers=1, **kw):
@@ -170,10 +170,14 @@ def test_batches_mix_and_validation(tok, corpus, tmp_path, capsys):
     assert sum(v["realized_tokens"] for v in rep["sources"].values()) == 160 * 32
     assert rep["sources"]["ar_tr"]["kind"] == "translated" and rep["sources"]["en_glob"]["epochs"] > 0
     val = dm.val_dataloader()
-    assert [len(v.dataset) for v in val] == [8, 8]
     ar_val = torch.cat(list(val[0]))
-    assert ar_val.shape == (8, 33)
-    text = tok.decode(ar_val[0].tolist())
+    assert ar_val.shape[1] == 33 and len(ar_val) == len(val[0].dataset) > 0
+    # blocks overlap by one token: together they are exactly the held-out stream of the Arabic sources
+    stream = torch.cat([ar_val[0, :1], ar_val[:, 1:].reshape(-1)])
+    stream = stream[stream != -100].numpy()
+    held_out = np.concatenate([sh.tokens("val") for sh in dm._shard_list if sh.lang == "ar"])
+    assert np.array_equal(stream, held_out)
+    text = tok.decode(ar_val[0][ar_val[0] >= 0].tolist())
     assert any(w in text for w in AR_WORDS) and not any(w in text.split() for w in EN_WORDS)
 
 
@@ -439,3 +443,30 @@ def test_documents_are_bos_text_eos(tok, corpus, tmp_path):
     after_eos = ids[1:][ids[:-1] == tok.eos_token_id]
     assert len(after_eos) > 0 and (after_eos == tok.bos_token_id).all()
     assert (ids == tok.bos_token_id).sum() == (ids == tok.eos_token_id).sum()
+
+
+def test_validation_scores_the_same_documents_under_any_tokenizer(tok, corpus, tmp_path):
+    """val_bytes picks whole held-out documents by their bytes, so bits per byte of runs with
+    different tokenizers are measured on the same text."""
+    import importlib.util
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    spec = importlib.util.find_spec("mistral_common")
+    shutil.copy(Path(list(spec.submodule_search_locations)[0]) / "data" / "tokenizer.model.v1", folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    other = AutoTokenizer.from_pretrained(folder)
+    srcs = sources(corpus)
+    a = make_dm(tok, tmp_path / "a", srcs, ar_ratio=0.5, val_bytes=400)
+    b = make_dm(other, tmp_path / "b", srcs, ar_ratio=0.5, val_bytes=400)
+    a.prepare(), b.prepare()
+    for lang in ("ar", "en"):
+        assert a.val_info[lang]["docs"] == b.val_info[lang]["docs"] > 0
+        assert a.val_info[lang]["bytes"] == b.val_info[lang]["bytes"]
+        assert a.val_info[lang]["bytes"] < sum(sh.meta["val"]["bytes"] for sh in a._shard_list if sh.lang == lang)
+        stream = a._val[lang]
+        assert stream[0] == tok.bos_token_id and stream[-1] == tok.eos_token_id
+        assert (stream == tok.bos_token_id).sum() == a.val_info[lang]["docs"]

@@ -15,7 +15,7 @@ from allam.config import ConfigError
 FAST = [
     "trainer.max_steps=3",
     "data.batch_size=2",
-    "data.val_blocks=2",
+    "data.val_bytes=3000",
     "trainer.log_every_n_steps=1",
 ]
 SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
@@ -48,7 +48,7 @@ def test_default_config_trains_and_writes_results(make_cfg, tmp_path, capsys):
 
 def test_training_lowers_loss_with_adamw8bit(make_cfg, tmp_path):
     out = tmp_path / "run"
-    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=30", "data.batch_size=4", "data.val_blocks=4", "optim=adamw8bit",
+    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=30", "data.batch_size=4", "data.val_bytes=6000", "optim=adamw8bit",
                    "optim.lr=3e-3", "optim.warmup_steps=2", "export=false", "logger=csv", out=out)
     res = pipeline.train(cfg)
     import csv
@@ -154,7 +154,7 @@ def test_embedding_warmup_freezes_then_unfreezes(make_cfg, tmp_path, monkeypatch
     real = pipeline.build_trainer
     monkeypatch.setattr(pipeline, "build_trainer", lambda cfg, out, cbs, steps: real(cfg, out, [*cbs, Snap()], steps))
     # 2 x 64 tokens per step: 256 warm-up tokens = 2 steps
-    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "data.batch_size=2", "data.val_blocks=1", "export=false",
+    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "data.batch_size=2", "data.val_bytes=1500", "export=false",
                    "init.embedding_warmup_tokens=256", "optim.warmup_steps=0")
     pipeline.train(cfg)
     steps = {s: (w, e) for s, w, e in snaps}
@@ -165,10 +165,10 @@ def test_embedding_warmup_freezes_then_unfreezes(make_cfg, tmp_path, monkeypatch
 
 def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
     out1 = tmp_path / "first"
-    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=2", "data.val_blocks=1",
+    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=2", "data.val_bytes=1500",
                             "export=false", out=out1))
     out2 = tmp_path / "second"
-    res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2", "data.val_blocks=1",
+    res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2", "data.val_bytes=1500",
                                   "export=false", f"ckpt={out1 / 'checkpoints' / 'last.ckpt'}", out=out2))
     assert res["train.steps"] == 4
     assert res["train.tokens"] == 4 * 2 * 64  # the count carries over the resume
@@ -187,7 +187,7 @@ def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
 def test_final_scores_come_from_the_last_step(make_cfg, tmp_path):
     """With validation every 2 steps of 5, results.json still scores the model after step 5."""
     res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "trainer.val_every_steps=2", "data.batch_size=2",
-                                  "data.val_blocks=2", "export=false"))
+                                  "data.val_bytes=3000", "export=false"))
     assert res["train.steps"] == 5 and res["val.step"] == 5
 
 

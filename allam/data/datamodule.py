@@ -128,18 +128,27 @@ class TrainLoader:
         self.dm.load_state_dict(state)
 
 
-class BlockDataset(Dataset):
-    """Held-out blocks of one language (map-style, in a fixed order)."""
+class HeldOutBlocks(Dataset):
+    """A held-out token stream cut into blocks of seq_len + 1 that overlap by one token, so every
+    token after the first is predicted exactly once. The last block is padded with IGNORE
+    (-100): those positions are neither inputs that matter (attention is causal) nor scored."""
 
-    def __init__(self, shards: list[SourceShards], src: np.ndarray, block: np.ndarray, block_len: int):
-        self.gather = _Gather(shards, block_len, "val")
-        self.src, self.block = src, block
+    IGNORE = -100
+
+    def __init__(self, stream: np.ndarray, seq_len: int, rank: int = 0, world: int = 1):
+        self.stream, self.seq_len = stream, seq_len
+        n = max(0, -(-(len(stream) - 1) // seq_len))  # ceil((L - 1) / seq_len)
+        self.index = np.arange(n)[rank::world]
 
     def __len__(self) -> int:
-        return len(self.src)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.gather(self.src[i : i + 1], self.block[i : i + 1])[0])
+        start = int(self.index[i]) * self.seq_len
+        piece = self.stream[start : start + self.seq_len + 1]
+        out = torch.full((self.seq_len + 1,), self.IGNORE, dtype=torch.long)
+        out[: len(piece)] = torch.from_numpy(piece)
+        return out
 
 
 # --------------------------------------------------------------------------- datamodule
@@ -232,24 +241,31 @@ class AllamDataModule(L.LightningDataModule):
         self._prepared = True
 
     def _build_val(self) -> None:
-        self._val: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        want = int(self.cfg.val_blocks)
+        """Held-out text per language: whole documents chosen by their bytes (about
+        cfg.val_bytes per language, 0 for all), so every tokenizer is scored on the same text."""
+        self._val: dict[str, np.ndarray] = {}
+        self.val_info: dict[str, dict[str, int]] = {}
+        budget = int(self.cfg.val_bytes)
         for lang in self.val_languages:
-            srcs, blocks = [], []
-            for i, sh in enumerate(self._shard_list):
-                if sh.lang == lang:
-                    n = sh.blocks("val", self.block_len)
-                    srcs.append(np.full(n, i, np.int64))
-                    blocks.append(np.arange(n, dtype=np.int64))
-            src = np.concatenate(srcs) if srcs else np.zeros(0, np.int64)
-            blk = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
-            total = len(src)
-            if want and total > want:  # evenly spaced, so every source is represented by its size
-                idx = (np.arange(want, dtype=np.int64) * total) // want
-                src, blk = src[idx], blk[idx]
+            shards = [sh for sh in self._shard_list if sh.lang == lang]
+            docs = [sh.val_docs() for sh in shards]
+            flat = np.concatenate(docs) if docs else np.zeros((0, 2), np.int64)
+            total = int(flat[:, 1].sum()) if len(flat) else 0
+            stride = max(1, round(total / budget)) if budget and total > budget else 1
+            pieces, first = [], 0
+            for sh, d in zip(shards, docs):
+                starts = np.concatenate([[0], np.cumsum(d[:, 0])[:-1]]) if len(d) else np.zeros(0, np.int64)
+                pick = (np.arange(first, first + len(d)) % stride) == 0  # every stride-th document
+                first += len(d)
+                toks = sh.tokens("val")
+                pieces += [np.asarray(toks[a : a + n], np.int64) for a, n in zip(starts[pick], d[pick, 0])]
+                info = self.val_info.setdefault(lang, {"docs": 0, "bytes": 0, "tokens": 0})
+                info["docs"] += int(pick.sum())
+                info["bytes"] += int(d[pick, 1].sum())
+                info["tokens"] += int(d[pick, 0].sum())
             if total == 0:
                 log.warning("data: no held-out %s text (validation for %s is empty)", lang, lang)
-            self._val[lang] = (src, blk)
+            self._val[lang] = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
 
     # -- Lightning hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -273,10 +289,9 @@ class AllamDataModule(L.LightningDataModule):
         self.prepare()
         loaders = []
         for lang in self.val_languages:
-            src, blk = self._val[lang]
             # each rank scores its own share of the held-out blocks; CausalLM sums the counts across ranks
-            src, blk = src[self.rank :: self.world], blk[self.rank :: self.world]
-            loaders.append(DataLoader(BlockDataset(self._shard_list, src, blk, self.block_len),
+            blocks = HeldOutBlocks(self._val[lang], self.seq_len, self.rank, self.world)
+            loaders.append(DataLoader(blocks,
                                       batch_size=self.batch_size, shuffle=False, num_workers=0))
         return loaders
 
@@ -402,6 +417,7 @@ class AllamDataModule(L.LightningDataModule):
             "realized_ar_ratio": ar_blocks / total if total else 0.0,
             "stages": stages,
             "sources": sources,
+            "validation": dict(getattr(self, "val_info", {})),  # held-out docs/bytes/tokens scored per language
             "seed": self.seed,
             "fingerprint": self.fingerprint(),
             "prepare_seconds": self.prepare_seconds,

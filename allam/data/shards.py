@@ -34,7 +34,7 @@ from allam.config import ConfigError
 from allam.data.cleaning import DROP_STEPS, Cleaner, doc_hash
 from allam.data.sources import content_fingerprint, read_documents
 
-FORMAT_VERSION = 2  # 2: documents are [BOS] text EOS
+FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 SCRIPT_MISMATCH_SHARE = 0.5  # more than this share of a source's documents in the wrong script: an error
@@ -96,6 +96,11 @@ class SourceShards:
 
     def blocks(self, split: str, block_len: int) -> int:
         return self.meta[split]["tokens"] // block_len
+
+    def val_docs(self) -> np.ndarray:
+        """[n, 2] int64: tokens and UTF-8 bytes of each held-out document, in shard order."""
+        f = self.path / "val_docs.npy"
+        return np.load(f) if f.exists() else np.zeros((0, 2), np.int64)
 
     def __getstate__(self):  # never pickle mapped data (DataLoader workers reopen it)
         d = dict(self.__dict__)
@@ -328,6 +333,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
     stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
              "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
     seen = HashSet()
+    val_docs: list[np.ndarray] = []  # (tokens, bytes) of each held-out document: text-based validation
     bar = tqdm(desc=f"tokenize {job.name}", unit=" docs", disable=not progress, mininterval=0.5, leave=True)
     try:
         with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
@@ -355,6 +361,8 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
                     stats[split]["docs"] += int(sel.sum())
                     stats[split]["tokens"] += int(toks.shape[0])
                     stats[split]["bytes"] += int(nbytes[sel].sum())
+                    if split == "val":
+                        val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
                 bar.update(n)
                 bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
                 _check_script(job, stats, final=False)
@@ -371,6 +379,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
                 s, r = inflight.popleft()
                 consume(s, r.get())
         bar.close()
+        np.save(tmp / "val_docs.npy", np.concatenate(val_docs) if val_docs else np.zeros((0, 2), np.int64))
         stats["drops"]["bad_utf8"] = bad[0]
         _check_script(job, stats, final=True)
         if stats["docs_read"] == 0 and bad[0] == 0:

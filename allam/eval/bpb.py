@@ -26,8 +26,12 @@ class BitsPerByte:
         self.bytes = 0
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> None:
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
-        nb = token_bytes[targets.reshape(-1)]
+        """targets < 0 (padding of the last held-out block) are not scored."""
+        targets = targets.reshape(-1)
+        scored = targets >= 0
+        logits, targets = logits.reshape(-1, logits.size(-1))[scored], targets[scored]
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        nb = token_bytes[targets]
         carry = nb > 0
         self.nll_all += float(nll.sum())
         self.tokens_all += nll.numel()

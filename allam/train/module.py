@@ -67,7 +67,8 @@ class CausalLM(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
         lang = self.val_languages[dataloader_idx]
-        inputs, targets = batch[:, :-1], batch[:, 1:]
+        # the last held-out block is padded with -100: harmless as inputs (causal), skipped as targets
+        inputs, targets = batch[:, :-1].clamp_min(0), batch[:, 1:]
         logits = self(inputs)
         self._val[lang].update(logits, targets, self.token_bytes)
 
