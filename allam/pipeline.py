@@ -127,7 +127,8 @@ def build_model(cfg: DictConfig, bundle, attention: str):
         rows = m.vocab_size or padded(vocab, m.pad_vocab_to)
         if rows < vocab:
             raise ConfigError(f"model.vocab_size={rows}: smaller than the tokenizer's {vocab} pieces")
-        return build_random(m, init, rows, attention)
+        tok = bundle.tokenizer
+        return build_random(m, init, rows, attention, tok.bos_token_id, tok.eos_token_id)
     model = load_pretrained(m, init, attention)
     variant = _v(cfg.tokenizer.variant)
     check_tokenizer_matches_checkpoint(cfg, bundle, model.get_input_embeddings().weight.shape[0])
@@ -516,7 +517,9 @@ def build_model_skeleton(cfg: DictConfig, bundle):
             hf_cfg.vocab_size = padded(vocab, cfg.model.pad_vocab_to)
         hf_cfg._attn_implementation = "sdpa"
     else:
-        hf_cfg = llama_config(cfg.model, cfg.model.vocab_size or padded(vocab, cfg.model.pad_vocab_to), "sdpa")
+        rows = cfg.model.vocab_size or padded(vocab, cfg.model.pad_vocab_to)
+        tok = bundle.tokenizer
+        hf_cfg = llama_config(cfg.model, rows, "sdpa", tok.bos_token_id, tok.eos_token_id)
     return LlamaForCausalLM(hf_cfg)
 
 
@@ -580,7 +583,4 @@ TASKS = {
 
 
 def run(cfg: DictConfig) -> dict:
-    task = _v(cfg.task)
-    if task not in TASKS:
-        raise ConfigError(f"task={task}: not implemented yet; available: {', '.join(TASKS)}")
-    return TASKS[task](cfg)
+    return TASKS[cfg.task](cfg)  # validate() has checked the name

@@ -70,7 +70,7 @@ def test_resume_is_token_for_token(tok, corpus, tmp_path, num_workers, accumulat
     # (a) a run stopped after step `stop` (its step checkpoint), resumed to the end
     part, _ = _fit(_dm(tok, corpus, tmp_path, steps, accumulate, **kw), stop, tmp_path / "part",
                    accumulate=accumulate, every=stop)
-    assert all(torch.equal(a, b) for a, b in zip(part, full))
+    assert len(part) == stop * accumulate and all(torch.equal(a, b) for a, b in zip(part, full))
     rest, trainer = _fit(_dm(tok, corpus, tmp_path, steps, accumulate, **kw), steps, tmp_path / "rest",
                          accumulate=accumulate, ckpt_path=str(tmp_path / "part" / f"step{stop}.ckpt"))
     assert trainer.global_step == steps
@@ -79,6 +79,7 @@ def test_resume_is_token_for_token(tok, corpus, tmp_path, num_workers, accumulat
     # (b) resumed from the mid-run checkpoint of the uninterrupted run
     mid, _ = _fit(_dm(tok, corpus, tmp_path, steps, accumulate, **kw), steps, tmp_path / "mid",
                   accumulate=accumulate, ckpt_path=str(tmp_path / "full" / f"step{stop}.ckpt"))
+    assert len(mid) == (steps - stop) * accumulate
     assert all(torch.equal(a, b) for a, b in zip(mid, full[stop * accumulate:]))
     # the checkpoint holds the datamodule's state (position and fingerprint)
     ck = torch.load(tmp_path / "part" / f"step{stop}.ckpt", weights_only=True)

@@ -228,9 +228,6 @@ class Blend:
         self._perms: dict[tuple[int, int], Permutation] = {}
 
     # -- positions --------------------------------------------------------------
-    def stage_of(self, g: int) -> int:
-        return int(np.searchsorted(self.starts, g, side="right") - 1)
-
     def locate(self, g) -> tuple[np.ndarray, np.ndarray]:
         """(source index, consumption index K in that source's stream) of each global position."""
         g = np.asarray(g, dtype=np.int64)

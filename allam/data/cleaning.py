@@ -58,20 +58,6 @@ def script_counts_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def script_counts(text: str) -> tuple[int, int]:
-    """(Arabic-script letters, Latin letters) in text."""
-    ar, la = script_counts_batch([text])
-    return int(ar[0]), int(la[0])
-
-
-def wrong_script_share(text: str, lang: str) -> float:
-    ar, la = script_counts(text)
-    total = ar + la
-    if total == 0:
-        return 1.0
-    return (la if lang == "ar" else ar) / total
-
-
 def doc_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import re
 import sqlite3
-import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -192,6 +191,3 @@ def parallel_pairs(collection: str, split: str | None = None) -> Iterator[tuple[
         if ar.key in en:
             yield en[ar.key].text, ar.text, ar
 
-
-def nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)

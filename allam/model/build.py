@@ -15,7 +15,7 @@ def padded(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple) if multiple > 1 else n
 
 
-def llama_config(m, vocab_size: int, attention: str = "sdpa") -> LlamaConfig:
+def llama_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1, eos_id: int = 2) -> LlamaConfig:
     """LlamaConfig for the model group `m` and a vocabulary of `vocab_size` rows."""
     cfg = LlamaConfig(
         vocab_size=vocab_size,
@@ -28,8 +28,8 @@ def llama_config(m, vocab_size: int, attention: str = "sdpa") -> LlamaConfig:
         rope_theta=float(m.rope_theta),
         rms_norm_eps=float(m.norm_eps),
         tie_word_embeddings=bool(m.tie_embeddings),
-        bos_token_id=1,
-        eos_token_id=2,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
         pad_token_id=None,
         use_cache=False,
     )
@@ -54,8 +54,8 @@ def init_weights(model: LlamaForCausalLM, std: float, scaled_residual: bool, see
         p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(s).to(p.dtype))
 
 
-def build_random(m, init, vocab_size: int, attention: str) -> LlamaForCausalLM:
-    cfg = llama_config(m, vocab_size, attention)
+def build_random(m, init, vocab_size: int, attention: str, bos_id: int = 1, eos_id: int = 2) -> LlamaForCausalLM:
+    cfg = llama_config(m, vocab_size, attention, bos_id, eos_id)
     model = LlamaForCausalLM(cfg)
     init_weights(model, init.std, init.scaled_residual, init.seed)
     return model
@@ -127,8 +127,8 @@ def load_pretrained(m, init, attention: str) -> LlamaForCausalLM:
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    emb = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())  # a tied head is the same tensor, counted once
+    emb = 0 if model.config.tie_word_embeddings else model.get_input_embeddings().weight.numel()
     return {"total": total, "non_embedding": total - emb, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 

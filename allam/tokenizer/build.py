@@ -119,16 +119,21 @@ def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     text.add("en", texts("en"), cfg.training_words)
     if not text.lines:
         raise ConfigError(f"tokenizer.base={cfg.base}: no English training text to train {name} on")
-    options = {"kind": "english-bpe", "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
+    return _trained_bpe(cfg, cache_dir, name, "english-bpe", size, text, "English BPE", "tokenizer.english_vocab_size")
+
+
+def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text, what: str, key: str) -> TokenizerBundle:
+    """A SentencePiece BPE trained from scratch with Llama-2's settings, cached by fingerprint."""
+    options = {"kind": kind, "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
     folder = Path(cache_dir) / f"{name}-{_fingerprint(options, text.fingerprint)}"
     if hf_folder.is_complete(folder):
         log.info("tokenizer %s: cached at %s", name, folder)
     else:
         t0 = time.perf_counter()
         try:
-            proto = spm_util.train_bpe(text.lines, size, seed=cfg.seed, what=f"{name} English BPE")
+            proto = spm_util.train_bpe(text.lines, size, seed=cfg.seed, what=f"{name} {what}")
         except ValueError as e:
-            raise ConfigError(f"tokenizer.english_vocab_size={size}: {e} ({text.words['en']} English words)") from None
+            raise ConfigError(f"{key}={size}: {e} ({text.words} words)") from None
         meta = {**options, "training_words": text.words, "train_seconds": round(time.perf_counter() - t0, 2)}
         _publish(proto, folder, name, meta, _sample(text.lines))
         log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
@@ -317,20 +322,7 @@ def _bilingual(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     for lang in ("ar", "en"):
         if text.add(lang, texts(lang), cap) == 0:
             raise ConfigError(f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text")
-    options = {"kind": "bilingual-bpe", "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
-    folder = Path(cache_dir) / f"{name}-{_fingerprint(options, text.fingerprint)}"
-    if hf_folder.is_complete(folder):
-        log.info("tokenizer %s: cached at %s", name, folder)
-    else:
-        t0 = time.perf_counter()
-        try:
-            proto = spm_util.train_bpe(text.lines, size, seed=cfg.seed, what=f"{name} Arabic+English BPE")
-        except ValueError as e:
-            raise ConfigError(f"tokenizer.vocab_size={size}: {e} ({text.words} words)") from None
-        meta = {**options, "training_words": text.words, "train_seconds": round(time.perf_counter() - t0, 2)}
-        _publish(proto, folder, name, meta, _sample(text.lines))
-        log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
-    return _load_bundle(folder, name)
+    return _trained_bpe(cfg, cache_dir, name, "bilingual-bpe", size, text, "Arabic+English BPE", "tokenizer.vocab_size")
 
 
 # --------------------------------------------------------------------------- entry point
