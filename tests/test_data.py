@@ -470,3 +470,22 @@ def test_validation_scores_the_same_documents_under_any_tokenizer(tok, corpus, t
         stream = a._val[lang]
         assert stream[0] == tok.bos_token_id and stream[-1] == tok.eos_token_id
         assert (stream == tok.bos_token_id).sum() == a.val_info[lang]["docs"]
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.45, 0.7])
+@pytest.mark.parametrize("tau", [0.3, 0.5, 0.8])
+def test_every_stream_bound_on_every_window(ratio, tau):
+    """The bounds the blend really keeps, on every window of every size: Arabic vs English within
+    one block (the ratio data.ar_ratio names); each (language, kind) stream within two blocks;
+    each source within 2.5 blocks. (A one-block bound for three or more streams at arbitrary
+    rates cannot exist: only special rate sets have balanced sequences.)"""
+    blend = Blend(SRC5, [StageSpec(None, ratio, tau, "data")], 256, seed=7)
+    n = 4000
+    src, _ = blend.locate(np.arange(n))
+    sizes = list(range(1, 80)) + [128, 1000, 3999]
+    assert _max_window_dev(np.isin(src, [0, 1, 2]), ratio, sizes) < 1.0
+    assert _max_window_dev(src == 0, ratio * (1 - tau), sizes) < 2.0
+    assert _max_window_dev(np.isin(src, [1, 2]), ratio * tau, sizes) < 2.0
+    targets = blend.targets(n)[0]
+    for s in range(len(SRC5)):
+        assert _max_window_dev(src == s, targets.get(s, 0.0) / n, sizes) < 2.5
