@@ -154,3 +154,18 @@ def test_plan_counts_the_expanded_vocabulary_without_building_it(make_cfg, cache
     assert res["model.parameters"] == LLAMA2["7b"] + 2 * 32000 * 4096  # new input rows and new head rows
     assert plan(make_cfg("experiment=allam7b_scratch"))["plan.vocab_size"] == 64000
     assert set(cache_dir.rglob("*")) == before
+
+
+def test_train_step_benchmark_runs():
+    """benchmarks/ measures speed; the test only checks the script runs and prints its JSON."""
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--hidden", "64", "--layers", "2", "--heads", "4",
+         "--ffn", "128", "--vocab", "512", "--seq", "32", "--batch", "2", "--steps", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["baseline"] == "eager" and set(out["results"]) >= {"eager", "sdpa"}
+    assert out["speedup_vs_eager"]["eager"] == 1.0 and out["results"]["sdpa"]["tokens_per_s"] > 0
