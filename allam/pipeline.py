@@ -99,16 +99,15 @@ def device_type(t) -> str:
 # --------------------------------------------------------------------------- parts
 def build_tokenizer(cfg: DictConfig):
     """The configured tokenizer; any it must train learns from the configured sources' training text."""
-    from allam.data.sources import source_texts
+    from allam.data.sources import SourceTexts
     from allam.tokenizer import build_tokenizer as _build
 
     init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
-    sources = cfg.data.sources
     return _build(
         cfg.tokenizer,
         cache_dir=cache_dir(cfg) / "tokenizers",
         init_checkpoint=init_ckpt,
-        texts=lambda lang: source_texts(sources, lang, "train"),
+        texts=SourceTexts(cfg.data.sources, "train"),
         local_files_only=cfg.init.local_files_only,
     )
 
@@ -540,21 +539,21 @@ def tokenizer_report(cfg: DictConfig) -> dict:
     tokenizer.num_new_tokens new pieces) and the bilingual tokenizer (tokenizer.vocab_size), all
     trained on the configured sources' training text exactly as a training run would.
     """
-    from allam.data.sources import source_texts
+    from allam.data.sources import SourceTexts
     from allam.tokenizer import build_tokenizer as _build
     from allam.tokenizer import tokenizer_report as _report
 
     validate(cfg)
-    sources = cfg.data.sources
+    train_texts = SourceTexts(cfg.data.sources, "train")
     init_ckpt = cfg.init.checkpoint if _v(cfg.init.name) == InitName.llama2.value else None
     bundles = [build_tokenizer(cfg)]
     for spec in REPORT_VARIANTS:
         bundle = _build(OmegaConf.merge(cfg.tokenizer, spec), cache_dir=cache_dir(cfg) / "tokenizers",
-                        init_checkpoint=init_ckpt, texts=lambda lang: source_texts(sources, lang, "train"),
+                        init_checkpoint=init_ckpt, texts=train_texts,
                         local_files_only=cfg.init.local_files_only)
         if bundle.name not in {b.name for b in bundles}:
             bundles.append(bundle)
-    report = _report(bundles, run_dir(cfg), lambda lang: source_texts(sources, lang, "val"))
+    report = _report(bundles, run_dir(cfg), SourceTexts(cfg.data.sources, "val"))
     results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report}
     path = write_results(run_dir(cfg), results)
     print(f"results: {path}")

@@ -29,3 +29,27 @@ def test_report_needs_runs(make_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no training results.json"):
         pipeline.report(make_cfg("task=report", f"report_dir={tmp_path / 'empty'}"))
+
+
+def test_cached_tokenizer_is_found_without_reading_the_corpus(tmp_path):
+    from omegaconf import OmegaConf
+
+    from allam.data.demo import demo_texts
+    from allam.tokenizer import build_tokenizer
+
+    class Texts:
+        reads = 0
+
+        def __call__(self, lang):
+            Texts.reads += 1
+            return demo_texts(lang, "train")
+
+        def key(self, lang):  # what SourceTexts derives from file stats and cleaning options
+            return f"demo-{lang}-v1"
+
+    cfg = OmegaConf.create(dict(variant="base", base="english8k", english_vocab_size=1024, num_new_tokens=8,
+                                vocab_size=64, training_words=20000, seed=0))
+    first = build_tokenizer(cfg, cache_dir=tmp_path, texts=Texts())
+    assert Texts.reads == 1
+    again = build_tokenizer(cfg, cache_dir=tmp_path, texts=Texts())
+    assert Texts.reads == 1 and again.path == first.path

@@ -339,3 +339,24 @@ def source_texts(sources: Any, lang: str, split: str = "train", batch: int = 256
                 pending = []
         if pending:
             yield from (t for t in cleaner.clean_batch(pending)[0] if t)
+
+
+class SourceTexts:
+    """``texts(lang)`` for tokenizer training, plus ``key(lang)``: a cheap fingerprint of that text
+    (each source's content fingerprint and cleaning options), so a cached tokenizer is found
+    without reading the corpus."""
+
+    def __init__(self, sources: Any, split: str = "train"):
+        self.sources, self.split = sources, split
+
+    def __call__(self, lang: str) -> Iterator[str]:
+        return source_texts(self.sources, lang, self.split)
+
+    def key(self, lang: str) -> str:
+        from allam.data.cleaning import Cleaner
+
+        entries = []
+        for name, src in self.sources.items():
+            if getattr(_get(src, "lang"), "value", _get(src, "lang")) == lang:
+                entries.append([name, content_fingerprint(name, src), Cleaner.from_source(src).options()])
+        return hashlib.sha256(json.dumps([self.split, entries], sort_keys=True, default=str).encode()).hexdigest()

@@ -111,18 +111,44 @@ def _sample(lines: list[str], n: int = 200) -> list[str]:
     return lines[::step][:n]
 
 
+# --------------------------------------------------------------------------- training text
+class _Text:
+    """Training text of some languages, read only when a tokenizer must really be trained.
+
+    Its fingerprint (the cache key) comes from ``texts.key(lang)`` when the text source offers
+    one (allam.data.sources.SourceTexts: the sources' content fingerprints), so a cache hit
+    reads no corpus; otherwise from the text itself."""
+
+    def __init__(self, texts: Texts, plan: list[tuple[str, int | None]], empty: Callable[[str], str]):
+        self._texts, self.plan, self._empty = texts, plan, empty
+        self._read: spm_util.TrainingText | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        key = getattr(self._texts, "key", None)
+        if key is None:
+            return self.read().fingerprint
+        return hashlib.sha256(json.dumps([[lang, cap, key(lang)] for lang, cap in self.plan]).encode()).hexdigest()
+
+    def read(self) -> spm_util.TrainingText:
+        if self._read is None:
+            text = spm_util.TrainingText()
+            for lang, cap in self.plan:
+                if text.add(lang, self._texts(lang), cap) == 0:
+                    raise ConfigError(self._empty(lang))
+            self._read = text
+        return self._read
+
+
 # --------------------------------------------------------------------------- base tokenizers
 def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     size = int(cfg.english_vocab_size)
     name = f"english{size // 1024}k" if size % 1024 == 0 else f"english{size}"
-    text = spm_util.TrainingText()
-    text.add("en", texts("en"), cfg.training_words)
-    if not text.lines:
-        raise ConfigError(f"tokenizer.base={cfg.base}: no English training text to train {name} on")
+    text = _Text(texts, [("en", cfg.training_words)], lambda _: f"tokenizer.base={cfg.base}: no English training text to train {name} on")
     return _trained_bpe(cfg, cache_dir, name, "english-bpe", size, text, "English BPE", "tokenizer.english_vocab_size")
 
 
-def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text, what: str, key: str) -> TokenizerBundle:
+def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: _Text, what: str, key: str) -> TokenizerBundle:
     """A SentencePiece BPE trained from scratch with Llama-2's settings, cached by fingerprint."""
     options = {"kind": kind, "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
     folder = Path(cache_dir) / f"{name}-{_fingerprint(options, text.fingerprint)}"
@@ -130,12 +156,13 @@ def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text, wh
         log.info("tokenizer %s: cached at %s", name, folder)
     else:
         t0 = time.perf_counter()
+        read = text.read()
         try:
-            proto = spm_util.train_bpe(text.lines, size, seed=cfg.seed, what=f"{name} {what}")
+            proto = spm_util.train_bpe(read.lines, size, seed=cfg.seed, what=f"{name} {what}")
         except ValueError as e:
-            raise ConfigError(f"{key}={size}: {e} ({text.words} words)") from None
-        meta = {**options, "training_words": text.words, "train_seconds": round(time.perf_counter() - t0, 2)}
-        _publish(proto, folder, name, meta, _sample(text.lines))
+            raise ConfigError(f"{key}={size}: {e} ({read.words} words)") from None
+        meta = {**options, "training_words": read.words, "train_seconds": round(time.perf_counter() - t0, 2)}
+        _publish(proto, folder, name, meta, _sample(read.lines))
         log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
     return _load_bundle(folder, name)
 
@@ -238,15 +265,8 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
             "pieces encode as <unk> and cannot be decoded back, so decode(encode(x)) == x holds only for covered text",
             stacklevel=3,
         )
-    text = spm_util.TrainingText()
-    words = text.add("ar", texts("ar"), cfg.training_words)
-    if words == 0:
-        raise ConfigError("tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
-    if base.sp_model_path is None:  # a rebuilt proto: check it on real Arabic text too
-        try:
-            hf_folder.check_equal(base.tokenizer, base_proto, _sample(text.lines), base.name)
-        except RuntimeError as e:
-            raise ConfigError(f"tokenizer.base={cfg.base}: cannot rebuild a SentencePiece model from its tokenizer.json ({e})") from None
+    text = _Text(texts, [("ar", cfg.training_words)],
+                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
     name = f"{base.name}+ar{n}"
     options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
     folder = Path(cache_dir) / f"{_safe(name)}-{_fingerprint(options, text.fingerprint)}"
@@ -254,16 +274,22 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
         log.info("tokenizer %s: cached at %s", name, folder)
     else:
         t0 = time.perf_counter()
-        merged, stats, arabic_size = _train_and_merge(cfg, base_proto, base.name, text, n)
+        read = text.read()
+        if base.sp_model_path is None:  # a rebuilt proto: check it on real Arabic text too
+            try:
+                hf_folder.check_equal(base.tokenizer, base_proto, _sample(read.lines), base.name)
+            except RuntimeError as e:
+                raise ConfigError(f"tokenizer.base={cfg.base}: cannot rebuild a SentencePiece model from its tokenizer.json ({e})") from None
+        merged, stats, arabic_size = _train_and_merge(cfg, base_proto, base.name, read, n)
         meta = {
             **options,
             "base": base.name,
-            "training_words": text.words,
+            "training_words": read.words,
             "arabic_model_size": arabic_size,
             "stats": stats.__dict__,
             "train_seconds": round(time.perf_counter() - t0, 2),
         }
-        _publish(merged, folder, name, meta, _sample(text.lines))
+        _publish(merged, folder, name, meta, _sample(read.lines))
         log.info("tokenizer %s: %d Arabic pieces appended to %s in %.1fs", name, stats.added, base.name, time.perf_counter() - t0)
     return _load_bundle(folder, name, base=base)
 
@@ -318,10 +344,8 @@ def _bilingual(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
         raise ConfigError(f"tokenizer.vocab_size={size}: must be positive")
     name = f"bilingual{size}"
     cap = None if cfg.training_words is None else int(cfg.training_words) // 2
-    text = spm_util.TrainingText()
-    for lang in ("ar", "en"):
-        if text.add(lang, texts(lang), cap) == 0:
-            raise ConfigError(f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text")
+    text = _Text(texts, [("ar", cap), ("en", cap)],
+                 lambda lang: f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text")
     return _trained_bpe(cfg, cache_dir, name, "bilingual-bpe", size, text, "Arabic+English BPE", "tokenizer.vocab_size")
 
 
