@@ -169,3 +169,17 @@ def test_train_step_benchmark_runs():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["baseline"] == "eager" and set(out["results"]) >= {"eager", "sdpa"}
     assert out["speedup_vs_eager"]["eager"] == 1.0 and out["results"]["sdpa"]["tokens_per_s"] > 0
+
+
+def test_fsdp_strategy_wraps_each_decoder_layer(make_cfg):
+    """trainer=fsdp builds Lightning's FSDP strategy with one Llama decoder layer per unit (runs on GPUs)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from allam.pipeline import build_strategy
+
+    strategy = build_strategy(make_cfg("trainer=fsdp").trainer)
+    assert isinstance(strategy, FSDPStrategy)
+    assert vars(strategy.kwargs["auto_wrap_policy"])["_module_classes"] == {LlamaDecoderLayer}
+    assert strategy.kwargs["use_orig_params"] is True  # per-group LRs (embedding warm-up) need the original params
+    assert build_strategy(make_cfg().trainer) == "auto"
