@@ -307,6 +307,7 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg, bundle.tokenizer, max_seq_len=model.config.max_position_embeddings)
     dm.prepare()
 
+    model.config.to_json_file(str(out / "model_config.json"))  # the final shape: export needs no hub access
     counts = parameter_counts(model)
     fpt = flops_per_token(model.config, counts["non_embedding"], cfg.model.seq_len)
     warm_steps = math.ceil(cfg.init.embedding_warmup_tokens / tokens_per_step(cfg)) if cfg.init.embedding_warmup_tokens else 0
@@ -387,7 +388,7 @@ def export_after_fit(trainer, module, bundle, out: Path, cfg: DictConfig) -> Pat
     if trainer.is_global_zero:
         from allam.train.checkpoint import load_module_state
 
-        model = build_model_skeleton(cfg, bundle)
+        model = model_skeleton(out.parent / "model_config.json")
         load_module_state(model, Path(out.parent / "checkpoints" / "last.ckpt"))
         path = export_hf(model, bundle, out)
     trainer.strategy.barrier()
@@ -481,9 +482,11 @@ def export(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt)
     if not ckpt.exists():
         raise ConfigError(f"ckpt={cfg.ckpt}: no such checkpoint")
-    train_cfg = training_config_for(ckpt) or cfg
-    bundle = build_tokenizer(train_cfg)
-    model = build_model_skeleton(train_cfg, bundle)
+    saved = next((p / "model_config.json" for p in ckpt.resolve().parents if (p / "model_config.json").exists()), None)
+    if saved is None:
+        raise ConfigError(f"ckpt={cfg.ckpt}: not inside an allam run directory (no model_config.json above it)")
+    bundle = build_tokenizer(training_config_for(ckpt) or cfg)
+    model = model_skeleton(saved)
     load_module_state(model, ckpt)
     out = Path(cfg.paths.output_dir) / "hf"
     export_hf(model, bundle, out)
@@ -503,22 +506,12 @@ def training_config_for(ckpt: Path) -> DictConfig | None:
     return None
 
 
-def build_model_skeleton(cfg: DictConfig, bundle):
-    """A model with the run's final shape (vocabulary included) to load trained weights into."""
-    from transformers import LlamaForCausalLM
+def model_skeleton(config_file: Path):
+    """An untrained Llama of a run's final shape (model_config.json, vocabulary growth included)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from allam.model.build import checkpoint_config, llama_config, padded
-
-    vocab = len(bundle.tokenizer)
-    if _v(cfg.init.name) == InitName.llama2.value:
-        hf_cfg = checkpoint_config(cfg.init.checkpoint, cfg.init.local_files_only)
-        if vocab > hf_cfg.vocab_size:  # the run grew the vocabulary (tokenizer=expanded)
-            hf_cfg.vocab_size = padded(vocab, cfg.model.pad_vocab_to)
-        hf_cfg._attn_implementation = "sdpa"
-    else:
-        rows = cfg.model.vocab_size or padded(vocab, cfg.model.pad_vocab_to)
-        tok = bundle.tokenizer
-        hf_cfg = llama_config(cfg.model, rows, "sdpa", tok.bos_token_id, tok.eos_token_id)
+    hf_cfg = LlamaConfig.from_json_file(str(config_file))
+    hf_cfg._attn_implementation = "sdpa"
     return LlamaForCausalLM(hf_cfg)
 
 
