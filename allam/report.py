@@ -84,20 +84,25 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], header: list[str], rows: list[list[str]], path: Path) -> None:
+def plot(runs: list[dict], rows: list[list[str]], path: Path) -> None:
+    """Validation bits per byte per run and language (log scale when the values span 10x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes = header[1 : 1 + len(differing_keys(runs))]
-    labels = [", ".join(f"{a.split('.')[-1]}={v}" for a, v in zip(axes, row[1:])) or row[0] for row in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs) + 2), 4))
+    labels = [row[0] for row in rows]  # run folder names: experiment names or Hydra's override_dirname
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(runs) + 2), 4.5))
     width = 0.4
+    values = []
     for i, (lang, color) in enumerate((("ar", "tab:blue"), ("en", "tab:orange"))):
         vals = [r.get(f"val.{lang}.bpb") or 0.0 for r in runs]
+        values += [v for v in vals if v > 0]
         xs = [j + (i - 0.5) * width for j in range(len(runs))]
-        ax.bar(xs, vals, width, label={"ar": "Arabic", "en": "English"}[lang], color=color)
+        bars = ax.bar(xs, vals, width, label={"ar": "Arabic", "en": "English"}[lang], color=color)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    if values and max(values) / min(values) > 10:
+        ax.set_yscale("log")
     ax.set_xticks(range(len(runs)))
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("validation bits per byte")
@@ -117,7 +122,7 @@ def run_report(root: Path, out_dir: Path) -> dict:
     table = markdown(header, rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(table + "\n", encoding="utf-8")
-    plot(runs, header, rows, out_dir / "report.png")
+    plot(runs, rows, out_dir / "report.png")
     print(table)
     return {"runs": len(runs), "axes": differing_keys(runs), "header": header, "rows": rows,
             "table": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}
