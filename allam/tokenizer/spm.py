@@ -69,7 +69,7 @@ class TrainingText:
         """Appends documents of one language, chunked into lines, up to max_words words."""
         self._sha.update(f"\x00lang={lang}\x00".encode())
         count = 0
-        bar = tqdm(texts, desc=f"reading {lang} tokenizer text", unit=" docs", mininterval=2.0, leave=False)
+        bar = tqdm(texts, desc=f"reading {lang} tokenizer text", unit=" docs", mininterval=2.0, leave=False, delay=1.0)
         for doc in bar:
             words = doc.split()
             if max_words is not None:
