@@ -253,7 +253,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
         max_steps=steps,
         max_epochs=-1,  # max_steps ends the run; an epoch is one pass over the blend
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None,
+        gradient_clip_val=None,  # CausalLM.configure_gradient_clipping clips to optim.grad_clip (FSDP-aware)
         val_check_interval=val_every,
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
@@ -334,6 +334,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True if cfg.ckpt else None)
     if module.final_val_step != trainer.global_step:  # the last validation was not at the last step
         trainer.validate(module, datamodule=dm, verbose=False)
+    save_final_checkpoint(trainer, out)
 
     results = {
         "task": "train",
@@ -375,6 +376,18 @@ def train(cfg: DictConfig) -> dict:
         path = write_results(out, results)
         print_summary(results, path)
     return results
+
+
+def save_final_checkpoint(trainer, out: Path) -> None:
+    """checkpoints/last.ckpt holds the final step. Lightning refreshes "last" only on its own
+    checkpoint schedule, so a run whose length is not a multiple of it would end with an older
+    last.ckpt. Collective: every rank calls it (FSDP writes shards)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if cb is None or getattr(cb, "_last_global_step_saved", None) == trainer.global_step:
+        return
+    trainer.save_checkpoint(str(out / "checkpoints" / "last.ckpt"))
 
 
 def export_after_fit(trainer, module, bundle, out: Path, cfg: DictConfig) -> Path | None:
@@ -451,7 +464,7 @@ def planned_vocab(cfg: DictConfig) -> tuple[int, str]:
 
             n, source = resolve_base_size(base, cfg.init.local_files_only), f"tokenizer.base={base}"
         if variant == TokenizerVariant.expanded.value:
-            n, source = n + tok.num_new_tokens, source + " + tokenizer.num_new_tokens"
+            n, source = n + tok.num_new_tokens, source + " + tokenizer.num_new_tokens (an upper bound)"
     if llama2:
         rows = m.vocab_size or n
         return (max(rows, padded(n, m.pad_vocab_to)) if n > rows else rows), source

@@ -39,3 +39,36 @@ def test_bits_per_byte_by_hand():
     assert acc.loss == pytest.approx(math.log(4))
     assert acc.bytes == 5
     assert acc.bpb == pytest.approx(2 * math.log(4) / (math.log(2) * 5))  # 2 byte-carrying tokens, 2 bits each / 5 bytes
+
+
+def test_held_out_blocks_cover_the_stream_once_with_equal_counts_per_rank():
+    import numpy as np
+
+    from allam.data.datamodule import HeldOutBlocks
+
+    stream = np.arange(1, 14)  # 13 tokens: 12 targets
+    per_rank = [HeldOutBlocks(stream, 4, r, 2) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 2  # 3 real blocks, padded to 2 per rank
+    blocks = [b[i] for b in per_rank for i in range(len(b))]
+    targets = torch.cat([blk[1:] for blk in blocks])
+    assert sorted(targets[targets >= 0].tolist()) == list(range(2, 14))  # every token after the first, once
+    assert (blocks[-1] == -100).all()  # rank 1's second block lies past the end
+
+
+def test_weight_decay_by_name_not_by_shape():
+    from omegaconf import OmegaConf
+    from transformers import LlamaForCausalLM
+
+    from allam.model.build import llama_config
+    from allam.train.optim import param_groups
+
+    m = OmegaConf.create(dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=None,
+                              seq_len=16, max_position_embeddings=None, rope_theta=1e4, norm_eps=1e-5,
+                              tie_embeddings=False))
+    model = LlamaForCausalLM(llama_config(m, 64))
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.1)
+    emb, body, norms = ([names[id(p)] for p in g["params"]] for g in groups)
+    assert sorted(emb) == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert all("norm" in n for n in norms) and not any("norm" in n for n in body)
+    assert groups[1]["weight_decay"] == 0.1 and groups[2]["weight_decay"] == 0.0 and groups[1]["body"]

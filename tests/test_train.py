@@ -160,7 +160,7 @@ def test_embedding_warmup_freezes_then_unfreezes(make_cfg, tmp_path, monkeypatch
     steps = {s: (w, e) for s, w, e in snaps}
     assert torch.equal(steps[0][0], steps[2][0])  # layers frozen during steps 0 and 1
     assert not torch.equal(steps[0][1], steps[2][1])  # embeddings trained
-    assert not torch.equal(steps[2][0], steps[4][0])  # unfrozen from step 2 on
+    assert not torch.equal(steps[2][0], steps[3][0])  # the update made at step 2 moves the body
 
 
 def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
@@ -198,3 +198,30 @@ def test_init_llama2_refuses_a_foreign_tokenizer(make_cfg, tmp_path, english8k):
         pipeline.train(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=mistral", *SMALL_MODEL, *FAST))
     with pytest.raises(ConfigError, match=r"tokenizer=bilingual: a vocabulary trained from scratch"):
         pipeline.train(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=bilingual", *SMALL_MODEL, *FAST))
+
+
+def test_last_checkpoint_holds_the_final_step(make_cfg, tmp_path):
+    """checkpoint_every_steps=2 of 3 steps: last.ckpt is still the state after step 3."""
+    out = tmp_path / "run"
+    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=3", "trainer.checkpoint_every_steps=2",
+                            "data.batch_size=1", "data.val_bytes=1500", "export=false", out=out))
+    ck = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 3
+    assert (out / "checkpoints" / "step2.ckpt").exists()
+
+
+def test_gradients_are_clipped_to_the_configured_norm(make_cfg, tmp_path, monkeypatch):
+    from allam.train.module import CausalLM
+
+    norms = []
+    real = CausalLM.configure_gradient_clipping
+
+    def spy(self, optimizer, *args, **kwargs):
+        real(self, optimizer, *args, **kwargs)
+        grads = [p.grad.detach().flatten() for p in self.model.parameters() if p.grad is not None]
+        norms.append(torch.cat(grads).norm().item())
+
+    monkeypatch.setattr(CausalLM, "configure_gradient_clipping", spy)
+    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=1", "data.val_bytes=1500",
+                            "export=false", "optim.grad_clip=0.05"))
+    assert len(norms) == 2 and all(n <= 0.05 * 1.001 for n in norms)

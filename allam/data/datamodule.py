@@ -137,17 +137,21 @@ class HeldOutBlocks(Dataset):
 
     def __init__(self, stream: np.ndarray, seq_len: int, rank: int = 0, world: int = 1):
         self.stream, self.seq_len = stream, seq_len
-        n = max(0, -(-(len(stream) - 1) // seq_len))  # ceil((L - 1) / seq_len)
-        self.index = np.arange(n)[rank::world]
+        self.blocks = max(0, -(-(len(stream) - 1) // seq_len))  # ceil((L - 1) / seq_len)
+        # every rank gets the same number of blocks (sharded forwards are collective); the ones
+        # past the end are all IGNORE and score nothing
+        per_rank = -(-self.blocks // world)
+        self.index = rank + world * np.arange(per_rank)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        start = int(self.index[i]) * self.seq_len
-        piece = self.stream[start : start + self.seq_len + 1]
         out = torch.full((self.seq_len + 1,), self.IGNORE, dtype=torch.long)
-        out[: len(piece)] = torch.from_numpy(piece)
+        if self.index[i] < self.blocks:
+            start = int(self.index[i]) * self.seq_len
+            piece = self.stream[start : start + self.seq_len + 1]
+            out[: len(piece)] = torch.from_numpy(piece)
         return out
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from allam.config import ConfigError
 from allam.data.cleaning import DROP_STEPS, Cleaner, doc_hash
-from allam.data.sources import content_fingerprint, read_documents
+from allam.data.sources import content_fingerprint, read_documents, reader_key
 
 FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
 BATCH_DOCS = 256
@@ -127,7 +127,7 @@ def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
         "cleaning": job.cleaner.options(),
         "pairs": pairs,
         "pair_field": _field(job.src, "pair_field") if pairs else None,
-        "reader": {k: _field(job.src, k) for k in ("loader", "path", "text_field", "split", "skip_bad_utf8")},
+        **reader_key(job.src),
         "tokenizer": tok.hash,
         "dtype": tok.dtype,
     }

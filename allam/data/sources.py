@@ -108,6 +108,15 @@ def _stat_entry(p: Path) -> list:
     return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
 
+READER_FIELDS = ("loader", "path", "text_field", "split", "skip_bad_utf8")
+HOLD_OUT_RULE = f"demo:unit%{VAL_EVERY}==0;files:chapter({CHAPTER_DOCS})%{VAL_EVERY}==1"
+
+
+def reader_key(src: Any) -> dict:
+    """What decides which text a source yields, besides its content: the reader's fields and the hold-out rule."""
+    return {"reader": {k: getattr(_get(src, k), "value", _get(src, k)) for k in READER_FIELDS}, "hold_out": HOLD_OUT_RULE}
+
+
 def content_fingerprint(name: str, src: Any) -> str:
     """A cheap hash that changes when the source's content changes (file paths, sizes, mtimes;
     for demo sources also the demo module's code; for hf the dataset's own fingerprint)."""
@@ -358,5 +367,5 @@ class SourceTexts:
         entries = []
         for name, src in self.sources.items():
             if getattr(_get(src, "lang"), "value", _get(src, "lang")) == lang:
-                entries.append([name, content_fingerprint(name, src), Cleaner.from_source(src).options()])
+                entries.append([name, content_fingerprint(name, src), reader_key(src), Cleaner.from_source(src).options()])
         return hashlib.sha256(json.dumps([self.split, entries], sort_keys=True, default=str).encode()).hexdigest()

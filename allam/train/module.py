@@ -33,6 +33,7 @@ class CausalLM(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim_cfg = optim_cfg
+        self.grad_clip = float(optim_cfg.grad_clip or 0.0)
         self.total_steps = total_steps
         self.val_languages = list(val_languages)
         self.embedding_warmup_steps = embedding_warmup_steps
@@ -89,6 +90,18 @@ class CausalLM(L.LightningModule):
         self.final_val_step = self.global_step
 
     # ------------------------------------------------------------------ optimizer
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the global gradient norm to optim.grad_clip. Under FSDP the norm spans shards on every
+        rank, which only the wrapped module's own clip_grad_norm_ computes (Lightning's norm clipping
+        refuses FSDP)."""
+        if self.grad_clip <= 0:
+            return
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_"):
+            wrapped.clip_grad_norm_(self.grad_clip)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg)
         scheduler = build_scheduler(optimizer, self.optim_cfg, self.total_steps, self.embedding_warmup_steps)

@@ -16,14 +16,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     if head is not None:
         emb.add(id(head.weight))
     embeddings, decay, no_decay, seen = [], [], [], set()
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
         if id(p) in emb:
             embeddings.append(p)
+        elif "norm" in name or name.endswith(".bias"):  # by name: FSDP's sharded views are all 1-D
+            no_decay.append(p)
         else:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            decay.append(p)
     groups = [
         {"params": embeddings, "weight_decay": weight_decay, "body": False},
         {"params": decay, "weight_decay": weight_decay, "body": True},
