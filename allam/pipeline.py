@@ -289,6 +289,7 @@ def export_hf(model, bundle, out: Path) -> Path:
 def train(cfg: DictConfig) -> dict:
     """Train (or continue training) and write results.json; returns the results."""
     import lightning as L
+    from lightning.pytorch.utilities import rank_zero_only
 
     from allam.model.build import flops_per_token, parameter_counts
     from allam.tokenizer import token_byte_lengths
@@ -307,7 +308,9 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg, bundle.tokenizer, max_seq_len=model.config.max_position_embeddings)
     dm.prepare()
 
-    model.config.to_json_file(str(out / "model_config.json"))  # the final shape: export needs no hub access
+    if rank_zero_only.rank == 0:
+        model.config.to_json_file(str(out / "model_config.json"))  # the final shape: export needs no hub access
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     counts = parameter_counts(model)
     fpt = flops_per_token(model.config, counts["non_embedding"], cfg.model.seq_len)
     warm_steps = math.ceil(cfg.init.embedding_warmup_tokens / tokens_per_step(cfg)) if cfg.init.embedding_warmup_tokens else 0
@@ -323,7 +326,6 @@ def train(cfg: DictConfig) -> dict:
     )
     throughput = Throughput(fpt, str(cfg.trainer.precision), cfg.trainer.peak_tflops, cfg.trainer.log_every_n_steps)
     trainer = build_trainer(cfg, out, [throughput], steps)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tokens_per_step(cfg):,}", out)
     start_val = {}
     if _v(cfg.init.name) == InitName.llama2.value and not cfg.ckpt:
@@ -353,7 +355,7 @@ def train(cfg: DictConfig) -> dict:
         "train.mfu": throughput.mfu,
         "train.mfu_peak_source": throughput.peak_source,
         "train.flops_per_token": fpt,
-        "train.loss": _metric(trainer, "train/loss"),
+        "train.loss": module.last_loss,
         "wall_seconds": time.perf_counter() - t0,
     }
     for lang, vals in module.final_val.items():
@@ -365,8 +367,7 @@ def train(cfg: DictConfig) -> dict:
         results[f"start.val.{lang}.bpb"] = vals["bpb"]
         if lang in module.final_val:  # > 0: worse than the starting checkpoint (forgetting)
             results[f"delta.val.{lang}.bpb"] = module.final_val[lang]["bpb"] - vals["bpb"]
-    if hasattr(dm, "mix_report"):
-        results["data"] = dm.mix_report()
+    results["data"] = dm.mix_report()
     if cfg.export:
         exported = export_after_fit(trainer, module, bundle, out / "hf", cfg)
         if exported is not None:
@@ -406,11 +407,6 @@ def export_after_fit(trainer, module, bundle, out: Path, cfg: DictConfig) -> Pat
         path = export_hf(model, bundle, out)
     trainer.strategy.barrier()
     return path
-
-
-def _metric(trainer, key: str):
-    v = trainer.callback_metrics.get(key)
-    return float(v) if v is not None else None
 
 
 def resolve_attention_for(cfg: DictConfig) -> str:

@@ -44,6 +44,7 @@ def test_default_config_trains_and_writes_results(make_cfg, tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"results: {out / 'results.json'}"
     assert res["model.attention"] == "sdpa"
+    assert 0 < saved["train.loss"] < math.log(8192) + 1
 
 
 def test_training_lowers_loss_with_adamw8bit(make_cfg, tmp_path):

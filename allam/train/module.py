@@ -60,7 +60,14 @@ class CausalLM(L.LightningModule):
         logits = self(inputs)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self._last_loss = loss.detach()  # read once at the end (no device sync per step)
         return loss
+
+    @property
+    def last_loss(self) -> float | None:
+        """The last training step's loss on this rank."""
+        last = getattr(self, "_last_loss", None)
+        return float(last) if last is not None else None
 
     def on_validation_epoch_start(self) -> None:
         for acc in self._val.values():
