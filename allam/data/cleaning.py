@@ -25,11 +25,12 @@ import numpy as np
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from allam.data.demo import AR_DIACRITICS as _DIACRITICS  # one definition of the Arabic mark classes
+from allam.data.demo import BIDI_MARKS as _BIDI
+from allam.data.demo import TATWEEL as _TATWEEL
+
 DROP_STEPS = ("bad_utf8", "empty", "too_short", "wrong_script", "duplicate")
 
-_DIACRITICS = "\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed"
-_TATWEEL = "\u0640"
-_BIDI = "\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c"
 # Arabic-script letters (base, supplement, extended-A, presentation forms) and Latin letters
 _AR_RANGES = [(0x620, 0x64A), (0x66E, 0x66F), (0x671, 0x6D3), (0x6D5, 0x6D5), (0x6EE, 0x6EF), (0x6FA, 0x6FF),
               (0x750, 0x77F), (0x8A0, 0x8FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFC)]

