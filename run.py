@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""allam entry point: compose the Hydra config, validate it, hand it to allam.pipeline.
+"""allam entry point: compose the Hydra config, validate it, run the task it names (allam.tasks).
 
     python run.py                                      # tiny bilingual Llama on the demo corpus (CPU)
     python run.py model=13b init=llama2 data.ar_ratio=0.4 --cfg job
@@ -38,13 +38,13 @@ def preflight(argv: list[str]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from allam import pipeline
+    from allam import tasks
 
     logging.getLogger("allam").setLevel(logging.INFO)
     # Lightning prints through its own handler; don't print its lines a second time through Hydra's
     logging.getLogger("lightning.pytorch").propagate = False
     try:
-        pipeline.run(cfg)
+        tasks.run(cfg)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
 

@@ -1,4 +1,4 @@
-"""Tables and plots across runs. Reads only results.json files.
+"""Tables and plots across runs. Reads only results.json files (through :mod:`allam.results`).
 
     python run.py task=report report_dir=multirun/2026-11-26/10-00-00
 
@@ -11,32 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-METRICS = (
-    "val.ar.bpb",
-    "val.en.bpb",
-    "delta.val.en.bpb",
-    "val.ar.loss",
-    "val.en.loss",
-    "train.tokens",
-    "train.tokens_per_second",
-)
+from allam.results import REPORT_METRICS, collect_runs
+
 IGNORED_PREFIXES = ("paths.", "ckpt", "trainer.progress_bar", "report_dir")
-
-
-def collect(root: Path) -> list[dict]:
-    """Every training run's results under `root` (or the one file `root`), oldest first."""
-    root = Path(root)
-    files = [root] if root.is_file() else sorted(root.rglob("results.json"))
-    runs = []
-    for f in files:
-        try:
-            res = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if res.get("task") == "train":
-            res["_path"] = str(f)
-            runs.append(res)
-    return runs
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -68,7 +45,7 @@ def _fmt(v: Any) -> str:
 
 def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     axes = differing_keys(runs)
-    metrics = [m for m in METRICS if any(m in r for r in runs)]
+    metrics = [m for m in REPORT_METRICS if any(m in r for r in runs)]
     header = ["run", *axes, *metrics]
     rows = []
     for r in runs:
@@ -113,7 +90,7 @@ def plot(runs: list[dict], rows: list[list[str]], path: Path) -> None:
 
 
 def run_report(root: Path, out_dir: Path) -> dict:
-    runs = collect(root)
+    runs = collect_runs(root)
     if not runs:
         from allam.config import ConfigError
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from allam.config import CONF_DIR
@@ -42,3 +43,21 @@ def make_cfg(tmp_path, cache_dir):
             )
 
     return _make
+
+
+@pytest.fixture
+def english_checkpoint(make_cfg, tmp_path):
+    """A tiny English 'Llama-2': random weights saved with the english8k tokenizer (model + SentencePiece)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from allam.tasks import builders
+
+    bundle = builders.build_tokenizer(make_cfg())
+    cfg = LlamaConfig(vocab_size=len(bundle.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    folder = tmp_path / "english-llama"
+    builders.export_hf(model.state_dict().items(), model.config, bundle, folder)
+    assert (folder / "tokenizer.model").exists()
+    return folder

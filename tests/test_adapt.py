@@ -6,38 +6,26 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from allam import pipeline
+from allam.tasks import builders
+from allam.tasks import export as export_task
+from allam.tasks import train as train_task
 
 SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
                "model.seq_len=64"]
 SMALL_EXPANSION = ["tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000"]
 
 
-@pytest.fixture
-def english_checkpoint(make_cfg, tmp_path):
-    """A tiny English 'Llama-2': random weights saved with the english8k tokenizer (model + SentencePiece)."""
-    bundle = pipeline.build_tokenizer(make_cfg())
-    cfg = LlamaConfig(vocab_size=len(bundle.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=128)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    folder = tmp_path / "english-llama"
-    pipeline.export_hf(model, bundle, folder)
-    assert (folder / "tokenizer.model").exists()
-    return folder
-
-
 def test_expanded_model_keeps_english_logits(make_cfg, english_checkpoint):
     cfg = make_cfg("init=llama2", f"init.checkpoint={english_checkpoint}", *SMALL_MODEL, *SMALL_EXPANSION)
-    bundle = pipeline.build_tokenizer(cfg)
+    bundle = builders.build_tokenizer(cfg)
     base_tok = AutoTokenizer.from_pretrained(english_checkpoint)
     assert len(bundle.tokenizer) == len(base_tok) + 512
     english = "In the beginning God created the heavens and the earth. The reward of deeds depends on intentions."
     assert bundle.tokenizer(english).input_ids == base_tok(english).input_ids
 
-    model = pipeline.build_model(cfg, bundle, "sdpa").eval()
+    model = builders.build_model(cfg.model, cfg.init, cfg.tokenizer, bundle, "sdpa").eval()
     base = LlamaForCausalLM.from_pretrained(english_checkpoint).eval()
     rows = model.get_input_embeddings().weight.shape[0]
     assert rows % 64 == 0 and rows >= len(bundle.tokenizer)
@@ -63,13 +51,13 @@ def test_expanded_model_keeps_english_logits(make_cfg, english_checkpoint):
 def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
     """experiment=english_base, exported, then adapted with an expanded tokenizer: tiny settings."""
     base_out = tmp_path / "english_base"
-    res = pipeline.train(make_cfg("experiment=english_base", *SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2",
+    res = train_task.run(make_cfg("experiment=english_base", *SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2",
                                   "data.val_bytes=1500", "trainer.val_every_steps=null",
                                   "trainer.checkpoint_every_steps=null", out=base_out))
     assert res["data"]["realized_ar_ratio"] == 0.0
     export = base_out / "hf"
     adapt_out = tmp_path / "adapt"
-    res = pipeline.train(make_cfg("experiment=adapt_toy", f"init.checkpoint={export}", *SMALL_MODEL, *SMALL_EXPANSION[1:],
+    res = train_task.run(make_cfg("experiment=adapt_toy", f"init.checkpoint={export}", *SMALL_MODEL, *SMALL_EXPANSION[1:],
                                   "trainer.max_steps=4", "data.batch_size=2", "data.val_bytes=1500", out=adapt_out))
     saved = json.loads((adapt_out / "results.json").read_text())
     assert saved["choices"]["init"] == "llama2" and saved["choices"]["tokenizer"] == "expanded"
@@ -90,18 +78,18 @@ def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
 
 
 def test_export_from_sharded_checkpoint(make_cfg, tmp_path):
-    """A sharded (torch.distributed.checkpoint) folder, as FSDP writes it, is consolidated and exported."""
+    """A sharded (torch.distributed.checkpoint) folder in the layout FSDP2 runs write is exported tensor by tensor."""
     import torch.distributed.checkpoint as dcp
 
     out = tmp_path / "run"
-    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=1", "data.batch_size=1", "data.val_bytes=1500",
+    train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=1", "data.batch_size=1", "data.val_bytes=1500",
                             "export=false", out=out))
     full = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     sharded = out / "checkpoints" / "sharded.ckpt"
-    dcp.save({"model": full["state_dict"]}, checkpoint_id=str(sharded), no_dist=True)
+    dcp.save({"state_dict": full["state_dict"]}, checkpoint_id=str(sharded), no_dist=True)
     assert sharded.is_dir()
     exp = tmp_path / "exported"
-    pipeline.export(make_cfg("task=export", f"ckpt={sharded}", out=exp))
+    export_task.run(make_cfg("task=export", f"ckpt={sharded}", out=exp))
     model = AutoModelForCausalLM.from_pretrained(exp / "hf")
     key = "model.model.layers.0.mlp.up_proj.weight"
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, full["state_dict"][key])

@@ -30,7 +30,7 @@ def test_every_experiment_composes(make_cfg):
     assert {"english_base", "adapt_toy", "allam7b_scratch", "allam13b_adapt"} <= set(choices)
     for choice in choices:
         cfg = make_cfg(f"experiment={choice}")
-        if cfg.init.name.value == "llama2" and cfg.init.checkpoint is None:
+        if cfg.init.name == "llama2" and cfg.init.checkpoint is None:
             with pytest.raises(ConfigError, match="init.checkpoint=None"):
                 validate(cfg)  # the toy adaptation names the english_base export on the command line
             cfg = make_cfg(f"experiment={choice}", "init.checkpoint=/tmp/some-export")
@@ -114,3 +114,103 @@ def test_a_source_is_added_from_the_command_line(make_cfg, tmp_path):
         validate(make_cfg("+data.sources.bad={lang: ar, colour: red}"))
     with pytest.raises(ConfigError, match=r"^data.sources.bad.lang: missing; allowed: ar, en"):
         validate(make_cfg("+data.sources.bad={loader: text}"))
+
+
+# --------------------------------------------------------------------------- typed values, derived numbers
+def test_choices_arrive_as_plain_strings(make_cfg):
+    """Enum choices compare, print and serialize as their value: no module unwraps them."""
+    import json
+
+    cfg = make_cfg("init=llama2", "model=7b", "tokenizer=expanded", "optim=adamw8bit")
+    assert cfg.init.name == "llama2" and str(cfg.init.name) == "llama2" and f"{cfg.init.name}" == "llama2"
+    assert f"{cfg.tokenizer.variant:>10}" == "  expanded"
+    assert json.dumps({"o": cfg.optim.name}) == '{"o": "adamw8bit"}'
+    assert {cfg.model.attention: 1}["auto"] == 1  # hashes as its value
+
+
+def test_source_field_roles_cover_every_field():
+    """Each SourceConfig field is declared once; its role decides where it counts."""
+    from dataclasses import fields
+
+    from allam.config import SourceConfig, source_defaults, source_fields
+
+    reader, cleaning = source_fields("reader"), source_fields("cleaning")
+    assert set(reader) == {"loader", "path", "text_field", "split", "skip_bad_utf8"}
+    assert set(cleaning) == {"lang", "nfc", "strip_diacritics", "strip_tatweel", "strip_bidi", "min_chars",
+                             "max_wrong_script", "dedup"}
+    assert not set(reader) & set(cleaning)
+    assert set(source_defaults()) == {f.name for f in fields(SourceConfig)} - {"lang"}
+
+
+def test_derived_world_size():
+    from omegaconf import OmegaConf
+
+    from allam.config.derived import world_size
+
+    def t(devices, nodes=1, accelerator="cpu"):
+        return OmegaConf.create({"devices": devices, "num_nodes": nodes, "accelerator": accelerator})
+
+    assert world_size(t(1)) == 1
+    assert world_size(t(8, 4)) == 32
+    assert world_size(t("2", 3)) == 6
+    assert world_size(t([0, 1, 2])) == 3
+    assert world_size(t("auto", 2, "cpu")) == 2  # auto on CPU: one process per node
+
+
+def test_derived_tokens_per_step_and_total_steps(make_cfg):
+    from allam.config.derived import embedding_warmup_steps, tokens_per_step, total_steps
+
+    cfg = make_cfg("data.batch_size=4", "model.seq_len=128", "trainer.accumulate_grad_batches=2",
+                   "trainer.devices=2", "trainer.max_tokens=10000")
+    assert tokens_per_step(cfg.data, cfg.model, cfg.trainer) == 4 * 128 * 2 * 2
+    assert total_steps(cfg.data, cfg.model, cfg.trainer) == 5  # ceil(10000 / 2048)
+    cfg.trainer.max_steps = 7
+    assert total_steps(cfg.data, cfg.model, cfg.trainer) == 7  # max_steps wins over max_tokens
+    cfg.init.embedding_warmup_tokens = 2049
+    assert embedding_warmup_steps(cfg.init, cfg.data, cfg.model, cfg.trainer) == 2
+    cfg.init.embedding_warmup_tokens = 0
+    assert embedding_warmup_steps(cfg.init, cfg.data, cfg.model, cfg.trainer) == 0
+
+
+def test_derived_compute_dtype_and_device():
+    import torch
+    from omegaconf import OmegaConf
+
+    from allam.config.derived import compute_dtype, device_type
+
+    assert compute_dtype("bf16-mixed") == compute_dtype("bf16-true") == torch.bfloat16
+    assert compute_dtype("16-mixed") == torch.float16
+    assert compute_dtype("32-true") == torch.float32
+    assert device_type(OmegaConf.create({"accelerator": "gpu"})) == "cuda"
+    assert device_type(OmegaConf.create({"accelerator": "cpu"})) == "cpu"
+
+
+def test_mix_rules_live_in_one_place(make_cfg):
+    """validate() and the blend get their stages from the same checked function."""
+    from allam.config import mix_stages
+
+    cfg = make_cfg()
+    validate(cfg)
+    (stage,) = mix_stages(cfg.data)
+    assert (stage.tokens, stage.ar_ratio, stage.key) == (None, 0.45, "data")
+    cfg = make_cfg("experiment=scratch_toy")
+    validate(cfg)
+    stages = mix_stages(cfg.data)
+    assert [s.key for s in stages] == [f"data.stages.{i}" for i in range(len(stages))] and stages[-1].tokens is None
+    only_en = make_cfg("~data.sources.tafsir_ar", "~data.sources.hadith_ar", "~data.sources.bible_ar")
+    with pytest.raises(ConfigError, match="data.ar_ratio=0.45: is above 0 but data.sources has no Arabic source"):
+        validate(only_en)
+    no_translated = make_cfg("~data.sources.hadith_ar", "~data.sources.bible_ar", "data.translated_share=0.5")
+    with pytest.raises(ConfigError, match="data.translated_share=0.5: is above 0 but no Arabic source has kind=translated"):
+        validate(no_translated)
+
+
+def test_task_registry_is_the_one_list(make_cfg):
+    import importlib
+
+    from allam.tasks import TASKS
+
+    for name, module in TASKS.items():
+        assert callable(importlib.import_module(module).run), name
+    with pytest.raises(ConfigError, match="task=nope: allowed: " + ", ".join(TASKS)):
+        validate(make_cfg("task=nope"))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from allam.config import ConfigError, DataConfig, SourceConfig
-from allam.data.blend import Blend, Permutation, SourceInfo, StageSpec
+from allam.config import ConfigError, DataConfig, SourceConfig, Stage
+from allam.data.blend import Blend, Permutation, SourceInfo
 from allam.data.datamodule import AllamDataModule
 from allam.data.fingerprint import check_fingerprint
 
@@ -96,7 +96,7 @@ def _max_window_dev(x: np.ndarray, p: float, sizes) -> float:
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 1 / 3, 0.45, 0.5, 0.9, 1.0])
 def test_every_window_within_one_block_of_target(ratio):
-    blend = Blend(SRC5, [StageSpec(None, ratio, 0.5, "data")], 256, seed=7)
+    blend = Blend(SRC5, [Stage(None, ratio, 0.5, "data")], 256, seed=7)
     n = 4000
     src, _ = blend.locate(np.arange(n))
     is_ar = np.isin(src, [0, 1, 2])
@@ -112,16 +112,16 @@ def test_every_window_within_one_block_of_target(ratio):
 
 
 def test_translated_share_by_size_and_weights():
-    blend = Blend(SRC5, [StageSpec(None, 0.5, None, "data")], 64, seed=0)
+    blend = Blend(SRC5, [Stage(None, 0.5, None, "data")], 64, seed=0)
     t = blend.targets(10_000)[0]
     assert t[1] / (t[0] + t[1] + t[2]) == pytest.approx(570 / 870 * 500 / 570)
     assert t[3] / t[4] == pytest.approx(1000 / 30)
     weighted = [SourceInfo(s.name, s.lang, s.kind, s.blocks, w) for s, w in zip(SRC5, [1, 1, 3, 1, 1])]
-    t = Blend(weighted, [StageSpec(None, 0.5, 0.5, "data")], 64, seed=0).targets(10_000)[0]
+    t = Blend(weighted, [Stage(None, 0.5, 0.5, "data")], 64, seed=0).targets(10_000)[0]
     assert t[2] / t[1] == pytest.approx(3.0) and t[3] == pytest.approx(t[4])
     mixed = [SourceInfo(s.name, s.lang, s.kind, s.blocks, w) for s, w in zip(SRC5, [None, 1, None, None, None])]
     with pytest.raises(ConfigError, match="weight"):
-        Blend(mixed, [StageSpec(None, 0.5, 0.5, "data")], 64, seed=0)
+        Blend(mixed, [Stage(None, 0.5, 0.5, "data")], 64, seed=0)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
@@ -133,7 +133,7 @@ def test_permutation_is_a_bijection(n):
 
 
 def test_stage_switch_at_configured_token_count():
-    stages = [StageSpec(1000 * 32, 0.0, None, "data.stages.0"), StageSpec(None, 0.6, 0.5, "data.stages.1")]
+    stages = [Stage(1000 * 32, 0.0, None, "data.stages.0"), Stage(None, 0.6, 0.5, "data.stages.1")]
     blend = Blend(SRC5, stages, 32, seed=1)
     assert blend.starts == [0, 1000]
     src, k = blend.locate(np.arange(3000))
@@ -144,7 +144,7 @@ def test_stage_switch_at_configured_token_count():
     e1 = k[src == 3]
     assert np.array_equal(e1, np.arange(len(e1)))
     # a switch that does not fall on a block boundary happens at the first block at or after it
-    assert Blend(SRC5, [StageSpec(100, 0.0, None, "s"), StageSpec(None, 0.5, None, "s")], 32, 1).starts == [0, 4]
+    assert Blend(SRC5, [Stage(100, 0.0, None, "s"), Stage(None, 0.5, None, "s")], 32, 1).starts == [0, 4]
 
 
 # --------------------------------------------------------------------------- the datamodule
@@ -372,8 +372,34 @@ def test_cleaning_steps_count_their_drops(tok, tmp_path, corpus):
     assert dm.shards["e"].meta["docs_read"] == 67
 
 
+def test_source_fields_have_one_home(tok, corpus, tmp_path):
+    """The cleaner, the shard cache's reader key and the data fingerprint take a source's fields
+    from SourceConfig (their roles), as plain values, absent fields at their defaults."""
+    from dataclasses import fields
+
+    from allam.config import source_fields
+    from allam.data.cleaning import Cleaner
+    from allam.data.sources import reader_key, source_values
+
+    validated = data_cfg(sources(corpus)).sources["ar_nat"]
+    plain = {"lang": "ar", "loader": "text", "path": validated.path, "kind": "natural", "min_chars": None}
+    assert source_values(plain) == source_values(validated)  # a dict gets SourceConfig's defaults
+    src = source_values(validated)
+    assert set(src) == {f.name for f in fields(SourceConfig)} and type(src["lang"]) is str
+    cleaner = Cleaner.from_source(validated)
+    assert tuple(cleaner.options()) == source_fields("cleaning")
+    assert cleaner == Cleaner.from_source(plain) and type(cleaner.lang) is str
+    assert type(Cleaner(lang="en", max_wrong_script=1).max_wrong_script) is float  # typed as its default
+    assert tuple(reader_key(src)["reader"]) == source_fields("reader")
+    with pytest.raises(TypeError, match="no option weight"):
+        Cleaner(lang="ar", weight=1.0)
+    fp = make_dm(tok, tmp_path / "c", sources(corpus)).fingerprint()
+    assert set(fp["sources"]["ar_nat"]) == {f.name for f in fields(SourceConfig)} | {"content"}
+    assert {type(v) for v in fp["sources"]["ar_nat"].values()} <= {str, int, float, bool, type(None)}
+
+
 def test_duplicate_memory_is_exact_across_merges():
-    from allam.data.shards import HashSet
+    from allam.data.cleaning import HashSet
 
     hs = HashSet(buffer=4)
     assert hs.first_seen(np.array([1, 2, 2, 3], np.uint64)).tolist() == [True, True, False, True]
@@ -479,7 +505,7 @@ def test_every_stream_bound_on_every_window(ratio, tau):
     one block (the ratio data.ar_ratio names); each (language, kind) stream within two blocks;
     each source within 2.5 blocks. (A one-block bound for three or more streams at arbitrary
     rates cannot exist: only special rate sets have balanced sequences.)"""
-    blend = Blend(SRC5, [StageSpec(None, ratio, tau, "data")], 256, seed=7)
+    blend = Blend(SRC5, [Stage(None, ratio, tau, "data")], 256, seed=7)
     n = 4000
     src, _ = blend.locate(np.arange(n))
     sizes = list(range(1, 80)) + [128, 1000, 3999]

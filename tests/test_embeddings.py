@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from allam.config import ConfigError, TokenizerConfig
+from allam.data.demo import demo_texts
 from allam.model.embeddings import base_subtoken_ids, init_new_embedding_rows, resize_embeddings
 from allam.tokenizer import build_tokenizer
 
@@ -18,7 +19,7 @@ SIZES = dict(english_vocab_size=512, num_new_tokens=200, training_words=40_000)
 @pytest.fixture(scope="module")
 def expanded(tmp_path_factory):
     cfg = OmegaConf.merge(OmegaConf.structured(TokenizerConfig), dict(variant="expanded", **SIZES))
-    return build_tokenizer(cfg, cache_dir=tmp_path_factory.mktemp("tok"))
+    return build_tokenizer(cfg, cache_dir=tmp_path_factory.mktemp("tok"), texts=lambda lang: demo_texts(lang, "train"))
 
 
 def tiny_llama(vocab: int, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:

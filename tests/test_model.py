@@ -10,7 +10,7 @@ import torch
 from allam.config import ROOT, ConfigError
 from allam.model import attention as attn
 from allam.model.build import build_random, llama_config, parameter_counts
-from allam.pipeline import plan
+from allam.tasks.plan import run as plan
 
 LLAMA2 = {"7b": 6_738_415_616, "13b": 13_015_864_320, "70b": 68_976_648_192}
 
@@ -171,15 +171,28 @@ def test_train_step_benchmark_runs():
     assert out["speedup_vs_eager"]["eager"] == 1.0 and out["results"]["sdpa"]["tokens_per_s"] > 0
 
 
-def test_fsdp_strategy_wraps_each_decoder_layer(make_cfg):
-    """trainer=fsdp builds Lightning's FSDP strategy with one Llama decoder layer per unit (runs on GPUs)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+def test_fsdp_strategy_is_fsdp2_data_parallel(make_cfg):
+    """trainer=fsdp runs on Lightning's ModelParallelStrategy: every rank data-parallel (FSDP2), no
+    tensor parallelism, sharded checkpoints; other trainers keep Lightning's own strategies."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from allam.pipeline import build_strategy
+    from allam.tasks.builders import build_strategy
 
-    strategy = build_strategy(make_cfg("trainer=fsdp").trainer)
-    assert isinstance(strategy, FSDPStrategy)
-    assert vars(strategy.kwargs["auto_wrap_policy"])["_module_classes"] == {LlamaDecoderLayer}
-    assert strategy.kwargs["use_orig_params"] is True  # per-group LRs (embedding warm-up) need the original params
+    strategy = build_strategy(make_cfg("trainer=fsdp", "trainer.devices=8", "trainer.num_nodes=4").trainer)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (32, 1)
+    assert strategy._save_distributed_checkpoint is True
     assert build_strategy(make_cfg().trainer) == "auto"
+
+
+def test_plan_reports_host_memory_per_rank(make_cfg):
+    """The sharded loader and streaming export keep each rank's host memory to its shard (CPU
+    training only) plus a tensor or a file: never the whole model, whatever its size."""
+    res = plan(make_cfg("experiment=allam70b_adapt", "trainer.num_nodes=4", "trainer.devices=8"))
+    host, fp32 = res["plan.host_gib"], res["plan.parameters"] * 4 / 2**30
+    assert host["largest_tensor"] == pytest.approx(64000 * 8192 * 4 / 2**30)  # the grown embedding
+    assert host["load"] == pytest.approx(2 * host["largest_tensor"])  # old rows + grown matrix; shards on the GPUs
+    assert host["load"] < 0.02 * fp32 and host["export"] < 0.02 * fp32
+    cpu = plan(make_cfg("model=7b", "init=llama2", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"))
+    chost, cfp32 = cpu["plan.host_gib"], cpu["plan.parameters"] * 4 / 2**30
+    assert chost["load"] == pytest.approx(cfp32 / 2 + chost["largest_tensor"])

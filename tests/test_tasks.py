@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from allam import pipeline
+from allam.tasks import report as report_task
+from allam.tasks import tokenizer_report as tokenizer_report_task
 from allam.config import ConfigError
 
 SMALL_TOKENIZERS = ["tokenizer.num_new_tokens=1024", "tokenizer.vocab_size=4096", "tokenizer.training_words=100000"]
@@ -13,7 +14,7 @@ SMALL_TOKENIZERS = ["tokenizer.num_new_tokens=1024", "tokenizer.vocab_size=4096"
 
 def test_tokenizer_report_measures_every_variant(make_cfg, tmp_path):
     out = tmp_path / "report"
-    res = pipeline.tokenizer_report(make_cfg("task=tokenizer-report", *SMALL_TOKENIZERS, out=out))
+    res = tokenizer_report_task.run(make_cfg("task=tokenizer-report", *SMALL_TOKENIZERS, out=out))
     saved = json.loads((out / "results.json").read_text())
     rows = saved["tokenizers"]["variants"]
     names = json.dumps(rows)
@@ -25,10 +26,10 @@ def test_tokenizer_report_measures_every_variant(make_cfg, tmp_path):
 
 def test_report_needs_runs(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="report_dir=None"):
-        pipeline.report(make_cfg("task=report"))
+        report_task.run(make_cfg("task=report"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no training results.json"):
-        pipeline.report(make_cfg("task=report", f"report_dir={tmp_path / 'empty'}"))
+        report_task.run(make_cfg("task=report", f"report_dir={tmp_path / 'empty'}"))
 
 
 def test_cached_tokenizer_is_found_without_reading_the_corpus(tmp_path):

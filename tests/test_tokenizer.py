@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from allam.config import ConfigError, TokenizerConfig
 from allam.data.demo import demo_texts
-from allam.tokenizer import build_tokenizer, export_tokenizer, token_byte_lengths, tokenizer_report
+from allam.tokenizer import build_tokenizer, export_tokenizer, fertility_report, token_byte_lengths
 from allam.tokenizer import expand as expand_mod
 from allam.tokenizer import spm as spm_util
 
@@ -40,6 +40,16 @@ def tcfg(**kw):
     return OmegaConf.merge(OmegaConf.structured(TokenizerConfig), kw)
 
 
+def train_text(lang):
+    """What these tests train tokenizers on: the demo corpus's training split."""
+    return demo_texts(lang, "train")
+
+
+def heldout_text(lang):
+    """What the fertility report measures here: the demo corpus's held-out split."""
+    return demo_texts(lang, "val")
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("tokenizers")
@@ -52,27 +62,27 @@ def heldout():
 
 @pytest.fixture(scope="module")
 def english(cache):
-    return build_tokenizer(tcfg(**SMALL), cache_dir=cache)
+    return build_tokenizer(tcfg(**SMALL), cache_dir=cache, texts=train_text)
 
 
 @pytest.fixture(scope="module")
 def mistral(cache):
-    return build_tokenizer(tcfg(base="mistral7b"), cache_dir=cache)
+    return build_tokenizer(tcfg(base="mistral7b"), cache_dir=cache, texts=train_text)
 
 
 @pytest.fixture(scope="module")
 def expanded_en(cache, english):
-    return build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache)
+    return build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache, texts=train_text)
 
 
 @pytest.fixture(scope="module")
 def expanded_mi(cache, mistral):
-    return build_tokenizer(tcfg(variant="expanded", base="mistral7b", **SMALL), cache_dir=cache)
+    return build_tokenizer(tcfg(variant="expanded", base="mistral7b", **SMALL), cache_dir=cache, texts=train_text)
 
 
 @pytest.fixture(scope="module")
 def bilingual(cache):
-    return build_tokenizer(tcfg(variant="bilingual", **SMALL), cache_dir=cache)
+    return build_tokenizer(tcfg(variant="bilingual", **SMALL), cache_dir=cache, texts=train_text)
 
 
 def sp_of(bundle):
@@ -154,9 +164,9 @@ def test_expanded_cuts_arabic_fertility(expanded_en, expanded_mi, english, mistr
 def test_expansion_from_model_file_and_folder_agree(english, expanded_en, cache, tmp_path, heldout):
     folder = export_tokenizer(english, tmp_path / "export")
     assert (folder / "tokenizer.model").is_file()
-    from_file = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(english.sp_model_path)}), cache_dir=cache)
-    from_folder = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(folder)}), cache_dir=cache)
-    auto = build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache, init_checkpoint=str(folder))
+    from_file = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(english.sp_model_path)}), cache_dir=cache, texts=train_text)
+    from_folder = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(folder)}), cache_dir=cache, texts=train_text)
+    auto = build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache, init_checkpoint=str(folder), texts=train_text)
     ref = expanded_en.sp_model_path.read_bytes()
     for b in (from_file, from_folder, auto):
         assert b.sp_model_path.read_bytes() == ref
@@ -170,7 +180,7 @@ def test_expansion_from_tokenizer_json_only_folder(english, expanded_en, cache, 
     folder = tmp_path / "saved"
     english.tokenizer.save_pretrained(str(folder))  # tokenizer.json + config, no tokenizer.model
     assert not (folder / "tokenizer.model").exists()
-    b = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(folder)}), cache_dir=cache)
+    b = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(folder)}), cache_dir=cache, texts=train_text)
     assert b.base.sp_model_path is None and len(b.tokenizer) == len(expanded_en.tokenizer)
     docs = heldout["ar"] + heldout["en"] + EDGE
     assert b.tokenizer(docs)["input_ids"] == expanded_en.tokenizer(docs)["input_ids"]
@@ -206,16 +216,16 @@ def test_cache_is_reused_and_keyed_by_text(cache, expanded_en, monkeypatch):
         raise AssertionError("trained although a cached folder exists")
 
     monkeypatch.setattr(spm_util, "train_bpe", no_training)
-    again = build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache)
+    again = build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache, texts=train_text)
     assert again.path == expanded_en.path
-    other = lambda lang: (t.upper() for t in demo_texts(lang, "train"))  # noqa: E731
+    other = lambda lang: (t.upper() for t in train_text(lang))  # noqa: E731
     with pytest.raises(AssertionError, match="trained although"):
         build_tokenizer(tcfg(**SMALL), cache_dir=cache, texts=other)
 
 
 def test_deterministic_for_a_seed(tmp_path, expanded_en):
     cfg = tcfg(variant="expanded", **SMALL)
-    b = build_tokenizer(cfg, cache_dir=tmp_path)
+    b = build_tokenizer(cfg, cache_dir=tmp_path, texts=train_text)
     assert b.path.name == expanded_en.path.name
     assert b.sp_model_path.read_bytes() == expanded_en.sp_model_path.read_bytes()
     assert b.base.sp_model_path.read_bytes() == expanded_en.base.sp_model_path.read_bytes()
@@ -234,7 +244,7 @@ def test_token_byte_lengths_sum_to_utf8_bytes(which, request, heldout):
 
 
 def test_report_writes_table_json_and_png(tmp_path, english, expanded_en, capsys):
-    res = tokenizer_report([expanded_en], tmp_path, max_words=3000)
+    res = fertility_report([expanded_en], tmp_path, heldout_text, max_words=3000)
     assert set(res["variants"]) == {"english1k+ar1024", "english1k"}  # the base is added
     r = res["variants"]["english1k+ar1024"]
     assert set(r["ar"]) >= {"tokens_per_word", "chars_per_token", "words_over_3_pieces"}
@@ -243,25 +253,40 @@ def test_report_writes_table_json_and_png(tmp_path, english, expanded_en, capsys
     assert "english1k+ar1024" in capsys.readouterr().out
 
 
+def test_tokenizer_code_reads_no_corpus(tmp_path):
+    """The caller passes the text: no tokenizer module imports the data pipeline."""
+    import ast
+    from pathlib import Path
+
+    import allam.tokenizer
+
+    for f in Path(allam.tokenizer.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("allam.data") for n in names), f"{f.name} imports {names}"
+    with pytest.raises(TypeError, match="texts"):
+        build_tokenizer(tcfg(**SMALL), cache_dir=tmp_path)  # type: ignore[call-arg]
+
+
 # --------------------------------------------------------------------------- bad input
 def test_bad_base_paths(tmp_path, cache):
     with pytest.raises(ConfigError, match=r"^tokenizer.base=/nonexistent/x.model: no such file"):
-        build_tokenizer(tcfg(base="/nonexistent/x.model"), cache_dir=cache)
+        build_tokenizer(tcfg(base="/nonexistent/x.model"), cache_dir=cache, texts=train_text)
     junk = tmp_path / "junk.model"
     junk.write_text("not a model")
     with pytest.raises(ConfigError, match="is not a SentencePiece model"):
-        build_tokenizer(tcfg(base=str(junk)), cache_dir=cache)
+        build_tokenizer(tcfg(base=str(junk)), cache_dir=cache, texts=train_text)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="folder has no tokenizer"):
-        build_tokenizer(tcfg(base=str(empty)), cache_dir=cache)
+        build_tokenizer(tcfg(base=str(empty)), cache_dir=cache, texts=train_text)
     with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
-        build_tokenizer(tcfg(base="nobody-xyz/no-such-tokenizer"), cache_dir=cache, local_files_only=True)
+        build_tokenizer(tcfg(base="nobody-xyz/no-such-tokenizer"), cache_dir=cache, local_files_only=True, texts=train_text)
 
 
 def test_bad_expansion_requests(cache, english):
     with pytest.raises(ConfigError, match=r"^tokenizer.num_new_tokens=0: must be positive"):
-        build_tokenizer(tcfg(variant="expanded", **{**SMALL, "num_new_tokens": 0}), cache_dir=cache)
+        build_tokenizer(tcfg(variant="expanded", **{**SMALL, "num_new_tokens": 0}), cache_dir=cache, texts=train_text)
     tiny = lambda lang: ["كتب الطالب الدرس في المدرسة"] * 5 if lang == "ar" else demo_texts("en")  # noqa: E731
     with pytest.raises(ConfigError, match=r"^tokenizer.num_new_tokens=5000: the Arabic training text \(25 words\) supports only \d+"):
         build_tokenizer(tcfg(variant="expanded", **{**SMALL, "num_new_tokens": 5000}), cache_dir=cache, texts=tiny)
@@ -269,7 +294,7 @@ def test_bad_expansion_requests(cache, english):
     with pytest.raises(ConfigError, match="no Arabic training text"):
         build_tokenizer(tcfg(variant="expanded", **SMALL), cache_dir=cache, texts=no_ar)
     with pytest.raises(ConfigError, match=r"^tokenizer.vocab_size=900000: the training text supports at most"):
-        build_tokenizer(tcfg(variant="bilingual", **{**SMALL, "vocab_size": 900_000, "training_words": 2000}), cache_dir=cache)
+        build_tokenizer(tcfg(variant="bilingual", **{**SMALL, "vocab_size": 900_000, "training_words": 2000}), cache_dir=cache, texts=train_text)
 
 
 def test_byte_level_bpe_folder_cannot_be_expanded(tmp_path, cache):
@@ -280,13 +305,13 @@ def test_byte_level_bpe_folder_cannot_be_expanded(tmp_path, cache):
     bl.train_from_iterator(itertools.islice(demo_texts("en"), 200), vocab_size=400, special_tokens=["<|endoftext|>"])
     folder = tmp_path / "bytelevel"
     PreTrainedTokenizerFast(tokenizer_object=bl._tokenizer, eos_token="<|endoftext|>").save_pretrained(str(folder))
-    tok = build_tokenizer(tcfg(base=str(folder)), cache_dir=cache).tokenizer  # fine as a base
+    tok = build_tokenizer(tcfg(base=str(folder)), cache_dir=cache, texts=train_text).tokenizer  # fine as a base
     lengths = token_byte_lengths(tok)
     assert len(lengths) == 400 and lengths[tok.eos_token_id] == 0
     for doc in EDGE:
         assert lengths[tok.encode(doc)].sum() == len(doc.encode("utf-8"))
     with pytest.raises(ConfigError, match="has no tokenizer.model and its tokenizer.json is not a Llama-style BPE"):
-        build_tokenizer(tcfg(variant="expanded", base=str(folder), num_new_tokens=100), cache_dir=cache)
+        build_tokenizer(tcfg(variant="expanded", base=str(folder), num_new_tokens=100), cache_dir=cache, texts=train_text)
 
 
 def _train_file(tmp_path, name, **opts):
@@ -301,7 +326,7 @@ def test_base_without_byte_fallback_warns(tmp_path, cache):
     path = _train_file(tmp_path, "nobytes", byte_fallback=False)
     cfg = tcfg(variant="expanded", base=str(path), num_new_tokens=200, training_words=30_000)
     with pytest.warns(UserWarning, match="has no byte fallback: characters outside"):
-        b = build_tokenizer(cfg, cache_dir=cache)
+        b = build_tokenizer(cfg, cache_dir=cache, texts=train_text)
     assert len(b.tokenizer) == 400 + 200
     text = "tab\there 😀 and العربية"
     for bundle in (b, b.base):  # unknown characters become unk, as in SentencePiece, not dropped
@@ -312,7 +337,7 @@ def test_base_without_byte_fallback_warns(tmp_path, cache):
 def test_unigram_model_file_is_rejected(tmp_path, cache):
     path = _train_file(tmp_path, "uni", model_type="unigram")
     with pytest.raises(ConfigError, match=r"uni.model: a SentencePiece UNIGRAM model; .model files must be BPE"):
-        build_tokenizer(tcfg(variant="expanded", base=str(path), num_new_tokens=100), cache_dir=cache)
+        build_tokenizer(tcfg(variant="expanded", base=str(path), num_new_tokens=100), cache_dir=cache, texts=train_text)
 
 
 # --------------------------------------------------------------------------- the issue's targets
@@ -320,12 +345,12 @@ def test_issue_targets(tmp_path_factory, heldout):
     """Full demo corpus: 16,000 new pieces cut Arabic tokens/word >= 4x over english8k and >= 2.5x
     over mistral7b with English unchanged; expanding the 32k base takes under 60 s."""
     cache = tmp_path_factory.mktemp("full")
-    base8k = build_tokenizer(tcfg(), cache_dir=cache)
-    base32k = build_tokenizer(tcfg(base="mistral7b"), cache_dir=cache)
+    base8k = build_tokenizer(tcfg(), cache_dir=cache, texts=train_text)
+    base32k = build_tokenizer(tcfg(base="mistral7b"), cache_dir=cache, texts=train_text)
     t0 = time.perf_counter()
-    exp32k = build_tokenizer(tcfg(variant="expanded", base="mistral7b"), cache_dir=cache)
+    exp32k = build_tokenizer(tcfg(variant="expanded", base="mistral7b"), cache_dir=cache, texts=train_text)
     seconds = time.perf_counter() - t0
-    exp8k = build_tokenizer(tcfg(variant="expanded"), cache_dir=cache)
+    exp8k = build_tokenizer(tcfg(variant="expanded"), cache_dir=cache, texts=train_text)
     assert (base8k.name, len(base8k.tokenizer), len(exp8k.tokenizer), len(exp32k.tokenizer)) == ("english8k", 8192, 24192, 48000)
     ar, en = heldout["ar"], heldout["en"]
     assert tokens_per_word(base8k.tokenizer, ar) / tokens_per_word(exp8k.tokenizer, ar) >= 4.0

@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from allam import pipeline
+from allam.tasks import builders
+from allam.tasks import export as export_task
+from allam.tasks import train as train_task
 from allam.config import ConfigError
 
 FAST = [
@@ -28,7 +30,7 @@ REQUIRED = ["val.ar.bpb", "val.en.bpb", "val.ar.loss", "val.en.loss", "train.tok
 def test_default_config_trains_and_writes_results(make_cfg, tmp_path, capsys):
     """The default job (tiny model, demo corpus, english8k tokenizer), cut to 3 steps."""
     out = tmp_path / "run"
-    res = pipeline.train(make_cfg(*FAST, out=out))
+    res = train_task.run(make_cfg(*FAST, out=out))
     saved = json.loads((out / "results.json").read_text())
     for key in REQUIRED:
         assert key in saved and saved[key] is not None, key
@@ -51,7 +53,7 @@ def test_training_lowers_loss_with_adamw8bit(make_cfg, tmp_path):
     out = tmp_path / "run"
     cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=30", "data.batch_size=4", "data.val_bytes=6000", "optim=adamw8bit",
                    "optim.lr=3e-3", "optim.warmup_steps=2", "export=false", "logger=csv", out=out)
-    res = pipeline.train(cfg)
+    res = train_task.run(cfg)
     import csv
 
     rows = list(csv.DictReader(open(out / "csv" / "metrics.csv")))
@@ -74,7 +76,7 @@ def _save_tiny_llama(folder: Path, tokenizer, hidden=64, vocab=None) -> Path:
 
 @pytest.fixture
 def english8k(make_cfg):
-    return pipeline.build_tokenizer(make_cfg())
+    return builders.build_tokenizer(make_cfg())
 
 
 def test_init_llama2_from_saved_checkpoint(make_cfg, tmp_path, english8k):
@@ -82,7 +84,7 @@ def test_init_llama2_from_saved_checkpoint(make_cfg, tmp_path, english8k):
     out = tmp_path / "run"
     cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST, out=out)
     before = LlamaForCausalLM.from_pretrained(ckpt).model.layers[0].mlp.up_proj.weight.clone()
-    res = pipeline.train(cfg)
+    res = train_task.run(cfg)
     assert res["choices"]["init"] == "llama2"
     assert res["model.parameters"] == sum(p.numel() for p in LlamaForCausalLM.from_pretrained(ckpt).parameters())
     after = AutoModelForCausalLM.from_pretrained(out / "hf").model.layers[0].mlp.up_proj.weight
@@ -94,14 +96,14 @@ def test_init_llama2_vocab_mismatch_is_a_clear_error(make_cfg, tmp_path, english
     ckpt = _save_tiny_llama(tmp_path / "small-vocab", english8k.tokenizer, vocab=4096)
     cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST)
     with pytest.raises(ConfigError, match=r"has 4096 embedding rows but tokenizer .* has 8192 pieces; use tokenizer=expanded"):
-        pipeline.train(cfg)
+        train_task.run(cfg)
 
 
 def test_init_llama2_architecture_mismatch_names_both(make_cfg, tmp_path, english8k):
     ckpt = _save_tiny_llama(tmp_path / "wide", english8k.tokenizer, hidden=128)
     cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST)
     with pytest.raises(ConfigError, match=r"model=tiny disagrees with init.checkpoint=.*hidden_size 64 vs 128"):
-        pipeline.train(cfg)
+        train_task.run(cfg)
 
 
 def test_init_llama2_refuses_pickle_only_checkpoint(make_cfg, tmp_path, english8k):
@@ -113,20 +115,20 @@ def test_init_llama2_refuses_pickle_only_checkpoint(make_cfg, tmp_path, english8
     for f in folder.glob("*.safetensors"):
         f.unlink()
     with pytest.raises(ConfigError, match="safetensors"):
-        pipeline.train(make_cfg("init=llama2", f"init.checkpoint={folder}", *SMALL_MODEL, *FAST))
+        train_task.run(make_cfg("init=llama2", f"init.checkpoint={folder}", *SMALL_MODEL, *FAST))
 
 
 def test_export_reproduces_training_logits(make_cfg, tmp_path):
     out = tmp_path / "run"
-    pipeline.train(make_cfg(*SMALL_MODEL, *FAST, out=out))
+    train_task.run(make_cfg(*SMALL_MODEL, *FAST, out=out))
     tok = AutoTokenizer.from_pretrained(out / "hf")
     model = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32).eval()
     ids = tok(["The word of God. قال رسول الله"], return_tensors="pt").input_ids
     # the same weights, read back out of the Lightning checkpoint
-    from allam.train.checkpoint import model_state, read_checkpoint
+    from allam.model.export import ckpt_tensors
 
     ref = LlamaForCausalLM(model.config)
-    ref.load_state_dict(model_state(read_checkpoint(out / "checkpoints" / "last.ckpt")), strict=False)
+    ref.load_state_dict(dict(ckpt_tensors(out / "checkpoints" / "last.ckpt")), strict=False)
     with torch.no_grad():
         diff = (model(ids).logits - ref.eval()(ids).logits).abs().max().item()
     assert diff < 1e-4
@@ -134,7 +136,7 @@ def test_export_reproduces_training_logits(make_cfg, tmp_path):
     assert gen.shape[1] == ids.shape[1] + 5
     # task=export from the checkpoint gives the same folder contents
     exp = tmp_path / "exported"
-    pipeline.export(make_cfg("task=export", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", out=exp))
+    export_task.run(make_cfg("task=export", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", out=exp))
     again = AutoModelForCausalLM.from_pretrained(exp / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
         assert (again(ids).logits - model(ids).logits).abs().max().item() < 1e-5
@@ -152,12 +154,12 @@ def test_embedding_warmup_freezes_then_unfreezes(make_cfg, tmp_path, monkeypatch
             snaps.append((trainer.global_step, m.model.layers[0].mlp.up_proj.weight.detach().clone(),
                           m.model.embed_tokens.weight.detach().clone()))
 
-    real = pipeline.build_trainer
-    monkeypatch.setattr(pipeline, "build_trainer", lambda cfg, out, cbs, steps: real(cfg, out, [*cbs, Snap()], steps))
+    real = train_task.build_trainer
+    monkeypatch.setattr(train_task, "build_trainer", lambda cfg, out, cbs, steps: real(cfg, out, [*cbs, Snap()], steps))
     # 2 x 64 tokens per step: 256 warm-up tokens = 2 steps
     cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "data.batch_size=2", "data.val_bytes=1500", "export=false",
                    "init.embedding_warmup_tokens=256", "optim.warmup_steps=0")
-    pipeline.train(cfg)
+    train_task.run(cfg)
     steps = {s: (w, e) for s, w, e in snaps}
     assert torch.equal(steps[0][0], steps[2][0])  # layers frozen during steps 0 and 1
     assert not torch.equal(steps[0][1], steps[2][1])  # embeddings trained
@@ -166,10 +168,10 @@ def test_embedding_warmup_freezes_then_unfreezes(make_cfg, tmp_path, monkeypatch
 
 def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
     out1 = tmp_path / "first"
-    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=2", "data.val_bytes=1500",
+    train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=2", "data.val_bytes=1500",
                             "export=false", out=out1))
     out2 = tmp_path / "second"
-    res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2", "data.val_bytes=1500",
+    res = train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2", "data.val_bytes=1500",
                                   "export=false", f"ckpt={out1 / 'checkpoints' / 'last.ckpt'}", out=out2))
     assert res["train.steps"] == 4
     assert res["train.tokens"] == 4 * 2 * 64  # the count carries over the resume
@@ -179,7 +181,7 @@ def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
 def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     out = tmp_path / "run"
-    pipeline.train(make_cfg(*SMALL_MODEL, *FAST, "logger=wandb", "export=false", out=out))
+    train_task.run(make_cfg(*SMALL_MODEL, *FAST, "logger=wandb", "export=false", out=out))
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs, list(out.rglob("*"))[:20]
     assert any(runs[0].rglob("*.wandb"))
@@ -187,7 +189,7 @@ def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
 
 def test_final_scores_come_from_the_last_step(make_cfg, tmp_path):
     """With validation every 2 steps of 5, results.json still scores the model after step 5."""
-    res = pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "trainer.val_every_steps=2", "data.batch_size=2",
+    res = train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=5", "trainer.val_every_steps=2", "data.batch_size=2",
                                   "data.val_bytes=3000", "export=false"))
     assert res["train.steps"] == 5 and res["val.step"] == 5
 
@@ -196,15 +198,15 @@ def test_init_llama2_refuses_a_foreign_tokenizer(make_cfg, tmp_path, english8k):
     """Token ids must mean what the checkpoint learned: Mistral's 32k pieces on an english8k model is an error."""
     ckpt = _save_tiny_llama(tmp_path / "base", english8k.tokenizer, vocab=32000)
     with pytest.raises(ConfigError, match=r"tokenizer.base=mistral7b: its vocabulary differs from the tokenizer of init"):
-        pipeline.train(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=mistral", *SMALL_MODEL, *FAST))
+        train_task.run(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=mistral", *SMALL_MODEL, *FAST))
     with pytest.raises(ConfigError, match=r"tokenizer=bilingual: a vocabulary trained from scratch"):
-        pipeline.train(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=bilingual", *SMALL_MODEL, *FAST))
+        train_task.run(make_cfg("init=llama2", f"init.checkpoint={ckpt}", "tokenizer=bilingual", *SMALL_MODEL, *FAST))
 
 
 def test_last_checkpoint_holds_the_final_step(make_cfg, tmp_path):
     """checkpoint_every_steps=2 of 3 steps: last.ckpt is still the state after step 3."""
     out = tmp_path / "run"
-    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=3", "trainer.checkpoint_every_steps=2",
+    train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=3", "trainer.checkpoint_every_steps=2",
                             "data.batch_size=1", "data.val_bytes=1500", "export=false", out=out))
     ck = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck["global_step"] == 3
@@ -223,6 +225,6 @@ def test_gradients_are_clipped_to_the_configured_norm(make_cfg, tmp_path, monkey
         norms.append(torch.cat(grads).norm().item())
 
     monkeypatch.setattr(CausalLM, "configure_gradient_clipping", spy)
-    pipeline.train(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=1", "data.val_bytes=1500",
+    train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=1", "data.val_bytes=1500",
                             "export=false", "optim.grad_clip=0.05"))
     assert len(norms) == 2 and all(n <= 0.05 * 1.001 for n in norms)

@@ -1,7 +1,16 @@
-"""Sources and cleaning, pre-tokenized shards, packing, the exact blend, and the datamodule.
+"""The data pipeline, one module a stage:
 
-``allam.data.demo`` (the demo corpora) imports nothing heavy; the datamodule (Lightning, torch)
-is imported lazily: ``from allam.data import AllamDataModule, check_fingerprint``.
+- ``sources``: reading a configured source's documents (and the hold-out rule); ``demo``: the
+  shipped demo corpora;
+- ``cleaning``: the cleaning steps and their drop counts; ``arabic``: Arabic marks and script tables;
+- ``shards``: cleaned, tokenized, cached token shards per source;
+- ``blend``: the exact, seeded mix of sources block by block, by stage;
+- ``datamodule``: the Lightning lifecycle, batches and resume;
+- ``mix``: the mix report (target vs realized) and its table; ``fingerprint``: what decides the
+  token stream, and the check made when resuming.
+
+``allam.data.demo`` imports no deep-learning library; the datamodule (Lightning, torch) is
+imported lazily: ``from allam.data import AllamDataModule, check_fingerprint``.
 """
 from __future__ import annotations
 

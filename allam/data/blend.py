@@ -20,6 +20,10 @@ Feistel permutation with cycle walking: no stored permutation either). Stages
 continues where the previous stage left it. Stage ``k`` ends at the first block whose start,
 counted in training tokens (``seq_len`` per block, as ``trainer.max_tokens`` counts them),
 reaches the sum of the ``tokens`` of stages ``0..k``.
+
+The stages come checked from :func:`allam.config.mix_stages` (ratios, token budgets, and that
+every language and kind a stage asks for has a source); the blend checks only what it alone
+knows: weights are given to all sources of a group or to none, and every drawn source has a block.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from allam.config import ConfigError
+from allam.config import ConfigError, Stage
 
 _SHIFT = 32
 _ONE = 1 << _SHIFT
@@ -111,14 +115,6 @@ class SourceInfo:
     weight: Optional[float] = None
 
 
-@dataclass
-class StageSpec:
-    tokens: Optional[int]
-    ar_ratio: float
-    translated_share: Optional[float]
-    key: str  # config key prefix for messages ("data" or "data.stages.1")
-
-
 def _group_weights(sources: Sequence[SourceInfo], members: list[int], what: str) -> list[float]:
     given = [sources[m].weight for m in members]
     if all(w is None for w in given):
@@ -129,14 +125,11 @@ def _group_weights(sources: Sequence[SourceInfo], members: list[int], what: str)
     return [float(w) for w in given]  # type: ignore[arg-type]
 
 
-def build_tree(sources: Sequence[SourceInfo], stage: StageSpec):
+def build_tree(sources: Sequence[SourceInfo], stage: Stage):
+    """The split tree of one stage (checked by allam.config.mix_stages)."""
     a = float(stage.ar_ratio)
     ar = [i for i, s in enumerate(sources) if s.lang == "ar"]
     en = [i for i, s in enumerate(sources) if s.lang == "en"]
-    if a > 0 and not ar:
-        raise ConfigError(f"{stage.key}.ar_ratio={a}: is above 0 but data.sources has no Arabic source")
-    if a < 1 and not en:
-        raise ConfigError(f"{stage.key}.ar_ratio={a}: is below 1 but data.sources has no English source")
     ar_node = en_node = None
     if ar:
         tr = [i for i in ar if sources[i].kind == "translated"]
@@ -146,11 +139,6 @@ def build_tree(sources: Sequence[SourceInfo], stage: StageSpec):
             size_tr = sum(sources[i].blocks for i in tr)
             size_all = sum(sources[i].blocks for i in ar)
             tau = size_tr / size_all if size_all else 0.0
-        elif a > 0:
-            if tau > 0 and not tr:
-                raise ConfigError(f"{stage.key}.translated_share={tau}: is above 0 but no Arabic source has kind=translated")
-            if tau < 1 and not nat:
-                raise ConfigError(f"{stage.key}.translated_share={tau}: is below 1 but every Arabic source has kind=translated")
         tr_node = _chain(tr, _group_weights(sources, tr, "Arabic translated")) if tr else None
         nat_node = _chain(nat, _group_weights(sources, nat, "Arabic natural")) if nat else None
         if tr_node is None or nat_node is None:
@@ -207,7 +195,7 @@ class Permutation:
 class Blend:
     """Maps global block positions to (source index, block index inside that source's shard)."""
 
-    def __init__(self, sources: Sequence[SourceInfo], stages: Sequence[StageSpec], seq_len: int, seed: int):
+    def __init__(self, sources: Sequence[SourceInfo], stages: Sequence[Stage], seq_len: int, seed: int):
         self.sources = list(sources)
         self.seq_len = int(seq_len)
         self.seed = int(seed)
@@ -216,7 +204,7 @@ class Blend:
         # stage start positions in blocks
         starts, cum = [0], 0
         for st in self.stages[:-1]:
-            cum += int(st.tokens)  # validated: only the last stage may leave tokens unset
+            cum += int(st.tokens)  # mix_stages: only the last stage may leave tokens unset
             starts.append(max(starts[-1], math.ceil(cum / self.seq_len)))
         self.starts = starts
         # per-source blocks consumed before each stage

@@ -11,7 +11,8 @@ Steps, in order (options are fields of :class:`allam.config.SourceConfig`):
    source) are more than ``max_wrong_script`` of all Arabic + Latin letters (dropped; a document
    with no letters at all counts as all-wrong). ``max_wrong_script=1`` disables the step.
 6. ``duplicate``: exact duplicate (hash of the cleaned text) of an earlier document of the same
-   source (dropped; applied by the shard builder, which sees the whole source in order).
+   source (dropped; applied by the shard builder, which sees the whole source in order, with
+   :func:`doc_hash` and :class:`HashSet`).
 
 Skipped non-UTF-8 lines are counted as ``bad_utf8`` by the reader.
 """
@@ -20,85 +21,104 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-
-import numpy as np
-from dataclasses import dataclass
 from typing import Any, Optional
 
-from allam.data.demo import AR_DIACRITICS as _DIACRITICS  # one definition of the Arabic mark classes
-from allam.data.demo import BIDI_MARKS as _BIDI
-from allam.data.demo import TATWEEL as _TATWEEL
+import numpy as np
+
+from allam.config import source_defaults, source_fields
+from allam.data.arabic import marks_pattern, script_counts_batch
 
 DROP_STEPS = ("bad_utf8", "empty", "too_short", "wrong_script", "duplicate")
 
-# Arabic-script letters (base, supplement, extended-A, presentation forms) and Latin letters
-_AR_RANGES = [(0x620, 0x64A), (0x66E, 0x66F), (0x671, 0x6D3), (0x6D5, 0x6D5), (0x6EE, 0x6EF), (0x6FA, 0x6FF),
-              (0x750, 0x77F), (0x8A0, 0x8FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFC)]
-_LATIN_RANGES = [(0x41, 0x5A), (0x61, 0x7A), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x24F), (0x1E00, 0x1EFF)]
-_CLASS = np.zeros(0x10000, np.uint8)  # 1: Arabic-script letter, 2: Latin letter (BMP; others 0)
-for _lo, _hi in _AR_RANGES:
-    _CLASS[_lo : _hi + 1] = 1
-for _lo, _hi in _LATIN_RANGES:
-    _CLASS[_lo : _hi + 1] = 2
-
-
-def script_counts_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(Arabic-script letters, Latin letters) of each text, vectorized over the batch."""
-    n = len(texts)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    cps = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
-    cls = _CLASS[np.minimum(cps, 0xFFFF)]
-    cls[cps > 0xFFFF] = 0
-    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, n))
-    starts = ends - np.fromiter(map(len, texts), np.int64, n)
-    out = []
-    for c in (1, 2):
-        cum = np.concatenate([[0], np.cumsum(cls == c, dtype=np.int64)])
-        out.append(cum[ends] - cum[starts])
-    return out[0], out[1]
+# the cleaner's options: SourceConfig's fields with role "cleaning" (lang included: the script
+# check depends on it). A new option added there reaches the cleaner, the shard cache key and the
+# tokenizer's text key with no edit here (besides the step that uses it).
+OPTIONS = source_fields("cleaning")
 
 
 def doc_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-@dataclass(frozen=True)
+class HashSet:
+    """Hashes of the documents kept so far, for exact-duplicate removal: about 8 bytes per
+    document (a sorted uint64 array, plus a Python set of recent ones merged in periodically)."""
+
+    def __init__(self, buffer: int = 1 << 20):
+        self.sorted = np.zeros(0, np.uint64)
+        self.recent: set[int] = set()
+        self.buffer = buffer
+
+    def __len__(self) -> int:
+        return len(self.sorted) + len(self.recent)
+
+    def first_seen(self, hashes: np.ndarray) -> np.ndarray:
+        """Mask of hashes not seen before (also within the batch); remembers them."""
+        keep = np.ones(len(hashes), bool)
+        if len(self.sorted) and len(hashes):
+            pos = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
+            keep &= self.sorted[pos] != hashes
+        for j, h in enumerate(hashes.tolist()):
+            if keep[j]:
+                if h in self.recent:
+                    keep[j] = False
+                else:
+                    self.recent.add(h)
+        if len(self.recent) >= self.buffer:
+            merged = np.concatenate([self.sorted, np.fromiter(self.recent, np.uint64, len(self.recent))])
+            merged.sort()
+            self.sorted, self.recent = merged, set()
+        return keep
+
+
 class Cleaner:
-    lang: str
-    nfc: bool = True
-    strip_diacritics: bool = False
-    strip_tatweel: bool = False
-    strip_bidi: bool = False
-    min_chars: int = 20
-    max_wrong_script: float = 0.5
-    dedup: bool = True
+    """The cleaning of one source: ``Cleaner(lang="ar", min_chars=5)`` or ``Cleaner.from_source(src)``.
+
+    Its options (attributes) are :data:`OPTIONS`, each defaulting to SourceConfig's default and
+    converted to the default's type (a plain ``str`` for a choice); ``lang`` has no default.
+    """
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"Cleaner: no option {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
+        defaults = source_defaults()
+        values = {}
+        for key in OPTIONS:
+            value = options.get(key)
+            if value is None:
+                if key not in defaults:
+                    raise TypeError(f"Cleaner: option {key} is required")
+                value = defaults[key]
+            default = defaults.get(key)
+            if isinstance(default, (bool, int, float)):
+                value = type(default)(value)
+            elif isinstance(value, str):
+                value = str(value)  # a choice (str enum) as its plain value
+            values[key] = value
+        self.__dict__.update(values)
+        self._options = values
 
     @classmethod
     def from_source(cls, src: Any) -> "Cleaner":
-        def g(k, d):
-            v = getattr(src, k, d) if not isinstance(src, dict) else src.get(k, d)
-            return getattr(v, "value", v) if v is not None else d
-
-        return cls(
-            lang=g("lang", "en"),
-            nfc=bool(g("nfc", True)),
-            strip_diacritics=bool(g("strip_diacritics", False)),
-            strip_tatweel=bool(g("strip_tatweel", False)),
-            strip_bidi=bool(g("strip_bidi", False)),
-            min_chars=int(g("min_chars", 20)),
-            max_wrong_script=float(g("max_wrong_script", 0.5)),
-            dedup=bool(g("dedup", True)),
-        )
+        """The cleaner of a source (a validated DictConfig or a dict; absent fields take their defaults)."""
+        return cls(**{k: src[k] for k in OPTIONS if k in src})
 
     def options(self) -> dict:
         """What changes the cleaned text (part of the shard cache key)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return dict(self._options)
+
+    def __repr__(self) -> str:
+        return "Cleaner(" + ", ".join(f"{k}={v!r}" for k, v in self._options.items()) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cleaner) and other._options == self._options
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._options.items()))
 
     def _marks(self) -> Optional[re.Pattern]:
-        cls = (_DIACRITICS if self.strip_diacritics else "") + (_TATWEEL if self.strip_tatweel else "") + (
-            _BIDI if self.strip_bidi else "")
-        return re.compile(f"[{cls}]+") if cls else None
+        return marks_pattern(self.strip_diacritics, self.strip_tatweel, self.strip_bidi)
 
     def _transform(self, text: str, marks: Optional[re.Pattern]) -> str:
         if self.nfc:

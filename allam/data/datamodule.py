@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from allam.config import ConfigError
-from allam.data.blend import Blend, SourceInfo, StageSpec
-from allam.data.fingerprint import check_fingerprint
+from allam.config import ConfigError, mix_stages
+from allam.data.blend import Blend, SourceInfo
+from allam.data.fingerprint import check_fingerprint, data_fingerprint
+from allam.data.mix import check_repeats, format_mix_table, mix_report
 from allam.data.shards import SourceShards, TokenizerInfo, build, plan_jobs
-from allam.data.sources import _get
+from allam.data.sources import content_fingerprint, source_values
 
 log = logging.getLogger("allam.data")
 
@@ -157,7 +158,8 @@ class HeldOutBlocks(Dataset):
 
 # --------------------------------------------------------------------------- datamodule
 class AllamDataModule(L.LightningDataModule):
-    """See the module docstring. `cfg` is the `data` config (DataConfig)."""
+    """See the module docstring. `cfg` is the `data` config (DataConfig); its stages come checked
+    from :func:`allam.config.mix_stages`."""
 
     def __init__(self, cfg: Any, tokenizer: Any, *, seq_len: int, cache_dir: Path, train_batches: int,
                  seed: Optional[int] = None, max_seq_len: Optional[int] = None, workers: Optional[int] = None,
@@ -174,18 +176,18 @@ class AllamDataModule(L.LightningDataModule):
         self.num_workers = int(cfg.num_workers)
         self.workers = workers  # pre-tokenization processes (None: all cores)
         self.progress = progress
-        self.sources: dict[str, Any] = dict(cfg.sources)
+        self.sources: dict[str, dict] = {name: source_values(src) for name, src in cfg.sources.items()}
         if not self.sources:
             raise ConfigError("data.sources={}: no data source configured")
         for name, src in self.sources.items():
-            if _get(src, "lang") not in LANGS:
-                raise ConfigError(f"data.sources.{name}.lang={_get(src, 'lang')}: allowed: ar, en")
+            if src["lang"] not in LANGS:
+                raise ConfigError(f"data.sources.{name}.lang={src['lang']}: allowed: ar, en")
         if self.seq_len <= 0:
             raise ConfigError(f"model.seq_len={seq_len}: must be positive")
         if max_seq_len is not None and self.seq_len > int(max_seq_len):
             raise ConfigError(f"model.seq_len={self.seq_len}: larger than the model allows (max_position_embeddings={max_seq_len})")
-        self.val_languages = [lang for lang in LANGS if any(_get(s, "lang") == lang for s in self.sources.values())]
-        self.stages = self._stage_specs()
+        self.val_languages = [lang for lang in LANGS if any(s["lang"] == lang for s in self.sources.values())]
+        self.stages = mix_stages(cfg)
         self.rank, self.world = 0, 1
         self._prepared = False
         self._tok: Optional[TokenizerInfo] = None
@@ -197,19 +199,6 @@ class AllamDataModule(L.LightningDataModule):
         self._shard_list: list[SourceShards] = []
         self.blend: Optional[Blend] = None
         self.prepare_seconds: Optional[float] = None
-
-    def _stage_specs(self) -> list[StageSpec]:
-        cfg = self.cfg
-        stages = list(cfg.stages or [])
-        if not stages:
-            return [StageSpec(None, float(cfg.ar_ratio), _opt_float(cfg.translated_share), "data")]
-        out = []
-        for i, st in enumerate(stages):
-            tokens = _get(st, "tokens")
-            if tokens is None and i != len(stages) - 1:
-                raise ConfigError(f"data.stages.{i}.tokens=None: only the last stage may leave tokens unset")
-            out.append(StageSpec(tokens, float(_get(st, "ar_ratio", 0.45)), _opt_float(_get(st, "translated_share")), f"data.stages.{i}"))
-        return out
 
     # -- building -----------------------------------------------------------------------
     def _tokenizer_info(self) -> TokenizerInfo:
@@ -232,7 +221,7 @@ class AllamDataModule(L.LightningDataModule):
         for name, src in self.sources.items():
             sh = self.shards[name]
             nb = sh.blocks("train", self.block_len)
-            infos.append(SourceInfo(name, sh.lang, sh.kind, nb, _opt_float(_get(src, "weight"))))
+            infos.append(SourceInfo(name, sh.lang, sh.kind, nb, None if src["weight"] is None else float(src["weight"])))
             if nb == 0:
                 raise ConfigError(
                     f"data.sources.{name}: {sh.meta['train']['tokens']:,} training tokens, fewer than one block of "
@@ -343,30 +332,15 @@ class AllamDataModule(L.LightningDataModule):
             )
         self._consumed = self._yielded = blocks // per_step
 
-    # -- fingerprint and report -----------------------------------------------------------
+    # -- fingerprint and mix report ---------------------------------------------------------
     def fingerprint(self) -> dict:
-        """Everything that decides the token stream: sources (config and content), stages and
-        ratios, pair option, seed, seq_len, tokenizer (hash of its serialized model)."""
+        """Everything that decides the token stream (allam.data.fingerprint.data_fingerprint)."""
         if self._fingerprint is None:
-            from allam.data.sources import content_fingerprint
-
-            keys = ("lang", "kind", "loader", "path", "text_field", "split", "pair_field", "weight", "nfc",
-                    "strip_diacritics", "strip_tatweel", "strip_bidi", "min_chars", "max_wrong_script", "dedup",
-                    "skip_bad_utf8")
-            sources = {}
-            for name, src in self.sources.items():
-                entry = {k: _plain(_get(src, k)) for k in keys}
-                entry["content"] = self.shards[name].meta["content"] if name in self.shards else content_fingerprint(name, src)
-                sources[name] = entry
-            self._fingerprint = {
-                "sources": sources,
-                "stages": [{"tokens": s.tokens, "ar_ratio": s.ar_ratio, "translated_share": s.translated_share}
-                           for s in self.stages],
-                "parallel_pairs": bool(self.cfg.parallel_pairs),
-                "seed": self.seed,
-                "seq_len": self.seq_len,
-                "tokenizer": self._tokenizer_info().hash,
-            }
+            contents = {name: self.shards[name].meta["content"] if name in self.shards else content_fingerprint(name, src)
+                        for name, src in self.sources.items()}
+            self._fingerprint = data_fingerprint(self.sources, contents, self.stages,
+                                                 parallel_pairs=bool(self.cfg.parallel_pairs), seed=self.seed,
+                                                 seq_len=self.seq_len, tokenizer=self._tokenizer_info().hash)
         return self._fingerprint
 
     def total_blocks(self) -> int:
@@ -374,106 +348,16 @@ class AllamDataModule(L.LightningDataModule):
 
     def _make_report(self, print_table: bool) -> dict:
         assert self.blend is not None
-        total = self.total_blocks()
-        counts = self.blend.counts(total)
-        targets = self.blend.targets(total)
-        names = list(self.sources)
-        sources = {}
-        for i, name in enumerate(names):
-            sh = self._shard_list[i]
-            realized = sum(c.get(i, 0) for c in counts)
-            target = sum(t.get(i, 0.0) for t in targets)
-            avail = self.blend.sources[i].blocks
-            meta = sh.meta
-            sources[name] = {
-                "lang": sh.lang,
-                "kind": sh.kind,
-                "target_tokens": round(target * self.seq_len),
-                "realized_tokens": realized * self.seq_len,
-                "target_share": target / total if total else 0.0,
-                "realized_share": realized / total if total else 0.0,
-                "blocks": realized,
-                "available_blocks": avail,
-                "epochs": realized / avail if avail else 0.0,
-                "train_tokens": meta["train"]["tokens"],
-                "val_tokens": meta["val"]["tokens"],
-                "docs_read": meta["docs_read"],
-                "docs_kept": meta["train"]["docs"] + meta["val"]["docs"],
-                "dropped": dict(meta["drops"]),
-                "cache": str(sh.path),
-            }
-        ar_blocks = sum(v["blocks"] for v in sources.values() if v["lang"] == "ar")
-        stages = []
-        for s, (lo, hi) in enumerate(self.blend.stage_ranges(total)):
-            st = self.stages[s]
-            stages.append({"tokens": st.tokens, "ar_ratio": st.ar_ratio, "translated_share": st.translated_share,
-                           "start_block": lo, "end_block": hi, "start_token": lo * self.seq_len,
-                           "blocks": hi - lo, "ar_blocks": sum(counts[s].get(i, 0) for i, n in enumerate(names)
-                                                                if self._shard_list[i].lang == "ar")})
-        self._report = {
-            "seq_len": self.seq_len,
-            "block_tokens": self.block_len,
-            "batch_size": self.batch_size,
-            "world_size": self.world,
-            "blocks": total,
-            "tokens": total * self.seq_len,
-            "target_ar_ratio": (sum(v["target_share"] for v in sources.values() if v["lang"] == "ar")),
-            "realized_ar_ratio": ar_blocks / total if total else 0.0,
-            "stages": stages,
-            "sources": sources,
-            "validation": dict(getattr(self, "val_info", {})),  # held-out docs/bytes/tokens scored per language
-            "seed": self.seed,
-            "fingerprint": self.fingerprint(),
-            "prepare_seconds": self.prepare_seconds,
-        }
-        if not bool(self.cfg.allow_repeat):
-            for name, v in sources.items():
-                if v["blocks"] > v["available_blocks"]:
-                    raise ConfigError(
-                        f"data.sources.{name}: exhausted: the run needs {v['blocks']:,} blocks ({v['epochs']:.2f} epochs) "
-                        f"but it has {v['available_blocks']:,}; data.allow_repeat=false"
-                    )
+        self._report = mix_report(self.blend, self._shard_list, total=self.total_blocks(), batch_size=self.batch_size,
+                                  world=self.world, validation=dict(getattr(self, "val_info", {})),
+                                  fingerprint=self.fingerprint(), prepare_seconds=self.prepare_seconds)
+        check_repeats(self._report, bool(self.cfg.allow_repeat))
         if print_table and _is_rank_zero():
-            print(format_table(self._report))
+            print(format_mix_table(self._report))
         return self._report
 
     def mix_report(self) -> dict:
-        """Target vs realized tokens per source, epochs, drops, stages (for results.json "data")."""
+        """Target vs realized tokens per source, epochs, drops, stages (for results.json "data";
+        allam.data.mix.mix_report)."""
         self.prepare()
         return self._report if self._report is not None else self._make_report(print_table=False)
-
-
-def format_table(r: dict) -> str:
-    n_st = len(r["stages"])
-    lines = [
-        f"data mix: {r['blocks']:,} blocks of {r['block_tokens']} tokens = {r['tokens']:,} training tokens "
-        f"({r['seq_len']} per block), {n_st} stage{'s' if n_st != 1 else ''}, seed {r['seed']}",
-    ]
-    if n_st > 1:
-        for i, s in enumerate(r["stages"]):
-            tr = "by size" if s["translated_share"] is None else f"{s['translated_share']:.3f}"
-            lines.append(f"  stage {i}: blocks {s['start_block']:,}-{s['end_block']:,} (from token {s['start_token']:,}), "
-                         f"ar_ratio {s['ar_ratio']:.3f}, translated_share {tr}")
-    hdr = (f"  {'source':<16}{'lang':<5}{'kind':<11}{'target tok':>14}{'realized tok':>14}{'target':>8}{'real':>8}"
-           f"{'epochs':>8}{'avail tok':>13}  docs kept/read (dropped)")
-    lines.append(hdr)
-    for name, v in r["sources"].items():
-        drops = ", ".join(f"{k} {n:,}" for k, n in v["dropped"].items() if n)
-        lines.append(
-            f"  {name:<16}{v['lang']:<5}{v['kind']:<11}{v['target_tokens']:>14,}{v['realized_tokens']:>14,}"
-            f"{v['target_share']:>8.3f}{v['realized_share']:>8.3f}{v['epochs']:>8.2f}{v['train_tokens']:>13,}"
-            f"  {v['docs_kept']:,}/{v['docs_read']:,}" + (f" ({drops})" if drops else "")
-        )
-    lines.append(f"  {'arabic share':<32}{'':>14}{'':>14}{r['target_ar_ratio']:>8.3f}{r['realized_ar_ratio']:>8.3f}")
-    return "\n".join(lines)
-
-
-def _opt_float(v: Any) -> Optional[float]:
-    return None if v is None else float(v)
-
-
-def _plain(v: Any) -> Any:
-    v = getattr(v, "value", v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)

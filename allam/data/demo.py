@@ -32,16 +32,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from allam.data.arabic import strip_arabic_marks
+
 VAL_EVERY = 20
 TAFSIR_AYAT_PER_DOC = 10
 
-# Character classes of Arabic marks, shared with allam.data.cleaning: diacritics (harakat, tanwin,
-# shadda, sukun, superscript alef, Quranic annotation marks), tatweel, bidi controls
-AR_DIACRITICS = "\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed"
-TATWEEL = "\u0640"
-BIDI_MARKS = "\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c"
-_AR_DIACRITICS = re.compile(f"[{AR_DIACRITICS}]")
-_BIDI = re.compile(f"[{BIDI_MARKS}]")
 _WS = re.compile(r"\s+")
 _WEB_FOOTNOTE = re.compile(r"[\[\]{}]")
 
@@ -62,13 +57,6 @@ class Document:
 
 def split_of(unit: int) -> str:
     return "val" if unit % VAL_EVERY == 0 else "train"
-
-
-def strip_arabic_marks(text: str) -> str:
-    """Remove diacritics, tatweel and bidi control marks."""
-    text = _AR_DIACRITICS.sub("", text)
-    text = text.replace(TATWEEL, "")
-    return _BIDI.sub("", text)
 
 
 def normalize_ws(text: str) -> str:

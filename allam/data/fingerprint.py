@@ -1,11 +1,33 @@
-"""The data fingerprint stored in checkpoints, and the check made when resuming."""
+"""The data fingerprint: what decides the token stream, stored in checkpoints, and the check made
+when resuming."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import fields
+from typing import Any, Sequence
 
-from allam.config import ConfigError
+from allam.config import ConfigError, SourceConfig, Stage
 
 OVERRIDE_KEY = "data.allow_fingerprint_change"
+
+
+# every field of a source decides its token stream (its reader, cleaning, pairing, kind and weight)
+SOURCE_FIELDS = tuple(f.name for f in fields(SourceConfig))
+
+
+def data_fingerprint(sources: dict[str, Any], contents: dict[str, str], stages: Sequence[Stage], *,
+                     parallel_pairs: bool, seed: int, seq_len: int, tokenizer: str) -> dict:
+    """Everything that decides the token stream: each source's fields (plain values, as
+    allam.data.sources.source_values gives them) and content fingerprint, the stages, the pair
+    option, the seed, seq_len and the tokenizer's hash."""
+    return {
+        "sources": {name: {**{k: src[k] for k in SOURCE_FIELDS}, "content": contents[name]}
+                    for name, src in sources.items()},
+        "stages": [{"tokens": s.tokens, "ar_ratio": s.ar_ratio, "translated_share": s.translated_share} for s in stages],
+        "parallel_pairs": bool(parallel_pairs),
+        "seed": seed,
+        "seq_len": seq_len,
+        "tokenizer": tokenizer,
+    }
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,3 +72,4 @@ def check_fingerprint(saved: dict, current: dict, allow_change: bool) -> list[st
             f"data fingerprint differs from the checkpoint's ({shown}); set {OVERRIDE_KEY}=true to resume anyway"
         )
     return diffs
+

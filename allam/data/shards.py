@@ -31,8 +31,8 @@ from typing import Any, Optional
 import numpy as np
 
 from allam.config import ConfigError
-from allam.data.cleaning import DROP_STEPS, Cleaner, doc_hash
-from allam.data.sources import content_fingerprint, read_documents, reader_key
+from allam.data.cleaning import DROP_STEPS, Cleaner, HashSet, doc_hash
+from allam.data.sources import content_fingerprint, read_documents, reader_key, source_values
 
 FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
 BATCH_DOCS = 256
@@ -111,7 +111,7 @@ class SourceShards:
 @dataclass
 class ShardJob:
     name: str
-    src: Any
+    src: dict  # every SourceConfig field, plain values (sources.source_values)
     parallel_pairs: bool
     cleaner: Cleaner
     content: str = ""
@@ -120,13 +120,13 @@ class ShardJob:
 
 
 def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
-    pairs = bool(job.parallel_pairs and _field(job.src, "kind") == "translated")
+    pairs = bool(job.parallel_pairs and job.src["kind"] == "translated")
     entry = {
         "format": FORMAT_VERSION,
         "content": job.content,
         "cleaning": job.cleaner.options(),
         "pairs": pairs,
-        "pair_field": _field(job.src, "pair_field") if pairs else None,
+        "pair_field": job.src["pair_field"] if pairs else None,
         **reader_key(job.src),
         "tokenizer": tok.hash,
         "dtype": tok.dtype,
@@ -134,14 +134,10 @@ def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
     return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _field(src: Any, key: str, default: Any = None) -> Any:
-    v = src.get(key, default) if isinstance(src, dict) else getattr(src, key, default)
-    return getattr(v, "value", v) if v is not None else default
-
-
 def plan_jobs(sources: dict, parallel_pairs: bool, tok: TokenizerInfo, cache_dir: Path) -> list[ShardJob]:
     jobs = []
     for name, src in sources.items():
+        src = source_values(src)
         job = ShardJob(name, src, parallel_pairs, Cleaner.from_source(src))
         job.content = content_fingerprint(name, src)
         job.key = cache_key(job, tok)
@@ -157,7 +153,7 @@ def load(job: ShardJob) -> Optional[SourceShards]:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT_VERSION:
         return None
-    return SourceShards(job.name, _field(job.src, "lang"), _field(job.src, "kind", "natural"), job.path, meta)
+    return SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
 
 
 # --------------------------------------------------------------------------- workers
@@ -243,37 +239,6 @@ def _locked(path: Path):
 
 
 # --------------------------------------------------------------------------- building
-class HashSet:
-    """Hashes of the documents kept so far, for exact-duplicate removal: about 8 bytes per
-    document (a sorted uint64 array, plus a Python set of recent ones merged in periodically)."""
-
-    def __init__(self, buffer: int = 1 << 20):
-        self.sorted = np.zeros(0, np.uint64)
-        self.recent: set[int] = set()
-        self.buffer = buffer
-
-    def __len__(self) -> int:
-        return len(self.sorted) + len(self.recent)
-
-    def first_seen(self, hashes: np.ndarray) -> np.ndarray:
-        """Mask of hashes not seen before (also within the batch); remembers them."""
-        keep = np.ones(len(hashes), bool)
-        if len(self.sorted) and len(hashes):
-            pos = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
-            keep &= self.sorted[pos] != hashes
-        for j, h in enumerate(hashes.tolist()):
-            if keep[j]:
-                if h in self.recent:
-                    keep[j] = False
-                else:
-                    self.recent.add(h)
-        if len(self.recent) >= self.buffer:
-            merged = np.concatenate([self.sorted, np.fromiter(self.recent, np.uint64, len(self.recent))])
-            merged.sort()
-            self.sorted, self.recent = merged, set()
-        return keep
-
-
 def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = None, progress: bool = True,
           log=print) -> dict[str, SourceShards]:
     """Loads every source's shards, building the missing ones. Returns {name: SourceShards}."""
@@ -322,6 +287,58 @@ def _batches(docs):
         yield texts, pairs, splits
 
 
+class _ShardWriter:
+    """Appends the processed batches of one source to its ``train.bin`` / ``val.bin`` in reading
+    order: drops exact duplicates, counts documents, tokens, bytes and drops per step, and keeps
+    (tokens, bytes) of every held-out document (``val_docs.npy``)."""
+
+    def __init__(self, job: ShardJob, folder: Path, bar):
+        self.job, self.folder, self.bar = job, folder, bar
+        self.stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
+                      "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
+        self.seen = HashSet()
+        self.val_docs: list[np.ndarray] = []
+        self.files = {"train": open(folder / "train.bin", "wb"), "val": open(folder / "val.bin", "wb")}
+
+    def add(self, splits: list[str], res) -> None:
+        """One batch: its documents' splits and what :func:`_process` returned for it."""
+        kept, lens, flat, hashes, nbytes, drops = res
+        stats = self.stats
+        n = len(splits)
+        stats["docs_read"] += n
+        for k, v in drops.items():
+            stats["drops"][k] += v
+        keep = self.seen.first_seen(hashes) if len(hashes) else np.ones(len(kept), bool)
+        stats["drops"]["duplicate"] += int((~keep).sum())
+        is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
+        for split, sel in (("train", keep & ~is_val), ("val", keep & is_val)):
+            if not sel.any():
+                continue
+            toks = flat if sel.all() else flat[np.repeat(sel, lens)]
+            toks.tofile(self.files[split])
+            stats[split]["docs"] += int(sel.sum())
+            stats[split]["tokens"] += int(toks.shape[0])
+            stats[split]["bytes"] += int(nbytes[sel].sum())
+            if split == "val":
+                self.val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
+        self.bar.update(n)
+        self.bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
+        _check_script(self.job, stats, final=False)
+
+    def close(self, bad_utf8: int) -> dict:
+        """Closes the files, writes ``val_docs.npy`` and returns the final counts."""
+        for fh in self.files.values():
+            fh.close()
+        np.save(self.folder / "val_docs.npy",
+                np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
+        self.stats["drops"]["bad_utf8"] = bad_utf8
+        return self.stats
+
+    def abort(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+
 def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: bool, log) -> SourceShards:
     from tqdm.auto import tqdm
 
@@ -330,60 +347,29 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     bad = [0]
-    stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
-             "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
-    seen = HashSet()
-    val_docs: list[np.ndarray] = []  # (tokens, bytes) of each held-out document: text-based validation
     bar = tqdm(desc=f"tokenize {job.name}", unit=" docs", disable=not progress, mininterval=0.5, leave=True)
+    writer = None
     try:
-        with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
-            files = {"train": ftrain, "val": fval}
-            docs = read_documents(job.name, job.src, job.parallel_pairs, bad)
-            inflight: collections.deque = collections.deque()
-            window = 2 * (pool._processes if pool is not None else 1) + 2
-            batches = _batches(docs)
-
-            def consume(splits, res):
-                kept, lens, flat, hashes, nbytes, drops = res
-                n = len(splits)
-                stats["docs_read"] += n
-                for k, v in drops.items():
-                    stats["drops"][k] += v
-                keep = seen.first_seen(hashes) if len(hashes) else np.ones(len(kept), bool)
-                stats["drops"]["duplicate"] += int((~keep).sum())
-                is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
-                train_sel = keep & ~is_val
-                for split, sel in (("train", train_sel), ("val", keep & is_val)):
-                    if not sel.any():
-                        continue
-                    toks = flat if sel.all() else flat[np.repeat(sel, lens)]
-                    toks.tofile(files[split])
-                    stats[split]["docs"] += int(sel.sum())
-                    stats[split]["tokens"] += int(toks.shape[0])
-                    stats[split]["bytes"] += int(nbytes[sel].sum())
-                    if split == "val":
-                        val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
-                bar.update(n)
-                bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
-                _check_script(job, stats, final=False)
-
-            for texts, pairs, splits in batches:
-                if pool is None:
-                    consume(splits, _process(job_idx, texts, pairs))
-                    continue
-                inflight.append((splits, pool.apply_async(_process, (job_idx, texts, pairs))))
-                while len(inflight) >= window:
-                    s, r = inflight.popleft()
-                    consume(s, r.get())
-            while inflight:
+        writer = _ShardWriter(job, tmp, bar)
+        docs = read_documents(job.name, job.src, job.parallel_pairs, bad)
+        inflight: collections.deque = collections.deque()
+        window = 2 * (pool._processes if pool is not None else 1) + 2
+        for texts, pairs, splits in _batches(docs):
+            if pool is None:
+                writer.add(splits, _process(job_idx, texts, pairs))
+                continue
+            inflight.append((splits, pool.apply_async(_process, (job_idx, texts, pairs))))
+            while len(inflight) >= window:
                 s, r = inflight.popleft()
-                consume(s, r.get())
+                writer.add(s, r.get())
+        while inflight:
+            s, r = inflight.popleft()
+            writer.add(s, r.get())
         bar.close()
-        np.save(tmp / "val_docs.npy", np.concatenate(val_docs) if val_docs else np.zeros((0, 2), np.int64))
-        stats["drops"]["bad_utf8"] = bad[0]
+        stats = writer.close(bad[0])
         _check_script(job, stats, final=True)
         if stats["docs_read"] == 0 and bad[0] == 0:
-            raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {_field(job.src, 'path') or job.name})")
+            raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {job.src['path'] or job.name})")
         if stats["train"]["tokens"] == 0:
             d = ", ".join(f"{k}={v}" for k, v in stats["drops"].items() if v)
             raise ConfigError(f"data.sources.{job.name}: no training text left ({stats['docs_read']} documents read; dropped: {d or 'none'})")
@@ -391,8 +377,8 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
             "format": FORMAT_VERSION,
             "name": job.name,
             "key": job.key,
-            "lang": _field(job.src, "lang"),
-            "kind": _field(job.src, "kind", "natural"),
+            "lang": job.src["lang"],
+            "kind": job.src["kind"],
             "dtype": tok.dtype,
             "eos": tok.eos_id,
             "bos": tok.bos_id,
@@ -412,6 +398,8 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
             f"{meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens in {meta['seconds']:.1f}s")
         return load(job)  # type: ignore[return-value]
     except BaseException:
+        if writer is not None:
+            writer.abort()
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -421,7 +409,7 @@ def _check_script(job: ShardJob, stats: dict, final: bool) -> None:
     read = stats["docs_read"]
     wrong = stats["drops"]["wrong_script"]
     if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
-        lang = _field(job.src, "lang")
+        lang = job.src["lang"]
         other = "Latin" if lang == "ar" else "Arabic"
         raise ConfigError(
             f"data.sources.{job.name}.lang={lang}: {wrong:,} of {read:,} documents are mostly {other} script; "

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from allam.config import ConfigError
-from allam.data import demo
+from allam.config import ConfigError, source_defaults, source_fields
+from allam.data import arabic, demo
 
 CHAPTER_DOCS = 50
 VAL_EVERY = demo.VAL_EVERY
@@ -53,15 +53,12 @@ class RawDoc:
     split: str = "train"
 
 
-def _get(src: Any, key: str, default: Any = None) -> Any:
-    """Field of a SourceConfig / DictConfig / dict, enums as their values."""
-    try:
-        v = src[key] if isinstance(src, dict) else getattr(src, key, default)
-    except (KeyError, AttributeError):
-        v = default
-    if v is None:
-        return default
-    return getattr(v, "value", v)
+def source_values(src: Any) -> dict:
+    """Every SourceConfig field of one source as plain values (a choice as its string), absent (or
+    None) fields at their defaults; ``src`` is a validated DictConfig or a dict. The functions
+    below read fields directly (``src["loader"]``): they take a source after validate() or this."""
+    given = {k: v for k, v in src.items() if v is not None}  # None: the default
+    return {k: str(v) if isinstance(v, str) else v for k, v in {**source_defaults(), **given}.items()}
 
 
 class BadUtf8(Exception):
@@ -75,8 +72,7 @@ class BadUtf8(Exception):
 # --------------------------------------------------------------------------- resolving files
 def resolve_files(name: str, src: Any) -> list[Path]:
     """The files of a file source, sorted; one-line ConfigError when there are none."""
-    loader = _get(src, "loader")
-    path = _get(src, "path")
+    loader, path = src["loader"], src["path"]
     if not path:
         raise ConfigError(f"data.sources.{name}.path=None: loader={loader} needs a file, folder or glob")
     p = Path(os.path.expanduser(str(path)))
@@ -101,28 +97,28 @@ def _stat_entry(p: Path) -> list:
     return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
 
-READER_FIELDS = ("loader", "path", "text_field", "split", "skip_bad_utf8")
 HOLD_OUT_RULE = f"demo:unit%{VAL_EVERY}==0;files:chapter({CHAPTER_DOCS})%{VAL_EVERY}==1"
 
 
 def reader_key(src: Any) -> dict:
     """What decides which text a source yields, besides its content: the reader's fields and the hold-out rule."""
-    return {"reader": {k: getattr(_get(src, k), "value", _get(src, k)) for k in READER_FIELDS}, "hold_out": HOLD_OUT_RULE}
+    return {"reader": {k: src[k] for k in source_fields("reader")}, "hold_out": HOLD_OUT_RULE}
 
 
 def content_fingerprint(name: str, src: Any) -> str:
     """A cheap hash that changes when the source's content changes (file paths, sizes, mtimes;
-    for demo sources also the demo module's code; for hf the dataset's own fingerprint)."""
-    loader = _get(src, "loader")
+    for demo sources also the code of the demo and Arabic-text modules; for hf the dataset's own
+    fingerprint)."""
+    loader = src["loader"]
     if loader == "demo":
-        key = _get(src, "path") or name
+        key = src["path"] or name
         if key not in demo.DEMO_SOURCES:
             raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
         files = [_stat_entry(demo.package_file(*spec)) for spec in demo.DEMO_FILES.get(key, [])]
-        code = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()
+        code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic))).hexdigest()
         entry: Any = {"demo": key, "files": [f[1:] + [Path(f[0]).name] for f in files], "code": code}
     elif loader == "hf":
-        entry = {"hf": _get(src, "path"), "split": _get(src, "split"), "fp": _hf_dataset(name, src)._fingerprint}
+        entry = {"hf": src["path"], "split": src["split"], "fp": _hf_dataset(name, src)._fingerprint}
     else:
         entry = {"files": [_stat_entry(p) for p in resolve_files(name, src)]}
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
@@ -225,10 +221,10 @@ def _hf_dataset(name: str, src: Any):
         import datasets
     except ImportError:  # pragma: no cover
         raise ConfigError(f"data.sources.{name}.loader=hf: needs the `datasets` package (pip install datasets)") from None
-    path = _get(src, "path")
+    path = src["path"]
     if not path:
         raise ConfigError(f"data.sources.{name}.path=None: loader=hf needs a dataset name or path")
-    split = _get(src, "split") or "train"
+    split = src["split"] or "train"
     p = Path(os.path.expanduser(str(path)))
     try:
         if p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
@@ -280,13 +276,13 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) ->
     Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
     (file and byte offset) unless the source sets skip_bad_utf8.
     """
-    loader = _get(src, "loader")
-    skip = bool(_get(src, "skip_bad_utf8", False))
-    field = _get(src, "text_field", "text")
-    pairs = parallel_pairs and _get(src, "kind") == "translated"
-    pair_field = _get(src, "pair_field") if pairs else None
+    loader = src["loader"]
+    skip = bool(src["skip_bad_utf8"])
+    field = src["text_field"]
+    pairs = parallel_pairs and src["kind"] == "translated"
+    pair_field = src["pair_field"] if pairs else None
     if loader == "demo":
-        key = _get(src, "path") or name
+        key = src["path"] or name
         if key not in demo.DEMO_SOURCES:
             raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
         return _demo_docs(name, key, pairs)
@@ -328,7 +324,8 @@ def source_texts(sources: Any, lang: str, split: str = "train", batch: int = 256
     from allam.data.cleaning import Cleaner
 
     for name, src in sources.items():
-        if getattr(_get(src, "lang"), "value", _get(src, "lang")) != lang:
+        src = source_values(src)
+        if src["lang"] != lang:
             continue
         cleaner = Cleaner.from_source(src)
         pending: list[str] = []
@@ -359,6 +356,7 @@ class SourceTexts:
 
         entries = []
         for name, src in self.sources.items():
-            if getattr(_get(src, "lang"), "value", _get(src, "lang")) == lang:
+            src = source_values(src)
+            if src["lang"] == lang:
                 entries.append([name, content_fingerprint(name, src), reader_key(src), Cleaner.from_source(src).options()])
         return hashlib.sha256(json.dumps([self.split, entries], sort_keys=True, default=str).encode()).hexdigest()

@@ -85,7 +85,7 @@ def xformers_status(device_type: str, dtype: torch.dtype) -> tuple[bool, str]:
 
 def resolve_attention(requested: str, device_type: str, dtype: torch.dtype) -> str:
     """Pick the attention implementation name for transformers and log once which one runs."""
-    requested = getattr(requested, "value", requested)
+    requested = str(requested)
     if requested in ("sdpa", "eager"):
         chosen, reason = requested, "requested"
     else:

@@ -37,28 +37,13 @@ def llama_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1, e
     return cfg
 
 
-@torch.no_grad()
-def init_weights(model: LlamaForCausalLM, std: float, scaled_residual: bool, seed: int) -> None:
-    """Llama-style init: N(0, std) for every matrix and embedding, ones for norms; the output
-    projections of each residual branch (o_proj, down_proj) get std / sqrt(2 * layers)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    layers = model.config.num_hidden_layers
-    resid_std = std / math.sqrt(2 * layers) if scaled_residual else std
-    for name, p in model.named_parameters():
-        if p.ndim == 1:  # RMSNorm weights
-            p.fill_(1.0)
-            continue
-        s = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-        if p.device.type == "meta":
-            continue
-        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(s).to(p.dtype))
-
-
 def build_random(m, init, vocab_size: int, attention: str, bos_id: int = 1, eos_id: int = 2) -> LlamaForCausalLM:
+    """A whole fresh Llama of model group `m` with `vocab_size` rows, initialized per init group `init`."""
+    from allam.model.spec import ModelSpec
+    from allam.model.weights import RandomWeights
+
     cfg = llama_config(m, vocab_size, attention, bos_id, eos_id)
-    model = LlamaForCausalLM(cfg)
-    init_weights(model, init.std, init.scaled_residual, init.seed)
-    return model
+    return ModelSpec(cfg, lambda: RandomWeights(init.std, init.scaled_residual, init.seed, m.num_layers)).build()
 
 
 def build_meta(m, vocab_size: int) -> LlamaForCausalLM:
@@ -107,23 +92,33 @@ def check_architecture(m, ckpt_cfg: LlamaConfig, path: str) -> None:
         raise ConfigError(f"model.seq_len={m.seq_len}: init.checkpoint={path} allows at most {limit} positions")
 
 
-def load_pretrained(m, init, attention: str) -> LlamaForCausalLM:
-    """Load a Hugging Face Llama (safetensors only, never remote code) after checking its shape."""
+def pretrained_config(m, init) -> LlamaConfig:
+    """The checkpoint's config after checking it agrees with model group `m` (an error names both
+    sides) and holds safetensors weights."""
     path = init.checkpoint
     ckpt_cfg = checkpoint_config(path, init.local_files_only)
     check_architecture(m, ckpt_cfg, path)
     if Path(path).exists():
         _check_safetensors(path)
-    model = LlamaForCausalLM.from_pretrained(
-        path,
-        use_safetensors=True,
-        trust_remote_code=False,
-        local_files_only=init.local_files_only,
-        attn_implementation=attention,
-        dtype=torch.float32,
-    )
-    model.config.use_cache = False
-    return model
+    return ckpt_cfg
+
+
+def checkpoint_folder(init) -> Path:
+    """The local folder of init.checkpoint (a hub id resolves to its cached snapshot: config and
+    safetensors files only, never code)."""
+    path = Path(os.path.expanduser(init.checkpoint))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(init.checkpoint, allow_patterns=["*.json", "*.safetensors"],
+                                   local_files_only=init.local_files_only)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"init.checkpoint={init.checkpoint}: cannot fetch its safetensors weights ({first})") from exc
+    _check_safetensors(folder)
+    return Path(folder)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -138,3 +133,36 @@ def flops_per_token(model_cfg: LlamaConfig, non_embedding_params: int, seq_len: 
     H = model_cfg.num_attention_heads
     Q = model_cfg.hidden_size // H
     return 6.0 * non_embedding_params + 12.0 * L * H * Q * seq_len
+
+
+def check_tokenizer_fits_checkpoint(tok, init, bundle, rows: int) -> None:
+    """With a pretrained init, token ids must mean what the checkpoint learned them to mean: the
+    base tokenizer must be the checkpoint's own (tokenizer.base=auto) or have the same vocabulary,
+    and an unexpanded tokenizer must fit the checkpoint's `rows` embedding rows.
+
+    `tok`, `init`: the tokenizer and init groups; `bundle`: the built TokenizerBundle."""
+    expanded = str(tok.variant) == "expanded"
+    base = bundle.base if expanded else bundle
+    if str(tok.variant) == "base" and len(base.tokenizer) > rows:
+        raise ConfigError(
+            f"init.checkpoint={init.checkpoint}: has {rows} embedding rows but tokenizer "
+            f"({bundle.name}) has {len(bundle.tokenizer)} pieces; use tokenizer=expanded to grow the vocabulary"
+        )
+    if tok.base == "auto":
+        return  # the base is the checkpoint's own tokenizer
+    try:
+        from allam.tokenizer.hf_folder import load
+
+        own = load(init.checkpoint, local_files_only=init.local_files_only)
+    except Exception:
+        own = None
+    if own is not None and own.get_vocab() != base.tokenizer.get_vocab():
+        raise ConfigError(
+            f"tokenizer.base={tok.base}: its vocabulary differs from the tokenizer of "
+            f"init.checkpoint={init.checkpoint}; use tokenizer.base=auto (the checkpoint's own)"
+        )
+    if own is None and len(base.tokenizer) != rows:
+        raise ConfigError(
+            f"tokenizer.base={tok.base}: {len(base.tokenizer)} pieces, but init.checkpoint="
+            f"{init.checkpoint} has {rows} embedding rows and no tokenizer to compare with"
+        )

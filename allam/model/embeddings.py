@@ -23,7 +23,7 @@ STRATEGIES = ("subtoken_mean", "mean", "random")
 
 
 def _strategy(strategy) -> str:
-    value = getattr(strategy, "value", strategy)
+    value = str(strategy)
     if value not in STRATEGIES:
         from allam.config import ConfigError
 
@@ -83,36 +83,57 @@ def init_new_embedding_rows(
         raise ValueError(f"num_old_rows={num_old_rows} must be in 1..{rows} (the model's embedding rows)")
     n_tokens = min(len(new_tokenizer), rows) if new_tokenizer is not None else rows
     new_ids = list(range(num_old_rows, max(n_tokens, num_old_rows)))
+    groups = None
     if strategy == "subtoken_mean":
         if base_tokenizer is None or new_tokenizer is None:
             raise ValueError("subtoken_mean needs base_tokenizer and new_tokenizer")
-        if num_old_rows < len(base_tokenizer):
-            raise ValueError(f"num_old_rows={num_old_rows} is below the base tokenizer's {len(base_tokenizer)} pieces")
-        groups = [base_subtoken_ids(base_tokenizer, new_tokenizer, i) for i in new_ids]
-        if any(j >= num_old_rows for g in groups for j in g):
-            raise ValueError("the base tokenizer produced ids beyond num_old_rows; is base_tokenizer the model's tokenizer?")
+        groups = new_token_groups(base_tokenizer, new_tokenizer, num_old_rows, rows)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     for w in weights:
-        old = w[:num_old_rows].float()
-        mean = old.mean(dim=0)
-        pad = slice(num_old_rows + len(new_ids), rows)
-        if strategy == "random":
-            std = old.std().item()
-            fill = torch.randn((rows - num_old_rows, w.shape[1]), generator=gen) * std
-            w[num_old_rows:] = fill.to(w.dtype).to(w.device)
-            continue
-        if strategy == "mean":
-            w[num_old_rows : num_old_rows + len(new_ids)] = mean.to(w.dtype)
-        else:
-            lengths = torch.tensor([len(g) for g in groups], device=w.device)
-            flat = torch.tensor([j for g in groups for j in g], dtype=torch.long, device=w.device)
-            owner = torch.repeat_interleave(torch.arange(len(groups), device=w.device), lengths)
-            sums = torch.zeros((len(groups), w.shape[1]), dtype=torch.float32, device=w.device)
-            sums.index_add_(0, owner, old[flat])
-            w[num_old_rows : num_old_rows + len(new_ids)] = (sums / lengths.clamp(min=1)[:, None]).to(w.dtype)
-        w[pad] = mean.to(w.dtype)
+        fill_new_rows(w, num_old_rows, len(new_ids), strategy, gen, groups if strategy == "subtoken_mean" else None)
     log.info("initialized %d new embedding rows (%s) and %d padding rows", len(new_ids), strategy, rows - num_old_rows - len(new_ids))
     return len(new_ids)
+
+
+@torch.no_grad()
+def fill_new_rows(w: torch.Tensor, num_old_rows: int, num_new: int, strategy: str, gen: torch.Generator,
+                  groups: list[list[int]] | None = None) -> None:
+    """Fill rows ``num_old_rows:`` of one embedding matrix ``w`` in place from its first
+    ``num_old_rows`` rows: ``num_new`` new-token rows per ``strategy`` (``groups``: the base ids of
+    each new token's pieces, for ``subtoken_mean``), then padding rows. ``random`` draws from ``gen``,
+    so filling the input embedding then the head with one generator gives the same rows in the
+    sharded loader (:mod:`allam.model.weights`) as in a whole model."""
+    rows = w.shape[0]
+    old = w[:num_old_rows].float()
+    mean = old.mean(dim=0)
+    if strategy == "random":
+        std = old.std().item()
+        fill = torch.randn((rows - num_old_rows, w.shape[1]), generator=gen) * std
+        w[num_old_rows:] = fill.to(w.dtype).to(w.device)
+        return
+    if strategy == "mean":
+        w[num_old_rows : num_old_rows + num_new] = mean.to(w.dtype)
+    else:
+        assert groups is not None and len(groups) == num_new
+        lengths = torch.tensor([len(g) for g in groups], device=w.device)
+        flat = torch.tensor([j for g in groups for j in g], dtype=torch.long, device=w.device)
+        owner = torch.repeat_interleave(torch.arange(len(groups), device=w.device), lengths)
+        sums = torch.zeros((len(groups), w.shape[1]), dtype=torch.float32, device=w.device)
+        sums.index_add_(0, owner, old[flat])
+        w[num_old_rows : num_old_rows + num_new] = (sums / lengths.clamp(min=1)[:, None]).to(w.dtype)
+    w[num_old_rows + num_new :] = mean.to(w.dtype)
+
+
+def new_token_groups(base_tokenizer, new_tokenizer, num_old_rows: int, rows: int) -> list[list[int]]:
+    """For each new token (ids ``num_old_rows`` up to the new tokenizer's length, at most ``rows``),
+    the base ids of its pieces; checked to index only base rows."""
+    if num_old_rows < len(base_tokenizer):
+        raise ValueError(f"num_old_rows={num_old_rows} is below the base tokenizer's {len(base_tokenizer)} pieces")
+    new_ids = range(num_old_rows, max(min(len(new_tokenizer), rows), num_old_rows))
+    groups = [base_subtoken_ids(base_tokenizer, new_tokenizer, i) for i in new_ids]
+    if any(j >= num_old_rows for g in groups for j in g):
+        raise ValueError("the base tokenizer produced ids beyond num_old_rows; is base_tokenizer the model's tokenizer?")
+    return groups
 
 
 def resize_embeddings(

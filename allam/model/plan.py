@@ -2,11 +2,19 @@
 
 No weights are read or downloaded. The estimate counts, per GPU:
 - weights, gradients and optimizer states, by precision and optimizer, divided across
-  ranks under FSDP (full sharding) and replicated under DDP;
+  ranks under FSDP (full sharding) and replicated under DDP; under FSDP with 16-bit compute, the
+  gathered 16-bit copies of the units in flight (root unit and two decoder layers);
 - activations of one micro-batch: ~34·h bytes per token per layer with 16-bit activations
   (Korthikanti et al. 2022, with memory-efficient attention so no s² term), or only the
   layer inputs plus one layer's activations with gradient checkpointing; plus the logits
   (16-bit logits, their fp32 copy for the loss and its gradient).
+Host memory per rank (CPU RAM), from the sharded loader and the streaming export:
+- at load: the model is created on the meta device and filled tensor by tensor, so a rank holds
+  its own shard (on the host only when training on CPUs; on GPUs the shard goes to the device)
+  plus the one tensor being read or drawn, twice for an embedding matrix that grows (old rows and
+  the grown matrix);
+- at export: global rank 0 holds one safetensors file being written (at most
+  ``allam.model.export`` 's shard size) plus one tensor.
 It is an estimate for choosing a configuration, not a measurement.
 """
 from __future__ import annotations
@@ -32,6 +40,7 @@ class Plan:
     optimizer: str
     strategy: str
     memory_gib: dict
+    host_gib: dict
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +54,8 @@ class Plan:
             f"memory/GPU   {mem['total']:.1f} GiB estimated for {self.precision}, {self.optimizer}, strategy={self.strategy}: "
             f"weights {mem['weights']:.1f}, gradients {mem['gradients']:.1f}, optimizer {mem['optimizer']:.1f}, "
             f"activations {mem['activations']:.1f}, logits {mem['logits']:.1f}",
+            f"host/rank    {self.host_gib['load']:.1f} GiB at load (largest tensor {self.host_gib['largest_tensor']:.2f} GiB in fp32), "
+            f"{self.host_gib['export']:.1f} GiB at export (rank 0)",
         ] + self.hints()
 
     def hints(self, gpu_gib: float = 80.0) -> list[str]:
@@ -71,20 +82,40 @@ def _bytes_per_param(precision: str, optimizer: str) -> tuple[float, float, floa
     return w, g, o
 
 
-def make_plan(cfg, vocab_size: int, world: int, tokens_per_step: int) -> Plan:
-    m, t, d = cfg.model, cfg.trainer, cfg.data
+def host_memory(model, n: int, shard: int, accelerator: str, grows: bool) -> dict:
+    """Host GiB per rank at load and (rank 0) at export; see the module docstring."""
+    from allam.model.export import GiB as _GiB
+    from allam.model.export import MAX_SHARD_BYTES
+
+    largest = max(p.numel() for p in model.parameters()) * 4
+    transient = largest * (2 if grows else 1)
+    resident = n * 4 / shard if accelerator == "cpu" else 0.0
+    return {"load": (resident + transient) / GiB, "export": (MAX_SHARD_BYTES + largest) / _GiB,
+            "largest_tensor": largest / GiB}
+
+
+def make_plan(m, t, *, batch_size: int, optimizer: str, vocab_size: int, world: int, tokens_per_step: int,
+              grows: bool = False) -> Plan:
+    """The plan for model group `m` on trainer group `t` with `batch_size` sequences per rank;
+    `grows`: the embedding matrices grow from a checkpoint's (vocabulary expansion)."""
     model = build_meta(m, vocab_size)
     counts = parameter_counts(model)
-    optimizer = getattr(cfg.optim.name, "value", cfg.optim.name)
+    optimizer = str(optimizer)
     strategy = str(t.strategy)
     w, g, o = _bytes_per_param(str(t.precision), optimizer)
     n = counts["total"]
     shard = world if "fsdp" in strategy or "deepspeed" in strategy else 1
     weights = n * w / shard
+    if shard > 1 and str(t.precision) in ("bf16-mixed", "16-mixed"):
+        # FSDP2 gathers 16-bit copies one unit at a time (the root unit and two decoder layers
+        # in flight), not a 16-bit copy of the whole model
+        layer = sum(p.numel() for p in model.model.layers[0].parameters())
+        root = n - layer * m.num_layers
+        weights = n * (w - 2.0) / shard + 2.0 * (root + 2 * layer)
     grads = n * g / shard
     opt = n * o / shard
     act_bytes = 2 if str(t.precision).startswith(("bf16", "16")) else 4
-    tokens = d.batch_size * m.seq_len
+    tokens = batch_size * m.seq_len
     h, L = m.hidden_size, m.num_layers
     per_layer = 34 * h * tokens * act_bytes / 2  # the 34·h coefficient is for 16-bit activations
     if m.gradient_checkpointing:
@@ -100,7 +131,7 @@ def make_plan(cfg, vocab_size: int, world: int, tokens_per_step: int) -> Plan:
         "logits": logits / GiB,
     }
     mem["total"] = sum(mem.values())
-    return Plan(
+    return Plan(host_gib=host_memory(model, n, shard, str(t.accelerator), grows),
         model=m.name,
         parameters=n,
         non_embedding_parameters=counts["non_embedding"],

@@ -17,9 +17,8 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from transformers import PreTrainedTokenizerBase
 
@@ -69,16 +68,6 @@ def export_tokenizer(bundle: TokenizerBundle, out_dir: Path) -> Path:
     if not hf_folder.copy_files(bundle.path, out_dir):
         bundle.tokenizer.save_pretrained(str(out_dir))
     return Path(out_dir)
-
-
-def default_texts(lang: str) -> Iterable[str]:
-    from allam.data.demo import demo_texts
-
-    return demo_texts(lang, "train")
-
-
-def _value(x: Any) -> Any:
-    return x.value if isinstance(x, Enum) else x
 
 
 def _fingerprint(options: dict, text_fingerprint: str = "") -> str:
@@ -354,19 +343,19 @@ def build_tokenizer(
     cfg,
     *,
     cache_dir: Path,
+    texts: Texts,
     init_checkpoint: str | None = None,
-    texts: Texts | None = None,
     local_files_only: bool = False,
 ) -> TokenizerBundle:
-    """The tokenizer the ``tokenizer`` config group asks for (see TokenizerConfig in allam/config.py).
+    """The tokenizer the ``tokenizer`` config group asks for (see TokenizerConfig in allam.config).
 
-    ``texts(lang)`` yields training text of "ar" / "en" (default: the demo corpus's training split).
+    ``texts(lang)`` yields training text of "ar" / "en" (read only when a tokenizer must be
+    trained; allam.data.sources.SourceTexts gives the configured sources' training split).
     ``init_checkpoint`` is the init=llama2 checkpoint, whose own tokenizer ``tokenizer.base=auto``
     selects. Raises ConfigError (one line) for a config that cannot work.
     """
-    texts = texts or default_texts
     cache_dir = Path(cache_dir)
-    variant = str(_value(cfg.variant))
+    variant = str(cfg.variant)
     if variant == "bilingual":
         return _bilingual(cfg, cache_dir, texts)
     if variant not in ("base", "expanded"):

@@ -21,7 +21,7 @@ class CausalLM(L.LightningModule):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model,
         optim_cfg,
         total_steps: int,
         token_bytes: np.ndarray,
@@ -29,9 +29,14 @@ class CausalLM(L.LightningModule):
         embedding_warmup_steps: int = 0,
         gradient_checkpointing: bool = False,
         compile: bool = False,
+        param_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
+        # a built model, or a ModelSpec materialized in configure_model (sharded under FSDP2)
+        self.spec = None if isinstance(model, torch.nn.Module) else model
+        self.model = model if isinstance(model, torch.nn.Module) else None
+        self.gradient_checkpointing = gradient_checkpointing
+        self.param_dtype = param_dtype
         self.optim_cfg = optim_cfg
         self.grad_clip = float(optim_cfg.grad_clip or 0.0)
         self.total_steps = total_steps
@@ -42,11 +47,39 @@ class CausalLM(L.LightningModule):
         self._val = {lang: BitsPerByte() for lang in self.val_languages}
         self.final_val: dict[str, dict[str, float]] = {}
         self.final_val_step: int | None = None  # global step the final_val scores belong to
-        if gradient_checkpointing:
+        if self.model is not None and gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------ model
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP2 (Lightning's ModelParallelStrategy hands the module a device mesh)."""
+        return getattr(self, "_device_mesh", None) is not None
+
+    def _root_device(self) -> torch.device:
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     def configure_model(self) -> None:
+        """Materialize the model once: whole on this device, or under FSDP2 created on the meta
+        device, sharded one decoder layer per unit, and filled shard by shard from the weight
+        source, so no rank ever holds the whole model."""
+        if self.model is None:
+            if self.sharded:
+                from allam.model.shard import fully_shard_llama
+                from allam.model.weights import materialize
+
+                model = self.spec.meta()
+                if self.gradient_checkpointing:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                fully_shard_llama(model, self.device_mesh["data_parallel"], self.param_dtype)
+                model.to_empty(device=self._root_device())
+                materialize(model, self.spec.weights())
+            else:
+                model = self.spec.build(self._root_device())
+                if self.gradient_checkpointing:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model = model
         if self.compile and not getattr(self, "_compiled", False):
             self.model.model = torch.compile(self.model.model)
             self._compiled = True
@@ -59,7 +92,8 @@ class CausalLM(L.LightningModule):
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits = self(inputs)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # the mean over ranks: with equal tokens per rank, the loss of the global batch
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1)
         self._last_loss = loss.detach()  # read once at the end (no device sync per step)
         return loss
 
@@ -98,15 +132,9 @@ class CausalLM(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizer
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip the global gradient norm to optim.grad_clip. Under FSDP the norm spans shards on every
-        rank, which only the wrapped module's own clip_grad_norm_ computes (Lightning's norm clipping
-        refuses FSDP)."""
-        if self.grad_clip <= 0:
-            return
-        wrapped = self.trainer.strategy.model
-        if hasattr(wrapped, "clip_grad_norm_"):
-            wrapped.clip_grad_norm_(self.grad_clip)
-        else:
+        """Clip the global gradient norm to optim.grad_clip. Under FSDP2 the gradients are DTensors,
+        whose norm torch computes across the shards of every rank."""
+        if self.grad_clip > 0:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self):

@@ -35,7 +35,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, o) -> torch.optim.Optimizer:
-    name = getattr(o.name, "value", o.name)
+    name = str(o.name)
     groups = param_groups(model, o.weight_decay)
     betas = (float(o.betas[0]), float(o.betas[1]))
     if name == "adamw8bit":
@@ -60,7 +60,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
 def build_scheduler(optimizer: torch.optim.Optimizer, o, total_steps: int, embedding_warmup_steps: int = 0):
     """LambdaLR per group. During an embedding warm-up the body's groups get LR 0 (AdamW's
     decoupled weight decay is scaled by the LR, so they do not move at all)."""
-    schedule = getattr(o.schedule, "value", o.schedule)
+    schedule = str(o.schedule)
 
     def factor(step: int) -> float:
         return lr_factor(step, total_steps, o.warmup_steps, schedule, o.min_lr_ratio)

@@ -1,4 +1,7 @@
-"""Fertility of tokenizer variants on held-out Arabic and English text.
+"""The fertility report: tokenizer variants measured on held-out Arabic and English text.
+
+The caller passes the text (``texts(lang)``; the tasks pass the configured sources' held-out
+split, allam.data.sources.SourceTexts): tokenizer code reads no corpus itself.
 
 Per variant and language: tokens per word (whitespace-separated words), characters per token,
 and the share of words split into more than 3 pieces (each word segmented as it appears in
@@ -19,12 +22,6 @@ log = logging.getLogger(__name__)
 
 LANGS = ("ar", "en")
 LANG_NAMES = {"ar": "Arabic", "en": "English"}
-
-
-def default_heldout(lang: str) -> Iterable[str]:
-    from allam.data.demo import demo_texts
-
-    return demo_texts(lang, "val")
 
 
 def fertility(tokenizer, docs: Sequence[str], batch: int = 256) -> dict:
@@ -95,21 +92,20 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def tokenizer_report(
+def fertility_report(
     variants: list[TokenizerBundle],
     out_dir: Path,
-    texts: Callable[[str], Iterable[str]] | None = None,
+    texts: Callable[[str], Iterable[str]],
     *,
     max_words: int | None = None,
 ) -> dict:
-    """Fertility of each variant on held-out text ``texts(lang)`` (default: demo val split).
+    """Fertility of each variant on held-out text ``texts(lang)`` ("ar" and "en").
 
     Prints the table, writes ``tokenizer_report.json`` and ``tokenizer_report.png`` into
     ``out_dir`` and returns the JSON content. The base of an expanded variant is added when it
     is not in ``variants``; each expanded variant gets ``arabic_reduction_vs``: its Arabic
     tokens-per-word reduction factor against every base in the report.
     """
-    texts = texts or default_heldout
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     docs = {}

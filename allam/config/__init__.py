@@ -1,0 +1,39 @@
+"""The config: typed schemas (:mod:`.schema`), the rules a config must satisfy (:mod:`.rules`),
+quantities derived from it (:mod:`.derived`) and one-line errors (:mod:`.errors`)."""
+from allam.config.errors import ConfigError, explain_compose_error, group_choices
+from allam.config.rules import Stage, mix_stages, to_dict, validate
+from allam.config.schema import (
+    CONF_DIR,
+    ROOT,
+    AllamConfig,
+    Attention,
+    DataConfig,
+    InitConfig,
+    InitName,
+    Lang,
+    LoggerConfig,
+    LoggerName,
+    ModelConfig,
+    NewEmbeddings,
+    OptimConfig,
+    OptimName,
+    PathsConfig,
+    Schedule,
+    SourceConfig,
+    SourceKind,
+    StageConfig,
+    StrEnum,
+    TokenizerConfig,
+    TokenizerVariant,
+    TrainerConfig,
+    source_defaults,
+    source_fields,
+)
+
+__all__ = [
+    "CONF_DIR", "ROOT", "AllamConfig", "Attention", "ConfigError", "DataConfig", "InitConfig", "InitName", "Lang",
+    "LoggerConfig", "LoggerName", "ModelConfig", "NewEmbeddings", "OptimConfig", "OptimName", "PathsConfig",
+    "Schedule", "SourceConfig", "SourceKind", "Stage", "StageConfig", "StrEnum", "TokenizerConfig",
+    "TokenizerVariant", "TrainerConfig", "explain_compose_error", "group_choices", "mix_stages",
+    "source_defaults", "source_fields", "to_dict", "validate",
+]

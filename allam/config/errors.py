@@ -1,0 +1,64 @@
+"""ConfigError and the translation of Hydra/OmegaConf composition errors into one line."""
+from __future__ import annotations
+
+import re
+
+
+class ConfigError(ValueError):
+    """A config that is known to be wrong. The message is one line: key, value, what is allowed."""
+
+
+def group_choices(group: str) -> list[str]:
+    """The options of a config group (its YAML files under conf/)."""
+    from allam.config.schema import CONF_DIR
+
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _allowed_keys(node_path: str) -> str:
+    from omegaconf import DictConfig, OmegaConf
+
+    from allam.config.schema import AllamConfig
+
+    schema = OmegaConf.structured(AllamConfig)
+    node = OmegaConf.select(schema, node_path) if node_path else schema
+    if isinstance(node, DictConfig):
+        return ", ".join(str(k) for k in node.keys())
+    return ""
+
+
+def explain_compose_error(exc: BaseException) -> str:
+    """Turns a Hydra/OmegaConf composition error into one line: key, value, what is allowed."""
+    from allam.config.schema import SourceConfig
+
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    ctext = str(cause) if cause else ""
+    m = re.search(r"Could not find '([\w/.-]+)/([\w.-]+)'", text)
+    if m:
+        group, choice = m.group(1), m.group(2)
+        return f"{group}={choice}: no such choice; allowed: {', '.join(group_choices(group))}"
+    key = value = None
+    m2 = re.search(r"Error merging override ([\w.]+)=(.*)", text)
+    if m2:
+        key, value = m2.group(1), m2.group(2).strip()
+    m3 = re.search(r"Could not override '([\w.]+)'", text)
+    if m3:
+        key = m3.group(1)
+    detail = (ctext or text).strip().splitlines()[0] if (ctext or text).strip() else type(exc).__name__
+    if key and key.startswith("data.sources.") and key.count(".") >= 3:
+        name = key.split(".")[2]
+        return (f"{key}: no such key, or no source '{name}'; a source's keys: "
+                f"{', '.join(SourceConfig.__dataclass_fields__)}; add a source with "
+                f"+data.sources.{name}={{lang: ar, loader: jsonl, path: ...}}")
+    if key and ("not in" in detail or "Could not override" in text or "Key '" in detail):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        allowed = _allowed_keys(parent)
+        return f"{key}: no such key{' in ' + parent if parent else ''}; allowed: {allowed}"
+    mvals = re.search(r"expected one of \[(.*?)\]", ctext)
+    if key and mvals:
+        return f"{key}={value}: allowed: {mvals.group(1)}"
+    if key:
+        return f"{key}={value}: {detail}"
+    return " ".join(text.split())[:300]

@@ -1,0 +1,186 @@
+"""Every rule a composed config must satisfy, each written once.
+
+:func:`validate` runs before any work starts (run.py's pre-flight and every task). The mix's
+rules live in :func:`mix_stages`, which both ``validate`` and the data blend call. Every error
+is one line naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from allam.config.errors import ConfigError
+from allam.config.schema import AllamConfig, InitName, Lang, SourceConfig, SourceKind, TokenizerVariant
+
+LOADERS = ("demo", "text", "jsonl", "parquet", "hf")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value}: {allowed}")
+
+
+def _unit(key: str, value: Optional[float]) -> None:
+    if value is not None and not (0.0 <= float(value) <= 1.0):
+        _fail(key, value, "must be a fraction in [0, 1]")
+
+
+def _positive(key: str, value: Optional[int], allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(key, value, "must be " + ("non-negative" if allow_zero else "positive"))
+
+
+# --------------------------------------------------------------------------- data sources and mix
+def source(name: str, node: Any) -> DictConfig:
+    """One data source checked against SourceConfig, with its defaults filled in."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = f"data.sources.{name}"
+    if not isinstance(node, (dict, DictConfig)):
+        _fail(key, node, "must be a mapping of SourceConfig fields (lang, kind, loader, path, ...)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SourceConfig), node)
+        merged.lang  # MISSING unless given  # noqa: B018
+    except ConfigKeyError as exc:
+        bad = str(exc).split("'")[1] if "'" in str(exc) else "?"
+        raise ConfigError(f"{key}.{bad}: no such key; allowed: " + ", ".join(SourceConfig.__dataclass_fields__))
+    except MissingMandatoryValue:
+        raise ConfigError(f"{key}.lang: missing; allowed: ar, en")
+    except ValidationError as exc:
+        field_name = getattr(exc, "key", None) or "?"
+        first = str(exc).strip().splitlines()[0]
+        _fail(f"{key}.{field_name}", exc.__dict__.get("value", "?"), first)
+    if merged.loader not in LOADERS:
+        _fail(f"{key}.loader", merged.loader, "allowed: " + ", ".join(LOADERS))
+    _unit(f"{key}.max_wrong_script", merged.max_wrong_script)
+    return merged
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the mix, checked: its token budget (None: to the end), Arabic share and
+    translated share of the Arabic (None: by size); `key` prefixes its error messages."""
+
+    tokens: Optional[int]
+    ar_ratio: float
+    translated_share: Optional[float]
+    key: str
+
+
+def mix_stages(data) -> list[Stage]:
+    """The stages of ``data`` (one stage from ``ar_ratio``/``translated_share`` when
+    ``data.stages`` is empty), after checking every mix rule:
+
+    - ratios are fractions; only the last stage may leave ``tokens`` unset; tokens are positive;
+    - a stage that asks for Arabic (English) has an Arabic (English) source to draw from;
+    - a stage that fixes ``translated_share`` has translated (natural) Arabic sources to draw from.
+
+    Source existence is checked when ``data.sources`` is not empty (plan needs no sources).
+    """
+    raw = list(data.stages or [])
+    if not raw:
+        stages = [Stage(None, float(data.ar_ratio), _opt(data.translated_share), "data")]
+    else:
+        stages = [Stage(st.tokens, float(st.ar_ratio), _opt(st.translated_share), f"data.stages.{i}")
+                  for i, st in enumerate(raw)]
+    sources = [data.sources[name] for name in data.sources]
+    langs = {str(s["lang"]) for s in sources}
+    ar_kinds = {str(s.get("kind", SourceKind.natural)) for s in sources if str(s["lang"]) == Lang.ar}
+    for i, st in enumerate(stages):
+        _unit(f"{st.key}.ar_ratio", st.ar_ratio)
+        _unit(f"{st.key}.translated_share", st.translated_share)
+        if st.tokens is None and i != len(stages) - 1:
+            _fail(f"{st.key}.tokens", None, "only the last stage may leave tokens unset")
+        _positive(f"{st.key}.tokens", st.tokens)
+        if not sources:
+            continue
+        if st.ar_ratio > 0 and Lang.ar not in langs:
+            _fail(f"{st.key}.ar_ratio", st.ar_ratio, "is above 0 but data.sources has no Arabic source")
+        if st.ar_ratio < 1 and Lang.en not in langs:
+            _fail(f"{st.key}.ar_ratio", st.ar_ratio, "is below 1 but data.sources has no English source")
+        tau = st.translated_share
+        if tau is not None and st.ar_ratio > 0:
+            if tau > 0 and SourceKind.translated not in ar_kinds:
+                _fail(f"{st.key}.translated_share", tau, "is above 0 but no Arabic source has kind=translated")
+            if tau < 1 and SourceKind.natural not in ar_kinds:
+                _fail(f"{st.key}.translated_share", tau, "is below 1 but every Arabic source has kind=translated")
+    return stages
+
+
+def _opt(v) -> Optional[float]:
+    return None if v is None else float(v)
+
+
+# --------------------------------------------------------------------------- the whole config
+def _check_keys(cfg: DictConfig) -> None:
+    """Keys added with '+' bypass the schema's struct check; a misspelled one must still fail."""
+    schema = OmegaConf.structured(AllamConfig)
+    for key in cfg:
+        if key not in schema:
+            raise ConfigError(f"{key}: no such key; allowed: {', '.join(str(k) for k in schema)}")
+        if isinstance(schema[key], DictConfig):
+            for sub in cfg[key]:
+                if sub not in schema[key]:
+                    allowed = ", ".join(str(k) for k in schema[key])
+                    raise ConfigError(f"{key}.{sub}: no such key in {key}; allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks a composed config before anything is built (and fills each data source's defaults).
+    Raises ConfigError (one line)."""
+    from allam.tasks import TASKS
+
+    _check_keys(cfg)
+    m, d, o, t, tok, ini = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer, cfg.init
+    if cfg.task not in TASKS:
+        _fail("task", cfg.task, "allowed: " + ", ".join(TASKS))
+    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "seq_len"):
+        _positive(f"model.{key}", m[key])
+    if m.hidden_size % m.num_heads:
+        _fail("model.hidden_size", m.hidden_size, f"must be divisible by model.num_heads={m.num_heads}")
+    kv = m.num_kv_heads or m.num_heads
+    if m.num_heads % kv:
+        _fail("model.num_kv_heads", kv, f"must divide model.num_heads={m.num_heads}")
+    if m.max_position_embeddings is not None and m.seq_len > m.max_position_embeddings:
+        _fail("model.seq_len", m.seq_len, f"must be <= model.max_position_embeddings={m.max_position_embeddings}")
+    _positive("data.batch_size", d.batch_size)
+    _positive("data.val_bytes", d.val_bytes, allow_zero=True)
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    _positive("trainer.max_tokens", t.max_tokens)
+    _positive("trainer.max_steps", t.max_steps)
+    _positive("trainer.accumulate_grad_batches", t.accumulate_grad_batches)
+    if o.lr <= 0:
+        _fail("optim.lr", o.lr, "must be positive")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        _fail("optim.betas", list(o.betas), "must be two numbers in [0, 1)")
+    _unit("optim.min_lr_ratio", o.min_lr_ratio)
+    _positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
+    _positive("tokenizer.num_new_tokens", tok.num_new_tokens)
+    _positive("tokenizer.vocab_size", tok.vocab_size)
+    _positive("tokenizer.english_vocab_size", tok.english_vocab_size)
+    _positive("init.embedding_warmup_tokens", ini.embedding_warmup_tokens, allow_zero=True)
+    if ini.std <= 0:
+        _fail("init.std", ini.std, "must be positive")
+    if ini.name == InitName.llama2 and not ini.checkpoint:
+        _fail(
+            "init.checkpoint",
+            None,
+            f"init=llama2 needs a checkpoint (hub id or local folder); model={m.name} has no published one",
+        )
+    if ini.name == InitName.llama2 and tok.variant == TokenizerVariant.bilingual:
+        _fail("tokenizer", "bilingual", "a vocabulary trained from scratch does not fit a checkpoint's embeddings; "
+              "with init=llama2 use tokenizer=base or tokenizer=expanded")
+    if t.precision not in PRECISIONS:
+        _fail("trainer.precision", t.precision, "allowed: 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true")
+    for name in list(d.sources):
+        d.sources[name] = source(name, d.sources[name])
+    mix_stages(d)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """Plain, resolved dict (enums as their values) for results.json and loggers."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]

@@ -1,0 +1,297 @@
+"""Typed schemas for every config key, registered in Hydra's ConfigStore.
+
+conf/config.yaml starts its defaults list with ``allam_schema`` so every group file is merged
+onto a typed node: an unknown key or a wrong type fails at compose time. Range and choice
+checks that a type cannot express live in :mod:`allam.config.rules`.
+
+Choices are :class:`StrEnum` members: they compare equal to their value, print as their value
+and serialize as their value, so no module unwraps them by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CONF_DIR = ROOT / "conf"
+
+
+class StrEnum(str, Enum):
+    """A choice that behaves as its plain string value (==, str(), f-strings, json, hashing)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    __hash__ = str.__hash__
+
+
+# --------------------------------------------------------------------------- enums
+class Attention(StrEnum):
+    auto = "auto"
+    xformers = "xformers"
+    sdpa = "sdpa"
+    eager = "eager"
+
+
+class InitName(StrEnum):
+    random = "random"
+    llama2 = "llama2"
+
+
+class NewEmbeddings(StrEnum):
+    subtoken_mean = "subtoken_mean"
+    mean = "mean"
+    random = "random"
+
+
+class TokenizerVariant(StrEnum):
+    base = "base"
+    expanded = "expanded"
+    bilingual = "bilingual"
+
+
+class Lang(StrEnum):
+    ar = "ar"
+    en = "en"
+
+
+class SourceKind(StrEnum):
+    natural = "natural"
+    translated = "translated"
+
+
+class OptimName(StrEnum):
+    adamw = "adamw"
+    adamw8bit = "adamw8bit"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class LoggerName(StrEnum):
+    csv = "csv"
+    wandb = "wandb"
+    none = "none"
+
+
+# --------------------------------------------------------------------------- groups
+@dataclass
+class ModelConfig:
+    """Llama shape. Group `model`: tiny, 1b, 7b, 13b, 70b."""
+
+    name: str = "tiny"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    num_kv_heads: Optional[int] = None  # None: same as num_heads (no grouped-query attention)
+    intermediate_size: int = 688
+    seq_len: int = 256  # training context; also max_position_embeddings of a fresh model
+    max_position_embeddings: Optional[int] = None  # None: seq_len
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    # vocabulary rows of a fresh model; None: the tokenizer's size padded to a multiple of 64.
+    # Published shapes set it (Llama-2: 32000) so plan mode needs no tokenizer.
+    vocab_size: Optional[int] = None
+    pad_vocab_to: int = 64
+    tie_embeddings: bool = False
+    attention: Attention = Attention.auto
+    gradient_checkpointing: bool = False
+    hf_id: Optional[str] = None  # the published checkpoint of this shape, if any (default init.checkpoint)
+
+
+@dataclass
+class InitConfig:
+    """Group `init`: random (from scratch) or llama2 (continue from a Hugging Face Llama)."""
+
+    name: InitName = InitName.random
+    std: float = 0.02
+    scaled_residual: bool = True  # residual projections (o_proj, down_proj) get std / sqrt(2 * layers)
+    seed: int = 1234
+    checkpoint: Optional[str] = None  # hub id or local folder (init=llama2)
+    local_files_only: bool = False  # True: never contact the hub, only local folders and cache
+    new_embeddings: NewEmbeddings = NewEmbeddings.subtoken_mean
+    embedding_warmup_tokens: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    """Group `tokenizer`: base, expanded, bilingual.
+
+    `base` names the base tokenizer: `auto` (the init checkpoint's own tokenizer when init
+    loads one, otherwise `english8k`), `english8k` (the project's English SentencePiece BPE,
+    trained offline on the English training sources), `mistral7b` (the 32,000-piece
+    Mistral-7B-v0.1 SentencePiece model shipped in mistral-common), or a path to a
+    SentencePiece .model file / Hugging Face tokenizer folder / hub id.
+    """
+
+    variant: TokenizerVariant = TokenizerVariant.base
+    base: str = "auto"
+    english_vocab_size: int = 8192  # size of the offline english8k base
+    num_new_tokens: int = 16000  # expanded: Arabic pieces appended to the base
+    vocab_size: int = 64000  # bilingual: size of the from-scratch tokenizer
+    training_words: Optional[int] = None  # cap on words of training text read (None: all)
+    seed: int = 0
+
+
+READER = {"role": "reader"}  # decides which documents a source yields (with its content)
+CLEANING = {"role": "cleaning"}  # decides how each document is cleaned
+
+
+@dataclass
+class SourceConfig:
+    """One data source. `loader`: demo | text | jsonl | parquet | hf.
+
+    Each field's role (metadata) says what it decides: ``reader`` fields choose the documents,
+    ``cleaning`` fields how they are cleaned. The shard cache key, the data fingerprint and the
+    cleaner are derived from these roles (:func:`source_fields`), so a new option is one edit here.
+    """
+
+    lang: Lang = field(default=MISSING, metadata=CLEANING)  # the cleaner's script checks depend on it
+    kind: SourceKind = SourceKind.natural
+    loader: str = field(default="demo", metadata=READER)
+    path: Optional[str] = field(default=None, metadata=READER)  # demo source name, file path / glob, or HF dataset name
+    text_field: str = field(default="text", metadata=READER)
+    split: Optional[str] = field(default=None, metadata=READER)  # HF datasets split
+    weight: Optional[float] = None  # relative weight within its (lang, kind) stream; None: by size
+    nfc: bool = field(default=True, metadata=CLEANING)  # Unicode NFC normalization
+    strip_diacritics: bool = field(default=False, metadata=CLEANING)
+    strip_tatweel: bool = field(default=False, metadata=CLEANING)
+    strip_bidi: bool = field(default=False, metadata=CLEANING)
+    min_chars: int = field(default=20, metadata=CLEANING)
+    # drop a document whose share of the other script's letters exceeds this
+    max_wrong_script: float = field(default=0.5, metadata=CLEANING)
+    dedup: bool = field(default=True, metadata=CLEANING)
+    # False: a non-UTF-8 file is an error naming file and byte offset
+    skip_bad_utf8: bool = field(default=False, metadata=READER)
+    # translated jsonl/parquet/hf sources: field with the English original (parallel_pairs)
+    pair_field: Optional[str] = field(default=None, metadata={"role": "pairs"})
+
+
+def source_fields(role: str) -> tuple[str, ...]:
+    """SourceConfig's fields with this role ("reader" or "cleaning"), in declaration order."""
+    return tuple(f.name for f in fields(SourceConfig) if f.metadata.get("role") == role)
+
+
+def source_defaults() -> dict[str, Any]:
+    """Every SourceConfig field's default (lang has none)."""
+    return {f.name: f.default for f in fields(SourceConfig) if f.default is not MISSING}
+
+
+@dataclass
+class StageConfig:
+    tokens: Optional[int] = None  # None: until the end of training (last stage only)
+    ar_ratio: float = 0.45
+    translated_share: Optional[float] = None
+
+
+@dataclass
+class DataConfig:
+    """Group `data`: sources and the language mix."""
+
+    name: str = "demo"
+    # name -> SourceConfig. Typed Any so a source can be added from the command line
+    # (`+data.sources.NAME={lang: ar, loader: jsonl, path: ...}`); validate() checks each entry
+    # against SourceConfig and fills its defaults.
+    sources: dict[str, Any] = field(default_factory=dict)
+    ar_ratio: float = 0.45  # fraction of training tokens that are Arabic
+    translated_share: Optional[float] = None  # fraction of Arabic tokens from translated sources; None: by size
+    stages: list[StageConfig] = field(default_factory=list)  # empty: one stage with ar_ratio/translated_share
+    parallel_pairs: bool = False  # emit translated documents as aligned English+Arabic pairs
+    batch_size: int = 8  # sequences per device per step
+    num_workers: int = 0
+    # held-out text scored per language, as whole documents chosen by bytes, so runs with different
+    # tokenizers are scored on the same text (0: all held-out text)
+    val_bytes: int = 65536
+    allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota
+    seed: int = 1234
+    allow_fingerprint_change: bool = False  # resume even if the data fingerprint differs from the checkpoint's
+
+
+@dataclass
+class OptimConfig:
+    """Group `optim`: adamw, adamw8bit; LR schedule fields."""
+
+    name: OptimName = OptimName.adamw
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+
+
+@dataclass
+class TrainerConfig:
+    """Group `trainer`: cpu, gpu, ddp, fsdp, ..."""
+
+    name: str = "cpu"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed... (Lightning strategy names)
+    precision: str = "32-true"
+    max_tokens: int = 262144  # training budget in tokens (sets max_steps)
+    max_steps: Optional[int] = None  # overrides max_tokens when set
+    accumulate_grad_batches: int = 1
+    val_every_steps: Optional[int] = None  # None: validate at the end only
+    log_every_n_steps: int = 10
+    checkpoint_every_steps: Optional[int] = None  # None: only the final checkpoint
+    compile: bool = False
+    peak_tflops: Optional[float] = None  # device peak for MFU; None: looked up (GPU) or measured (CPU)
+    seed: int = 1234
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerName = LoggerName.csv
+    project: str = "allam"
+    entity: Optional[str] = None
+    mode: str = "offline"  # wandb mode: offline unless the user asks for online
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    root: str = str(ROOT)
+    cache_dir: str = "${oc.env:ALLAM_CACHE,${paths.root}/.cache}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class AllamConfig:
+    task: str = "train"  # a name from allam.tasks.TASKS (train, plan, tokenizer-report, export, report)
+    ckpt: Optional[str] = None  # checkpoint for resume / export
+    report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
+    export: bool = True  # export a Hugging Face folder at the end of training
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="allam_schema", node=AllamConfig)
+
+
+register()
+
+

@@ -1,0 +1,94 @@
+"""What model a run trains, decided before any weight exists: its final Hugging Face config
+(vocabulary growth included) and where its starting weights come from.
+
+A :class:`ModelSpec` builds the model on the meta device (free), and materializes it either
+whole (:meth:`ModelSpec.build`) or, after FSDP2 has sharded it, shard by shard inside the
+LightningModule's ``configure_model`` (:func:`allam.model.weights.materialize`). Both paths read
+the same weight source, so they give the same values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from allam.config import ConfigError, InitName, TokenizerVariant
+
+
+@dataclass
+class ModelSpec:
+    config: LlamaConfig  # the final shape, vocabulary growth included
+    weights: Callable[[], object]  # a fresh weight source (random draws restart from the seed)
+    description: str = ""
+
+    def meta(self) -> LlamaForCausalLM:
+        """The model on the meta device: shapes and parameter counts, no memory."""
+        with torch.device("meta"):
+            return LlamaForCausalLM(self.config)
+
+    def build(self, device: str | torch.device = "cpu") -> LlamaForCausalLM:
+        """The whole model, materialized on `device` (single device and DDP)."""
+        from allam.model.weights import materialize
+
+        model = self.meta().to_empty(device=device)
+        materialize(model, self.weights())
+        return model
+
+
+def model_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
+    """The spec for the model group, init group and tokenizer group, for the built tokenizer
+    `bundle`: a fresh Llama sized for the tokenizer (init=random), or a checkpoint's Llama whose
+    vocabulary grows to the expanded tokenizer (init=llama2)."""
+    from allam.model.build import llama_config, padded
+    from allam.model.weights import RandomWeights
+
+    vocab = len(bundle.tokenizer)
+    if init.name == InitName.random:
+        rows = model_cfg.vocab_size or padded(vocab, model_cfg.pad_vocab_to)
+        if rows < vocab:
+            raise ConfigError(f"model.vocab_size={rows}: smaller than the tokenizer's {vocab} pieces")
+        t = bundle.tokenizer
+        cfg = llama_config(model_cfg, rows, attention, t.bos_token_id, t.eos_token_id)
+        return ModelSpec(cfg, lambda: RandomWeights(init.std, init.scaled_residual, init.seed, model_cfg.num_layers),
+                         f"random init (seed {init.seed})")
+    return _pretrained_spec(model_cfg, init, tok, bundle, attention)
+
+
+def _pretrained_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
+    from allam.model.build import check_tokenizer_fits_checkpoint, checkpoint_folder, padded, pretrained_config
+    from allam.model.weights import PretrainedWeights
+
+    ckpt_cfg = pretrained_config(model_cfg, init)
+    folder = checkpoint_folder(init)
+    rows = ckpt_cfg.vocab_size
+    check_tokenizer_fits_checkpoint(tok, init, bundle, rows)
+    grow = {}
+    if tok.variant == TokenizerVariant.expanded:
+        from allam.model.embeddings import _strategy, new_token_groups
+
+        strategy = _strategy(init.new_embeddings)
+        num_old = min(len(bundle.base.tokenizer), rows)
+        target = len(bundle.tokenizer)
+        total = padded(target, model_cfg.pad_vocab_to) if target > rows else rows
+        if total > num_old:
+            num_new = max(0, min(target, total) - num_old)
+            groups = (new_token_groups(bundle.base.tokenizer, bundle.tokenizer, num_old, total)
+                      if strategy == "subtoken_mean" else None)
+            grow = dict(rows=total, num_old_rows=num_old, num_new=num_new, strategy=strategy, groups=groups)
+            ckpt_cfg.vocab_size = total
+    ckpt_cfg._attn_implementation = attention
+    ckpt_cfg.use_cache = False
+    ckpt_cfg.torch_dtype = "float32"
+    seed = init.seed
+    what = f"{init.checkpoint}" + (f", vocabulary {rows} -> {grow['rows']} ({grow['strategy']})" if grow else "")
+    return ModelSpec(ckpt_cfg, lambda: PretrainedWeights(folder, seed=seed, **grow), what)
+
+
+def spec_from_saved(config_file: Path, weights: Callable[[], object] | None = None) -> ModelSpec:
+    """A run's final shape from its model_config.json (export needs no hub access)."""
+    cfg = LlamaConfig.from_json_file(str(config_file))
+    cfg._attn_implementation = "sdpa"
+    return ModelSpec(cfg, weights or (lambda: None), f"saved shape {config_file}")

@@ -1,0 +1,149 @@
+"""Where a model's starting weights come from, delivered one tensor at a time.
+
+A weight source answers "the rows ``start:stop`` of parameter ``name``" for every parameter, in
+the order of ``model.named_parameters()``. :func:`materialize` walks a model (plain, or sharded
+by FSDP2 with ``Shard(0)`` DTensor parameters) and fills each parameter, or only this rank's
+rows of it, from the source. So no process ever holds more than its own shards plus one tensor,
+and a sharded model gets exactly the values a single-process model gets, whatever the world size.
+
+Sources:
+- :class:`RandomWeights`: Llama-style normal init from one seeded generator, drawn in parameter
+  order (the draws do not depend on sharding);
+- :class:`PretrainedWeights`: a Hugging Face safetensors checkpoint read tensor by tensor (only
+  this rank's rows are read); embedding matrices that grow get their new rows per
+  ``init.new_embeddings`` (:func:`allam.model.embeddings.fill_new_rows`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+class RandomWeights:
+    """N(0, std) for every matrix and embedding, ones for norm weights; the output projections of
+    each residual branch (o_proj, down_proj) get std / sqrt(2 * layers) when `scaled_residual`."""
+
+    def __init__(self, std: float, scaled_residual: bool, seed: int, num_layers: int):
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.std = float(std)
+        self.resid_std = self.std / math.sqrt(2 * num_layers) if scaled_residual else self.std
+
+    def rows(self, name: str, shape: torch.Size, start: int, stop: int) -> torch.Tensor:
+        if len(shape) == 1:  # RMSNorm weights
+            return torch.ones(stop - start)
+        s = self.resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else self.std
+        return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).mul_(s)[start:stop]
+
+
+class SafetensorsFolder:
+    """Tensors of a Hugging Face checkpoint folder (``model.safetensors`` or sharded with
+    ``model.safetensors.index.json``), read one slice at a time; each read opens and closes its
+    file, so no mapping outlives the tensor it served."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.exists():
+            self.files = {k: self.folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+        else:
+            from safetensors import safe_open
+
+            single = self.folder / "model.safetensors"
+            with safe_open(str(single), framework="pt") as f:
+                self.files = {k: single for k in f.keys()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def shape(self, name: str) -> list[int]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            return list(f.get_slice(name).get_shape())
+
+    def rows(self, name: str, start: Optional[int] = None, stop: Optional[int] = None) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            piece = f.get_slice(name)
+            t = piece[start:stop] if piece.get_shape() else f.get_tensor(name)
+            return t.clone()  # own the memory before the file's mapping closes
+
+
+class PretrainedWeights:
+    """A checkpoint's weights; the input embedding and output head may grow to `rows` rows, whose
+    rows past `num_old_rows` are filled per `strategy` (see :func:`allam.model.embeddings.fill_new_rows`)."""
+
+    def __init__(self, folder: str | Path, *, rows: Optional[int] = None, num_old_rows: Optional[int] = None,
+                 num_new: int = 0, strategy: str = "subtoken_mean", groups: Optional[list[list[int]]] = None,
+                 seed: int = 0):
+        self.ckpt = SafetensorsFolder(folder)
+        self.rows_total, self.num_old, self.num_new = rows, num_old_rows, num_new
+        self.strategy, self.groups = str(strategy), groups
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def _grows(self, name: str) -> bool:
+        return name in EMBEDDING_NAMES and self.rows_total is not None and self.num_old is not None
+
+    def rows(self, name: str, shape: torch.Size, start: int, stop: int) -> torch.Tensor:
+        if name == "lm_head.weight" and name not in self.ckpt:
+            name = "model.embed_tokens.weight"  # a checkpoint with tied embeddings stores one matrix
+        if not self._grows(name):
+            return self.ckpt.rows(name, start, stop)
+        from allam.model.embeddings import fill_new_rows
+
+        old = self.ckpt.rows(name)  # one whole matrix: the new rows are built from its rows
+        full = torch.empty((self.rows_total, old.shape[1]), dtype=torch.float32)
+        full[: self.num_old] = old[: self.num_old].float()
+        fill_new_rows(full, self.num_old, self.num_new, self.strategy, self.gen, self.groups)
+        return full[start:stop]
+
+
+def local_rows(param: torch.Tensor) -> tuple[int, int]:
+    """The rows ``start:stop`` of the full parameter that this rank holds (all of them unless
+    `param` is a DTensor sharded on dim 0, as FSDP2 shards)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    n = param.shape[0] if param.ndim else 1
+    if not isinstance(param, DTensor):
+        return 0, n
+    mesh, placements = param.device_mesh, param.placements
+    if len(placements) != 1 or not isinstance(placements[0], Shard) or placements[0].dim != 0:
+        raise NotImplementedError(f"only Shard(0) parameters are supported, got {placements}")
+    world, rank = mesh.size(), mesh.get_local_rank()
+    chunk = math.ceil(n / world)  # torch.chunk's split, as FSDP2 uses
+    start = min(rank * chunk, n)
+    return start, min(start + chunk, n)
+
+
+@torch.no_grad()
+def materialize(model: torch.nn.Module, source) -> None:
+    """Fill every parameter of `model` (already allocated, e.g. by ``to_empty``) from `source`,
+    only this rank's rows of a sharded one, and recompute the buffers (rotary frequencies)."""
+    from torch.distributed.tensor import DTensor
+
+    for name, p in model.named_parameters():
+        start, stop = local_rows(p)
+        local = p.to_local() if isinstance(p, DTensor) else p
+        values = source.rows(name, p.shape, start, stop)
+        if tuple(values.shape) != tuple(local.shape):
+            raise ValueError(f"{name}: source gave {tuple(values.shape)} for a local shard of {tuple(local.shape)}")
+        local.copy_(values.to(local.dtype))
+    reset_buffers(model)
+
+
+@torch.no_grad()
+def reset_buffers(model: torch.nn.Module) -> None:
+    """Recompute the non-persistent buffers a meta-device model lost (the rotary embedding's
+    inverse frequencies) by building each such module afresh on the CPU."""
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "config"):
+            fresh = type(module)(module.config)
+            for bname, buf in fresh.named_buffers(recurse=False):
+                getattr(module, bname).copy_(buf)

@@ -1,0 +1,195 @@
+"""Builders shared by the tasks: each turns the sub-configs it needs into one part
+(tokenizer, model, datamodule, logger, trainer) or one folder. No builder reads the whole
+config except to pick out those sub-configs."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from allam.config import InitName, to_dict
+from allam.config.derived import compute_dtype, device_type, total_steps, world_size
+
+log = logging.getLogger("allam")
+
+# config group -> the key that names its choice (when Hydra did not run us)
+GROUP_FIELDS = {
+    "model": "model.name",
+    "init": "init.name",
+    "tokenizer": "tokenizer.variant",
+    "data": "data.name",
+    "optim": "optim.name",
+    "trainer": "trainer.name",
+    "logger": "logger.name",
+}
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.cache_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def group_choices(cfg: DictConfig) -> dict[str, str]:
+    """The choice made in every config group (from Hydra when it ran us, else from the names)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = dict(HydraConfig.get().runtime.choices)
+        return {k: v for k, v in choices.items() if not k.startswith("hydra") and k != "hydra"}
+    except Exception:
+        return {g: str(OmegaConf.select(cfg, key)) for g, key in GROUP_FIELDS.items()}
+
+
+def init_checkpoint(init) -> str | None:
+    """The checkpoint a pretrained init loads (None: random init)."""
+    return init.checkpoint if init.name == InitName.llama2 else None
+
+
+def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
+    """The configured tokenizer (or `tokenizer_cfg`, a variant of it); any it must train learns
+    from the configured sources' training text."""
+    from allam.data.sources import SourceTexts
+    from allam.tokenizer import build_tokenizer as build
+
+    return build(
+        tokenizer_cfg if tokenizer_cfg is not None else cfg.tokenizer,
+        cache_dir=cache_dir(cfg) / "tokenizers",
+        init_checkpoint=init_checkpoint(cfg.init),
+        texts=SourceTexts(cfg.data.sources, "train"),
+        local_files_only=cfg.init.local_files_only,
+    )
+
+
+def resolve_attention(model_cfg, trainer_cfg) -> str:
+    from allam.model.attention import resolve_attention as resolve
+
+    return resolve(model_cfg.attention, device_type(trainer_cfg), compute_dtype(trainer_cfg.precision))
+
+
+def build_model(model_cfg, init, tok, bundle, attention: str):
+    """The whole model a run starts from (see :func:`allam.model.spec.model_spec`): a fresh Llama
+    sized for the tokenizer (init=random), or a checkpoint's Llama whose vocabulary grows to the
+    expanded tokenizer with its new rows filled per init.new_embeddings (init=llama2)."""
+    from allam.model.spec import model_spec
+
+    return model_spec(model_cfg, init, tok, bundle, attention).build()
+
+
+def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None):
+    from allam.data.datamodule import AllamDataModule
+
+    return AllamDataModule(
+        cfg.data,
+        tokenizer,
+        seq_len=cfg.model.seq_len,
+        cache_dir=cache_dir(cfg) / "data",
+        train_batches=total_steps(cfg.data, cfg.model, cfg.trainer) * cfg.trainer.accumulate_grad_batches,
+        max_seq_len=max_seq_len,
+    )
+
+
+def build_logger(logger_cfg, out: Path, config: dict):
+    """The Lightning logger (False for logger=none); `config` is recorded with W&B runs."""
+    if logger_cfg.name == "none":
+        return False
+    if logger_cfg.name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = logger_cfg.mode
+        os.environ.setdefault("WANDB_MODE", mode)
+        return WandbLogger(
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
+            save_dir=str(out),
+            offline=mode != "online",
+            tags=list(logger_cfg.tags),
+            config=config,
+        )
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(str(out), name="csv", version="")
+
+
+def build_strategy(t):
+    """The Lightning strategy for trainer group `t`. ``fsdp``: FSDP2 through Lightning's
+    ModelParallelStrategy (every rank data-parallel, no tensor parallelism), checkpoints saved as
+    torch.distributed.checkpoint folders, one file per rank."""
+    strategy = str(t.strategy)
+    if strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size=world_size(t), tensor_parallel_size=1,
+                                     save_distributed_checkpoint=True)
+    return strategy
+
+
+def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    t = cfg.trainer
+    ckpt = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_steps or None,
+        save_last=True,
+        save_top_k=-1 if t.checkpoint_every_steps else 0,
+    )
+    cbs = [ckpt, *callbacks]
+    if t.progress_bar:
+        cbs.append(TQDMProgressBar(refresh_rate=1))
+    val_every = t.val_every_steps * t.accumulate_grad_batches if t.val_every_steps else None
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(t),
+        precision=t.precision,
+        max_steps=steps,
+        max_epochs=-1,  # max_steps ends the run; an epoch is one pass over the blend
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=None,  # CausalLM.configure_gradient_clipping clips to optim.grad_clip (FSDP-aware)
+        val_check_interval=val_every,
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=build_logger(cfg.logger, out, to_dict(cfg)),
+        callbacks=cbs,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        deterministic=t.deterministic,
+        use_distributed_sampler=False,
+    )
+
+
+def export_hf(tensors, model_config, bundle, out: Path) -> Path:
+    """A Hugging Face folder (safetensors weights, config, tokenizer) that Auto* classes load,
+    written from `tensors` ((name, tensor) pairs, one at a time) and the model's final config."""
+    from allam.model.export import write_hf_folder
+    from allam.tokenizer import export_tokenizer
+
+    write_hf_folder(tensors, model_config, out)
+    export_tokenizer(bundle, out)  # the tokenizer folder, SentencePiece model included
+    return out
+
+
+def training_config_for(ckpt: Path) -> DictConfig | None:
+    """The resolved config saved next to a run's checkpoints (run_dir/config.yaml)."""
+    for parent in Path(ckpt).resolve().parents:
+        candidate = parent / "config.yaml"
+        if candidate.exists():
+            from allam.config import AllamConfig
+
+            return OmegaConf.merge(OmegaConf.structured(AllamConfig), OmegaConf.load(candidate))
+    return None

@@ -1,0 +1,38 @@
+"""task=tokenizer-report: fertility of tokenizer variants on the configured sources' held-out
+Arabic and English (table, JSON and PNG in the run dir).
+
+Compares the run's own tokenizer with the two offline bases, their expansions (with
+tokenizer.num_new_tokens new pieces) and the bilingual tokenizer (tokenizer.vocab_size), all
+trained on the configured sources' training text exactly as a training run would.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from allam import results as R
+from allam.config import validate
+from allam.tasks.builders import build_tokenizer, group_choices, run_dir
+
+VARIANTS = (
+    {"variant": "base", "base": "english8k"},
+    {"variant": "base", "base": "mistral7b"},
+    {"variant": "expanded", "base": "english8k"},
+    {"variant": "expanded", "base": "mistral7b"},
+    {"variant": "bilingual"},
+)
+
+
+def run(cfg: DictConfig) -> dict:
+    from allam.data.sources import SourceTexts
+    from allam.tokenizer import fertility_report
+
+    validate(cfg)
+    bundles = [build_tokenizer(cfg)]
+    for spec in VARIANTS:
+        bundle = build_tokenizer(cfg, OmegaConf.merge(cfg.tokenizer, spec))
+        if bundle.name not in {b.name for b in bundles}:
+            bundles.append(bundle)
+    report = fertility_report(bundles, run_dir(cfg), SourceTexts(cfg.data.sources, "val"))
+    results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report}
+    print(f"results: {R.write(run_dir(cfg), results)}")
+    return results

@@ -1,0 +1,35 @@
+"""How many embedding rows a run will have, from the config alone (no tokenizer trained)."""
+from __future__ import annotations
+
+from allam.config import InitName, TokenizerVariant
+
+
+def planned_vocab(tok, model, init) -> tuple[int, str]:
+    """Embedding rows the run will have, and where the number comes from, without training or
+    downloading a tokenizer. Reads at most a local tokenizer file or a checkpoint's config.json.
+
+    `tok`, `model`, `init`: the tokenizer, model and init groups."""
+    from allam.model.build import checkpoint_config, padded
+
+    pretrained = init.name == InitName.llama2
+    if tok.variant == TokenizerVariant.bilingual:
+        n, source = tok.vocab_size, "tokenizer.vocab_size"
+    else:
+        base = tok.base
+        if base == "auto" and pretrained:
+            if model.vocab_size:
+                n, source = model.vocab_size, f"model.vocab_size (the {model.name} checkpoint's vocabulary)"
+            else:
+                n, source = checkpoint_config(init.checkpoint, init.local_files_only).vocab_size, "init.checkpoint config"
+        elif base in ("auto", "english8k"):
+            n, source = tok.english_vocab_size, "tokenizer.english_vocab_size"
+        else:
+            from allam.tokenizer.build import resolve_base_size
+
+            n, source = resolve_base_size(base, init.local_files_only), f"tokenizer.base={base}"
+        if tok.variant == TokenizerVariant.expanded:
+            n, source = n + tok.num_new_tokens, source + " + tokenizer.num_new_tokens (an upper bound)"
+    if pretrained:
+        rows = model.vocab_size or n
+        return (max(rows, padded(n, model.pad_vocab_to)) if n > rows else rows), source
+    return (model.vocab_size or padded(n, model.pad_vocab_to)), source

@@ -1,0 +1,200 @@
+"""FSDP2 (trainer=fsdp) in real multi-process runs on CPU over gloo: sharded init equal to a single
+process, loss trajectories equal to one process at the same global batch, no rank holding the whole
+model while loading or exporting, sharded resume (also on another world size), export equal to the
+trained model."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from allam.config import ROOT
+
+WORKER = ROOT / "tests" / "fsdp_worker.py"
+TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
+        "model.seq_len=64", "data.val_bytes=2000", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
+        "optim.warmup_steps=2", "trainer.val_every_steps=null"]
+FSDP2 = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "logger=csv"]
+
+
+def _env(cache_dir) -> dict:
+    return {**os.environ, "ALLAM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+            "OMP_NUM_THREADS": "1"}
+
+
+def _run(args, cache_dir, timeout=300):
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=_env(cache_dir))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(mode: str, world: int, args: dict, tmp_path: Path, cache_dir) -> list[dict]:
+    """Launch `world` worker processes (one per rank) and return each rank's result."""
+    port = _free_port()
+    outs = [tmp_path / f"{mode}-rank{r}.json" for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), mode, str(r), str(world), str(port), str(outs[r]),
+                               json.dumps(args)], env=_env(cache_dir), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-4000:]
+    return [json.loads(o.read_text()) for o in outs]
+
+
+# --------------------------------------------------------------------------- sharded materialization
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_random_init_equals_one_process(tmp_path, cache_dir, world):
+    """Each rank fills only its shards, and the weights equal a single process's with the same seed."""
+    overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "model.num_layers=3"]
+    res = _ranks("init", world, {"overrides": overrides}, tmp_path, cache_dir)
+    diffs = res[0]["max_diff"]
+    assert len(diffs) == 3 * 9 + 3  # every parameter was compared
+    assert max(diffs.values()) == 0.0
+    assert sum(r["local_numel"] for r in res) == res[0]["numel"]  # the shards partition the model
+    assert all(r["local_numel"] < 0.75 * r["numel"] for r in res)
+
+
+def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, english_checkpoint):
+    """init=llama2 with tokenizer=expanded: read tensor by tensor into the shards; the grown
+    embedding and head rows equal the single-process path's, for every new-row strategy."""
+    for strategy in ("subtoken_mean", "mean", "random"):
+        overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "init=llama2", f"init.checkpoint={english_checkpoint}",
+                     "tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000",
+                     f"init.new_embeddings={strategy}"]
+        res = _ranks("init", 2, {"overrides": overrides}, tmp_path, cache_dir)
+        diffs = res[0]["max_diff"]
+        assert diffs["model.embed_tokens.weight"] == 0.0 and diffs["lm_head.weight"] == 0.0, strategy
+        assert max(diffs.values()) == 0.0, strategy
+
+
+@pytest.fixture(scope="module")
+def big_checkpoint(tmp_path_factory):
+    """A ~218M-parameter Llama saved as a Hugging Face folder (safetensors, two files)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=8192, hidden_size=1024, intermediate_size=4096, num_hidden_layers=12,
+                      num_attention_heads=16, max_position_embeddings=256, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02, generator=gen)
+    folder = tmp_path_factory.mktemp("big") / "llama-218m"
+    model.save_pretrained(str(folder), max_shard_size="500MB")
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    return folder, n
+
+
+@pytest.mark.slow
+def test_no_rank_holds_the_whole_model(tmp_path, cache_dir, big_checkpoint):
+    """Loading a 218M-parameter folder on 2 ranks, and exporting it from the sharded checkpoint on
+    one process: peak host-memory growth stays well under one fp32 copy of the model."""
+    folder, n = big_checkpoint
+    fp32 = 4 * n
+    ckpt = tmp_path / "sharded.ckpt"
+    res = _ranks("load", 2, {"folder": str(folder), "save": str(ckpt)}, tmp_path, cache_dir)
+    for r in res:
+        assert r["numel"] == n
+        assert r["rss_growth"] < 0.7 * fp32, f"rank {r['rank']}: {r['rss_growth'] / fp32:.2f} of the fp32 model"
+    out = tmp_path / "export.json"
+    args = {"ckpt": str(ckpt), "config": str(folder / "config.json"), "out": str(tmp_path / "hf"),
+            "shard_bytes": fp32 // 8}
+    proc = subprocess.run([sys.executable, str(WORKER), "export", "0", "1", "0", str(out), json.dumps(args)],
+                          env=_env(cache_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    growth = json.loads(out.read_text())["rss_growth"]
+    assert growth < 0.7 * fp32, f"export: {growth / fp32:.2f} of the fp32 model"
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 8
+    from safetensors import safe_open
+
+    name = "model.layers.5.mlp.down_proj.weight"
+    with safe_open(str(folder / json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"][name]),
+                   "pt") as a, safe_open(str(tmp_path / "hf" / index["weight_map"][name]), "pt") as b:
+        assert torch.equal(a.get_tensor(name), b.get_tensor(name))
+    # the stored shares: each rank wrote about half
+    sizes = sorted(f.stat().st_size for f in ckpt.glob("*.distcp"))
+    assert len(sizes) == 2 and sizes[0] > 0.4 * fp32 and sizes[1] < 0.6 * fp32
+
+
+# --------------------------------------------------------------------------- training end to end
+@pytest.mark.slow
+def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
+    """2-rank FSDP2 training equals 1 process at the same global batch; a sharded checkpoint resumes
+    exactly on 2 ranks and on 1; the export scores exactly what the trained module scored."""
+    common = [*TINY, "trainer.max_steps=8", "trainer.checkpoint_every_steps=4"]
+    fsdp = tmp_path / "fsdp"
+    _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
+    one = tmp_path / "one"
+    _run(["data.batch_size=4", *common, "logger=csv", "export=false", f"hydra.run.dir={one}"], cache_dir)
+    a, b = _losses(fsdp), _losses(one)
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
+    ra, rb = _results(fsdp), _results(one)
+    for lang in ("ar", "en"):
+        assert abs(ra[f"val.{lang}.loss"] - rb[f"val.{lang}.loss"]) < 1e-5
+    assert ra["train.tokens"] == rb["train.tokens"] == 8 * 4 * 64
+    step4 = fsdp / "checkpoints" / "step4.ckpt"
+    assert (step4 / ".metadata").exists() and len(list(step4.glob("*.distcp"))) == 2  # one file per rank
+
+    # resume from the step-4 sharded checkpoint, on 2 ranks and on 1
+    for devices, batch in ((2, 2), (1, 4)):
+        resumed = tmp_path / f"resumed{devices}"
+        _run([*FSDP2, f"trainer.devices={devices}", f"data.batch_size={batch}", *common, f"ckpt={step4}",
+              "export=false", f"hydra.run.dir={resumed}"], cache_dir)
+        tail = _losses(resumed)
+        assert len(tail) == 4 and max(abs(x - y) for x, y in zip(tail, a[4:])) < 1e-5, (devices, tail, a[4:])
+        rr = _results(resumed)
+        assert rr["train.steps"] == 8 and rr["train.tokens"] == ra["train.tokens"]
+        for lang in ("ar", "en"):
+            assert abs(rr[f"val.{lang}.loss"] - ra[f"val.{lang}.loss"]) < 1e-5
+
+    # the export (streamed from the sharded checkpoint) scores what the sharded module scored
+    check = tmp_path / "export-check"
+    _run([*TINY, "init=llama2", f"init.checkpoint={fsdp / 'hf'}", "trainer.max_steps=1", "data.batch_size=4",
+          "logger=none", "export=false", f"hydra.run.dir={check}"], cache_dir)
+    start = _results(check)
+    for lang in ("ar", "en"):
+        assert abs(start[f"start.val.{lang}.loss"] - ra[f"val.{lang}.loss"]) < 1e-5
+
+
+@pytest.mark.slow
+def test_fsdp_adaptation_matches_one_process(tmp_path, cache_dir, english_checkpoint):
+    """init=llama2 + tokenizer=expanded under FSDP2 on 2 ranks: the same loss trajectory as 1 process."""
+    common = [*TINY, "init=llama2", f"init.checkpoint={english_checkpoint}", "tokenizer=expanded",
+              "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000", "trainer.max_steps=10",
+              "export=false", "logger=csv"]
+    fsdp, one = tmp_path / "fsdp", tmp_path / "one"
+    _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
+    _run(["data.batch_size=4", *common, f"hydra.run.dir={one}"], cache_dir)
+    a, b = _losses(fsdp), _losses(one)
+    assert len(a) == len(b) == 10
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
+    ra, rb = _results(fsdp), _results(one)
+    assert abs(ra["start.val.en.loss"] - rb["start.val.en.loss"]) < 1e-5  # the same grown starting model
