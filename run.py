@@ -14,7 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from allam.config import CONF_DIR, ConfigError, explain_compose_error, validate
+from allam.config import CONF_DIR, ConfigError, RunFailed, explain_compose_error, validate
+from allam.config.rules import writable_dir
 
 
 def preflight(argv: list[str]) -> None:
@@ -32,6 +33,9 @@ def preflight(argv: list[str]) -> None:
         sys.exit(f"error: {explain_compose_error(exc)}")
     try:
         validate(cfg)
+        for arg in argv:  # Hydra creates the run folder before any task code runs
+            if arg.startswith("hydra.run.dir="):
+                writable_dir("hydra.run.dir", arg.split("=", 1)[1])
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
 
@@ -45,7 +49,7 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("lightning.pytorch").propagate = False
     try:
         tasks.run(cfg)
-    except ConfigError as exc:
+    except (ConfigError, RunFailed) as exc:
         sys.exit(f"error: {exc}")
 
 

@@ -3,7 +3,10 @@
     python run.py task=report report_dir=multirun/2026-11-26/10-00-00
 
 The table has one row per training run, the config keys that differ between the runs (the
-ablation axes, found by comparing their resolved configs) and the headline metrics.
+ablation axes, found by comparing their resolved configs), the headline metrics and, where runs
+were evaluated, the accuracy of every eval task (``eval.<task>.acc`` and ``acc_norm``).
+A task=eval run's scores join the row of the run it scored (its ``source_run``); one that scored
+no run under the folder (e.g. a Hugging Face folder) gets its own row.
 """
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from allam.results import REPORT_METRICS, collect_runs
+from allam.results import REPORT_METRICS, collect_runs, eval_tasks
 
-IGNORED_PREFIXES = ("paths.", "ckpt", "trainer.progress_bar", "report_dir")
+IGNORED_PREFIXES = ("paths.", "ckpt", "trainer.progress_bar", "report_dir", "eval.", "task")
+EVAL_COLUMNS = ("acc", "acc_norm")  # eval.<task>.<column> in the table
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,9 +47,28 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def with_evals(runs: list[dict], evals: list[dict]) -> list[dict]:
+    """Training runs with the eval.* scores of the task=eval runs that scored them (later files
+    win), followed by the eval runs that scored no run in `runs`."""
+    by_dir = {str(Path(r.get("run_dir") or Path(r["_path"]).parent).resolve()): r for r in runs}
+    alone = []
+    for e in evals:
+        target = by_dir.get(str(Path(e["source_run"]).resolve())) if e.get("source_run") else None
+        if target is None:
+            alone.append(e)
+        else:
+            target.update({k: v for k, v in e.items() if k.startswith("eval.")})
+    return [*runs, *alone]
+
+
+def all_eval_tasks(runs: list[dict]) -> list[str]:
+    return list(dict.fromkeys(t for r in runs for t in eval_tasks(r)))
+
+
 def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     axes = differing_keys(runs)
     metrics = [m for m in REPORT_METRICS if any(m in r for r in runs)]
+    metrics += [f"eval.{t}.{c}" for t in all_eval_tasks(runs) for c in EVAL_COLUMNS if any(f"eval.{t}.{c}" in r for r in runs)]
     header = ["run", *axes, *metrics]
     rows = []
     for r in runs:
@@ -89,8 +112,38 @@ def plot(runs: list[dict], rows: list[list[str]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_eval(runs: list[dict], labels: list[str], path: Path) -> None:
+    """Accuracy per eval task (groups) per run (bars, ±1 standard error), chance marked per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = all_eval_tasks(runs)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(tasks) * max(1, len(runs)) ** 0.5 + 3), 4.5))
+    width = 0.8 / max(1, len(runs))
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(tasks))]
+        vals = [run.get(f"eval.{t}.acc") for t in tasks]
+        errs = [run.get(f"eval.{t}.acc_stderr") or 0.0 for t in tasks]
+        ax.bar(xs, [v if v is not None else 0.0 for v in vals], width, yerr=errs, capsize=2, label=label)
+    for j, t in enumerate(tasks):
+        chances = [r[f"eval.{t}.chance"] for r in runs if isinstance(r.get(f"eval.{t}.chance"), (int, float))]
+        if chances:
+            ax.hlines(sum(chances) / len(chances), j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                      label="chance" if j == 0 else None)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (±1 standard error)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_report(root: Path, out_dir: Path) -> dict:
-    runs = collect_runs(root)
+    runs = with_evals(collect_runs(root), collect_runs(root, task="eval"))
     if not runs:
         from allam.config import ConfigError
 
@@ -101,5 +154,9 @@ def run_report(root: Path, out_dir: Path) -> dict:
     (out_dir / "report.md").write_text(table + "\n", encoding="utf-8")
     plot(runs, rows, out_dir / "report.png")
     print(table)
-    return {"runs": len(runs), "axes": differing_keys(runs), "header": header, "rows": rows,
-            "table": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}
+    res = {"runs": len(runs), "axes": differing_keys(runs), "header": header, "rows": rows,
+           "table": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}
+    if all_eval_tasks(runs):
+        plot_eval(runs, [row[0] for row in rows], out_dir / "report_eval.png")
+        res["eval_plot"] = str(out_dir / "report_eval.png")
+    return res

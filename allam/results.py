@@ -15,9 +15,13 @@ FILENAME = "results.json"
 
 # every metric key a training run writes, with what it holds
 TRAIN_KEYS: dict[str, str] = {
+    "status": "finished, preempted (checkpoint saved; run the command again) or failed",
+    "resumed_from": "the checkpoint this command resumed from (None: a fresh start)",
+    "train.nonfinite_skips": "optimizer steps skipped for a non-finite loss or gradient (train.nonfinite=skip)",
     "model.parameters": "parameters, a tied head counted once",
     "model.non_embedding_parameters": "parameters without the input embedding (the N of 6N)",
     "model.attention": "attention implementation that ran (xformers, sdpa, eager)",
+    "train.cross_entropy": "cross-entropy implementation that ran (fused, chunked, plain)",
     "tokenizer.name": "the tokenizer variant's name",
     "tokenizer.vocab_size": "pieces in the tokenizer",
     "train.steps": "optimizer steps taken (the global step at the end)",
@@ -28,12 +32,33 @@ TRAIN_KEYS: dict[str, str] = {
     "train.mfu": "model FLOPs utilization (6N + 12LHQT per token over the peak)",
     "train.mfu_peak_source": "where the peak FLOP/s came from (datasheet, measured, configured)",
     "train.flops_per_token": "training FLOPs per token (6N + 12LHQT)",
+    "train.flops": "training FLOPs of this run's model: flops_per_token x train.tokens",
+    "train.base_flops": "FLOPs spent on the checkpoint this run starts from (its run's train.total_flops; None: unknown or random init)",
+    "train.total_flops": "train.base_flops (when known) + train.flops: compute spent on this model in all",
     "train.loss": "the last training loss",
     "wall_seconds": "wall time of the task",
     "val.step": "global step the val.* scores belong to",
 }
 VAL_FIELDS = ("loss", "bpb", "tokens", "bytes")  # val.<lang>.<field>
+# "curve": the validation curve, one record per validation (trainer.val_every_steps, the starting
+# checkpoint's scores at tokens 0 and the final one): step, tokens (this run's training tokens),
+# flops (total FLOPs at that point, the base's included) and val.<lang>.<loss|bpb>. Reports compare
+# arms at matched tokens or FLOPs by interpolating it (allam/claims.py), so they need no logger files.
+CURVE_KEY = "curve"
 START_FIELDS = ("loss", "bpb")  # start.val.<lang>.<field>: the starting checkpoint's scores
+
+# eval.<task>.<field>: an eval suite's scores per lm-evaluation-harness task (allam/eval/harness.py);
+# written by training runs with eval.at_end and by task=eval runs
+EVAL_FIELDS: dict[str, str] = {
+    "acc": "accuracy: the choice with the highest log-likelihood is the answer",
+    "acc_stderr": "standard error of acc",
+    "acc_norm": "accuracy with log-likelihood divided by the choice's length in characters",
+    "acc_norm_stderr": "standard error of acc_norm",
+    "n": "items scored",
+    "chance": "expected accuracy of a uniform random guess (mean of 1 / choices)",
+    "max_length": "context in tokens the model was scored with",
+    "seconds": "wall time of the task",
+}
 
 # the headline metrics a cross-run report shows, in order
 REPORT_METRICS = (
@@ -62,11 +87,58 @@ def validation_keys(final: dict[str, dict], start: dict[str, dict] | None = None
     return out
 
 
+def carried_flops(checkpoint: str | None) -> float | None:
+    """FLOPs already spent on a checkpoint: the ``train.total_flops`` of the training run whose
+    export it is (``<run dir>/hf`` next to ``<run dir>/results.json``). None when that is unknown
+    (a hub checkpoint, a folder no run of this project wrote)."""
+    if not checkpoint:
+        return None
+    for candidate in (Path(checkpoint) / FILENAME, Path(checkpoint).parent / FILENAME):
+        res = read(candidate) if candidate.is_file() else None
+        if res and res.get("task") == "train" and isinstance(res.get("train.total_flops"), (int, float)):
+            return float(res["train.total_flops"])
+    return None
+
+
+def eval_keys(scores: dict[str, dict]) -> dict[str, Any]:
+    """eval.<task>.<field> from per-task scores (allam.eval.harness.evaluate)."""
+    return {f"eval.{task}.{k}": v for task, vals in scores.items() for k, v in vals.items() if k in EVAL_FIELDS}
+
+
+def eval_tasks(results: dict) -> list[str]:
+    """The tasks a results dict holds eval scores for, in the order written."""
+    tasks = [key[len("eval."):-len(".acc")] for key in results if key.startswith("eval.") and key.endswith(".acc")]
+    return list(dict.fromkeys(tasks))
+
+
+def print_eval(results: dict) -> None:
+    """One line per evaluated task: acc and acc_norm with standard errors, items, chance."""
+    for task in eval_tasks(results):
+        def f(field, fmt="{:.3f}"):
+            v = results.get(f"eval.{task}.{field}")
+            return fmt.format(v) if isinstance(v, (int, float)) else "n/a"
+
+        print(f"eval {task:<16} acc {f('acc')} ± {f('acc_stderr')}  acc_norm {f('acc_norm')} ± {f('acc_norm_stderr')}"
+              f"  (n={f('n', '{:d}')}, chance {f('chance')}, {f('seconds', '{:.1f}')} s)")
+
+
 def write(out_dir: Path, results: dict) -> Path:
     """Write results.json into `out_dir`; returns its path."""
     path = Path(out_dir) / FILENAME
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def write_status(out_dir: Path, results: dict) -> Path:
+    """Write a run's results without ever replacing a finished run's results.json with those of a
+    later command that did not finish (preempted, failed): those go to results.<status>.json."""
+    path = Path(out_dir) / FILENAME
+    previous = read(path) if path.exists() else None
+    if results.get("status") != "finished" and previous and previous.get("status", "finished") == "finished":
+        target = Path(out_dir) / f"results.{results.get('status')}.json"
+        target.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        return target
+    return write(out_dir, results)
 
 
 def read(path: Path) -> dict | None:
@@ -77,15 +149,15 @@ def read(path: Path) -> dict | None:
         return None
 
 
-def collect_runs(root: Path) -> list[dict]:
+def collect_runs(root: Path, task: str = "train") -> list[dict]:
     """Every training run's results under `root` (or the one file `root`), in path order; each
-    carries its file as ``_path``."""
+    carries its file as ``_path``. ``task="eval"``: the results of task=eval runs instead."""
     root = Path(root)
     files = [root] if root.is_file() else sorted(root.rglob(FILENAME))
     runs = []
     for f in files:
         res = read(f)
-        if res is not None and res.get("task") == "train":
+        if res is not None and res.get("task") == task:
             res["_path"] = str(f)
             runs.append(res)
     return runs
@@ -106,4 +178,5 @@ def print_summary(results: dict, path: Path) -> None:
             if f"start.val.{lang}.bpb" in results:
                 line += f"  (start {f(f'start.val.{lang}.bpb')}, change {f(f'delta.val.{lang}.bpb', '{:+.4f}')})"
             print(line)
+    print_eval(results)
     print(f"results: {path}")

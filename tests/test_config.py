@@ -85,24 +85,6 @@ def test_cfg_job_prints_composed_config():
     assert "hidden_size: 5120" in proc.stdout and "ar_ratio: 0.4" in proc.stdout
 
 
-def test_sweep_parameters_are_plain_overrides(make_cfg):
-    """Every W&B sweep value composes as an ordinary Hydra override."""
-    import itertools
-
-    import yaml
-
-    files = sorted((ROOT / "sweeps").glob("*.yaml"))
-    assert files
-    for f in files:
-        spec = yaml.safe_load(f.read_text())
-        assert spec["command"][-1] == "${args_no_hyphens}", f
-        params = spec["parameters"]
-        axes = [[(k, v) for v in (p["values"] if "values" in p else [p["value"]])] for k, p in params.items()]
-        for combo in itertools.product(*axes):
-            cfg = make_cfg(*[f"{k}={v}" for k, v in combo])
-            validate(cfg)
-
-
 def test_a_source_is_added_from_the_command_line(make_cfg, tmp_path):
     corpus = tmp_path / "news.jsonl"
     corpus.write_text('{"text": "x"}\n')

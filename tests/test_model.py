@@ -94,32 +94,100 @@ def test_sdpa_and_eager_agree(kv_heads):
         torch.testing.assert_close(ga[n], gb[n], atol=1e-6, rtol=1e-4)
 
 
-def _reference_mea(q, k, v, attn_bias=None, p=0.0, scale=None):
-    """memory_efficient_attention's contract ([B, T, H, D] in and out) computed with plain SDPA."""
-    causal = attn_bias is not None
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, scale=scale
-    )
-    return out.transpose(1, 2)
+class _ReferenceMEA:
+    """memory_efficient_attention's contract ([B, T, H, D] in and out; the bottom-right causal bias;
+    dropout p) computed with plain SDPA; records (q_len, kv_len, bias type, p) of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, q, k, v, attn_bias=None, p=0.0, scale=None):
+        from xformers.ops.fmha.attn_bias import LowerTriangularFromBottomRightMask
+
+        m, n = q.shape[1], k.shape[1]
+        self.calls.append((m, n, type(attn_bias).__name__, p))
+        assert q.shape[2] == k.shape[2] == v.shape[2], "the kernel gets as many key/value heads as query heads"
+        mask = None
+        if isinstance(attn_bias, LowerTriangularFromBottomRightMask):
+            mask = torch.ones(m, n, dtype=torch.bool).tril(n - m)  # query i sees keys up to i + (n - m)
+        elif attn_bias is not None:
+            raise AssertionError(f"unexpected bias {attn_bias!r}")
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
+        )
+        return out.transpose(1, 2)
+
+
+def _xformers_pair(monkeypatch, kv_heads):
+    """(sdpa model, xformers model with the same weights, the reference standing in for the kernel)."""
+    import xformers.ops as xops
+
+    ref = _ReferenceMEA()
+    monkeypatch.setattr(xops, "memory_efficient_attention", ref)
+    attn.register_xformers()
+    a = _tiny("sdpa", kv_heads)
+    x = _tiny("xformers", kv_heads)
+    x.load_state_dict(a.state_dict())
+    return a, x, ref
 
 
 @pytest.mark.parametrize("kv_heads", [None, 2])
 def test_xformers_adapter_layout_on_cpu(monkeypatch, kv_heads):
     """The adapter's transposes, GQA expansion and causal bias, checked on CPU by standing a
     reference in for the kernel (xformers has no CPU kernels); the real kernel is checked below."""
-    import xformers.ops as xops
-
-    monkeypatch.setattr(xops, "memory_efficient_attention", _reference_mea)
-    attn.register_xformers()
+    a, x, ref = _xformers_pair(monkeypatch, kv_heads)
     ids = torch.randint(0, 97, (2, 32))
-    a = _tiny("sdpa", kv_heads)
-    x = _tiny("xformers", kv_heads)
-    x.load_state_dict(a.state_dict())
     la, ga = _forward_backward(a, ids)
     lx, gx = _forward_backward(x, ids)
     torch.testing.assert_close(la, lx, atol=1e-5, rtol=1e-4)
     for n in ga:
         torch.testing.assert_close(ga[n], gx[n], atol=1e-6, rtol=1e-4)
+    assert ref.calls and all(c[2] == "LowerTriangularFromBottomRightMask" for c in ref.calls)
+
+
+def _cache_kwarg(model) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_xformers_adapter_with_kv_cache_aligns_causality_bottom_right(monkeypatch, kv_heads):
+    """With a KV cache the queries are the last positions: a prefill of 8 tokens, a chunk of 4
+    (4 queries over 12 keys: the bias must align bottom-right) and one decoded token give the
+    logits of one full forward."""
+    a, x, ref = _xformers_pair(monkeypatch, kv_heads)
+    a.eval(), x.eval()
+    ids = torch.randint(0, 97, (2, 13))
+    with torch.no_grad():
+        full = a(input_ids=ids).logits
+        out = x(input_ids=ids[:, :8], use_cache=True)
+        key = _cache_kwarg(x)
+        cache = out[key] if key in out else out["past_key_values"]
+        chunk = x(input_ids=ids[:, 8:12], use_cache=True, **{key: cache})
+        cache = chunk[key] if key in chunk else chunk["past_key_values"]
+        last = x(input_ids=ids[:, 12:], use_cache=True, **{key: cache})
+    torch.testing.assert_close(out.logits, full[:, :8], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(chunk.logits, full[:, 8:12], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(last.logits, full[:, 12:], atol=1e-5, rtol=1e-4)
+    shapes = {(m, n) for m, n, *_ in ref.calls}
+    assert shapes == {(8, 8), (4, 12), (1, 13)}
+    assert all(bias == ("NoneType" if m == 1 else "LowerTriangularFromBottomRightMask") for m, _, bias, _ in ref.calls)
+
+
+def test_xformers_adapter_drops_out_only_in_training(monkeypatch):
+    a, x, ref = _xformers_pair(monkeypatch, 2)
+    for layer in x.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    ids = torch.randint(0, 97, (2, 16))
+    x.train()
+    x(input_ids=ids)
+    assert [c[3] for c in ref.calls] == [0.1] * len(x.model.layers)
+    ref.calls.clear()
+    x.eval()
+    with torch.no_grad():
+        x(input_ids=ids)
+    assert [c[3] for c in ref.calls] == [0.0] * len(x.model.layers)
 
 
 def test_xformers_detection_is_honest_on_cpu():

@@ -54,3 +54,40 @@ def test_cached_tokenizer_is_found_without_reading_the_corpus(tmp_path):
     assert Texts.reads == 1
     again = build_tokenizer(cfg, cache_dir=tmp_path, texts=Texts())
     assert Texts.reads == 1 and again.path == first.path
+
+
+def test_report_shows_eval_columns_and_an_accuracy_chart(make_cfg, tmp_path):
+    """Training runs with eval scores, a task=eval run joining the row of the run it scored, and one
+    that scored a folder outside the report: eval columns in the table, a chart with chance marked."""
+    from allam import results as R
+
+    def train_run(name, ratio, acc):
+        out = tmp_path / "runs" / name
+        out.mkdir(parents=True)
+        scores = {"verse_en2ar": {"acc": acc, "acc_stderr": 0.02, "acc_norm": acc + 0.01, "acc_norm_stderr": 0.02,
+                                  "n": 400, "chance": 0.25}}
+        R.write(out, {"task": "train", "run_dir": str(out), "val.ar.bpb": 2.0, "val.en.bpb": 1.5,
+                      "config": {"data": {"ar_ratio": ratio}}, **R.eval_keys(scores)})
+        return out
+
+    a = train_run("a", 0.2, 0.31)
+    train_run("b", 0.7, 0.45)
+    later = {"hadith_topic": {"acc": 0.27, "acc_stderr": 0.025, "acc_norm": 0.26, "acc_norm_stderr": 0.025, "n": 320,
+                              "chance": 0.25}}
+    (a / "eval").mkdir()
+    (tmp_path / "runs" / "hub_model").mkdir()
+    R.write(a / "eval", {"task": "eval", "source_run": str(a), "config": {"data": {"ar_ratio": 0.2}},
+                         **R.eval_keys(later)})
+    R.write(tmp_path / "runs" / "hub_model", {"task": "eval", "source_run": None, "config": {"data": {"ar_ratio": 0.45}},
+                                              **R.eval_keys(later)})
+    res = report_task.run(make_cfg("task=report", f"report_dir={tmp_path / 'runs'}", out=tmp_path / "report"))
+    header = res["header"]
+    for col in ("eval.verse_en2ar.acc", "eval.verse_en2ar.acc_norm", "eval.hadith_topic.acc", "data.ar_ratio"):
+        assert col in header, col
+    rows = {row[0]: dict(zip(header, row)) for row in res["rows"]}
+    assert set(rows) == {"a", "b", "hub_model"}
+    assert rows["a"]["eval.hadith_topic.acc"] == "0.2700" and rows["a"]["eval.verse_en2ar.acc"] == "0.3100"
+    assert rows["b"]["eval.hadith_topic.acc"] == ""
+    assert (tmp_path / "report" / "report_eval.png").stat().st_size > 1000
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "eval.verse_en2ar.acc_norm" in table.splitlines()[0]

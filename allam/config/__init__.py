@@ -1,6 +1,6 @@
 """The config: typed schemas (:mod:`.schema`), the rules a config must satisfy (:mod:`.rules`),
 quantities derived from it (:mod:`.derived`) and one-line errors (:mod:`.errors`)."""
-from allam.config.errors import ConfigError, explain_compose_error, group_choices
+from allam.config.errors import ConfigError, RunFailed, explain_compose_error, group_choices
 from allam.config.rules import Stage, mix_stages, to_dict, validate
 from allam.config.schema import (
     CONF_DIR,
@@ -15,9 +15,12 @@ from allam.config.schema import (
     LoggerName,
     ModelConfig,
     NewEmbeddings,
+    NonFinite,
     OptimConfig,
     OptimName,
     PathsConfig,
+    Resume,
+    RunConfig,
     Schedule,
     SourceConfig,
     SourceKind,
@@ -25,15 +28,16 @@ from allam.config.schema import (
     StrEnum,
     TokenizerConfig,
     TokenizerVariant,
+    TrainConfig,
     TrainerConfig,
     source_defaults,
     source_fields,
 )
 
 __all__ = [
-    "CONF_DIR", "ROOT", "AllamConfig", "Attention", "ConfigError", "DataConfig", "InitConfig", "InitName", "Lang",
-    "LoggerConfig", "LoggerName", "ModelConfig", "NewEmbeddings", "OptimConfig", "OptimName", "PathsConfig",
-    "Schedule", "SourceConfig", "SourceKind", "Stage", "StageConfig", "StrEnum", "TokenizerConfig",
-    "TokenizerVariant", "TrainerConfig", "explain_compose_error", "group_choices", "mix_stages",
+    "CONF_DIR", "ROOT", "AllamConfig", "Attention", "ConfigError", "RunFailed", "DataConfig", "InitConfig", "InitName", "Lang",
+    "LoggerConfig", "LoggerName", "ModelConfig", "NewEmbeddings", "NonFinite", "OptimConfig", "OptimName", "PathsConfig",
+    "Resume", "RunConfig", "Schedule", "SourceConfig", "SourceKind", "Stage", "StageConfig", "StrEnum", "TokenizerConfig",
+    "TokenizerVariant", "TrainConfig", "TrainerConfig", "explain_compose_error", "group_choices", "mix_stages",
     "source_defaults", "source_fields", "to_dict", "validate",
 ]

@@ -8,6 +8,11 @@ class ConfigError(ValueError):
     """A config that is known to be wrong. The message is one line: key, value, what is allowed."""
 
 
+class RunFailed(RuntimeError):
+    """A run that stopped on purpose (non-finite numbers, a refused resume, ...). One line: what
+    happened, where, and what to do."""
+
+
 def group_choices(group: str) -> list[str]:
     """The options of a config group (its YAML files under conf/)."""
     from allam.config.schema import CONF_DIR

@@ -129,6 +129,23 @@ def _check_keys(cfg: DictConfig) -> None:
                     raise ConfigError(f"{key}.{sub}: no such key in {key}; allowed: {allowed}")
 
 
+def writable_dir(key: str, path: str) -> None:
+    """One line unless `path` is (or can be made) a folder this process can write into."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    p = Path(os.path.expanduser(str(path)))
+    if p.exists() and not p.is_dir():
+        _fail(key, path, "is a file, not a folder; choose a folder path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        _fail(key, path, f"cannot write there ({exc.strerror or exc}); choose a writable folder")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks a composed config before anything is built (and fills each data source's defaults).
     Raises ConfigError (one line)."""
@@ -153,6 +170,11 @@ def validate(cfg: DictConfig) -> None:
     _positive("trainer.max_tokens", t.max_tokens)
     _positive("trainer.max_steps", t.max_steps)
     _positive("trainer.accumulate_grad_batches", t.accumulate_grad_batches)
+    _positive("trainer.cross_entropy_chunk", t.cross_entropy_chunk)
+    _positive("trainer.checkpoint_every_steps", t.checkpoint_every_steps)
+    _positive("trainer.val_every_steps", t.val_every_steps)
+    _positive("trainer.log_every_n_steps", t.log_every_n_steps)
+    _positive("train.max_nonfinite_skips", cfg.train.max_nonfinite_skips, allow_zero=True)
     if o.lr <= 0:
         _fail("optim.lr", o.lr, "must be positive")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
@@ -179,6 +201,21 @@ def validate(cfg: DictConfig) -> None:
     for name in list(d.sources):
         d.sources[name] = source(name, d.sources[name])
     mix_stages(d)
+    evaluation(cfg.eval)
+
+
+def evaluation(e) -> None:
+    """The eval group's rules (which task names exist is the harness's to say, when a suite runs)."""
+    from pathlib import Path
+
+    if not e.tasks:
+        _fail("eval.tasks", "[]", "name at least one lm-evaluation-harness task (e.g. eval=demo or eval=paper)")
+    for task, shots in (e.num_fewshot or {}).items():
+        _positive(f"eval.num_fewshot.{task}", shots, allow_zero=True)
+    for key in ("every_tokens", "limit", "batch_size", "max_length"):
+        _positive(f"eval.{key}", e[key])
+    if e.data_dir and not Path(str(e.data_dir)).expanduser().is_dir():
+        _fail("eval.data_dir", e.data_dir, "no such folder (it holds local copies of hub datasets as <folder>/<dataset_path>)")
 
 
 def to_dict(cfg: DictConfig) -> dict:

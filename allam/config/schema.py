@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+SEED_KEYS = ("trainer.seed", "init.seed", "data.seed")  # what changes between the seeds of one experiment
 CONF_DIR = ROOT / "conf"
 
 
@@ -78,6 +79,19 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
+class Checkpointing(StrEnum):
+    none = "none"
+    selective = "selective"
+    full = "full"
+
+
+class CrossEntropy(StrEnum):
+    auto = "auto"
+    chunked = "chunked"
+    fused = "fused"
+    plain = "plain"
+
+
 class LoggerName(StrEnum):
     csv = "csv"
     wandb = "wandb"
@@ -105,7 +119,9 @@ class ModelConfig:
     pad_vocab_to: int = 64
     tie_embeddings: bool = False
     attention: Attention = Attention.auto
-    gradient_checkpointing: bool = False
+    # recompute decoder layers in the backward instead of keeping their activations:
+    # none; selective: the even-numbered layers (0, 2, 4, ...); full: every layer
+    activation_checkpointing: Checkpointing = Checkpointing.none
     hf_id: Optional[str] = None  # the published checkpoint of this shape, if any (default init.checkpoint)
 
 
@@ -248,11 +264,48 @@ class TrainerConfig:
     val_every_steps: Optional[int] = None  # None: validate at the end only
     log_every_n_steps: int = 10
     checkpoint_every_steps: Optional[int] = None  # None: only the final checkpoint
-    compile: bool = False
+    compile: bool = False  # torch.compile each decoder layer (the FSDP2 unit) on its own
+    # the training loss (head matmul + cross-entropy): auto (fused where Liger Kernel runs, else
+    # chunked); chunked: plain PyTorch, one chunk of tokens' logits at a time, never the full
+    # [batch, seq, vocab] logits or their fp32 copy; fused: Liger Kernel's fused linear + CE;
+    # plain: full logits upcast to fp32
+    cross_entropy: CrossEntropy = CrossEntropy.auto
+    cross_entropy_chunk: int = 1024  # tokens per chunk of the chunked cross-entropy
     peak_tflops: Optional[float] = None  # device peak for MFU; None: looked up (GPU) or measured (CPU)
     seed: int = 1234
     deterministic: bool = False
     progress_bar: bool = True
+
+
+class NonFinite(StrEnum):
+    stop = "stop"
+    skip = "skip"
+
+
+class Resume(StrEnum):
+    auto = "auto"
+    never = "never"
+
+
+@dataclass
+class TrainConfig:
+    """What the training step does beyond the model and optimizer (`train.*`)."""
+
+    # a non-finite loss or gradient norm: stop (one line naming the step and the last good
+    # checkpoint) or skip the optimizer step (counted, up to max_nonfinite_skips)
+    nonfinite: NonFinite = NonFinite.stop
+    max_nonfinite_skips: int = 10
+
+
+@dataclass
+class RunConfig:
+    """How a run treats its run directory (`run.*`)."""
+
+    # auto: a run directory holding checkpoints resumes from its newest valid one;
+    # never: refuse a run directory that already holds a run
+    resume: Resume = Resume.auto
+    # refuse a configuration the plan says cannot fit the device's memory (GPU, or host RAM on CPU)
+    memory_check: bool = True
 
 
 @dataclass
@@ -262,6 +315,28 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: str = "offline"  # wandb mode: offline unless the user asks for online
     tags: list[str] = field(default_factory=list)
+    # W&B run name and group; None: from the command's overrides (Hydra's override_dirname), the
+    # group without the seed keys, so the seeds of one sweep cell land in one group
+    run_name: Optional[str] = None
+    group: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    """Group `eval`: demo (the offline bilingual suite built from held-out text), paper (the
+    paper's benchmarks). Every suite is lm-evaluation-harness tasks (allam/eval/harness.py)."""
+
+    name: str = "demo"
+    tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness task or group names
+    num_fewshot: dict[str, int] = field(default_factory=dict)  # task -> few-shot examples (absent: 0)
+    at_end: bool = False  # evaluate the final model at the end of training (results.json eval.*)
+    every_tokens: Optional[int] = None  # also every N training tokens, logged as eval/<task>/acc
+    limit: Optional[int] = None  # score only the first N items of each task (a quick look, not a result)
+    batch_size: int = 16
+    # context in tokens; None: the model's max_position_embeddings (raised for an answer that is longer)
+    max_length: Optional[int] = None
+    seed: int = 1234  # demo suite: which held-out items, in what order, and where the answers sit
+    data_dir: Optional[str] = None  # local copies of hub datasets, read as <data_dir>/<dataset_path>
 
 
 @dataclass
@@ -274,7 +349,7 @@ class PathsConfig:
 @dataclass
 class AllamConfig:
     task: str = "train"  # a name from allam.tasks.TASKS (train, plan, tokenizer-report, export, report)
-    ckpt: Optional[str] = None  # checkpoint for resume / export
+    ckpt: Optional[str] = None  # checkpoint for resume / export; task=eval: also a run dir or Hugging Face folder
     report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
     export: bool = True  # export a Hugging Face folder at the end of training
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -283,7 +358,10 @@ class AllamConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

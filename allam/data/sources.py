@@ -185,7 +185,11 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
 
     cols = [field] + ([pair_field] if pair_field else [])
     for f in files:
-        pf = pq.ParquetFile(f)
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"data.sources.{name}.path={f}: not a readable parquet file ({first})") from None
         names = pf.schema_arrow.names
         for c in cols:
             if c not in names:

@@ -16,12 +16,9 @@ from functools import lru_cache
 
 import torch
 
-from allam.config import ConfigError
-
 log = logging.getLogger(__name__)
 
 _REGISTERED = False
-_ANNOUNCED: set[str] = set()
 
 
 def _xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -85,20 +82,11 @@ def xformers_status(device_type: str, dtype: torch.dtype) -> tuple[bool, str]:
 
 def resolve_attention(requested: str, device_type: str, dtype: torch.dtype) -> str:
     """Pick the attention implementation name for transformers and log once which one runs."""
-    requested = str(requested)
-    if requested in ("sdpa", "eager"):
-        chosen, reason = requested, "requested"
-    else:
-        ok, reason = xformers_status(device_type, dtype)
-        if requested == "xformers" and not ok:
-            raise ConfigError(f"model.attention=xformers: cannot run here ({reason}); allowed here: auto, sdpa, eager")
-        chosen = "xformers" if ok else "sdpa"
-        if requested == "auto" and not ok:
-            reason = f"auto fell back to sdpa: {reason}"
+    from allam.model.speed import resolve_backend
+
+    chosen = resolve_backend("model.attention", requested, preferred="xformers", fallback="sdpa",
+                             fixed=("sdpa", "eager"), probe=lambda: xformers_status(device_type, dtype), log=log,
+                             label="attention")
     if chosen == "xformers":
         register_xformers()
-    msg = f"attention: {chosen} ({reason})"
-    if msg not in _ANNOUNCED:
-        _ANNOUNCED.add(msg)
-        log.info(msg)
     return chosen

@@ -99,6 +99,12 @@ def write_hf_folder(tensors: Iterable[tuple[str, torch.Tensor]], config, out: Pa
         if name.endswith(SKIP) or (tied and name == "lm_head.weight"):
             continue
         t = t.detach().to("cpu").contiguous()
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            from allam.config import RunFailed
+
+            for part in out.glob("part-*.tmp"):
+                part.unlink()
+            raise RunFailed(f"{name}: non-finite values; refusing to export to {out}")
         size = t.numel() * t.element_size()
         if current and current_bytes + size > max_shard_bytes:
             flush()

@@ -5,9 +5,14 @@ No weights are read or downloaded. The estimate counts, per GPU:
   ranks under FSDP (full sharding) and replicated under DDP; under FSDP with 16-bit compute, the
   gathered 16-bit copies of the units in flight (root unit and two decoder layers);
 - activations of one micro-batch: ~34·h bytes per token per layer with 16-bit activations
-  (Korthikanti et al. 2022, with memory-efficient attention so no s² term), or only the
-  layer inputs plus one layer's activations with gradient checkpointing; plus the logits
-  (16-bit logits, their fp32 copy for the loss and its gradient).
+  (Korthikanti et al. 2022, with memory-efficient attention so no s² term); a checkpointed layer
+  (``model.activation_checkpointing``: every layer with ``full``, the even-numbered ones with
+  ``selective``) keeps only its input, plus one layer's activations while it is recomputed;
+- the loss (``trainer.cross_entropy``): ``plain`` holds the logits of the whole micro-batch
+  (16-bit logits, their fp32 copy for the loss and its gradient); ``chunked``/``fused``/``auto``
+  hold those of one chunk of tokens, plus the gradient of the hidden states (fp32) and, when
+  sharded, the whole head's fp32 gradient (it is made in the forward; unsharded it is the head's
+  gradient the gradients term counts).
 Host memory per rank (CPU RAM), from the sharded loader and the streaming export:
 - at load: the model is created on the meta device and filled tensor by tensor, so a rank holds
   its own shard (on the host only when training on CPUs; on GPUs the shard goes to the device)
@@ -22,6 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from allam.model.build import build_meta, flops_per_token, parameter_counts
+from allam.model.speed import checkpointed_layers
 
 GiB = 1024**3
 
@@ -62,7 +68,7 @@ class Plan:
         if self.memory_gib["total"] <= gpu_gib:
             return []
         return [
-            f"hint         over an {gpu_gib:.0f} GiB GPU: try model.gradient_checkpointing=true, a smaller "
+            f"hint         over an {gpu_gib:.0f} GiB GPU: try model.activation_checkpointing=full, a smaller "
             "data.batch_size with trainer.accumulate_grad_batches, trainer=fsdp with more devices/nodes, "
             "trainer.precision=bf16-true or optim=adamw8bit"
         ]
@@ -80,6 +86,14 @@ def _bytes_per_param(precision: str, optimizer: str) -> tuple[float, float, floa
     if precision in ("bf16-mixed", "16-mixed"):
         w += 2.0  # 16-bit working copy of the fp32 master weights during forward/backward
     return w, g, o
+
+
+def loss_bytes(kind: str, chunk: int, tokens: int, vocab: int, hidden: int, act_bytes: int, sharded: bool) -> float:
+    """Peak bytes of the head's logits and loss for one micro-batch (see the module docstring)."""
+    if kind == "plain":
+        return tokens * vocab * (act_bytes + 4 + 4)
+    head_grad = vocab * hidden * 4 if sharded else 0
+    return min(chunk, tokens) * vocab * (act_bytes + 4 + 4) + tokens * hidden * 4 + head_grad
 
 
 def host_memory(model, n: int, shard: int, accelerator: str, grows: bool) -> dict:
@@ -118,11 +132,9 @@ def make_plan(m, t, *, batch_size: int, optimizer: str, vocab_size: int, world: 
     tokens = batch_size * m.seq_len
     h, L = m.hidden_size, m.num_layers
     per_layer = 34 * h * tokens * act_bytes / 2  # the 34·h coefficient is for 16-bit activations
-    if m.gradient_checkpointing:
-        activations = L * h * tokens * act_bytes + per_layer
-    else:
-        activations = L * per_layer
-    logits = tokens * vocab_size * (act_bytes + 4 + 4)
+    recomputed = len(checkpointed_layers(L, m.activation_checkpointing))
+    activations = recomputed * h * tokens * act_bytes + (L - recomputed) * per_layer + (per_layer if recomputed else 0)
+    logits = loss_bytes(str(t.cross_entropy), int(t.cross_entropy_chunk), tokens, vocab_size, h, act_bytes, shard > 1)
     mem = {
         "weights": weights / GiB,
         "gradients": grads / GiB,

@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "tokenizer-report": "allam.tasks.tokenizer_report",
     "export": "allam.tasks.export",
     "report": "allam.tasks.report",
+    "eval": "allam.tasks.eval",
 }
 
 

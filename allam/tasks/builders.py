@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from allam.config import InitName, to_dict
+from allam.config.rules import writable_dir
 from allam.config.derived import compute_dtype, device_type, total_steps, world_size
 
 log = logging.getLogger("allam")
@@ -23,19 +24,18 @@ GROUP_FIELDS = {
     "optim": "optim.name",
     "trainer": "trainer.name",
     "logger": "logger.name",
+    "eval": "eval.name",
 }
 
 
 def run_dir(cfg: DictConfig) -> Path:
-    path = Path(cfg.paths.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    writable_dir("hydra.run.dir", cfg.paths.output_dir)
+    return Path(cfg.paths.output_dir)
 
 
 def cache_dir(cfg: DictConfig) -> Path:
-    path = Path(cfg.paths.cache_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    writable_dir("paths.cache_dir", cfg.paths.cache_dir)
+    return Path(cfg.paths.cache_dir)
 
 
 def group_choices(cfg: DictConfig) -> dict[str, str]:
@@ -98,7 +98,8 @@ def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None)
 
 
 def build_logger(logger_cfg, out: Path, config: dict):
-    """The Lightning logger (False for logger=none); `config` is recorded with W&B runs."""
+    """The Lightning logger (False for logger=none); `config` is recorded with W&B runs. The CSV
+    logger continues an existing csv/metrics.csv (a resumed run) and never deletes it."""
     if logger_cfg.name == "none":
         return False
     if logger_cfg.name == "wandb":
@@ -113,10 +114,30 @@ def build_logger(logger_cfg, out: Path, config: dict):
             offline=mode != "online",
             tags=list(logger_cfg.tags),
             config=config,
+            **run_names(logger_cfg),
         )
-    from lightning.pytorch.loggers import CSVLogger
+    from allam.train.callbacks import AppendingCSVLogger
 
-    return CSVLogger(str(out), name="csv", version="")
+    return AppendingCSVLogger(str(out), name="csv", version="")
+
+
+def run_names(logger_cfg) -> dict[str, str]:
+    """W&B name and group of a run: logger.run_name / logger.group, else the command's overrides
+    (a sweep agent's arguments) as Hydra's override_dirname writes them, the group without seeds."""
+    names = {"name": logger_cfg.run_name, "group": logger_cfg.group}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        from allam.config.schema import SEED_KEYS
+
+        hc = HydraConfig.get()
+    except Exception:
+        return {k: v for k, v in names.items() if v}
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    overrides = sorted(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in excluded)
+    names["name"] = names["name"] or hc.job.override_dirname or None
+    names["group"] = names["group"] or ",".join(o for o in overrides if o.split("=", 1)[0] not in SEED_KEYS) or None
+    return {k: v for k, v in names.items() if v}
 
 
 def build_strategy(t):
@@ -125,16 +146,22 @@ def build_strategy(t):
     torch.distributed.checkpoint folders, one file per rank."""
     strategy = str(t.strategy)
     if strategy == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from allam.train.checkpointing import AtomicModelParallelStrategy
 
-        return ModelParallelStrategy(data_parallel_size=world_size(t), tensor_parallel_size=1,
-                                     save_distributed_checkpoint=True)
+        return AtomicModelParallelStrategy(data_parallel_size=world_size(t), tensor_parallel_size=1,
+                                           save_distributed_checkpoint=True)
     return strategy
 
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
+    """The Lightning Trainer: checkpoints written atomically (``checkpoints/step*.ckpt`` every
+    trainer.checkpoint_every_steps, ``last.ckpt`` always), SLURM's environment without Lightning's
+    mid-step requeue handler (allam.train.guards.Preemption checkpoints at a step boundary)."""
     import lightning as L
+    from lightning.fabric.plugins.environments import SLURMEnvironment
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from allam.train.checkpointing import AtomicCheckpointIO
 
     t = cfg.trainer
     ckpt = ModelCheckpoint(
@@ -148,12 +175,18 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
     cbs = [ckpt, *callbacks]
     if t.progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=1))
-    val_every = t.val_every_steps * t.accumulate_grad_batches if t.val_every_steps else None
+    # validation every val_every_steps optimizer steps; a run shorter than that validates at its end only
+    val_every = t.val_every_steps * t.accumulate_grad_batches if t.val_every_steps and t.val_every_steps < steps else None
+    strategy = build_strategy(t)
+    plugins = [] if str(t.strategy) == "fsdp" else [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
+        plugins=plugins or None,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(t),
+        strategy=strategy,
         precision=t.precision,
         max_steps=steps,
         max_epochs=-1,  # max_steps ends the run; an epoch is one pass over the blend

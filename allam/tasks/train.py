@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from allam import results as R
-from allam.config import InitName, to_dict, validate
+from allam.config import InitName, RunFailed, to_dict, validate
 from allam.config.derived import embedding_warmup_steps, fsdp_param_dtype, tokens_per_step, total_steps
 from allam.tasks.builders import (
     build_datamodule,
@@ -27,59 +27,99 @@ log = logging.getLogger("allam")
 
 
 def run(cfg: DictConfig) -> dict:
-    import lightning as L
-
-    from allam.model.build import flops_per_token, parameter_counts
-    from allam.model.spec import model_spec
-    from allam.tokenizer import token_byte_lengths
-    from allam.train.callbacks import Throughput
-    from allam.train.module import CausalLM
+    """Check everything that can be checked, take the run directory, train, write results.json.
+    A preempted run ends with exit status 75 after saving a checkpoint; a failed one with one line."""
+    from allam.tasks.preflight import check_device, check_wandb_login
+    from allam.tasks.rundir import RunLock
 
     validate(cfg)
+    check_device(cfg.trainer)
+    check_wandb_login(cfg.logger)
     out = run_dir(cfg)
+    lock = RunLock(out).acquire() if _global_rank() == 0 else None
+    try:
+        return _train(cfg, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _global_rank() -> int:
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return _get_rank() or 0
+
+
+def _train(cfg: DictConfig, out: Path) -> dict:
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from allam.eval.callback import EvalDuringTraining
+    from allam.model.build import flops_per_token, parameter_counts
+    from allam.model.spec import model_spec
+    from allam.tasks.preflight import check_memory
+    from allam.tasks.rundir import check_resume, resume_checkpoint
+    from allam.tokenizer import token_byte_lengths
+    from allam.train.callbacks import Throughput
+    from allam.train.guards import EXIT_PREEMPTED, NonFiniteGuard, Preemption, RunRecord
+
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
+    ckpt, passed_over = resume_checkpoint(cfg.ckpt, cfg.run.resume, out)
+    for line in passed_over:
+        log.warning("not resuming from %s", line)
 
     bundle = build_tokenizer(cfg)
+    # eval.at_end / eval.every_tokens: the suite is checked here, before any compute
+    evaluator = EvalDuringTraining.from_config(cfg.eval, bundle.tokenizer, tokens_per_step(cfg.data, cfg.model, cfg.trainer), out)
     attention = resolve_attention(cfg.model, cfg.trainer)
     spec = model_spec(cfg.model, cfg.init, cfg.tokenizer, bundle, attention)  # no weights yet
+    check_memory(cfg, spec.config.vocab_size)
     dm = build_datamodule(cfg, bundle.tokenizer, max_seq_len=spec.config.max_position_embeddings)
     dm.prepare()
+    meta = spec.meta()
+    tps = tokens_per_step(cfg.data, cfg.model, cfg.trainer)
+    if ckpt is not None:  # checked before anything is written into the run directory
+        shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items() if not k.endswith("inv_freq")}
+        step = check_resume(ckpt, to_dict(cfg), shapes, dm.fingerprint(), bool(cfg.data.allow_fingerprint_change), tps)
+        log.info("resuming from %s (step %d)", ckpt, step)
     save_run_config(cfg, spec.config, out)
 
     steps = total_steps(cfg.data, cfg.model, cfg.trainer)
-    counts = parameter_counts(spec.meta())
+    counts = parameter_counts(meta)
     fpt = flops_per_token(spec.config, counts["non_embedding"], cfg.model.seq_len)
-    module = CausalLM(
-        spec,  # materialized inside the trainer: whole, or shard by shard under FSDP2
-        cfg.optim,
-        total_steps=steps,
-        token_bytes=token_byte_lengths(bundle.tokenizer),
-        val_languages=dm.val_languages,
-        embedding_warmup_steps=embedding_warmup_steps(cfg.init, cfg.data, cfg.model, cfg.trainer),
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-        compile=cfg.trainer.compile,
-        param_dtype=fsdp_param_dtype(cfg.trainer),
-    )
+    module = training_module(cfg, spec, token_byte_lengths(bundle.tokenizer), dm.val_languages, steps)
     t = cfg.trainer
-    throughput = Throughput(fpt, str(t.precision), t.peak_tflops, t.log_every_n_steps)
-    trainer = build_trainer(cfg, out, [throughput], steps)
-    log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps,
-             f"{tokens_per_step(cfg.data, cfg.model, t):,}", out)
+    base_flops = R.carried_flops(cfg.init.checkpoint) if cfg.init.name == InitName.llama2 else None
+    throughput = Throughput(fpt, str(t.precision), t.peak_tflops, t.log_every_n_steps, base_flops)
+    preemption = Preemption(out / "checkpoints")
+    guards = [NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_skips, out / "checkpoints"), preemption,
+              RunRecord(to_dict(cfg), dm.fingerprint())]
+    trainer = build_trainer(cfg, out, [throughput, *guards, *([evaluator] if evaluator else [])], steps)
+    log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tps:,}", out)
 
-    start_val = score_start(trainer, module, dm) if cfg.init.name == InitName.llama2 and not cfg.ckpt else {}
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True if cfg.ckpt else None)
-    if module.final_val_step != trainer.global_step:  # the last validation was not at the last step
-        trainer.validate(module, datamodule=dm, verbose=False)
-    save_final_checkpoint(trainer, out)
+    start_val = score_start(trainer, module, dm) if cfg.init.name == InitName.llama2 and ckpt is None else {}
+    status, failure = "finished", None
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True if ckpt else None)
+    except SIGTERMException:
+        status = "preempted"
+    except RunFailed as exc:
+        status, failure = "failed", exc
+    if status == "finished":
+        if module.final_val_step != trainer.global_step:  # the last validation was not at the last step
+            trainer.validate(module, datamodule=dm, verbose=False)
+        save_final_checkpoint(trainer, out)
 
     results = {
         "task": "train",
+        "status": status,
         "run_dir": str(out),
         "choices": group_choices(cfg),
         "model.parameters": counts["total"],
         "model.non_embedding_parameters": counts["non_embedding"],
         "model.attention": attention,
+        "train.cross_entropy": module.cross_entropy,
         "tokenizer.name": bundle.name,
         "tokenizer.vocab_size": len(bundle.tokenizer),
         "train.steps": trainer.global_step,
@@ -90,20 +130,63 @@ def run(cfg: DictConfig) -> dict:
         "train.mfu": throughput.mfu,
         "train.mfu_peak_source": throughput.peak_source,
         "train.flops_per_token": fpt,
+        "train.flops": throughput.flops,
+        "train.base_flops": base_flops,
+        "train.total_flops": throughput.total_flops,
         "train.loss": module.last_loss,
+        "train.nonfinite_skips": guards[0].skipped,
+        "resumed_from": str(ckpt) if ckpt else None,
         "wall_seconds": time.perf_counter() - t0,
         **R.validation_keys(module.final_val, start_val),
         "val.step": module.final_val_step,
+        R.CURVE_KEY: throughput.curve,
+        **R.eval_keys(evaluator.final if evaluator else {}),
         "data": dm.mix_report(),
     }
-    if cfg.export:
+    if status == "preempted":
+        results["checkpoint"] = str(preemption.saved)
+    if failure is not None:
+        results["error"] = str(failure)
+    if cfg.export and status == "finished":
         exported = export_after_fit(trainer, module, bundle, out / "hf")
         if exported is not None:
             results["export"] = str(exported)
     results["config"] = to_dict(cfg)
     if trainer.is_global_zero:
-        R.print_summary(results, R.write(out, results))
+        path = R.write_status(out, results)
+        if status == "finished":
+            R.print_summary(results, path)
+        else:
+            print(f"{status} at step {trainer.global_step}: {path}")
+    if status == "preempted":
+        raise SystemExit(EXIT_PREEMPTED)
+    if failure is not None:
+        raise failure
     return results
+
+
+def training_module(cfg: DictConfig, spec, token_bytes, val_languages: list[str], steps: int):
+    """The LightningModule a run trains (benchmarks/throughput.py builds it here too): `spec` is
+    materialized inside the trainer, whole or shard by shard under FSDP2, with the speed options
+    of the model and trainer groups (the cross-entropy resolved for this device, logged once)."""
+    from allam.config.derived import compute_dtype, device_type
+    from allam.train.loss import resolve_cross_entropy
+    from allam.train.module import CausalLM
+
+    t = cfg.trainer
+    return CausalLM(
+        spec,
+        cfg.optim,
+        total_steps=steps,
+        token_bytes=token_bytes,
+        val_languages=val_languages,
+        embedding_warmup_steps=embedding_warmup_steps(cfg.init, cfg.data, cfg.model, t),
+        activation_checkpointing=cfg.model.activation_checkpointing,
+        compile=t.compile,
+        param_dtype=fsdp_param_dtype(t),
+        cross_entropy=resolve_cross_entropy(t.cross_entropy, device_type(t), compute_dtype(t.precision)),
+        cross_entropy_chunk=t.cross_entropy_chunk,
+    )
 
 
 def save_run_config(cfg: DictConfig, model_config, out: Path) -> None:

@@ -64,9 +64,16 @@ class TokenizerBundle:
 def export_tokenizer(bundle: TokenizerBundle, out_dir: Path) -> Path:
     """Ships the tokenizer with a model export: copies the folder's files (tokenizer.model
     included, which ``save_pretrained`` alone does not write, so the export can be expanded
-    later as a base). Falls back to ``save_pretrained`` for a folder without such files."""
-    if not hf_folder.copy_files(bundle.path, out_dir):
+    later as a base). Falls back to ``save_pretrained`` for a folder without such files.
+
+    The export always ships ``tokenizer.json`` (the fast tokenizer, as loaded and checked equal to
+    SentencePiece when the folder was built), so lm-evaluation-harness, vLLM or TGI load it without
+    converting ``tokenizer.model`` (which needs sentencepiece and protobuf)."""
+    copied = hf_folder.copy_files(bundle.path, out_dir)
+    if not copied:
         bundle.tokenizer.save_pretrained(str(out_dir))
+    elif "tokenizer.json" not in copied:
+        bundle.tokenizer.backend_tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
     return Path(out_dir)
 
 

@@ -120,6 +120,10 @@ def train_bpe(
         m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(e))
         if m:
             raise ValueError(f"the training text supports at most {m.group(2)} pieces") from None
+        m = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if m:
+            raise ValueError(f"below the {m.group(2)} characters and special pieces the training text needs; "
+                             f"use at least {m.group(2)}") from None
         raise
     log.info("trained %s in %.1fs", what, time.perf_counter() - t0)
     return parse_model(writer.getvalue())

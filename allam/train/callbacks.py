@@ -1,11 +1,15 @@
 """Callbacks: tokens seen, tokens/s and MFU."""
 from __future__ import annotations
 
+import csv
+import os
 import time
 from functools import lru_cache
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 # Dense peak TFLOP/s by device name fragment and compute dtype (vendor datasheets, no sparsity).
 _PEAK_TFLOPS = {
@@ -53,8 +57,11 @@ class Throughput(L.Callback):
     counts training only: validation passes are left out.
     """
 
-    def __init__(self, flops_per_token: float, precision: str, peak_override: float | None, log_every: int) -> None:
+    def __init__(self, flops_per_token: float, precision: str, peak_override: float | None, log_every: int,
+                 base_flops: float | None = None) -> None:
         self.flops_per_token = flops_per_token
+        self.base_flops = base_flops  # FLOPs spent before this run (the base model it starts from); None: unknown
+        self.curve: list[dict] = []  # one point per validation: step, tokens, flops, val.<lang>.<loss|bpb>
         self.precision = precision
         self.peak_override = peak_override
         self.log_every = max(1, log_every)
@@ -86,6 +93,7 @@ class Throughput(L.Callback):
         self.train_seconds += now - self._t_last
         self._t_last = now
         pl_module.log("train/tokens", float(self.tokens), on_step=True, on_epoch=False)
+        pl_module.log("train/total_flops", self.total_flops, on_step=True, on_epoch=False)
         opt = trainer.optimizers[0] if trainer.optimizers else None
         if opt is not None:
             pl_module.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -108,18 +116,43 @@ class Throughput(L.Callback):
         self._pause()
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        self.record_validation(trainer.global_step, getattr(pl_module, "final_val", {}))
         if trainer.state.fn == "fit":
             self._t_last = time.perf_counter()
             self._window_t0 = self._t_last
             self._window_tokens = 0
 
-    # the token count survives a resume (curves against tokens do not jump back)
+    def record_validation(self, step: int, scores: dict[str, dict]) -> None:
+        """A point of the validation curve at the tokens and FLOPs spent so far (a second validation
+        at the same step, e.g. the final one after fit, replaces the first)."""
+        if not scores:
+            return
+        point = {"step": int(step), "tokens": self.tokens, "flops": self.total_flops}
+        for lang, vals in scores.items():
+            point.update({f"val.{lang}.{k}": float(vals[k]) for k in ("loss", "bpb") if k in vals})
+        if self.curve and self.curve[-1]["step"] == point["step"]:
+            self.curve[-1] = point
+        else:
+            self.curve.append(point)
+
+    @property
+    def flops(self) -> float:
+        """Training FLOPs of this run's model (flops per token x tokens), resumed runs included."""
+        return self.flops_per_token * self.tokens
+
+    @property
+    def total_flops(self) -> float:
+        """FLOPs including the base model's pretraining, when known."""
+        return (self.base_flops or 0.0) + self.flops
+
+    # the token count and the validation curve survive a resume (curves do not jump back)
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens}
+        return {"tokens": self.tokens, "curve": list(self.curve)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = int(state_dict.get("tokens", 0))
         self._tokens_at_start = self.tokens
+        self.curve = list(state_dict.get("curve", []))
 
     @property
     def tokens_this_run(self) -> int:
@@ -137,3 +170,26 @@ class Throughput(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._world = trainer.world_size
+
+
+class AppendingCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that an existing metrics.csv is continued (a resumed run),
+    never deleted."""
+
+    @property
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = list(csv.reader(f).__next__() or [])
+
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes an existing metrics.csv here
+        pass

@@ -4,9 +4,10 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from allam.eval.bpb import BitsPerByte
+from allam.model.speed import apply_activation_checkpointing, compile_layers
+from allam.train.loss import attach_loss
 from allam.train.optim import build_optimizer, build_scheduler
 
 
@@ -27,15 +28,19 @@ class CausalLM(L.LightningModule):
         token_bytes: np.ndarray,
         val_languages: list[str],
         embedding_warmup_steps: int = 0,
-        gradient_checkpointing: bool = False,
+        activation_checkpointing: str = "none",
         compile: bool = False,
         param_dtype: torch.dtype | None = None,
+        cross_entropy: str = "chunked",
+        cross_entropy_chunk: int = 1024,
     ) -> None:
         super().__init__()
         # a built model, or a ModelSpec materialized in configure_model (sharded under FSDP2)
         self.spec = None if isinstance(model, torch.nn.Module) else model
         self.model = model if isinstance(model, torch.nn.Module) else None
-        self.gradient_checkpointing = gradient_checkpointing
+        # speed options (allam.model.speed, allam.train.loss); cross_entropy is a resolved kind
+        self.activation_checkpointing = str(activation_checkpointing)
+        self.cross_entropy, self.cross_entropy_chunk = str(cross_entropy), int(cross_entropy_chunk)
         self.param_dtype = param_dtype
         self.optim_cfg = optim_cfg
         self.grad_clip = float(optim_cfg.grad_clip or 0.0)
@@ -47,8 +52,8 @@ class CausalLM(L.LightningModule):
         self._val = {lang: BitsPerByte() for lang in self.val_languages}
         self.final_val: dict[str, dict[str, float]] = {}
         self.final_val_step: int | None = None  # global step the final_val scores belong to
-        if self.model is not None and gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.model is not None:
+            apply_activation_checkpointing(self.model, self.activation_checkpointing)
 
     # ------------------------------------------------------------------ model
     @property
@@ -70,19 +75,19 @@ class CausalLM(L.LightningModule):
                 from allam.model.weights import materialize
 
                 model = self.spec.meta()
-                if self.gradient_checkpointing:
-                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                apply_activation_checkpointing(model, self.activation_checkpointing)
                 fully_shard_llama(model, self.device_mesh["data_parallel"], self.param_dtype)
                 model.to_empty(device=self._root_device())
                 materialize(model, self.spec.weights())
             else:
                 model = self.spec.build(self._root_device())
-                if self.gradient_checkpointing:
-                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                apply_activation_checkpointing(model, self.activation_checkpointing)
             self.model = model
-        if self.compile and not getattr(self, "_compiled", False):
-            self.model.model = torch.compile(self.model.model)
-            self._compiled = True
+        if not getattr(self, "_speed_applied", False):  # after sharding: FSDP2 swaps the layers' class
+            if self.compile:
+                compile_layers(self.model)
+            attach_loss(self.model, self.cross_entropy, self.cross_entropy_chunk)
+            self._speed_applied = True
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
@@ -90,8 +95,7 @@ class CausalLM(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = self(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = self.model.next_token_loss(inputs, targets)  # allam.train.loss (head + cross-entropy)
         # the mean over ranks: with equal tokens per rank, the loss of the global batch
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1)
         self._last_loss = loss.detach()  # read once at the end (no device sync per step)

@@ -42,8 +42,16 @@ def build_optimizer(model: torch.nn.Module, o) -> torch.optim.Optimizer:
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, lr=o.lr, betas=betas, eps=o.eps)
-    fused = all(p.is_cuda for g in groups for p in g["params"]) and torch.cuda.is_available()
-    return torch.optim.AdamW(groups, lr=o.lr, betas=betas, eps=o.eps, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=betas, eps=o.eps, fused=fused_supported(groups) or None)
+
+
+def fused_supported(groups: list[dict]) -> bool:
+    """Whether torch's fused AdamW kernel takes every parameter: floating point, on a device with
+    the kernel (CUDA and CPU among them; DTensor shards included)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    return all(p.is_floating_point() and p.device.type in devices for g in groups for p in g["params"])
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:

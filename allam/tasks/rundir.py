@@ -1,0 +1,175 @@
+"""A run directory's safety rules: one writer at a time, resume only from a checkpoint that
+checks out, and nothing in the directory touched before the checks pass.
+
+- :class:`RunLock`: ``.lock`` (pid, host, start time) held by global rank 0 while a command works in
+  the directory; a lock left by a process that is gone (same host) is taken over.
+- :func:`resume_checkpoint`: the checkpoint to resume (``ckpt=...``, or the newest valid one under
+  ``run.resume=auto``), or a one-line refusal (``run.resume=never`` and a used directory).
+- :func:`check_resume`: the checkpoint loads, its model shapes fit this run's model, its data
+  fingerprint (tokenizer included) matches, and its recorded config differs only in keys a resume
+  may change (:data:`RESUME_MAY_CHANGE`); otherwise one line naming what differs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+from allam.config import ConfigError, Resume
+
+LOCK = ".lock"
+# keys a resume may change: they decide how long to train, where to log and checkpoint, and how
+# fast, not what is trained (tokens per optimizer step must stay the same: checked separately)
+RESUME_MAY_CHANGE = (
+    "task", "ckpt", "export", "report_dir", "run.", "paths.", "logger.", "eval.",
+    "trainer.max_tokens", "trainer.max_steps", "trainer.val_every_steps", "trainer.checkpoint_every_steps",
+    "trainer.log_every_n_steps", "trainer.progress_bar", "trainer.devices", "trainer.num_nodes",
+    "trainer.strategy", "trainer.name", "trainer.compile", "trainer.peak_tflops", "trainer.deterministic",
+    "trainer.accelerator", "data.batch_size", "data.num_workers", "data.allow_fingerprint_change",
+    "trainer.accumulate_grad_batches", "model.attention", "model.activation_checkpointing",
+    "trainer.cross_entropy", "trainer.cross_entropy_chunk", "train.nonfinite", "train.max_nonfinite_skips",
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """Exclusive use of a run directory by one command (global rank 0 takes it)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    owner = {}
+                same_host = owner.get("host") == me["host"]
+                if same_host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                    self.path.unlink(missing_ok=True)  # its owner is gone: take it over
+                    continue
+                raise ConfigError(
+                    f"hydra.run.dir={self.path.parent}: in use by pid {owner.get('pid', '?')} on host "
+                    f"{owner.get('host', '?')} since {owner.get('since', '?')}; wait for it to finish, or delete "
+                    f"{self.path} if that process is gone")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ConfigError(f"hydra.run.dir={self.path.parent}: cannot take {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def used(out: Path) -> bool:
+    """Whether a run directory already holds a run (checkpoints, results or a saved config)."""
+    out = Path(out)
+    ckpts = out / "checkpoints"
+    return (ckpts.is_dir() and any(ckpts.iterdir())) or (out / "results.json").exists() or (out / "config.yaml").exists()
+
+
+def resume_checkpoint(ckpt: Optional[str], resume: Resume, out: Path) -> tuple[Optional[Path], list[str]]:
+    """The checkpoint this command resumes from, and notes on checkpoints passed over."""
+    from allam.train.checkpointing import newest_valid, verify
+
+    if ckpt:
+        path = Path(os.path.expanduser(str(ckpt)))
+        why = verify(path)
+        if why:
+            raise ConfigError(f"ckpt={ckpt}: {why}; point ckpt= at a checkpoint of an allam run "
+                              f"(checkpoints/last.ckpt or checkpoints/step*.ckpt)")
+        return path, []
+    if resume == Resume.never:
+        if used(out):
+            raise ConfigError(f"run.resume=never: hydra.run.dir={out} already holds a run; choose a new "
+                              "hydra.run.dir, or run.resume=auto to continue it")
+        return None, []
+    path, skipped = newest_valid(out / "checkpoints")
+    return path, skipped
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two resolved configs, except those a resume may change."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+
+
+def check_resume(path: Path, config: dict, model_shapes: dict, data_fingerprint: dict, allow_data_change: bool,
+                 tokens_per_step: int) -> int:
+    """Refuse (one line) a checkpoint that does not fit this run; returns its global step."""
+    from allam.data import check_fingerprint
+    from allam.train.checkpointing import read_meta, tensor_shapes
+
+    meta = read_meta(path)
+    shapes = tensor_shapes(path)
+    bad = [f"{k} {shapes.get(k)} vs {v}" for k, v in model_shapes.items() if shapes.get(k) not in (None, v)]
+    missing = [k for k in model_shapes if k not in shapes]
+    if bad or missing:
+        detail = ", ".join(bad[:3]) or f"missing {', '.join(missing[:3])}"
+        raise ConfigError(f"ckpt={path}: its model does not fit this run's model ({detail}; checkpoint vs run); "
+                          "resume with the model and tokenizer settings it was trained with")
+    record = meta.get("allam") or {}
+    saved = record.get("config")
+    if saved is not None:
+        diff = changed_keys(saved, config)
+        if diff:
+            shown = ", ".join(f"{k} ({_get(saved, k)} -> {_get(config, k)})" for k in diff[:4])
+            raise ConfigError(
+                f"ckpt={path}: resuming with changed settings {shown}{' ...' if len(diff) > 4 else ''}; a resume "
+                "continues the checkpoint's model, optimizer, schedule and data, so only the length of training, "
+                "devices, logging, checkpointing and evaluation may change; start a new run from its export "
+                "(init=llama2 init.checkpoint=<run>/hf) to change the others")
+        saved_tps = _tokens_per_step(saved)
+        if saved_tps and saved_tps != tokens_per_step:
+            raise ConfigError(f"ckpt={path}: tokens per optimizer step {tokens_per_step:,} differs from the "
+                              f"checkpoint's {saved_tps:,}; keep data.batch_size x devices x nodes x "
+                              "trainer.accumulate_grad_batches the same")
+    if record.get("data_fingerprint"):
+        check_fingerprint(record["data_fingerprint"], data_fingerprint, allow_data_change)
+    return int(meta.get("global_step", 0))
+
+
+def _get(cfg: dict, dotted: str):
+    return _flatten(cfg).get(dotted)
+
+
+def _tokens_per_step(cfg: dict) -> Optional[int]:
+    try:
+        from omegaconf import OmegaConf
+
+        from allam.config.derived import tokens_per_step
+
+        c = OmegaConf.create(cfg)
+        return tokens_per_step(c.data, c.model, c.trainer)
+    except Exception:
+        return None

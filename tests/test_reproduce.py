@@ -1,0 +1,100 @@
+"""experiments/reproduce.py and allam/claims.py: claim cells, seeds, FLOPs carried from the base,
+curves at matched tokens / FLOPs, verdicts and the generated CLAIMS.md."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from allam import claims as C
+from allam.config import CONF_DIR, ROOT, validate
+
+
+def _run(kind, arm, seed, values, curve=None, **extra):
+    return {"task": "train", "status": "finished", "_path": f"/x/seed{seed}/{arm}/results.json",
+            "choices": {"experiment": arm},
+            "config": {"trainer": {"seed": seed}, "init": {"seed": seed, "checkpoint": f"/x/seed{seed}/base/hf"},
+                       "data": {"seed": seed}, "arm": kind},
+            **values, **({"curve": curve} if curve else {}), **extra}
+
+
+def test_every_claim_cell_composes_alone(make_cfg):
+    """Each arm a claim names is an experiment config that composes and validates on its own."""
+    arms = C.arms_of(list(C.CLAIMS))
+    assert {f.stem for f in (CONF_DIR / "experiment").glob("claim*.yaml")} == {*arms, C.BASE}
+    for arm in [*arms, C.BASE]:
+        cfg = make_cfg(f"experiment={arm}", "init.checkpoint=/some/base/hf")
+        validate(cfg)
+        assert cfg.trainer.val_every_steps, arm  # a validation curve, not only the end
+
+
+def test_verdict_rule():
+    lo, hi = C.stat([1.0, 1.1, 0.9]), C.stat([2.0, 2.1, 1.9])
+    assert (lo.mean, lo.n) == (1.0, 3) and abs(lo.std - 0.1) < 1e-9
+    assert C.verdict(worse=hi, better=lo)[0] == C.REPRODUCED
+    assert C.verdict(worse=lo, better=hi)[0] == C.NOT_REPRODUCED
+    assert C.verdict(worse=C.stat([1.05, 1.0, 1.1]), better=lo)[0] == C.INCONCLUSIVE  # within 2 SE
+    assert C.verdict(worse=hi, better=C.stat([1.0]))[0] == C.INCONCLUSIVE  # one seed: no SE
+    assert C.claim_verdict([C.REPRODUCED, C.INCONCLUSIVE]) == C.INCONCLUSIVE
+    assert C.claim_verdict([C.REPRODUCED, C.NOT_REPRODUCED]) == C.NOT_REPRODUCED
+
+
+def test_matched_flops_interpolates_the_curves_never_extrapolates():
+    # adapted: starts at the base's 100 FLOPs; scratch: reaches 200 FLOPs
+    a = _run("a", "claim1_adapt", 1, {}, [{"tokens": 0, "flops": 100.0, "val.ar.bpb": 3.0},
+                                          {"tokens": 10, "flops": 150.0, "val.ar.bpb": 2.0}])
+    s = _run("s", "claim1_scratch_flops", 1, {}, [{"tokens": 10, "flops": 50.0, "val.ar.bpb": 4.0},
+                                                  {"tokens": 40, "flops": 200.0, "val.ar.bpb": 2.5}])
+    x = C.matched_x([a, s], "flops", "val.ar.bpb")
+    assert x == 150.0
+    assert C.metric_value(s, "val.ar.bpb", "flops", x) == pytest.approx(4.0 - 1.5 * 100 / 150)
+    assert C.interpolate(C.curve_points(a, "flops", "val.ar.bpb"), 160.0) is None
+
+
+def test_runs_differing_only_by_seed_are_one_arm_and_claims_get_verdicts(tmp_path):
+    runs = []
+    for seed, (a, r) in enumerate([(0.10, 0.30), (0.11, 0.32), (0.09, 0.31)], start=1):
+        runs.append(_run("const", "claim1_adapt", seed, {"delta.val.en.bpb": a, "val.ar.bpb": 2.0 + a}))
+        runs.append(_run("rewarm", "claim4_rewarm", seed, {"delta.val.en.bpb": r, "val.ar.bpb": 1.9}))
+    groups = C.group_by_seed(runs)
+    assert {k: len(v) for k, v in groups.items()} == {"claim1_adapt": 3, "claim4_rewarm": 3}
+    (result,) = C.evaluate(C.claims_by_number([4]), groups)
+    assert result["verdict"] == C.REPRODUCED and result["rows"][0]["better"].n == 3
+    md = C.claims_markdown([result], groups, "python experiments/reproduce.py")
+    assert "**Verdict: reproduced.**" in md and "0.1000 ± 0.0100 (n=3)" in md and "not run" not in md
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end_resumes_and_writes_claims(tmp_path, cache_dir):
+    """--smoke for claim 4 over 2 seeds: the base once per seed, its FLOPs carried into the runs
+    started from it, a validation curve in every results.json, CLAIMS.md and a plot; run again,
+    every cell is skipped."""
+    out, md = tmp_path / "claims", tmp_path / "CLAIMS.md"
+    cmd = [sys.executable, str(ROOT / "experiments" / "reproduce.py"), "--smoke", "--claims", "4", "--seeds", "2",
+           "--out", str(out), "--claims-md", str(md)]
+    env = {**os.environ, "ALLAM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("[run]") == 6  # 2 seeds x (base, constant LR, re-warm)
+    for seed in (1, 2):
+        base = json.loads((out / f"seed{seed}" / C.BASE / "results.json").read_text())
+        assert base["train.base_flops"] is None and base["train.total_flops"] == base["train.flops"] > 0
+        adapt = json.loads((out / f"seed{seed}" / "claim1_adapt" / "results.json").read_text())
+        assert adapt["config"]["trainer"]["seed"] == seed and adapt["config"]["init"]["checkpoint"].endswith(
+            f"seed{seed}/{C.BASE}/hf")
+        assert adapt["train.base_flops"] == base["train.total_flops"]
+        assert adapt["train.total_flops"] == pytest.approx(adapt["train.base_flops"] + adapt["train.flops_per_token"]
+                                                           * adapt["train.tokens"])
+        curve = adapt["curve"]
+        assert [p["tokens"] for p in curve] == [0, 512, 1024]  # the start, every 4 steps of 128 tokens
+        assert curve[0]["flops"] == adapt["train.base_flops"] and curve[-1]["flops"] == adapt["train.total_flops"]
+        assert curve[-1]["val.en.bpb"] == pytest.approx(adapt["val.en.bpb"])
+    text = md.read_text()
+    assert "## Claim 4" in text and "(n=2)" in text and "Verdict rule" in text
+    assert any(v in text for v in ("**Verdict: reproduced.**", "**Verdict: not reproduced.**", "**Verdict: inconclusive.**"))
+    assert (tmp_path / "claims_plots" / "claim4.png").stat().st_size > 5000
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert again.returncode == 0 and again.stdout.count("[skip]") == 6 and "[run]" not in again.stdout
