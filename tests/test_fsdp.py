@@ -65,7 +65,7 @@ def _ranks(mode: str, world: int, args: dict, tmp_path: Path, cache_dir) -> list
 
 
 # --------------------------------------------------------------------------- sharded materialization
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_sharded_random_init_equals_one_process(tmp_path, cache_dir, world):
     """Each rank fills only its shards, and the weights equal a single process's with the same seed."""
     overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "model.num_layers=3"]
@@ -77,10 +77,11 @@ def test_sharded_random_init_equals_one_process(tmp_path, cache_dir, world):
     assert all(r["local_numel"] < 0.75 * r["numel"] for r in res)
 
 
-def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, english_checkpoint):
+@pytest.mark.parametrize("strategy", ["subtoken_mean", pytest.param("mean", marks=pytest.mark.slow), "random"])
+def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, english_checkpoint, strategy):
     """init=llama2 with tokenizer=expanded: read tensor by tensor into the shards; the grown
     embedding and head rows equal the single-process path's, for every new-row strategy."""
-    for strategy in ("subtoken_mean", "mean", "random"):
+    if True:
         overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "init=llama2", f"init.checkpoint={english_checkpoint}",
                      "tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000",
                      f"init.new_embeddings={strategy}"]

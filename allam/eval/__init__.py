@@ -1,0 +1,4 @@
+"""Evaluation: bits per byte (:mod:`.bpb`, used by validation), the bridge to
+lm-evaluation-harness (:mod:`.harness`), the offline ``demo`` suite's items (:mod:`.demo_suite`,
+its harness task files in ``tasks/``), what ``task=eval`` loads (:mod:`.load`) and evaluation
+during training (:mod:`.callback`). Nothing here imports ``lm_eval`` until a suite runs."""

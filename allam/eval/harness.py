@@ -252,8 +252,10 @@ def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, add_bos_token=True, batch_size=int(eval_cfg.batch_size),
                       max_length=max_length, mixed_precision_dtype=mixed_precision_dtype)
             notes.truncated = 0
-            obj = loaded["groups"][name] if name in loaded["groups"] else leaves[name]
-            res = simple_evaluate(model=lm, tasks=[obj], task_manager=tm, num_fewshot=int(shots),
+            # a group (scored as its aggregate), a task, or a tag (each of its tasks)
+            objs = [loaded["groups"][name]] if name in loaded["groups"] else [leaves[name]] if name in leaves \
+                else list(leaves.values())
+            res = simple_evaluate(model=lm, tasks=objs, task_manager=tm, num_fewshot=int(shots),
                                   limit=eval_cfg.limit, bootstrap_iters=STDERR_ITERS, log_samples=False,
                                   random_seed=None, numpy_random_seed=None, torch_random_seed=None)
             if res is None:  # not the reporting process (LOCAL_RANK > 0)
