@@ -71,17 +71,18 @@ def _train(cfg: DictConfig, out: Path) -> dict:
 
     bundle = build_tokenizer(cfg)
     # eval.at_end / eval.every_tokens: the suite is checked here, before any compute
-    evaluator = EvalDuringTraining.from_config(cfg.eval, bundle.tokenizer, tokens_per_step(cfg.data, cfg.model, cfg.trainer), out)
+    tps = tokens_per_step(cfg.data, cfg.model, cfg.trainer)
+    evaluator = EvalDuringTraining.from_config(cfg.eval, bundle.tokenizer, tps, out)
     attention = resolve_attention(cfg.model, cfg.trainer)
     spec = model_spec(cfg.model, cfg.init, cfg.tokenizer, bundle, attention)  # no weights yet
     check_memory(cfg, spec.config.vocab_size)
     dm = build_datamodule(cfg, bundle.tokenizer, max_seq_len=spec.config.max_position_embeddings)
     dm.prepare()
     meta = spec.meta()
-    tps = tokens_per_step(cfg.data, cfg.model, cfg.trainer)
+    fingerprint = dm.fingerprint()
     if ckpt is not None:  # checked before anything is written into the run directory
         shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items() if not k.endswith("inv_freq")}
-        step = check_resume(ckpt, to_dict(cfg), shapes, dm.fingerprint(), bool(cfg.data.allow_fingerprint_change), tps)
+        step = check_resume(ckpt, to_dict(cfg), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps)
         log.info("resuming from %s (step %d)", ckpt, step)
     save_run_config(cfg, spec.config, out)
 
@@ -94,7 +95,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     throughput = Throughput(fpt, str(t.precision), t.peak_tflops, t.log_every_n_steps, base_flops)
     preemption = Preemption(out / "checkpoints")
     guards = [NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_skips, out / "checkpoints"), preemption,
-              RunRecord(to_dict(cfg), dm.fingerprint())]
+              RunRecord(to_dict(cfg), fingerprint)]
     trainer = build_trainer(cfg, out, [throughput, *guards, *([evaluator] if evaluator else [])], steps)
     log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tps:,}", out)
 

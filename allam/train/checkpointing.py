@@ -141,38 +141,36 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k[len(PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(PREFIX)}
 
 
-def verify(path: Path) -> Optional[str]:
-    """None when `path` is a complete checkpoint of an allam run; else why it is not (one phrase)."""
+def inspect(path: Path) -> tuple[Optional[str], int]:
+    """(why `path` is not a complete checkpoint of an allam run, or None; its global step), reading
+    its metadata once."""
     path = Path(path)
     if not path.exists():
-        return "no such file or folder"
+        return "no such file or folder", -1
     try:
         if path.is_dir():
             if not (path / ".metadata").exists():
-                return "a folder that is not a sharded checkpoint (no .metadata)"
+                return "a folder that is not a sharded checkpoint (no .metadata)", -1
             if not (path / MARKER).exists():
-                return "an incomplete sharded checkpoint (no COMPLETE marker)"
+                return "an incomplete sharded checkpoint (no COMPLETE marker)", -1
             meta = read_meta(path)
         else:
             if path.stat().st_size == 0:
-                return "an empty file"
+                return "an empty file", -1
             meta = read_meta(path)
             if not tensor_shapes(path):
-                return "a checkpoint without allam model weights"
+                return "a checkpoint without allam model weights", -1
     except Exception as exc:  # truncated zip, foreign pickle, unreadable file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"unreadable ({first[:160]})"
+        return f"unreadable ({first[:160]})", -1
     if "loops" not in meta or "global_step" not in meta:
-        return "not a Lightning training checkpoint"
-    return None
+        return "not a Lightning training checkpoint", -1
+    return None, int(meta["global_step"])
 
 
-def step_of(path: Path) -> int:
-    """The global step a checkpoint was saved at (-1 when unreadable)."""
-    try:
-        return int(read_meta(path)["global_step"])
-    except Exception:
-        return -1
+def verify(path: Path) -> Optional[str]:
+    """None when `path` is a complete checkpoint of an allam run; else why it is not (one phrase)."""
+    return inspect(path)[0]
 
 
 def candidates(folder: Path) -> list[Path]:
@@ -189,11 +187,11 @@ def newest_valid(folder: Path) -> tuple[Optional[Path], list[str]]:
     a line for each checkpoint passed over because it failed verification."""
     skipped, good = [], []
     for p in candidates(folder):
-        why = verify(p)
+        why, step = inspect(p)
         if why:
             skipped.append(f"{p}: {why}")
         else:
-            good.append((step_of(p), p.name == "last.ckpt", p))
+            good.append((step, p.name == "last.ckpt", p))
     if not good:
         return None, skipped
     good.sort(key=lambda t: (t[0], t[1]))
