@@ -159,4 +159,19 @@ def run_report(root: Path, out_dir: Path) -> dict:
     if all_eval_tasks(runs):
         plot_eval(runs, [row[0] for row in rows], out_dir / "report_eval.png")
         res["eval_plot"] = str(out_dir / "report_eval.png")
+    res.update(claims_section(root, out_dir, runs))
     return res
+
+
+def claims_section(root: Path, out_dir: Path, runs: list[dict]) -> dict:
+    """When the runs include claim cells (conf/experiment/claim*.yaml): the seed-grouped verdicts of
+    every claim with all its arms present, as CLAIMS.md and claim<N>.png in `out_dir`."""
+    from allam import claims as C
+
+    arms = set(C.group_by_seed(runs))
+    numbers = [c.number for c in C.claims_by_number() if set(c.arms) <= arms]
+    if not numbers:
+        return {}
+    rep = C.run_claims_report(root, out_dir, numbers, f"python run.py task=report report_dir={root}")
+    print(f"claims {', '.join(map(str, numbers))}: {rep['claims_md']}")
+    return {"claims": {str(k): v for k, v in rep["verdicts"].items()}, "claims_md": rep["claims_md"]}

@@ -26,7 +26,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     from allam.model.attention import register_xformers, xformers_status
-    from allam.model.build import llama_config
+    from allam.model.build import decoder_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -41,7 +41,7 @@ def main() -> None:
 
     def run(backend: str, state=None):
         torch.manual_seed(0)
-        model = LlamaForCausalLM(llama_config(m, 1000, backend)).to(device=device, dtype=dtype)
+        model = LlamaForCausalLM(decoder_config(m, 1000, backend)).to(device=device, dtype=dtype)
         if state is not None:
             model.load_state_dict(state)
         logits = model(input_ids=ids).logits

@@ -29,7 +29,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     from allam.model.attention import register_xformers, xformers_status
-    from allam.model.build import flops_per_token, llama_config, parameter_counts
+    from allam.model.build import flops_per_token, decoder_config, parameter_counts
     from allam.train.callbacks import peak_tflops
 
     ap = argparse.ArgumentParser()
@@ -61,7 +61,7 @@ def main() -> None:
     results = {}
     for backend in backends:
         torch.manual_seed(0)
-        model = LlamaForCausalLM(llama_config(m, args.vocab, backend)).to(device=device, dtype=dtype)
+        model = LlamaForCausalLM(decoder_config(m, args.vocab, backend)).to(device=device, dtype=dtype)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         times = []
         for step in range(args.steps + 2):  # two warm-up steps

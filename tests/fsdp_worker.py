@@ -41,12 +41,12 @@ def mesh(world: int):
 def spec_from_args(args: dict):
     """A ModelSpec: through the project's real config (compose overrides) or a bare HF folder."""
     if "folder" in args:
-        from transformers import LlamaConfig
+        from transformers import AutoConfig
 
         from allam.model.spec import ModelSpec
         from allam.model.weights import PretrainedWeights
 
-        cfg = LlamaConfig.from_pretrained(args["folder"])
+        cfg = AutoConfig.from_pretrained(args["folder"])
         cfg._attn_implementation = "sdpa"
         return ModelSpec(cfg, lambda: PretrainedWeights(args["folder"]))
     from hydra import compose, initialize_config_dir

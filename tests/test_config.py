@@ -17,7 +17,7 @@ def test_every_choice_composes_and_validates(make_cfg, group):
     assert choices, f"conf/{group} is empty"
     for choice in choices:
         extra = []
-        if group == "init" and choice == "llama2":
+        if group == "init" and choice in ("llama2", "pretrained"):
             extra = ["model=7b"]  # tiny has no published checkpoint
         cfg = make_cfg(f"{group}={choice}", *extra)
         validate(cfg)
@@ -48,7 +48,7 @@ def test_readme_example_composes(make_cfg):
     "override, expected",
     [
         ("data.ar_ratio=1.5", "data.ar_ratio=1.5: must be a fraction in [0, 1]"),
-        ("model=15b", "model=15b: no such choice; allowed: 13b, 1b, 70b, 7b, tiny"),
+        ("model=15b", "model=15b: no such choice; allowed: 13b, 1b, 70b, 7b, llama3_8b, mistral_nemo_12b, qwen2_5_7b, tiny"),
         ("data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
         ("+data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
         ("data.sources.tafsir_ar.strip_diacritcs=true", "data.sources.tafsir_ar.strip_diacritcs: no such key"),

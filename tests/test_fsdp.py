@@ -91,6 +91,33 @@ def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, en
         assert max(diffs.values()) == 0.0, strategy
 
 
+def test_sharded_qwen2_byte_level_expansion_equals_one_process(tmp_path, cache_dir):
+    """init=pretrained from a tied-embedding Qwen2 whose own tokenizer is byte-level (GPT-2's
+    vocabulary, 50,257 ids in 50,304 rows): the expanded vocabulary's rows, the checkpoint's
+    padding rows among them, and the q/k/v biases land in the shards exactly as in one process."""
+    from omegaconf import OmegaConf
+    from test_architectures import save_tiny
+
+    from allam.config import TokenizerConfig
+    from allam.data.demo import demo_texts
+    from allam.tokenizer import build_tokenizer
+    from allam.tokenizer.bytelevel import SHIPPED
+
+    if SHIPPED["gpt2"].path() is None:
+        pytest.skip(f"GPT-2's vocabulary is not installed ({SHIPPED['gpt2'].install})")
+    gpt2 = build_tokenizer(OmegaConf.merge(OmegaConf.structured(TokenizerConfig), {"base": "gpt2"}),
+                           cache_dir=cache_dir, texts=lambda lang: demo_texts(lang, "train"))
+    folder = save_tiny(tmp_path / "qwen", "qwen2", vocab=50_304, tie=True, tokenizer=gpt2.tokenizer)
+    overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "model.num_kv_heads=2", "model.arch=qwen2", "init=pretrained",
+                 f"init.checkpoint={folder}", "tokenizer=expanded", "tokenizer.num_new_tokens=300",
+                 "tokenizer.training_words=50000"]
+    res = _ranks("init", 2, {"overrides": overrides}, tmp_path, cache_dir)
+    diffs = res[0]["max_diff"]
+    assert "lm_head.weight" not in diffs and diffs["model.embed_tokens.weight"] == 0.0  # tied: one matrix
+    assert "model.layers.0.self_attn.q_proj.bias" in diffs and max(diffs.values()) == 0.0
+    assert res[0]["numel"] == sum(r["local_numel"] for r in res)
+
+
 @pytest.fixture(scope="module")
 def big_checkpoint(tmp_path_factory):
     """A ~218M-parameter Llama saved as a Hugging Face folder (safetensors, two files)."""
@@ -145,6 +172,24 @@ def test_no_rank_holds_the_whole_model(tmp_path, cache_dir, big_checkpoint):
 
 
 # --------------------------------------------------------------------------- training end to end
+def test_fsdp_eval_during_and_after_training_equals_one_process(tmp_path, cache_dir):
+    """eval.every_tokens and eval.at_end under 2-rank FSDP2: every rank scores the suite in lockstep
+    on the sharded model; the scores logged during training and written at the end equal those of
+    one process training the same global batch."""
+    common = [*TINY, "trainer.max_steps=2", "export=false", "eval.at_end=true", "eval.every_tokens=256",
+              "eval.limit=8", "eval.tasks=[next_verse_en,verse_en2ar]"]
+    fsdp, one = tmp_path / "fsdp", tmp_path / "one"
+    _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
+    _run(["data.batch_size=4", "logger=csv", *common, f"hydra.run.dir={one}"], cache_dir)
+    ra, rb = _results(fsdp), _results(one)
+    for task in ("next_verse_en", "verse_en2ar"):
+        assert ra[f"eval.{task}.n"] == 8
+        for key in ("acc", "acc_norm"):
+            assert ra[f"eval.{task}.{key}"] == rb[f"eval.{task}.{key}"], (task, key)
+    logged = [r for r in csv.DictReader((fsdp / "csv" / "metrics.csv").open()) if r.get("eval/next_verse_en/acc")]
+    assert len(logged) == 2  # after steps 1 and 2 (256 tokens each)
+
+
 def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
     """2-rank FSDP2 training equals 1 process at the same global batch; the 2-rank sharded checkpoint
     resumes exactly on 1 rank (resharded); the export scores exactly what the trained module scored."""

@@ -9,7 +9,7 @@ import torch
 
 from allam.config import ROOT, ConfigError
 from allam.model import attention as attn
-from allam.model.build import build_random, llama_config, parameter_counts
+from allam.model.build import build_random, decoder_config, parameter_counts
 from allam.tasks.plan import run as plan
 
 LLAMA2 = {"7b": 6_738_415_616, "13b": 13_015_864_320, "70b": 68_976_648_192}
@@ -70,7 +70,7 @@ def _tiny(attention: str, kv_heads: int | None = None):
     torch.manual_seed(0)
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(llama_config(m, 97, attention))
+    model = LlamaForCausalLM(decoder_config(m, 97, attention))
     return model
 
 

@@ -59,13 +59,13 @@ def test_weight_decay_by_name_not_by_shape():
     from omegaconf import OmegaConf
     from transformers import LlamaForCausalLM
 
-    from allam.model.build import llama_config
+    from allam.model.build import decoder_config
     from allam.train.optim import param_groups
 
     m = OmegaConf.create(dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=None,
                               seq_len=16, max_position_embeddings=None, rope_theta=1e4, norm_eps=1e-5,
                               tie_embeddings=False))
-    model = LlamaForCausalLM(llama_config(m, 64))
+    model = LlamaForCausalLM(decoder_config(m, 64))
     names = {id(p): n for n, p in model.named_parameters()}
     groups = param_groups(model, 0.1)
     emb, body, norms = ([names[id(p)] for p in g["params"]] for g in groups)

@@ -98,3 +98,26 @@ def test_smoke_suite_end_to_end_resumes_and_writes_claims(tmp_path, cache_dir):
     assert (tmp_path / "claims_plots" / "claim4.png").stat().st_size > 5000
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert again.returncode == 0 and again.stdout.count("[skip]") == 6 and "[run]" not in again.stdout
+
+
+def test_task_report_adds_claim_verdicts_for_claim_runs(make_cfg, tmp_path):
+    """task=report over a folder holding every arm of claim 4 (three seeds each) writes CLAIMS.md
+    and a verdict next to its table; a folder without claim arms gets no claims section."""
+    from allam import results as R
+    from allam.tasks import report as report_task
+
+    root = tmp_path / "runs"
+    for seed, (a, r) in enumerate([(0.10, 0.30), (0.11, 0.32), (0.09, 0.31)], start=1):
+        for arm, kind, delta in (("claim1_adapt", "const", a), ("claim4_rewarm", "rewarm", r)):
+            run = _run(kind, arm, seed, {"delta.val.en.bpb": delta, "val.ar.bpb": 1.9 + delta, "val.en.bpb": 1.5})
+            run.pop("_path")
+            (root / f"seed{seed}" / arm).mkdir(parents=True)
+            R.write(root / f"seed{seed}" / arm, run)
+    res = report_task.run(make_cfg("task=report", f"report_dir={root}", out=tmp_path / "report"))
+    assert res["runs"] == 6 and res["claims"] == {"4": C.REPRODUCED}
+    text = (tmp_path / "report" / "CLAIMS.md").read_text()
+    assert "## Claim 4" in text and "(n=3)" in text and "report_dir=" in text
+    other = tmp_path / "other"
+    (other / "one").mkdir(parents=True)
+    R.write(other / "one", {k: v for k, v in _run("x", "english_base", 1, {"val.en.bpb": 1.0}).items() if k != "_path"})
+    assert "claims" not in report_task.run(make_cfg("task=report", f"report_dir={other}", out=tmp_path / "report2"))

@@ -18,8 +18,10 @@ def test_tokenizer_report_measures_every_variant(make_cfg, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     rows = saved["tokenizers"]["variants"]
     names = json.dumps(rows)
-    for name in ("english8k", "mistral7b", "english8k+ar1024", "mistral7b+ar1024", "bilingual4096"):
+    for name in ("english8k", "mistral7b", "english8k+ar1024", "mistral7b+ar1024", "bilingual4096", "tekken", "tekken+ar1024"):
         assert name in names, name
+    assert rows["tekken+ar1024"]["ar"]["tokens_per_word"] < rows["tekken"]["ar"]["tokens_per_word"]
+    assert rows["tekken+ar1024"]["en"]["tokens_per_word"] == rows["tekken"]["en"]["tokens_per_word"]
     assert (out / "tokenizer_report.png").stat().st_size > 1000
     assert res["task"] == "tokenizer-report"
 

@@ -297,7 +297,8 @@ def test_bad_expansion_requests(cache, english):
         build_tokenizer(tcfg(variant="bilingual", **{**SMALL, "vocab_size": 900_000, "training_words": 2000}), cache_dir=cache, texts=train_text)
 
 
-def test_byte_level_bpe_folder_cannot_be_expanded(tmp_path, cache):
+def test_byte_level_bpe_folder_as_a_base(tmp_path, cache):
+    """A byte-level folder is a base like any other (its expansion: tests/test_bytelevel.py)."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -305,13 +306,11 @@ def test_byte_level_bpe_folder_cannot_be_expanded(tmp_path, cache):
     bl.train_from_iterator(itertools.islice(demo_texts("en"), 200), vocab_size=400, special_tokens=["<|endoftext|>"])
     folder = tmp_path / "bytelevel"
     PreTrainedTokenizerFast(tokenizer_object=bl._tokenizer, eos_token="<|endoftext|>").save_pretrained(str(folder))
-    tok = build_tokenizer(tcfg(base=str(folder)), cache_dir=cache, texts=train_text).tokenizer  # fine as a base
+    tok = build_tokenizer(tcfg(base=str(folder)), cache_dir=cache, texts=train_text).tokenizer
     lengths = token_byte_lengths(tok)
     assert len(lengths) == 400 and lengths[tok.eos_token_id] == 0
     for doc in EDGE:
         assert lengths[tok.encode(doc)].sum() == len(doc.encode("utf-8"))
-    with pytest.raises(ConfigError, match="has no tokenizer.model and its tokenizer.json is not a Llama-style BPE"):
-        build_tokenizer(tcfg(variant="expanded", base=str(folder), num_new_tokens=100), cache_dir=cache, texts=train_text)
 
 
 def _train_file(tmp_path, name, **opts):

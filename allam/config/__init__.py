@@ -3,6 +3,8 @@ quantities derived from it (:mod:`.derived`) and one-line errors (:mod:`.errors`
 from allam.config.errors import ConfigError, RunFailed, explain_compose_error, group_choices
 from allam.config.rules import Stage, mix_stages, to_dict, validate
 from allam.config.schema import (
+    Arch,
+    is_pretrained,
     CONF_DIR,
     ROOT,
     AllamConfig,
@@ -35,9 +37,9 @@ from allam.config.schema import (
 )
 
 __all__ = [
-    "CONF_DIR", "ROOT", "AllamConfig", "Attention", "ConfigError", "RunFailed", "DataConfig", "InitConfig", "InitName", "Lang",
+    "CONF_DIR", "ROOT", "AllamConfig", "Arch", "Attention", "ConfigError", "RunFailed", "DataConfig", "InitConfig", "InitName", "Lang",
     "LoggerConfig", "LoggerName", "ModelConfig", "NewEmbeddings", "NonFinite", "OptimConfig", "OptimName", "PathsConfig",
     "Resume", "RunConfig", "Schedule", "SourceConfig", "SourceKind", "Stage", "StageConfig", "StrEnum", "TokenizerConfig",
-    "TokenizerVariant", "TrainConfig", "TrainerConfig", "explain_compose_error", "group_choices", "mix_stages",
+    "TokenizerVariant", "TrainConfig", "TrainerConfig", "explain_compose_error", "group_choices", "is_pretrained", "mix_stages",
     "source_defaults", "source_fields", "to_dict", "validate",
 ]

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from allam.config.errors import ConfigError
-from allam.config.schema import AllamConfig, InitName, Lang, SourceConfig, SourceKind, TokenizerVariant
+from allam.config.schema import AllamConfig, Lang, is_pretrained, SourceConfig, SourceKind, TokenizerVariant
 
 LOADERS = ("demo", "text", "jsonl", "parquet", "hf")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -187,15 +187,15 @@ def validate(cfg: DictConfig) -> None:
     _positive("init.embedding_warmup_tokens", ini.embedding_warmup_tokens, allow_zero=True)
     if ini.std <= 0:
         _fail("init.std", ini.std, "must be positive")
-    if ini.name == InitName.llama2 and not ini.checkpoint:
+    if is_pretrained(ini.name) and not ini.checkpoint:
         _fail(
             "init.checkpoint",
             None,
-            f"init=llama2 needs a checkpoint (hub id or local folder); model={m.name} has no published one",
+            f"init={ini.name} needs a checkpoint (hub id or local folder); model={m.name} has no published one",
         )
-    if ini.name == InitName.llama2 and tok.variant == TokenizerVariant.bilingual:
+    if is_pretrained(ini.name) and tok.variant == TokenizerVariant.bilingual:
         _fail("tokenizer", "bilingual", "a vocabulary trained from scratch does not fit a checkpoint's embeddings; "
-              "with init=llama2 use tokenizer=base or tokenizer=expanded")
+              f"with init={ini.name} use tokenizer=base or tokenizer=expanded")
     if t.precision not in PRECISIONS:
         _fail("trainer.precision", t.precision, "allowed: 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true")
     for name in list(d.sources):

@@ -44,7 +44,24 @@ class Attention(StrEnum):
 
 class InitName(StrEnum):
     random = "random"
-    llama2 = "llama2"
+    pretrained = "pretrained"  # a Hugging Face checkpoint of an allowlisted architecture
+    llama2 = "llama2"  # ALLaM's name for the same thing: continue from Llama-2
+
+
+def is_pretrained(name) -> bool:
+    """Whether init `name` continues from a checkpoint (pretrained, or its alias llama2)."""
+    return name in (InitName.pretrained, InitName.llama2)
+
+
+class Arch(StrEnum):
+    """Decoder architectures a run can build or continue from (Hugging Face ``model_type``)."""
+
+    llama = "llama"
+    mistral = "mistral"
+    qwen2 = "qwen2"
+    qwen3 = "qwen3"
+    gemma = "gemma"
+    gemma3_text = "gemma3_text"
 
 
 class NewEmbeddings(StrEnum):
@@ -101,9 +118,11 @@ class LoggerName(StrEnum):
 # --------------------------------------------------------------------------- groups
 @dataclass
 class ModelConfig:
-    """Llama shape. Group `model`: tiny, 1b, 7b, 13b, 70b."""
+    """Decoder shape. Group `model`: tiny, 1b, 7b, 13b, 70b (Llama-2), llama3_8b, qwen2_5_7b, mistral_nemo_12b."""
 
     name: str = "tiny"
+    arch: Arch = Arch.llama  # Hugging Face model_type; init=pretrained checks it against the checkpoint's
+    head_dim: Optional[int] = None  # None: hidden_size / num_heads (Mistral-Nemo: 128 with 5120 / 32)
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 8
@@ -127,13 +146,14 @@ class ModelConfig:
 
 @dataclass
 class InitConfig:
-    """Group `init`: random (from scratch) or llama2 (continue from a Hugging Face Llama)."""
+    """Group `init`: random (from scratch) or pretrained (continue from a Hugging Face checkpoint of
+    an allowlisted architecture; `llama2` is ALLaM's name for it)."""
 
     name: InitName = InitName.random
     std: float = 0.02
     scaled_residual: bool = True  # residual projections (o_proj, down_proj) get std / sqrt(2 * layers)
     seed: int = 1234
-    checkpoint: Optional[str] = None  # hub id or local folder (init=llama2)
+    checkpoint: Optional[str] = None  # hub id or local folder (init=pretrained / llama2)
     local_files_only: bool = False  # True: never contact the hub, only local folders and cache
     new_embeddings: NewEmbeddings = NewEmbeddings.subtoken_mean
     embedding_warmup_tokens: int = 0

@@ -1,4 +1,9 @@
-"""Build a Hugging Face LlamaForCausalLM from the `model` group, or load one from a checkpoint."""
+"""Hugging Face decoder configs from the `model` group, and the checks a checkpoint must pass.
+
+Architectures (``model.arch``, a checkpoint's ``model_type``): llama, mistral, qwen2, qwen3, gemma
+and gemma3_text, each built by its own transformers class, so its biases (Qwen2's q/k/v), q/k
+norms (Qwen3), tied embeddings and embedding scale (Gemma) are the published model's. Anything
+else is refused with one line: its parts would be silently dropped or mis-mapped."""
 from __future__ import annotations
 
 import math
@@ -6,18 +11,26 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, PretrainedConfig
 
-from allam.config import ConfigError
+from allam.config import Arch, ConfigError
+
+SUPPORTED = tuple(str(a) for a in Arch)
 
 
 def padded(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple) if multiple > 1 else n
 
 
-def llama_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1, eos_id: int = 2) -> LlamaConfig:
-    """LlamaConfig for the model group `m` and a vocabulary of `vocab_size` rows."""
-    cfg = LlamaConfig(
+def decoder_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1, eos_id: int = 2) -> PretrainedConfig:
+    """The Hugging Face config of architecture ``m.arch`` for the model group `m` and a vocabulary
+    of `vocab_size` rows."""
+    arch, hd = str(getattr(m, "arch", "llama")), getattr(m, "head_dim", None)  # shapes built by hand may omit them
+    extra = {"head_dim": int(hd)} if hd else {}
+    if arch in ("qwen2", "qwen3", "mistral", "gemma3_text"):
+        extra["sliding_window"] = None  # full attention over the training context
+    cfg = AutoConfig.for_model(
+        arch,
         vocab_size=vocab_size,
         hidden_size=m.hidden_size,
         intermediate_size=m.intermediate_size,
@@ -32,24 +45,26 @@ def llama_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1, e
         eos_token_id=eos_id,
         pad_token_id=None,
         use_cache=False,
+        **extra,
     )
     cfg._attn_implementation = attention
     return cfg
 
 
-def build_random(m, init, vocab_size: int, attention: str, bos_id: int = 1, eos_id: int = 2) -> LlamaForCausalLM:
-    """A whole fresh Llama of model group `m` with `vocab_size` rows, initialized per init group `init`."""
+def build_random(m, init, vocab_size: int, attention: str, bos_id: int = 1, eos_id: int = 2):
+    """A whole fresh model of model group `m` with `vocab_size` rows, initialized per init group `init`."""
     from allam.model.spec import ModelSpec
     from allam.model.weights import RandomWeights
 
-    cfg = llama_config(m, vocab_size, attention, bos_id, eos_id)
-    return ModelSpec(cfg, lambda: RandomWeights(init.std, init.scaled_residual, init.seed, m.num_layers)).build()
+    cfg = decoder_config(m, vocab_size, attention, bos_id, eos_id)
+    return ModelSpec(cfg, lambda: RandomWeights.for_config(init, cfg)).build()
 
 
-def build_meta(m, vocab_size: int) -> LlamaForCausalLM:
+def build_meta(m, vocab_size: int):
     """The model on the meta device: shapes and parameter counts, no memory, no weights."""
-    with torch.device("meta"):
-        return LlamaForCausalLM(llama_config(m, vocab_size, "sdpa"))
+    from allam.model.spec import ModelSpec
+
+    return ModelSpec(decoder_config(m, vocab_size, "sdpa"), lambda: None).meta()
 
 
 def _check_safetensors(path: str) -> None:
@@ -62,20 +77,41 @@ def _check_safetensors(path: str) -> None:
         raise ConfigError(f"init.checkpoint={path}: no *.safetensors weights in this folder")
 
 
-def checkpoint_config(path: str, local_files_only: bool = False) -> LlamaConfig:
-    if not Path(path).exists() and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]):
-        raise ConfigError(f"init.checkpoint={path}: no such folder")
+def _model_type(path: str, local_files_only: bool) -> str | None:
+    """The checkpoint's ``model_type`` read from its config.json alone (no class is loaded)."""
     try:
-        cfg = LlamaConfig.from_pretrained(path, local_files_only=local_files_only, trust_remote_code=False)
+        d, _ = PretrainedConfig.get_config_dict(path, local_files_only=local_files_only, trust_remote_code=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"init.checkpoint={path}: cannot read a Llama config ({first})") from exc
+        raise ConfigError(f"init.checkpoint={path}: cannot read its config.json ({first})") from exc
+    return d.get("model_type")
+
+
+def checkpoint_config(path: str, local_files_only: bool = False) -> PretrainedConfig:
+    """The checkpoint's config, for an allowlisted ``model_type`` only (one line otherwise)."""
+    if not Path(path).exists() and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]):
+        raise ConfigError(f"init.checkpoint={path}: no such folder")
+    kind = _model_type(path, local_files_only)
+    if kind not in SUPPORTED:
+        raise ConfigError(f"init.checkpoint={path}: model_type {kind!r} is not supported; init=pretrained loads "
+                          f"{', '.join(SUPPORTED)}")
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=local_files_only, trust_remote_code=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"init.checkpoint={path}: cannot read its {kind} config ({first})") from exc
     return cfg
 
 
-def check_architecture(m, ckpt_cfg: LlamaConfig, path: str) -> None:
+def head_dim(cfg: PretrainedConfig) -> int:
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def check_architecture(m, ckpt_cfg: PretrainedConfig, path: str) -> None:
     """The model group must agree with the checkpoint's architecture: an error names both."""
     pairs = {
+        "arch": (str(m.arch), ckpt_cfg.model_type),
+        "head_dim": (m.head_dim or m.hidden_size // m.num_heads, head_dim(ckpt_cfg)),
         "hidden_size": (m.hidden_size, ckpt_cfg.hidden_size),
         "num_layers": (m.num_layers, ckpt_cfg.num_hidden_layers),
         "num_heads": (m.num_heads, ckpt_cfg.num_attention_heads),
@@ -92,7 +128,7 @@ def check_architecture(m, ckpt_cfg: LlamaConfig, path: str) -> None:
         raise ConfigError(f"model.seq_len={m.seq_len}: init.checkpoint={path} allows at most {limit} positions")
 
 
-def pretrained_config(m, init) -> LlamaConfig:
+def pretrained_config(m, init) -> PretrainedConfig:
     """The checkpoint's config after checking it agrees with model group `m` (an error names both
     sides) and holds safetensors weights."""
     path = init.checkpoint
@@ -127,11 +163,11 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "non_embedding": total - emb, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def flops_per_token(model_cfg: LlamaConfig, non_embedding_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N + 12·L·H·Q·T (N without the input embedding)."""
+def flops_per_token(model_cfg: PretrainedConfig, non_embedding_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N + 12·L·H·Q·T (N without the input embedding, Q the head dim)."""
     L = model_cfg.num_hidden_layers
     H = model_cfg.num_attention_heads
-    Q = model_cfg.hidden_size // H
+    Q = head_dim(model_cfg)
     return 6.0 * non_embedding_params + 12.0 * L * H * Q * seq_len
 
 

@@ -13,27 +13,29 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from allam.config import ConfigError, InitName, TokenizerVariant
 
 
 @dataclass
 class ModelSpec:
-    config: LlamaConfig  # the final shape, vocabulary growth included
+    config: PretrainedConfig  # the final shape, vocabulary growth included (model_type: allam.model.build.SUPPORTED)
     weights: Callable[[], object]  # a fresh weight source (random draws restart from the seed)
     description: str = ""
 
-    def meta(self) -> LlamaForCausalLM:
+    def meta(self) -> PreTrainedModel:
         """The model on the meta device: shapes and parameter counts, no memory."""
         with torch.device("meta"):
-            return LlamaForCausalLM(self.config)
+            return AutoModelForCausalLM.from_config(self.config, torch_dtype=torch.float32)
 
-    def build(self, device: str | torch.device = "cpu") -> LlamaForCausalLM:
+    def build(self, device: str | torch.device = "cpu") -> PreTrainedModel:
         """The whole model, materialized on `device` (single device and DDP)."""
         from allam.model.weights import materialize
 
         model = self.meta().to_empty(device=device)
+        if getattr(self.config, "tie_word_embeddings", False):
+            model.tie_weights()  # to_empty gives the head its own storage; FSDP2's keeps one parameter
         materialize(model, self.weights())
         return model
 
@@ -42,7 +44,7 @@ def model_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
     """The spec for the model group, init group and tokenizer group, for the built tokenizer
     `bundle`: a fresh Llama sized for the tokenizer (init=random), or a checkpoint's Llama whose
     vocabulary grows to the expanded tokenizer (init=llama2)."""
-    from allam.model.build import llama_config, padded
+    from allam.model.build import decoder_config, padded
     from allam.model.weights import RandomWeights
 
     vocab = len(bundle.tokenizer)
@@ -51,9 +53,8 @@ def model_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
         if rows < vocab:
             raise ConfigError(f"model.vocab_size={rows}: smaller than the tokenizer's {vocab} pieces")
         t = bundle.tokenizer
-        cfg = llama_config(model_cfg, rows, attention, t.bos_token_id, t.eos_token_id)
-        return ModelSpec(cfg, lambda: RandomWeights(init.std, init.scaled_residual, init.seed, model_cfg.num_layers),
-                         f"random init (seed {init.seed})")
+        cfg = decoder_config(model_cfg, rows, attention, t.bos_token_id, t.eos_token_id)
+        return ModelSpec(cfg, lambda: RandomWeights.for_config(init, cfg), f"random init (seed {init.seed})")
     return _pretrained_spec(model_cfg, init, tok, bundle, attention)
 
 
@@ -89,6 +90,14 @@ def _pretrained_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
 
 def spec_from_saved(config_file: Path, weights: Callable[[], object] | None = None) -> ModelSpec:
     """A run's final shape from its model_config.json (export needs no hub access)."""
-    cfg = LlamaConfig.from_json_file(str(config_file))
+    cfg = saved_config(config_file)
     cfg._attn_implementation = "sdpa"
     return ModelSpec(cfg, weights or (lambda: None), f"saved shape {config_file}")
+
+
+def saved_config(config_file: Path) -> PretrainedConfig:
+    """The config a run saved (model_config.json, or an export's config.json), of its own model_type."""
+    import json
+
+    d = json.loads(Path(config_file).read_text())
+    return AutoConfig.for_model(d.pop("model_type", "llama"), **d)

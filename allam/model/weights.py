@@ -26,17 +26,27 @@ EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 class RandomWeights:
-    """N(0, std) for every matrix and embedding, ones for norm weights; the output projections of
-    each residual branch (o_proj, down_proj) get std / sqrt(2 * layers) when `scaled_residual`."""
+    """N(0, std) for every matrix and embedding, zeros for biases, ones for norm weights (zeros
+    where the norm scales by 1 + weight, as Gemma's does); the output projections of each residual
+    branch (o_proj, down_proj) get std / sqrt(2 * layers) when `scaled_residual`."""
 
-    def __init__(self, std: float, scaled_residual: bool, seed: int, num_layers: int):
+    def __init__(self, std: float, scaled_residual: bool, seed: int, num_layers: int, zero_centered_norms: bool = False):
         self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
         self.std = float(std)
         self.resid_std = self.std / math.sqrt(2 * num_layers) if scaled_residual else self.std
+        self.norm_value = 0.0 if zero_centered_norms else 1.0
+
+    @classmethod
+    def for_config(cls, init, config) -> "RandomWeights":
+        """The init group's draws for a model of Hugging Face `config`."""
+        gemma = str(getattr(config, "model_type", "")).startswith("gemma")
+        return cls(init.std, init.scaled_residual, init.seed, config.num_hidden_layers, zero_centered_norms=gemma)
 
     def rows(self, name: str, shape: torch.Size, start: int, stop: int) -> torch.Tensor:
+        if name.endswith(".bias"):
+            return torch.zeros((stop - start, *shape[1:]))
         if len(shape) == 1:  # RMSNorm weights
-            return torch.ones(stop - start)
+            return torch.full((stop - start,), self.norm_value)
         s = self.resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else self.std
         return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).mul_(s)[start:stop]
 
@@ -128,6 +138,7 @@ def materialize(model: torch.nn.Module, source) -> None:
     only this rank's rows of a sharded one, and recompute the buffers (rotary frequencies)."""
     from torch.distributed.tensor import DTensor
 
+    reset_buffers(model)  # first: a module's own init may draw its parameters too
     for name, p in model.named_parameters():
         start, stop = local_rows(p)
         local = p.to_local() if isinstance(p, DTensor) else p
@@ -135,15 +146,14 @@ def materialize(model: torch.nn.Module, source) -> None:
         if tuple(values.shape) != tuple(local.shape):
             raise ValueError(f"{name}: source gave {tuple(values.shape)} for a local shard of {tuple(local.shape)}")
         local.copy_(values.to(local.dtype))
-    reset_buffers(model)
 
 
 @torch.no_grad()
 def reset_buffers(model: torch.nn.Module) -> None:
-    """Recompute the non-persistent buffers a meta-device model lost (the rotary embedding's
-    inverse frequencies) by building each such module afresh on the CPU."""
+    """Recompute the non-persistent buffers a meta-device model lost (rotary inverse frequencies,
+    Gemma's embedding scale) with the model's own ``_init_weights`` on each module that holds
+    buffers. Parameters it touches are overwritten afterwards (:func:`materialize` fills them)."""
+    init = getattr(model, "_init_weights", None)
     for module in model.modules():
-        if hasattr(module, "inv_freq") and hasattr(module, "config"):
-            fresh = type(module)(module.config)
-            for bname, buf in fresh.named_buffers(recurse=False):
-                getattr(module, bname).copy_(buf)
+        if init is not None and next(module.buffers(recurse=False), None) is not None:
+            init(module)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from allam.config import InitName, to_dict
+from allam.config import is_pretrained, to_dict
 from allam.config.rules import writable_dir
 from allam.config.derived import compute_dtype, device_type, total_steps, world_size
 
@@ -51,7 +51,7 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
 
 def init_checkpoint(init) -> str | None:
     """The checkpoint a pretrained init loads (None: random init)."""
-    return init.checkpoint if init.name == InitName.llama2 else None
+    return init.checkpoint if is_pretrained(init.name) else None
 
 
 def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):

@@ -11,7 +11,7 @@ from allam.tasks.builders import build_tokenizer, export_hf, training_config_for
 
 
 def run(cfg: DictConfig) -> dict:
-    from transformers import LlamaConfig
+    from allam.model.spec import saved_config
 
     from allam.model.export import checkpoint_tensors
 
@@ -25,6 +25,6 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"ckpt={cfg.ckpt}: not inside an allam run directory (no model_config.json above it)")
     bundle = build_tokenizer(training_config_for(ckpt) or cfg)
     out = Path(cfg.paths.output_dir) / "hf"
-    export_hf(checkpoint_tensors(ckpt), LlamaConfig.from_json_file(str(saved)), bundle, out)
+    export_hf(checkpoint_tensors(ckpt), saved_config(saved), bundle, out)
     print(f"exported: {out}")
     return {"task": "export", "export": str(out), "ckpt": str(ckpt)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from allam.config import InitName, TokenizerVariant, validate
+from allam.config import TokenizerVariant, is_pretrained, validate
 from allam.config.derived import tokens_per_step, world_size
 from allam.tasks.builders import group_choices
 
@@ -18,7 +18,7 @@ def run(cfg: DictConfig) -> dict:
     p = make_plan(cfg.model, cfg.trainer, batch_size=cfg.data.batch_size, optimizer=cfg.optim.name,
                   vocab_size=vocab, world=world_size(cfg.trainer),
                   tokens_per_step=tokens_per_step(cfg.data, cfg.model, cfg.trainer),
-                  grows=cfg.init.name == InitName.llama2 and cfg.tokenizer.variant == TokenizerVariant.expanded)
+                  grows=is_pretrained(cfg.init.name) and cfg.tokenizer.variant == TokenizerVariant.expanded)
     print(f"plan: model={cfg.model.name} init={cfg.init.name} tokenizer={cfg.tokenizer.variant} (vocabulary from {source})")
     for line in p.lines():
         print("  " + line)

@@ -1,9 +1,11 @@
 """task=tokenizer-report: fertility of tokenizer variants on the configured sources' held-out
 Arabic and English (table, JSON and PNG in the run dir).
 
-Compares the run's own tokenizer with the two offline bases, their expansions (with
-tokenizer.num_new_tokens new pieces) and the bilingual tokenizer (tokenizer.vocab_size), all
-trained on the configured sources' training text exactly as a training run would.
+Compares the run's own tokenizer with the offline SentencePiece bases (english8k, mistral7b), the
+shipped byte-level BPE bases (tekken; qwen and gpt2 where their packages are installed), their
+expansions (with tokenizer.num_new_tokens new pieces) and the bilingual tokenizer
+(tokenizer.vocab_size), all trained on the configured sources' training text exactly as a
+training run would.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ VARIANTS = (
     {"variant": "expanded", "base": "mistral7b"},
     {"variant": "bilingual"},
 )
+# byte-level BPE bases (Mistral-Nemo's Tekken, Qwen, GPT-2) and their expansions, where installed
+BYTE_LEVEL = tuple({"variant": v, "base": b} for b in ("tekken", "qwen", "gpt2") for v in ("base", "expanded"))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -28,7 +32,9 @@ def run(cfg: DictConfig) -> dict:
 
     validate(cfg)
     bundles = [build_tokenizer(cfg)]
-    for spec in VARIANTS:
+    from allam.tokenizer.bytelevel import SHIPPED
+
+    for spec in VARIANTS + tuple(v for v in BYTE_LEVEL if SHIPPED[v["base"]].path() is not None):
         bundle = build_tokenizer(cfg, OmegaConf.merge(cfg.tokenizer, spec))
         if bundle.name not in {b.name for b in bundles}:
             bundles.append(bundle)

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from allam import results as R
-from allam.config import InitName, RunFailed, to_dict, validate
+from allam.config import RunFailed, is_pretrained, to_dict, validate
 from allam.config.derived import embedding_warmup_steps, fsdp_param_dtype, tokens_per_step, total_steps
 from allam.tasks.builders import (
     build_datamodule,
@@ -91,7 +91,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     fpt = flops_per_token(spec.config, counts["non_embedding"], cfg.model.seq_len)
     module = training_module(cfg, spec, token_byte_lengths(bundle.tokenizer), dm.val_languages, steps)
     t = cfg.trainer
-    base_flops = R.carried_flops(cfg.init.checkpoint) if cfg.init.name == InitName.llama2 else None
+    base_flops = R.carried_flops(cfg.init.checkpoint) if is_pretrained(cfg.init.name) else None
     throughput = Throughput(fpt, str(t.precision), t.peak_tflops, t.log_every_n_steps, base_flops)
     preemption = Preemption(out / "checkpoints")
     guards = [NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_skips, out / "checkpoints"), preemption,
@@ -99,7 +99,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     trainer = build_trainer(cfg, out, [throughput, *guards, *([evaluator] if evaluator else [])], steps)
     log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tps:,}", out)
 
-    start_val = score_start(trainer, module, dm) if cfg.init.name == InitName.llama2 and ckpt is None else {}
+    start_val = score_start(trainer, module, dm) if is_pretrained(cfg.init.name) and ckpt is None else {}
     status, failure = "finished", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True if ckpt else None)

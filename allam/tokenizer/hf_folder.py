@@ -112,7 +112,33 @@ def copy_files(src: Path, out_dir: Path) -> list[str]:
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / SP_FILE).is_file() and (folder / META_FILE).is_file() and (folder / "tokenizer_config.json").is_file()
+    """A built folder: its record, its config, and a SentencePiece model or a tokenizer.json."""
+    model = (folder / SP_FILE).is_file() or (folder / "tokenizer.json").is_file()
+    return model and (folder / META_FILE).is_file() and (folder / "tokenizer_config.json").is_file()
+
+
+def write_json_folder(tokenizer_json: str, config: dict, folder: Path, meta: dict) -> Path:
+    """Writes a tokenizer.json-only folder (a byte-level BPE) atomically: tokenizer.json, a
+    tokenizer_config.json naming the generic fast tokenizer class, and the build record."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        (tmp / "tokenizer.json").write_text(tokenizer_json)
+        conf = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                "model_max_length": 1_000_000_000, **config}
+        (tmp / "tokenizer_config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "tokenizer.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def read_meta(folder: Path) -> dict:

@@ -1,7 +1,7 @@
 """How many embedding rows a run will have, from the config alone (no tokenizer trained)."""
 from __future__ import annotations
 
-from allam.config import InitName, TokenizerVariant
+from allam.config import TokenizerVariant, is_pretrained
 
 
 def planned_vocab(tok, model, init) -> tuple[int, str]:
@@ -11,7 +11,7 @@ def planned_vocab(tok, model, init) -> tuple[int, str]:
     `tok`, `model`, `init`: the tokenizer, model and init groups."""
     from allam.model.build import checkpoint_config, padded
 
-    pretrained = init.name == InitName.llama2
+    pretrained = is_pretrained(init.name)
     if tok.variant == TokenizerVariant.bilingual:
         n, source = tok.vocab_size, "tokenizer.vocab_size"
     else:

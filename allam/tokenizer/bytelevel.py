@@ -1,0 +1,367 @@
+"""Byte-level BPE bases (Mistral-Nemo's Tekken, Qwen, GPT-2, any ``tokenizer.json`` with a
+ByteLevel pre-tokenizer) and ALLaM's vocabulary expansion for them.
+
+Shipped bases are read from installed packages, never downloaded: their tiktoken-style rank
+files become a ``tokenizers`` BPE (every byte string with a rank is a token; the merge ``(l, r)``
+ranks as the token ``l + r``; a pre-token that is itself a token is used whole, as tiktoken
+does), checked against the package's own tokenizer on real text when the folder is built.
+
+Expansion (:func:`expand`), the procedure that keeps a byte-level base intact:
+1. the Arabic training text is normalized and pre-tokenized by the base itself, and each
+   distinct pre-token that holds an Arabic letter is segmented by the base's own BPE;
+2. BPE training continues on those segmentations: each step merges the most frequent adjacent
+   pair (ties: the lower ids), the choice a BPE trainer would make next, counted over word
+   frequencies, until ``num_new`` new tokens exist or no pair occurs twice;
+3. only pairs whose result holds an Arabic lead byte (0xD8-0xDB: U+0600-U+06FF in UTF-8) are
+   candidates, so a merge never fires on text without Arabic letters: English (and every text
+   without Arabic script after the base's normalizer) encodes token for token as before;
+4. the merges are appended after the base's last merge rank; new tokens get the ids after the
+   base's highest id, so base and special-token ids keep their meaning. Every special token is
+   written into the model's vocabulary at its own id (``tokenizers`` renumbers an added token
+   that the model does not know when the file is loaded).
+"""
+from __future__ import annotations
+
+import base64
+import heapq
+import importlib.util
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+# bytes 0xD8-0xDB lead every UTF-8 character of U+0600-U+06FF (the Arabic block); in the
+# byte-to-unicode alphabet of byte-level BPE they are these four characters
+ARABIC_LEAD_CHARS = frozenset(chr(b) for b in range(0xD8, 0xDC))
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                 "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")
+
+
+@dataclass(frozen=True)
+class ShippedBase:
+    """A byte-level vocabulary inside an installable package."""
+
+    name: str
+    package: str
+    file: str  # inside the package folder
+    license: str
+    model: str  # which published models use it
+    install: str
+
+    def path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)  # finds the folder without importing the package
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        p = Path(list(spec.submodule_search_locations)[0]) / self.file
+        return p if p.is_file() else None
+
+
+SHIPPED = {
+    "tekken": ShippedBase("tekken", "mistral_common", "data/tekken_240911.json", "Apache-2.0",
+                          "Mistral-Nemo-12B (131,072 ids: 1,000 control tokens, then byte-level BPE)",
+                          "pip install mistral-common (a dependency of allam)"),
+    "qwen": ShippedBase("qwen", "dashscope", "resources/qwen.tiktoken", "Apache-2.0",
+                        "Qwen / Qwen2 / Qwen2.5 (151,643 byte-level BPE tokens + 22 special tokens)",
+                        "pip install --no-deps dashscope==2.0.2"),
+    "gpt2": ShippedBase("gpt2", "whisper", "assets/gpt2.tiktoken", "MIT",
+                        "GPT-2 (50,256 byte-level BPE tokens + <|endoftext|>)",
+                        "pip install --no-deps openai-whisper==20250625"),
+}
+
+
+@lru_cache(maxsize=1)
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, as the ByteLevel pre-tokenizer uses."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def to_alphabet(data: bytes) -> str:
+    t = byte_alphabet()
+    return "".join(t[b] for b in data)
+
+
+# --------------------------------------------------------------------------- rank files -> tokenizer.json
+def _read_tiktoken(path: Path) -> dict[bytes, int]:
+    ranks = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    return ranks
+
+
+def _ranks_to_model(ranks: dict[bytes, int], offset: int) -> tuple[dict[str, int], list[list[str]]]:
+    """Vocabulary (ids = rank + offset) and merges of the BPE that tiktoken's rank order defines:
+    every split of a token into two tokens is a merge, ranked by the token's own rank."""
+    vocab = {to_alphabet(b): r + offset for b, r in ranks.items()}
+    merges = []
+    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) < 2:
+            continue
+        splits = [(tok[:i], tok[i:]) for i in range(1, len(tok)) if tok[:i] in ranks and tok[i:] in ranks]
+        splits.sort(key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+        merges += [[to_alphabet(a), to_alphabet(b)] for a, b in splits]
+    return vocab, merges
+
+
+def _tokenizer_json(vocab: dict[str, int], merges: list, specials: dict[str, int], pattern: str,
+                    normalizer: str | None, bos: str | None) -> str:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    full = dict(vocab)
+    full.update(specials)  # every special token in the model's vocabulary, at its own id
+    model = BPE(full, [tuple(m) for m in merges], fuse_unk=False, byte_fallback=False, ignore_merges=True)
+    tok = Tokenizer(model)
+    if normalizer == "NFC":
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in sorted(specials, key=specials.get)])
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, specials[bos])])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok.to_str()
+
+
+def shipped_tokenizer_json(name: str) -> tuple[str, dict]:
+    """The tokenizer.json text of a shipped base and its tokenizer_config entries."""
+    base = SHIPPED[name]
+    path = base.path()
+    if path is None:
+        raise FileNotFoundError(f"{base.file} of package {base.package} ({base.install})")
+    if name == "tekken":
+        from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+        data = json.loads(path.read_text())
+        n_special = int(data["config"]["default_num_special_tokens"])
+        inner = int(data["config"]["default_vocab_size"]) - n_special
+        ranks = {base64.b64decode(v["token_bytes"]): int(v["rank"]) for v in data["vocab"][:inner]}
+        specials = {str(getattr(t["token_str"], "value", t["token_str"])): int(t["rank"])
+                    for t in Tekkenizer.from_file(path)._all_special_tokens}
+        vocab, merges = _ranks_to_model(ranks, n_special)
+        text = _tokenizer_json(vocab, merges, specials, data["config"]["pattern"], None, "<s>")
+        return text, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    ranks = _read_tiktoken(path)
+    if name == "qwen":
+        specials = {s: len(ranks) + i for i, s in enumerate(QWEN_SPECIALS)}
+        vocab, merges = _ranks_to_model(ranks, 0)
+        text = _tokenizer_json(vocab, merges, specials, QWEN_PATTERN, "NFC", None)
+        return text, {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    specials = {"<|endoftext|>": len(ranks)}
+    vocab, merges = _ranks_to_model(ranks, 0)
+    text = _tokenizer_json(vocab, merges, specials, GPT2_PATTERN, None, None)
+    return text, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": None}
+
+
+def reference_encoder(name: str):
+    """The package's own encoder of a shipped base (text -> ids, no special tokens), to check the
+    converted tokenizer against."""
+    path = SHIPPED[name].path()
+    if name == "tekken":
+        from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+        t = Tekkenizer.from_file(path)
+        return lambda text: t.encode(text, bos=False, eos=False)
+    import tiktoken
+
+    ranks = _read_tiktoken(path)
+    if name == "qwen":
+        import unicodedata
+
+        enc = tiktoken.Encoding("qwen", pat_str=QWEN_PATTERN, mergeable_ranks=ranks, special_tokens={})
+        return lambda text: enc.encode_ordinary(unicodedata.normalize("NFC", text))
+    enc = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    return enc.encode_ordinary
+
+
+# --------------------------------------------------------------------------- what a tokenizer.json is
+def is_byte_level(spec: dict) -> bool:
+    """A BPE whose pre-tokenizer (or one in its sequence) is ByteLevel."""
+    if (spec.get("model") or {}).get("type") != "BPE":
+        return False
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(p and p.get("type") == "ByteLevel" for p in parts)
+
+
+def _merges(spec: dict) -> list[tuple[str, str]]:
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
+
+
+def pin_specials(spec: dict) -> dict:
+    """A copy of the tokenizer.json ``spec`` whose model vocabulary holds every added token at its id."""
+    spec = json.loads(json.dumps(spec))
+    vocab = spec["model"]["vocab"]
+    for added in spec.get("added_tokens", []):
+        if vocab.get(added["content"], added["id"]) != added["id"]:
+            raise ValueError(f"added token {added['content']!r} has id {added['id']} but the model's vocabulary gives "
+                             f"{vocab[added['content']]}")
+        vocab[added["content"]] = added["id"]
+    return spec
+
+
+# --------------------------------------------------------------------------- expansion
+@dataclass
+class ByteLevelStats:
+    requested: int
+    added: int = 0
+    merges: int = 0  # appended merges (a merge may produce a token the base already has)
+    arabic_words: int = 0  # distinct Arabic pre-tokens seen
+    arabic_occurrences: int = 0
+    stopped_at_count: int = 0  # frequency of the last merge
+    first_new_id: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def arabic_pretokens(tokenizer, texts: Iterable[str]) -> Counter:
+    """Pre-tokens (in the byte alphabet) that hold an Arabic letter, with their counts, as the
+    base tokenizer's own normalizer and pre-tokenizer cut ``texts``."""
+    norm, pre = tokenizer.normalizer, tokenizer.pre_tokenizer
+    counts: Counter = Counter()
+    for text in texts:
+        if norm is not None:
+            text = norm.normalize_str(text)
+        counts.update(p for p, _ in pre.pre_tokenize_str(text) if not ARABIC_LEAD_CHARS.isdisjoint(p))
+    return counts
+
+
+def continue_bpe(words: list[tuple[list[str], int]], ids: dict[str, int], known_pairs: set, num_new: int,
+                 first_id: int, min_count: int = 2) -> tuple[list[tuple[str, str]], dict[str, int], int]:
+    """BPE training continued from the segmentations ``words`` (symbols, count), merging only
+    pairs with an Arabic lead byte. Returns the merges in order, the new tokens' ids, and the
+    count of the last merge."""
+    ids = dict(ids)
+    symbols = [list(w) for w, _ in words]
+    freq = [c for _, c in words]
+    counts: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+
+    def allowed(a: str, b: str) -> bool:
+        return not (ARABIC_LEAD_CHARS.isdisjoint(a) and ARABIC_LEAD_CHARS.isdisjoint(b)) and (a, b) not in known_pairs
+
+    def pairs_of(seq: list[str]):
+        return [(seq[i], seq[i + 1]) for i in range(len(seq) - 1) if allowed(seq[i], seq[i + 1])]
+
+    for k, seq in enumerate(symbols):
+        for p in pairs_of(seq):
+            counts[p] += freq[k]
+            where.setdefault(p, set()).add(k)
+    heap = [(-c, ids[a], ids[b], a, b) for (a, b), c in counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    new: dict[str, int] = {}
+    last = 0
+    while heap and len(new) < num_new:
+        negc, _, _, a, b = heapq.heappop(heap)
+        c = counts.get((a, b), 0)
+        if c != -negc:  # stale entry: re-queue with its current count
+            if c > 0:
+                heapq.heappush(heap, (-c, ids[a], ids[b], a, b))
+            continue
+        if c < min_count:
+            break
+        merged = a + b
+        if merged not in ids:
+            ids[merged] = new[merged] = first_id + len(new)
+        merges.append((a, b))
+        known_pairs.add((a, b))
+        last = c
+        touched: Counter = Counter()
+        for k in where.pop((a, b), ()):
+            seq = symbols[k]
+            for p in pairs_of(seq):
+                touched[p] -= freq[k]
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and seq[i] == a and seq[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            symbols[k] = out
+            for p in pairs_of(out):
+                touched[p] += freq[k]
+                where.setdefault(p, set()).add(k)
+        counts.pop((a, b), None)
+        for p, d in touched.items():
+            if p == (a, b) or d == 0:
+                continue
+            counts[p] += d
+            if counts[p] <= 0:
+                counts.pop(p)
+            elif d > 0:
+                heapq.heappush(heap, (-counts[p], ids[p[0]], ids[p[1]], p[0], p[1]))
+    return merges, new, last
+
+
+def expand(base_json: str, arabic_texts: Iterable[str], num_new: int) -> tuple[str, ByteLevelStats]:
+    """The base tokenizer.json with up to ``num_new`` Arabic tokens and their merges appended (see
+    the module docstring). ``stats.added`` may fall short when the text runs out of repeated pairs."""
+    from tokenizers import Tokenizer
+
+    spec = pin_specials(json.loads(base_json))
+    if not is_byte_level(spec):
+        raise ValueError("not a byte-level BPE tokenizer.json (model BPE with a ByteLevel pre-tokenizer)")
+    base = Tokenizer.from_str(json.dumps(spec))
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    top = max(vocab.values())
+    if sorted(vocab.values()) != list(range(top + 1)):
+        raise ValueError(f"the base's ids are not 0..{top} without gaps; new ids could not follow them")
+    stats = ByteLevelStats(requested=num_new, first_new_id=top + 1)
+    counts = arabic_pretokens(base, arabic_texts)
+    stats.arabic_words, stats.arabic_occurrences = len(counts), sum(counts.values())
+    model = base.model
+    words = [([t.value for t in model.tokenize(w)], c) for w, c in counts.most_common()]
+    old_merges = _merges(spec)
+    merges, new, last = continue_bpe(words, vocab, set(old_merges), num_new, top + 1)
+    stats.added, stats.merges, stats.stopped_at_count = len(new), len(merges), last
+    vocab.update(new)
+    as_lists = isinstance(spec["model"]["merges"][0], list) if spec["model"].get("merges") else True
+    spec["model"]["merges"] = [list(m) if as_lists else " ".join(m) for m in old_merges + merges]
+    return json.dumps(spec, ensure_ascii=False), stats
+
+
+def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], arabic: Iterable[str]) -> dict:
+    """Checks an expansion: base ids (special tokens included) unchanged, every English text
+    encoded token for token as the base does, Arabic and English decoded back to the text.
+    Returns counts; raises RuntimeError naming the first failure."""
+    from tokenizers import Tokenizer
+
+    a, b = Tokenizer.from_str(base_json), Tokenizer.from_str(expanded_json)
+    va, vb = a.get_vocab(with_added_tokens=True), b.get_vocab(with_added_tokens=True)
+    moved = [t for t, i in va.items() if vb.get(t) != i]
+    if moved:
+        raise RuntimeError(f"{len(moved)} base tokens changed id, e.g. {moved[:3]}")
+    english, arabic = list(english), list(arabic)
+    ea = a.encode_batch(english, add_special_tokens=False)
+    eb = b.encode_batch(english, add_special_tokens=False)
+    for text, x, y in zip(english, ea, eb):
+        if x.ids != y.ids:
+            raise RuntimeError(f"English text encodes differently after expansion: {text[:60]!r}")
+    for text, enc in zip(arabic + english[:200], b.encode_batch(arabic + english[:200], add_special_tokens=False)):
+        norm = b.normalizer.normalize_str(text) if b.normalizer is not None else text
+        if b.decode(enc.ids, skip_special_tokens=False) != norm:
+            raise RuntimeError(f"decode(encode(x)) != x for {text[:60]!r}")
+    return {"english_docs_identical": len(english), "round_trips": len(arabic) + min(200, len(english))}
