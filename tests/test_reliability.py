@@ -55,6 +55,7 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 
 # --------------------------------------------------------------------------- preemption
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGUSR2, marks=pytest.mark.slow),
                                  pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signals_checkpoint_at_a_step_boundary_and_exit_75(tmp_path, cache_dir, sig):
     run = tmp_path / "run"

@@ -345,7 +345,8 @@ def expand(base_json: str, arabic_texts: Iterable[str], num_new: int) -> tuple[s
 
 def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], arabic: Iterable[str]) -> dict:
     """Checks an expansion: base ids (special tokens included) unchanged, every English text
-    encoded token for token as the base does, Arabic and English decoded back to the text.
+    without Arabic letters after the base's normalizer encoded token for token as the base does,
+    Arabic and English decoded back to the (normalized) text.
     Returns counts; raises RuntimeError naming the first failure."""
     from tokenizers import Tokenizer
 
@@ -355,6 +356,11 @@ def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], 
     if moved:
         raise RuntimeError(f"{len(moved)} base tokens changed id, e.g. {moved[:3]}")
     english, arabic = list(english), list(arabic)
+    # a normalizer such as NFKC can turn symbols in English text (U+FDFA) into Arabic letters: such
+    # a text holds Arabic after normalization, and the new merges may rightly apply to it
+    norm = a.normalizer.normalize_str if a.normalizer is not None else (lambda t: t)
+    with_arabic = [t for t in english if any(0x0600 <= ord(ch) <= 0x06FF for ch in norm(t))]
+    english = [t for t in english if not any(0x0600 <= ord(ch) <= 0x06FF for ch in norm(t))]
     ea = a.encode_batch(english, add_special_tokens=False)
     eb = b.encode_batch(english, add_special_tokens=False)
     for text, x, y in zip(english, ea, eb):
@@ -364,4 +370,5 @@ def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], 
         norm = b.normalizer.normalize_str(text) if b.normalizer is not None else text
         if b.decode(enc.ids, skip_special_tokens=False) != norm:
             raise RuntimeError(f"decode(encode(x)) != x for {text[:60]!r}")
-    return {"english_docs_identical": len(english), "round_trips": len(arabic) + min(200, len(english))}
+    return {"english_docs_identical": len(english), "english_docs_with_arabic_letters": len(with_arabic),
+            "round_trips": len(arabic) + min(200, len(english))}

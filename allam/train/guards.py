@@ -4,8 +4,9 @@ preemption, and record in every checkpoint what the run was.
 Preemption uses Lightning's own signal handling: SIGTERM sets ``trainer.received_sigterm``, the
 loop raises ``SIGTERMException`` at the next step boundary on every rank, and
 :class:`Preemption` saves ``checkpoints/last.ckpt`` there. SIGUSR1 (SLURM's warning signal, e.g.
-``#SBATCH --signal=USR1@120``) and a first Ctrl+C (SIGINT) take the same path; under SLURM a
-SIGUSR1 also requeues the job (``scontrol requeue``) once the checkpoint is written. A second
+``#SBATCH --signal=USR1@120``), SIGUSR2 (what the submitit launcher asks SLURM to send before a
+job's time limit) and a first Ctrl+C (SIGINT) take the same path; under SLURM a SIGUSR1 or
+SIGUSR2 also requeues the job (``scontrol requeue``) once the checkpoint is written. A second
 Ctrl+C stops at once.
 """
 from __future__ import annotations
@@ -83,7 +84,7 @@ class NonFiniteGuard(L.Callback):
 
 
 class Preemption(L.Callback):
-    """Checkpoint at the next step boundary on SIGTERM, SIGUSR1 or a first SIGINT (see module doc)."""
+    """Checkpoint at the next step boundary on SIGTERM, SIGUSR1, SIGUSR2 or a first SIGINT (see module doc)."""
 
     def __init__(self, checkpoint_dir: Path):
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -111,7 +112,7 @@ class Preemption(L.Callback):
                 if launcher is not None and hasattr(launcher, "procs") and trainer.is_global_zero:
                     launcher.kill(signum)  # the ranks Lightning started get the same signal
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, graceful)
 
@@ -133,7 +134,7 @@ class Preemption(L.Callback):
             trainer.save_checkpoint(str(path))  # collective under FSDP: every rank is here
             self.saved = path
             log.warning("%s: checkpoint saved at step %d: %s", self.signal, trainer.global_step, path)
-            if self.signal == "SIGUSR1" and trainer.is_global_zero:
+            if self.signal in ("SIGUSR1", "SIGUSR2") and trainer.is_global_zero:
                 requeue_slurm_job()
         self._restore()
 
