@@ -123,3 +123,20 @@ def test_plan_counts_published_shapes(make_cfg, tmp_path, shape, published):
     """task=plan on the new model configs counts the published parameter totals exactly."""
     res = plan_task.run(make_cfg("task=plan", f"model={shape}", out=tmp_path / shape))
     assert res["model.parameters"] == published
+
+
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_every_arch_builds_from_the_model_group_and_trains(make_cfg, arch):
+    """model.arch=<arch> with init=random: the model group's shape in that architecture's class,
+    drawn from the init group's generator, takes a finite training step."""
+    from allam.model.build import decoder_config
+
+    cfg = make_cfg(*SMALL_MODEL, f"model.arch={arch}")
+    hf = decoder_config(cfg.model, 97)
+    model = ModelSpec(hf, lambda: RandomWeights.for_config(cfg.init, hf)).build()
+    assert hf.model_type == arch and model.config.num_hidden_layers == 2
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss) and 4.0 < loss.item() < 5.0  # about ln(97) at init
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

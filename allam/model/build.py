@@ -27,8 +27,8 @@ def decoder_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1,
     of `vocab_size` rows."""
     arch, hd = str(getattr(m, "arch", "llama")), getattr(m, "head_dim", None)  # shapes built by hand may omit them
     extra = {"head_dim": int(hd)} if hd else {}
-    if arch in ("qwen2", "qwen3", "mistral", "gemma3_text"):
-        extra["sliding_window"] = None  # full attention over the training context
+    if arch in ("qwen2", "qwen3", "mistral"):
+        extra["sliding_window"] = None  # full attention (Gemma-3 keeps its interleaved local layers)
     cfg = AutoConfig.for_model(
         arch,
         vocab_size=vocab_size,

@@ -27,7 +27,7 @@ class ModelSpec:
     def meta(self) -> PreTrainedModel:
         """The model on the meta device: shapes and parameter counts, no memory."""
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(self.config, torch_dtype=torch.float32)
+            return AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
 
     def build(self, device: str | torch.device = "cpu") -> PreTrainedModel:
         """The whole model, materialized on `device` (single device and DDP)."""
