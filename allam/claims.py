@@ -16,6 +16,7 @@ its deciding comparisons are, not reproduced when any is not, otherwise inconclu
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +121,30 @@ def arms_of(claims: list[Claim]) -> list[str]:
 _NOT_ARM = (*SEED_KEYS, "init.checkpoint", "paths", "trainer.progress_bar", "logger")
 
 
+@lru_cache(maxsize=1)
+def _schema_defaults() -> str:
+    from omegaconf import OmegaConf
+
+    from allam.config.schema import AllamConfig
+
+    return json.dumps(OmegaConf.to_container(OmegaConf.structured(AllamConfig), throw_on_missing=False), default=str)
+
+
+def _with_defaults(config: dict, defaults: dict) -> dict:
+    """`config` with every key it lacks taken from `defaults` (a run recorded before a key existed
+    ran with that key's default)."""
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, dict) and value and isinstance(config[key], dict):
+            _with_defaults(config[key], value)
+    return config
+
+
 def seed_group_key(run: dict) -> str:
-    """What a run is apart from its seed: its resolved config without the keys above."""
-    config = json.loads(json.dumps(run.get("config", {}), default=str))
+    """What a run is apart from its seed: its resolved config (keys it lacks at their schema
+    defaults) without the keys above."""
+    config = _with_defaults(json.loads(json.dumps(run.get("config", {}), default=str)), json.loads(_schema_defaults()))
     for dotted in _NOT_ARM:
         *parents, leaf = dotted.split(".")
         node = config

@@ -121,3 +121,15 @@ def test_task_report_adds_claim_verdicts_for_claim_runs(make_cfg, tmp_path):
     (other / "one").mkdir(parents=True)
     R.write(other / "one", {k: v for k, v in _run("x", "english_base", 1, {"val.en.bpb": 1.0}).items() if k != "_path"})
     assert "claims" not in report_task.run(make_cfg("task=report", f"report_dir={other}", out=tmp_path / "report2"))
+
+
+def test_a_run_recorded_before_a_key_existed_groups_with_its_default():
+    """Seeds run across a code change that added a key (at its default) are still one arm; a
+    non-default value of that key is another arm."""
+    old = _run("a", "claim1_adapt", 1, {"val.ar.bpb": 1.0})
+    new = _run("a", "claim1_adapt", 2, {"val.ar.bpb": 1.1})
+    new["config"]["model"] = {"arch": "llama", "head_dim": None}
+    other = _run("a", "claim1_adapt", 3, {"val.ar.bpb": 1.2})
+    other["config"]["model"] = {"arch": "qwen2"}
+    groups = C.group_by_seed([old, new, other])
+    assert {k: len(v) for k, v in groups.items()} == {"claim1_adapt": 2, "claim1_adapt#2": 1}
