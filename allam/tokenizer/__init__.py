@@ -11,7 +11,8 @@ text; allam.data.sources.SourceTexts over the configured sources).
 
 Files: spm.py (SentencePiece training with Llama-2's settings), expand.py (appending Arabic
 pieces to a ModelProto), hf_folder.py (Hugging Face folders and their equality check),
-build.py (variants and the cache), byte_lengths.py (bytes per token), fertility.py (the
+build.py (variants and the cache), bytelevel.py (byte-level BPE bases and their expansion),
+build_bytelevel.py (their cached folders), byte_lengths.py (bytes per token), fertility.py (the
 fertility report).
 """
 from allam.tokenizer.build import TokenizerBundle, build_tokenizer, export_tokenizer

@@ -23,7 +23,6 @@ from typing import Callable, Iterable
 from transformers import PreTrainedTokenizerBase
 
 from allam.config import ConfigError
-from allam.tokenizer import bytelevel
 from allam.tokenizer import expand as expand_mod
 from allam.tokenizer import hf_folder
 from allam.tokenizer import spm as spm_util
@@ -194,30 +193,6 @@ def _mistral(cache_dir: Path) -> TokenizerBundle:
     return _wrap_model_file(path, "mistral7b", cache_dir, "tokenizer.base")
 
 
-def _shipped_byte_level(name: str, cache_dir: Path) -> TokenizerBundle:
-    """A byte-level vocabulary shipped in a package, as a cached tokenizer.json folder checked
-    against the package's own encoder."""
-    shipped = bytelevel.SHIPPED[name]
-    path = shipped.path()
-    if path is None:
-        raise ConfigError(f"tokenizer.base={name}: {shipped.file} of the {shipped.package} package is not installed "
-                          f"({shipped.install})")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    folder = Path(cache_dir) / f"{name}-{_fingerprint({'kind': 'byte-level', 'sha256': sha})}"
-    if not hf_folder.is_complete(folder):
-        text, conf = bytelevel.shipped_tokenizer_json(name)
-        from tokenizers import Tokenizer
-
-        fast, ref = Tokenizer.from_str(text), bytelevel.reference_encoder(name)
-        for sample in hf_folder.EDGE_CASES:
-            if fast.encode(sample, add_special_tokens=False).ids != ref(sample):
-                raise ConfigError(f"tokenizer.base={name}: the converted tokenizer differs from {shipped.package}'s on {sample!r}")
-        meta = {"name": name, "kind": "byte-level", "source": str(path), "sha256": sha, "license": shipped.license,
-                "model": shipped.model}
-        hf_folder.write_json_folder(text, conf, folder, meta)
-    return _load_bundle(folder, name)
-
-
 def _external(spec: str, cache_dir: Path, key: str, local_files_only: bool) -> TokenizerBundle:
     """A SentencePiece .model file, a Hugging Face tokenizer folder, or a hub id."""
     path = Path(spec).expanduser()
@@ -270,7 +245,9 @@ def resolve_base(
     if spec == "mistral7b":
         return _mistral(cache_dir)
     if spec in BYTE_LEVEL:
-        return _shipped_byte_level(spec, cache_dir)
+        from allam.tokenizer.build_bytelevel import shipped_base
+
+        return shipped_base(spec, cache_dir)
     return _external(spec, cache_dir, "tokenizer.base", local_files_only)
 
 
@@ -279,8 +256,12 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
     n = int(cfg.num_new_tokens)
     if n <= 0:
         raise ConfigError(f"tokenizer.num_new_tokens={n}: must be positive")
-    if base.sp_model_path is None and _byte_level_json(base) is not None:
-        return _expanded_byte_level(cfg, base, cache_dir, texts, n)
+    if base.sp_model_path is None:
+        from allam.tokenizer.build_bytelevel import byte_level_spec, expanded_byte_level
+
+        spec = byte_level_spec(base)
+        if spec is not None:
+            return expanded_byte_level(cfg, base, spec, cache_dir, texts, n)
     base_proto = _base_proto(cfg, base)
     if not spm_util.is_bpe(base_proto):
         kind = spm_util.sp_pb2.TrainerSpec.ModelType.Name(base_proto.trainer_spec.model_type)
@@ -318,62 +299,6 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
         _publish(merged, folder, name, meta, _sample(read.lines))
         log.info("tokenizer %s: %d Arabic pieces appended to %s in %.1fs", name, stats.added, base.name, time.perf_counter() - t0)
     return _load_bundle(folder, name, base=base)
-
-
-def _byte_level_json(base: TokenizerBundle) -> str | None:
-    """The base's tokenizer.json text when it is a byte-level BPE, else None."""
-    backend = getattr(base.tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    text = backend.to_str()
-    return text if bytelevel.is_byte_level(json.loads(text)) else None
-
-
-def _expanded_byte_level(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts, n: int) -> TokenizerBundle:
-    """ALLaM's expansion of a byte-level BPE base (allam.tokenizer.bytelevel): Arabic merges
-    continued from the base's own segmentations, appended after its last merge."""
-    base_json = json.dumps(bytelevel.pin_specials(json.loads(_byte_level_json(base))), ensure_ascii=False)
-    text = _Text(texts, [("ar", cfg.training_words)],
-                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
-    name = f"{base.name}+ar{n}"
-    options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
-               "num_new_tokens": n}
-    folder = Path(cache_dir) / f"{_safe(name)}-{_fingerprint(options, text.fingerprint)}"
-    if hf_folder.is_complete(folder):
-        log.info("tokenizer %s: cached at %s", name, folder)
-        return _load_bundle(folder, name, base=base)
-    t0 = time.perf_counter()
-    read = text.read()
-    try:
-        merged, stats = bytelevel.expand(base_json, read.lines, n)
-    except ValueError as e:
-        raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
-    if stats.added < n:
-        raise ConfigError(f"tokenizer.num_new_tokens={n}: the Arabic training text ({read.words['ar']} words) supports only "
-                          f"{stats.added} new tokens over {base.name} (no pair occurs twice after that)")
-    english = [t for t in _first(texts, "en", 2000)] + [t for t in hf_folder.EDGE_CASES if not expand_mod.has_arabic(t)]
-    try:
-        checked = bytelevel.check_expansion(base_json, merged, english, _sample(read.lines))
-    except RuntimeError as e:
-        raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
-    conf_path = base.path / "tokenizer_config.json"
-    conf = {k: v for k, v in json.loads(conf_path.read_text()).items()
-            if k.endswith("_token") or k in ("add_bos_token", "add_eos_token")} if conf_path.is_file() else {}
-    meta = {**options, "base": base.name, "training_words": read.words, "stats": stats.__dict__, "checked": checked,
-            "train_seconds": round(time.perf_counter() - t0, 2)}
-    hf_folder.write_json_folder(merged, conf, folder, {"name": name, **meta})
-    log.info("tokenizer %s: %d Arabic tokens (%d merges) appended to %s in %.1fs", name, stats.added, stats.merges,
-             base.name, time.perf_counter() - t0)
-    return _load_bundle(folder, name, base=base)
-
-
-def _first(texts: Texts, lang: str, n: int) -> list[str]:
-    out = []
-    for t in texts(lang):
-        out.append(t)
-        if len(out) >= n:
-            break
-    return out
 
 
 def _base_proto(cfg, base: TokenizerBundle):
@@ -465,12 +390,9 @@ def resolve_base_size(spec: str, local_files_only: bool = False) -> int:
     import sentencepiece as spm_lib
 
     if spec in BYTE_LEVEL:
-        path = bytelevel.SHIPPED[spec].path()
-        if path is None:
-            raise ConfigError(f"tokenizer.base={spec}: its package is not installed ({bytelevel.SHIPPED[spec].install})")
-        from tokenizers import Tokenizer
+        from allam.tokenizer.build_bytelevel import shipped_size
 
-        return Tokenizer.from_str(bytelevel.shipped_tokenizer_json(spec)[0]).get_vocab_size(with_added_tokens=True)
+        return shipped_size(spec)
     if spec == "mistral7b":
         spec_ = importlib.util.find_spec("mistral_common")
         if spec_ is None or not spec_.submodule_search_locations:

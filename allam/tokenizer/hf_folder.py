@@ -56,27 +56,42 @@ def tokenizer_config(proto) -> dict:
     }
 
 
-def write_folder(proto, folder: Path, meta: dict) -> Path:
-    """Writes tokenizer.model + configs into ``folder`` atomically (a finished folder or none)."""
+def _write_atomically(folder: Path, fill, marker: str) -> Path:
+    """Builds ``folder`` in a temp folder beside it (``fill(tmp)`` writes the files), then renames
+    it into place: a finished folder or none. A folder another process finished first (its
+    ``marker`` file present) is kept."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         os.chmod(tmp, 0o755)
-        (tmp / SP_FILE).write_bytes(proto.SerializeToString())
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(proto), indent=2) + "\n")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-        if not spm_util.has_byte_fallback(proto):
-            _write_unk_backend(tmp, proto)
+        fill(tmp)
         try:
-            os.replace(tmp, folder)  # atomic; fails if another process finished the same folder first
+            os.replace(tmp, folder)
         except OSError:
-            if not (folder / SP_FILE).is_file():
+            if not (folder / marker).is_file():
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _write_meta(tmp: Path, meta: dict) -> None:
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def write_folder(proto, folder: Path, meta: dict) -> Path:
+    """Writes tokenizer.model + configs into ``folder`` atomically (a finished folder or none)."""
+
+    def fill(tmp: Path) -> None:
+        (tmp / SP_FILE).write_bytes(proto.SerializeToString())
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(proto), indent=2) + "\n")
+        _write_meta(tmp, meta)
+        if not spm_util.has_byte_fallback(proto):
+            _write_unk_backend(tmp, proto)
+
+    return _write_atomically(folder, fill, SP_FILE)
 
 
 TOKENIZER_FILES = (SP_FILE, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", META_FILE)
@@ -120,25 +135,15 @@ def is_complete(folder: Path) -> bool:
 def write_json_folder(tokenizer_json: str, config: dict, folder: Path, meta: dict) -> Path:
     """Writes a tokenizer.json-only folder (a byte-level BPE) atomically: tokenizer.json, a
     tokenizer_config.json naming the generic fast tokenizer class, and the build record."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        os.chmod(tmp, 0o755)
+
+    def fill(tmp: Path) -> None:
         (tmp / "tokenizer.json").write_text(tokenizer_json)
         conf = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
                 "model_max_length": 1_000_000_000, **config}
         (tmp / "tokenizer_config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "tokenizer.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        _write_meta(tmp, meta)
+
+    return _write_atomically(folder, fill, "tokenizer.json")
 
 
 def read_meta(folder: Path) -> dict:

@@ -1,0 +1,102 @@
+"""The byte-level BPE side of ``build_tokenizer``: shipped bases (tekken, qwen, gpt2) as cached
+tokenizer.json folders, and ALLaM's expansion of any byte-level base (the algorithm itself is
+:mod:`allam.tokenizer.bytelevel`). Cached and named like every other variant (see build.py)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+from allam.config import ConfigError
+from allam.tokenizer import bytelevel, hf_folder
+from allam.tokenizer.build import Texts, TokenizerBundle, _fingerprint, _load_bundle, _safe, _sample, _Text
+from allam.tokenizer.expand import has_arabic
+
+log = logging.getLogger("allam.tokenizer.build")
+
+
+def _shipped_path(name: str) -> Path:
+    shipped = bytelevel.SHIPPED[name]
+    path = shipped.path()
+    if path is None:
+        raise ConfigError(f"tokenizer.base={name}: {shipped.file} of the {shipped.package} package is not installed "
+                          f"({shipped.install})")
+    return path
+
+
+def shipped_base(name: str, cache_dir: Path) -> TokenizerBundle:
+    """A byte-level vocabulary shipped in a package, as a cached tokenizer.json folder checked
+    against the package's own encoder."""
+    from tokenizers import Tokenizer
+
+    shipped, path = bytelevel.SHIPPED[name], _shipped_path(name)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    folder = Path(cache_dir) / f"{name}-{_fingerprint({'kind': 'byte-level', 'sha256': sha})}"
+    if not hf_folder.is_complete(folder):
+        text, conf = bytelevel.shipped_tokenizer_json(name)
+        fast, ref = Tokenizer.from_str(text), bytelevel.reference_encoder(name)
+        for sample in hf_folder.EDGE_CASES:
+            if fast.encode(sample, add_special_tokens=False).ids != ref(sample):
+                raise ConfigError(f"tokenizer.base={name}: the converted tokenizer differs from {shipped.package}'s on {sample!r}")
+        meta = {"name": name, "kind": "byte-level", "source": str(path), "sha256": sha, "license": shipped.license,
+                "model": shipped.model}
+        hf_folder.write_json_folder(text, conf, folder, meta)
+    return _load_bundle(folder, name)
+
+
+def shipped_size(name: str) -> int:
+    """Ids of a shipped base (special tokens included), without writing a folder."""
+    from tokenizers import Tokenizer
+
+    _shipped_path(name)
+    return Tokenizer.from_str(bytelevel.shipped_tokenizer_json(name)[0]).get_vocab_size(with_added_tokens=True)
+
+
+def byte_level_spec(base: TokenizerBundle) -> dict | None:
+    """The base's tokenizer.json (parsed) when it is a byte-level BPE, else None."""
+    backend = getattr(base.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    return spec if bytelevel.is_byte_level(spec) else None
+
+
+def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path, texts: Texts, n: int) -> TokenizerBundle:
+    """ALLaM's expansion of the byte-level base `base` (its tokenizer.json `spec`): Arabic merges
+    continued from the base's own segmentations, appended after its last merge."""
+    base_json = json.dumps(bytelevel.pin_specials(spec), ensure_ascii=False)
+    text = _Text(texts, [("ar", cfg.training_words)],
+                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
+    name = f"{base.name}+ar{n}"
+    options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
+               "num_new_tokens": n}
+    folder = Path(cache_dir) / f"{_safe(name)}-{_fingerprint(options, text.fingerprint)}"
+    if hf_folder.is_complete(folder):
+        log.info("tokenizer %s: cached at %s", name, folder)
+        return _load_bundle(folder, name, base=base)
+    t0 = time.perf_counter()
+    read = text.read()
+    try:
+        merged, stats = bytelevel.expand(base_json, read.lines, n)
+    except ValueError as e:
+        raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
+    if stats.added < n:
+        raise ConfigError(f"tokenizer.num_new_tokens={n}: the Arabic training text ({read.words['ar']} words) supports only "
+                          f"{stats.added} new tokens over {base.name} (no pair occurs twice after that)")
+    english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_arabic(t)]
+    try:
+        checked = bytelevel.check_expansion(base_json, merged, english, _sample(read.lines))
+    except RuntimeError as e:
+        raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
+    conf_path = base.path / "tokenizer_config.json"
+    conf = {k: v for k, v in json.loads(conf_path.read_text()).items()
+            if k.endswith("_token") or k in ("add_bos_token", "add_eos_token")} if conf_path.is_file() else {}
+    meta = {**options, "base": base.name, "training_words": read.words, "stats": stats.__dict__, "checked": checked,
+            "train_seconds": round(time.perf_counter() - t0, 2)}
+    hf_folder.write_json_folder(merged, conf, folder, {"name": name, **meta})
+    log.info("tokenizer %s: %d Arabic tokens (%d merges) appended to %s in %.1fs", name, stats.added, stats.merges,
+             base.name, time.perf_counter() - t0)
+    return _load_bundle(folder, name, base=base)
