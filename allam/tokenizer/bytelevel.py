@@ -359,8 +359,9 @@ def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], 
     # a normalizer such as NFKC can turn symbols in English text (U+FDFA) into Arabic letters: such
     # a text holds Arabic after normalization, and the new merges may rightly apply to it
     norm = a.normalizer.normalize_str if a.normalizer is not None else (lambda t: t)
-    with_arabic = [t for t in english if any(0x0600 <= ord(ch) <= 0x06FF for ch in norm(t))]
-    english = [t for t in english if not any(0x0600 <= ord(ch) <= 0x06FF for ch in norm(t))]
+    arabic_after_norm = [not ARABIC_LEAD_CHARS.isdisjoint(to_alphabet(norm(t).encode())) for t in english]
+    with_arabic = [t for t, has in zip(english, arabic_after_norm) if has]
+    english = [t for t, has in zip(english, arabic_after_norm) if not has]
     ea = a.encode_batch(english, add_special_tokens=False)
     eb = b.encode_batch(english, add_special_tokens=False)
     for text, x, y in zip(english, ea, eb):
