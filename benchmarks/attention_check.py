@@ -26,7 +26,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     from allam.model.attention import register_xformers, xformers_status
-    from allam.model.build import decoder_config
+    from allam.model.decoder import decoder_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")

@@ -204,7 +204,7 @@ def project(cfg, spec, loader, device, warmup: int, out: Path, vocab: int):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from allam.config import to_dict
-    from allam.model.build import flops_per_token, parameter_counts
+    from allam.model.decoder import flops_per_token, parameter_counts
     from allam.tasks.builders import build_trainer
     from allam.tasks.train import training_module
     from allam.train.callbacks import Throughput
@@ -256,7 +256,7 @@ def main() -> None:
     import torch
 
     from allam.config.derived import device_type
-    from allam.model.build import flops_per_token, parameter_counts
+    from allam.model.decoder import flops_per_token, parameter_counts
     from allam.model.plan import make_plan
     from allam.model.spec import model_spec
     from allam.tasks.builders import resolve_attention

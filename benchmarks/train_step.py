@@ -29,7 +29,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     from allam.model.attention import register_xformers, xformers_status
-    from allam.model.build import flops_per_token, decoder_config, parameter_counts
+    from allam.model.decoder import flops_per_token, decoder_config, parameter_counts
     from allam.train.callbacks import peak_tflops
 
     ap = argparse.ArgumentParser()

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from allam.config import ConfigError
-from allam.model.build import SUPPORTED, check_architecture, checkpoint_config
+from allam.model.decoder import SUPPORTED, check_architecture, checkpoint_config
 from allam.model.spec import ModelSpec
 from allam.model.weights import PretrainedWeights, RandomWeights
 from allam.tasks import plan as plan_task
@@ -129,7 +129,7 @@ def test_plan_counts_published_shapes(make_cfg, tmp_path, shape, published):
 def test_every_arch_builds_from_the_model_group_and_trains(make_cfg, arch):
     """model.arch=<arch> with init=random: the model group's shape in that architecture's class,
     drawn from the init group's generator, takes a finite training step."""
-    from allam.model.build import decoder_config
+    from allam.model.decoder import decoder_config
 
     cfg = make_cfg(*SMALL_MODEL, f"model.arch={arch}")
     hf = decoder_config(cfg.model, 97)

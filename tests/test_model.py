@@ -9,7 +9,8 @@ import torch
 
 from allam.config import ROOT, ConfigError
 from allam.model import attention as attn
-from allam.model.build import build_random, decoder_config, parameter_counts
+from allam.model.decoder import decoder_config, parameter_counts
+from allam.model.spec import build_random
 from allam.tasks.plan import run as plan
 
 LLAMA2 = {"7b": 6_738_415_616, "13b": 13_015_864_320, "70b": 68_976_648_192}

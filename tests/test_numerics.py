@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig
 
 from allam.eval.bpb import BitsPerByte
-from allam.model.build import flops_per_token
+from allam.model.decoder import flops_per_token
 from allam.train.optim import lr_factor
 
 
@@ -59,7 +59,7 @@ def test_weight_decay_by_name_not_by_shape():
     from omegaconf import OmegaConf
     from transformers import LlamaForCausalLM
 
-    from allam.model.build import decoder_config
+    from allam.model.decoder import decoder_config
     from allam.train.optim import param_groups
 
     m = OmegaConf.create(dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=None,

@@ -28,7 +28,7 @@ def _tiny_llama(layers: int = 4):
     from omegaconf import OmegaConf
     from transformers import LlamaForCausalLM
 
-    from allam.model.build import decoder_config
+    from allam.model.decoder import decoder_config
 
     m = OmegaConf.create(dict(hidden_size=64, intermediate_size=128, num_layers=layers, num_heads=4, num_kv_heads=2,
                               seq_len=32, max_position_embeddings=None, rope_theta=1e4, norm_eps=1e-5,

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from allam.model.build import build_meta, flops_per_token, parameter_counts
+from allam.model.decoder import flops_per_token, parameter_counts
+from allam.model.spec import build_meta
 from allam.model.speed import checkpointed_layers
 
 GiB = 1024**3

@@ -16,11 +16,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from allam.config import ConfigError, InitName, TokenizerVariant
+from allam.model.decoder import check_tokenizer_fits_checkpoint, checkpoint_folder, decoder_config, padded, pretrained_config
 
 
 @dataclass
 class ModelSpec:
-    config: PretrainedConfig  # the final shape, vocabulary growth included (model_type: allam.model.build.SUPPORTED)
+    config: PretrainedConfig  # the final shape, vocabulary growth included (model_type: allam.model.decoder.SUPPORTED)
     weights: Callable[[], object]  # a fresh weight source (random draws restart from the seed)
     description: str = ""
 
@@ -40,11 +41,23 @@ class ModelSpec:
         return model
 
 
+def build_random(m, init, vocab_size: int, attention: str, bos_id: int = 1, eos_id: int = 2):
+    """A whole fresh model of model group `m` with `vocab_size` rows, initialized per init group `init`."""
+    from allam.model.weights import RandomWeights
+
+    cfg = decoder_config(m, vocab_size, attention, bos_id, eos_id)
+    return ModelSpec(cfg, lambda: RandomWeights.for_config(init, cfg)).build()
+
+
+def build_meta(m, vocab_size: int):
+    """The model on the meta device: shapes and parameter counts, no memory, no weights."""
+    return ModelSpec(decoder_config(m, vocab_size, "sdpa"), lambda: None).meta()
+
+
 def model_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
     """The spec for the model group, init group and tokenizer group, for the built tokenizer
     `bundle`: a fresh Llama sized for the tokenizer (init=random), or a checkpoint's Llama whose
     vocabulary grows to the expanded tokenizer (init=llama2)."""
-    from allam.model.build import decoder_config, padded
     from allam.model.weights import RandomWeights
 
     vocab = len(bundle.tokenizer)
@@ -59,7 +72,6 @@ def model_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
 
 
 def _pretrained_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
-    from allam.model.build import check_tokenizer_fits_checkpoint, checkpoint_folder, padded, pretrained_config
     from allam.model.weights import PretrainedWeights
 
     ckpt_cfg = pretrained_config(model_cfg, init)

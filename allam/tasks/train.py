@@ -55,7 +55,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from allam.eval.callback import EvalDuringTraining
-    from allam.model.build import flops_per_token, parameter_counts
+    from allam.model.decoder import flops_per_token, parameter_counts
     from allam.model.spec import model_spec
     from allam.tasks.preflight import check_memory
     from allam.tasks.rundir import check_resume, resume_checkpoint

@@ -11,11 +11,13 @@ text; allam.data.sources.SourceTexts over the configured sources).
 
 Files: spm.py (SentencePiece training with Llama-2's settings), expand.py (appending Arabic
 pieces to a ModelProto), hf_folder.py (Hugging Face folders and their equality check),
-build.py (variants and the cache), bytelevel.py (byte-level BPE bases and their expansion),
-build_bytelevel.py (their cached folders), byte_lengths.py (bytes per token), fertility.py (the
+bundle.py (TokenizerBundle and the cache naming every variant shares), variants.py (build_tokenizer:
+resolve, train, expand and cache every variant), bytelevel.py (byte-level BPE bases and their expansion),
+bytelevel_variants.py (their cached folders), byte_lengths.py (bytes per token), fertility.py (the
 fertility report).
 """
-from allam.tokenizer.build import TokenizerBundle, build_tokenizer, export_tokenizer
+from allam.tokenizer.bundle import TokenizerBundle, export_tokenizer
+from allam.tokenizer.variants import build_tokenizer
 from allam.tokenizer.byte_lengths import token_byte_lengths
 from allam.tokenizer.fertility import fertility_report
 

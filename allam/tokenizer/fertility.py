@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from allam.tokenizer.build import TokenizerBundle
+from allam.tokenizer.bundle import TokenizerBundle
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ def planned_vocab(tok, model, init) -> tuple[int, str]:
     downloading a tokenizer. Reads at most a local tokenizer file or a checkpoint's config.json.
 
     `tok`, `model`, `init`: the tokenizer, model and init groups."""
-    from allam.model.build import checkpoint_config, padded
+    from allam.model.decoder import checkpoint_config, padded
 
     pretrained = is_pretrained(init.name)
     if tok.variant == TokenizerVariant.bilingual:
@@ -24,7 +24,7 @@ def planned_vocab(tok, model, init) -> tuple[int, str]:
         elif base in ("auto", "english8k"):
             n, source = tok.english_vocab_size, "tokenizer.english_vocab_size"
         else:
-            from allam.tokenizer.build import resolve_base_size
+            from allam.tokenizer.variants import resolve_base_size
 
             n, source = resolve_base_size(base, init.local_files_only), f"tokenizer.base={base}"
         if tok.variant == TokenizerVariant.expanded:

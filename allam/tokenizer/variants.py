@@ -8,89 +8,27 @@ twice.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
-
-from transformers import PreTrainedTokenizerBase
+from typing import Iterable
 
 from allam.config import ConfigError
 from allam.tokenizer import expand as expand_mod
 from allam.tokenizer import hf_folder
 from allam.tokenizer import spm as spm_util
+from allam.tokenizer.bundle import Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines
 
 log = logging.getLogger(__name__)
 
-# bump when an algorithm or option changes what gets built, so old cache folders are not reused
-BUILD_VERSION = 1
 KEYWORDS = ("auto", "english8k", "mistral7b", "tekken", "qwen", "gpt2")
 BYTE_LEVEL = ("tekken", "qwen", "gpt2")  # byte-level BPE vocabularies shipped in packages (bytelevel.SHIPPED)
 MISTRAL_FILE = ("data", "tokenizer.model.v1")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
-Texts = Callable[[str], Iterable[str]]
-
-
-@dataclass
-class TokenizerBundle:
-    """A loaded tokenizer and where it lives.
-
-    tokenizer: the fast tokenizer ``AutoTokenizer.from_pretrained(path)`` returns.
-    path: the folder it loads from (tokenizer.model + configs); a model export copies it.
-    name: e.g. "english8k", "mistral7b", "english8k+ar16000", "bilingual16384".
-    base: for an expanded tokenizer, the base it grew from (subtoken_mean init needs it); else None.
-    sp_model_path: the SentencePiece model inside ``path``, if there is one.
-    """
-
-    tokenizer: PreTrainedTokenizerBase
-    path: Path
-    name: str
-    base: "TokenizerBundle | None" = None
-    sp_model_path: Path | None = None
-
-    @property
-    def meta(self) -> dict:
-        """What was recorded when the folder was built (options, counts, timings); {} if foreign."""
-        return hf_folder.read_meta(self.path)
-
-
-def export_tokenizer(bundle: TokenizerBundle, out_dir: Path) -> Path:
-    """Ships the tokenizer with a model export: copies the folder's files (tokenizer.model
-    included, which ``save_pretrained`` alone does not write, so the export can be expanded
-    later as a base). Falls back to ``save_pretrained`` for a folder without such files.
-
-    The export always ships ``tokenizer.json`` (the fast tokenizer, as loaded and checked equal to
-    SentencePiece when the folder was built), so lm-evaluation-harness, vLLM or TGI load it without
-    converting ``tokenizer.model`` (which needs sentencepiece and protobuf)."""
-    copied = hf_folder.copy_files(bundle.path, out_dir)
-    if not copied:
-        bundle.tokenizer.save_pretrained(str(out_dir))
-    elif "tokenizer.json" not in copied:
-        bundle.tokenizer.backend_tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
-    return Path(out_dir)
-
-
-def _fingerprint(options: dict, text_fingerprint: str = "") -> str:
-    blob = json.dumps({**options, "text": text_fingerprint, "build_version": BUILD_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.+\-]", "-", name)
-
-
-def _load_bundle(folder: Path, name: str, base: TokenizerBundle | None = None) -> TokenizerBundle:
-    tok = hf_folder.load(folder, local_files_only=True)
-    sp_path = folder / hf_folder.SP_FILE
-    return TokenizerBundle(tok, folder, name, base, sp_path if sp_path.is_file() else None)
 
 
 def _publish(proto, folder: Path, name: str, meta: dict, check_texts: Iterable[str] = ()) -> None:
@@ -103,52 +41,18 @@ def _publish(proto, folder: Path, name: str, meta: dict, check_texts: Iterable[s
         raise
 
 
-def _sample(lines: list[str], n: int = 200) -> list[str]:
-    step = max(1, len(lines) // n)
-    return lines[::step][:n]
-
-
-# --------------------------------------------------------------------------- training text
-class _Text:
-    """Training text of some languages, read only when a tokenizer must really be trained.
-
-    Its fingerprint (the cache key) comes from ``texts.key(lang)`` when the text source offers
-    one (allam.data.sources.SourceTexts: the sources' content fingerprints), so a cache hit
-    reads no corpus; otherwise from the text itself."""
-
-    def __init__(self, texts: Texts, plan: list[tuple[str, int | None]], empty: Callable[[str], str]):
-        self._texts, self.plan, self._empty = texts, plan, empty
-        self._read: spm_util.TrainingText | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        key = getattr(self._texts, "key", None)
-        if key is None:
-            return self.read().fingerprint
-        return hashlib.sha256(json.dumps([[lang, cap, key(lang)] for lang, cap in self.plan]).encode()).hexdigest()
-
-    def read(self) -> spm_util.TrainingText:
-        if self._read is None:
-            text = spm_util.TrainingText()
-            for lang, cap in self.plan:
-                if text.add(lang, self._texts(lang), cap) == 0:
-                    raise ConfigError(self._empty(lang))
-            self._read = text
-        return self._read
-
-
 # --------------------------------------------------------------------------- base tokenizers
 def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     size = int(cfg.english_vocab_size)
     name = f"english{size // 1024}k" if size % 1024 == 0 else f"english{size}"
-    text = _Text(texts, [("en", cfg.training_words)], lambda _: f"tokenizer.base={cfg.base}: no English training text to train {name} on")
+    text = TrainingTexts(texts, [("en", cfg.training_words)], lambda _: f"tokenizer.base={cfg.base}: no English training text to train {name} on")
     return _trained_bpe(cfg, cache_dir, name, "english-bpe", size, text, "English BPE", "tokenizer.english_vocab_size")
 
 
-def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: _Text, what: str, key: str) -> TokenizerBundle:
+def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: TrainingTexts, what: str, key: str) -> TokenizerBundle:
     """A SentencePiece BPE trained from scratch with Llama-2's settings, cached by fingerprint."""
     options = {"kind": kind, "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
-    folder = Path(cache_dir) / f"{name}-{_fingerprint(options, text.fingerprint)}"
+    folder = Path(cache_dir) / f"{name}-{fingerprint(options, text.fingerprint)}"
     if hf_folder.is_complete(folder):
         log.info("tokenizer %s: cached at %s", name, folder)
     else:
@@ -159,9 +63,9 @@ def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: _T
         except ValueError as e:
             raise ConfigError(f"{key}={size}: {e} ({read.words} words)") from None
         meta = {**options, "training_words": read.words, "train_seconds": round(time.perf_counter() - t0, 2)}
-        _publish(proto, folder, name, meta, _sample(read.lines))
+        _publish(proto, folder, name, meta, sample_lines(read.lines))
         log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
-    return _load_bundle(folder, name)
+    return load_bundle(folder, name)
 
 
 def _wrap_model_file(model_file: Path, name: str, cache_dir: Path, key: str) -> TokenizerBundle:
@@ -177,10 +81,10 @@ def _wrap_model_file(model_file: Path, name: str, cache_dir: Path, key: str) -> 
             "other tokenizers load from a Hugging Face folder"
         )
     sha = spm_util.model_sha256(proto)
-    folder = Path(cache_dir) / f"{_safe(name)}-{sha[:16]}"
+    folder = Path(cache_dir) / f"{safe_name(name)}-{sha[:16]}"
     if not hf_folder.is_complete(folder):
         _publish(proto, folder, name, {"kind": "sentencepiece-file", "source": str(model_file), "sha256": sha})
-    return _load_bundle(folder, name)
+    return load_bundle(folder, name)
 
 
 def _mistral(cache_dir: Path) -> TokenizerBundle:
@@ -245,7 +149,7 @@ def resolve_base(
     if spec == "mistral7b":
         return _mistral(cache_dir)
     if spec in BYTE_LEVEL:
-        from allam.tokenizer.build_bytelevel import shipped_base
+        from allam.tokenizer.bytelevel_variants import shipped_base
 
         return shipped_base(spec, cache_dir)
     return _external(spec, cache_dir, "tokenizer.base", local_files_only)
@@ -257,7 +161,7 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
     if n <= 0:
         raise ConfigError(f"tokenizer.num_new_tokens={n}: must be positive")
     if base.sp_model_path is None:
-        from allam.tokenizer.build_bytelevel import byte_level_spec, expanded_byte_level
+        from allam.tokenizer.bytelevel_variants import byte_level_spec, expanded_byte_level
 
         spec = byte_level_spec(base)
         if spec is not None:
@@ -272,11 +176,11 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
             "pieces encode as <unk> and cannot be decoded back, so decode(encode(x)) == x holds only for covered text",
             stacklevel=3,
         )
-    text = _Text(texts, [("ar", cfg.training_words)],
+    text = TrainingTexts(texts, [("ar", cfg.training_words)],
                  lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
     name = f"{base.name}+ar{n}"
     options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
-    folder = Path(cache_dir) / f"{_safe(name)}-{_fingerprint(options, text.fingerprint)}"
+    folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
     if hf_folder.is_complete(folder):
         log.info("tokenizer %s: cached at %s", name, folder)
     else:
@@ -284,7 +188,7 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
         read = text.read()
         if base.sp_model_path is None:  # a rebuilt proto: check it on real Arabic text too
             try:
-                hf_folder.check_equal(base.tokenizer, base_proto, _sample(read.lines), base.name)
+                hf_folder.check_equal(base.tokenizer, base_proto, sample_lines(read.lines), base.name)
             except RuntimeError as e:
                 raise ConfigError(f"tokenizer.base={cfg.base}: cannot rebuild a SentencePiece model from its tokenizer.json ({e})") from None
         merged, stats, arabic_size = _train_and_merge(cfg, base_proto, base.name, read, n)
@@ -296,9 +200,9 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
             "stats": stats.__dict__,
             "train_seconds": round(time.perf_counter() - t0, 2),
         }
-        _publish(merged, folder, name, meta, _sample(read.lines))
+        _publish(merged, folder, name, meta, sample_lines(read.lines))
         log.info("tokenizer %s: %d Arabic pieces appended to %s in %.1fs", name, stats.added, base.name, time.perf_counter() - t0)
-    return _load_bundle(folder, name, base=base)
+    return load_bundle(folder, name, base=base)
 
 
 def _base_proto(cfg, base: TokenizerBundle):
@@ -351,7 +255,7 @@ def _bilingual(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
         raise ConfigError(f"tokenizer.vocab_size={size}: must be positive")
     name = f"bilingual{size}"
     cap = None if cfg.training_words is None else int(cfg.training_words) // 2
-    text = _Text(texts, [("ar", cap), ("en", cap)],
+    text = TrainingTexts(texts, [("ar", cap), ("en", cap)],
                  lambda lang: f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text")
     return _trained_bpe(cfg, cache_dir, name, "bilingual-bpe", size, text, "Arabic+English BPE", "tokenizer.vocab_size")
 
@@ -390,7 +294,7 @@ def resolve_base_size(spec: str, local_files_only: bool = False) -> int:
     import sentencepiece as spm_lib
 
     if spec in BYTE_LEVEL:
-        from allam.tokenizer.build_bytelevel import shipped_size
+        from allam.tokenizer.bytelevel_variants import shipped_size
 
         return shipped_size(spec)
     if spec == "mistral7b":

@@ -1,6 +1,6 @@
 """The byte-level BPE side of ``build_tokenizer``: shipped bases (tekken, qwen, gpt2) as cached
 tokenizer.json folders, and ALLaM's expansion of any byte-level base (the algorithm itself is
-:mod:`allam.tokenizer.bytelevel`). Cached and named like every other variant (see build.py)."""
+:mod:`allam.tokenizer.bytelevel`). Cached and named like every other variant (see variants.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from allam.config import ConfigError
 from allam.tokenizer import bytelevel, hf_folder
-from allam.tokenizer.build import Texts, TokenizerBundle, _fingerprint, _load_bundle, _safe, _sample, _Text
+from allam.tokenizer.bundle import Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines
 from allam.tokenizer.expand import has_arabic
 
-log = logging.getLogger("allam.tokenizer.build")
+log = logging.getLogger("allam.tokenizer.variants")
 
 
 def _shipped_path(name: str) -> Path:
@@ -34,7 +34,7 @@ def shipped_base(name: str, cache_dir: Path) -> TokenizerBundle:
 
     shipped, path = bytelevel.SHIPPED[name], _shipped_path(name)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    folder = Path(cache_dir) / f"{name}-{_fingerprint({'kind': 'byte-level', 'sha256': sha})}"
+    folder = Path(cache_dir) / f"{name}-{fingerprint({'kind': 'byte-level', 'sha256': sha})}"
     if not hf_folder.is_complete(folder):
         text, conf = bytelevel.shipped_tokenizer_json(name)
         fast, ref = Tokenizer.from_str(text), bytelevel.reference_encoder(name)
@@ -44,7 +44,7 @@ def shipped_base(name: str, cache_dir: Path) -> TokenizerBundle:
         meta = {"name": name, "kind": "byte-level", "source": str(path), "sha256": sha, "license": shipped.license,
                 "model": shipped.model}
         hf_folder.write_json_folder(text, conf, folder, meta)
-    return _load_bundle(folder, name)
+    return load_bundle(folder, name)
 
 
 def shipped_size(name: str) -> int:
@@ -68,15 +68,15 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
     """ALLaM's expansion of the byte-level base `base` (its tokenizer.json `spec`): Arabic merges
     continued from the base's own segmentations, appended after its last merge."""
     base_json = json.dumps(bytelevel.pin_specials(spec), ensure_ascii=False)
-    text = _Text(texts, [("ar", cfg.training_words)],
+    text = TrainingTexts(texts, [("ar", cfg.training_words)],
                  lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
     name = f"{base.name}+ar{n}"
     options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
                "num_new_tokens": n}
-    folder = Path(cache_dir) / f"{_safe(name)}-{_fingerprint(options, text.fingerprint)}"
+    folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
     if hf_folder.is_complete(folder):
         log.info("tokenizer %s: cached at %s", name, folder)
-        return _load_bundle(folder, name, base=base)
+        return load_bundle(folder, name, base=base)
     t0 = time.perf_counter()
     read = text.read()
     try:
@@ -88,7 +88,7 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
                           f"{stats.added} new tokens over {base.name} (no pair occurs twice after that)")
     english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_arabic(t)]
     try:
-        checked = bytelevel.check_expansion(base_json, merged, english, _sample(read.lines))
+        checked = bytelevel.check_expansion(base_json, merged, english, sample_lines(read.lines))
     except RuntimeError as e:
         raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
     conf_path = base.path / "tokenizer_config.json"
@@ -99,4 +99,4 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
     hf_folder.write_json_folder(merged, conf, folder, {"name": name, **meta})
     log.info("tokenizer %s: %d Arabic tokens (%d merges) appended to %s in %.1fs", name, stats.added, stats.merges,
              base.name, time.perf_counter() - t0)
-    return _load_bundle(folder, name, base=base)
+    return load_bundle(folder, name, base=base)

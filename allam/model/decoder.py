@@ -51,22 +51,6 @@ def decoder_config(m, vocab_size: int, attention: str = "sdpa", bos_id: int = 1,
     return cfg
 
 
-def build_random(m, init, vocab_size: int, attention: str, bos_id: int = 1, eos_id: int = 2):
-    """A whole fresh model of model group `m` with `vocab_size` rows, initialized per init group `init`."""
-    from allam.model.spec import ModelSpec
-    from allam.model.weights import RandomWeights
-
-    cfg = decoder_config(m, vocab_size, attention, bos_id, eos_id)
-    return ModelSpec(cfg, lambda: RandomWeights.for_config(init, cfg)).build()
-
-
-def build_meta(m, vocab_size: int):
-    """The model on the meta device: shapes and parameter counts, no memory, no weights."""
-    from allam.model.spec import ModelSpec
-
-    return ModelSpec(decoder_config(m, vocab_size, "sdpa"), lambda: None).meta()
-
-
 def _check_safetensors(path: str) -> None:
     p = Path(path)
     if p.is_dir() and not any(p.glob("*.safetensors")):
