@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from allam.config.errors import ConfigError
-from allam.config.schema import AllamConfig, Lang, is_pretrained, SourceConfig, SourceKind, TokenizerVariant
+from allam.config.schema import TASKS, AllamConfig, Lang, is_pretrained, SourceConfig, SourceKind, TokenizerVariant
 
 LOADERS = ("demo", "text", "jsonl", "parquet", "hf")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -149,8 +149,6 @@ def writable_dir(key: str, path: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks a composed config before anything is built (and fills each data source's defaults).
     Raises ConfigError (one line)."""
-    from allam.tasks import TASKS
-
     _check_keys(cfg)
     m, d, o, t, tok, ini = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer, cfg.init
     if cfg.task not in TASKS:

@@ -20,6 +20,8 @@ from omegaconf import MISSING
 ROOT = Path(__file__).resolve().parent.parent.parent
 SEED_KEYS = ("trainer.seed", "init.seed", "data.seed")  # what changes between the seeds of one experiment
 CONF_DIR = ROOT / "conf"
+# what `task=` may name; allam.tasks runs each as the module allam.tasks.<name, "-" as "_">
+TASKS = ("train", "plan", "tokenizer-report", "export", "report", "eval")
 
 
 class StrEnum(str, Enum):
@@ -368,7 +370,7 @@ class PathsConfig:
 
 @dataclass
 class AllamConfig:
-    task: str = "train"  # a name from allam.tasks.TASKS (train, plan, tokenizer-report, export, report)
+    task: str = "train"  # a name from TASKS above (train, plan, tokenizer-report, export, report, eval)
     ckpt: Optional[str] = None  # checkpoint for resume / export; task=eval: also a run dir or Hugging Face folder
     report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
     export: bool = True  # export a Hugging Face folder at the end of training

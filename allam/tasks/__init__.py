@@ -1,21 +1,18 @@
 """Tasks: what `task=` on run.py names. One module per task; each exposes ``run(cfg) -> dict``.
 
-This registry is the one list of tasks: run.py dispatches through it and
-:func:`allam.config.validate` checks ``task`` against it. Adding a task is a new module plus
-one line here. Importing this package is cheap (task modules load on use).
+The names live in the config (:data:`allam.config.schema.TASKS`, which
+:func:`allam.config.validate` checks ``task`` against, so the config needs nothing from this
+layer); this registry maps each name to its module, ``allam.tasks.<name with "-" as "_">``.
+Adding a task is a new module plus its name in that tuple. Importing this package is cheap
+(task modules load on use).
 """
 from __future__ import annotations
 
 import importlib
 
-TASKS: dict[str, str] = {
-    "train": "allam.tasks.train",
-    "plan": "allam.tasks.plan",
-    "tokenizer-report": "allam.tasks.tokenizer_report",
-    "export": "allam.tasks.export",
-    "report": "allam.tasks.report",
-    "eval": "allam.tasks.eval",
-}
+from allam.config.schema import TASKS as TASK_NAMES
+
+TASKS: dict[str, str] = {name: f"allam.tasks.{name.replace('-', '_')}" for name in TASK_NAMES}
 
 
 def run(cfg) -> dict:

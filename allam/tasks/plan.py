@@ -11,7 +11,7 @@ from allam.tasks.builders import group_choices
 
 def run(cfg: DictConfig) -> dict:
     from allam.model.plan import make_plan
-    from allam.tokenizer.vocab import planned_vocab
+    from allam.model.vocab import planned_vocab
 
     validate(cfg)
     vocab, source = planned_vocab(cfg.tokenizer, cfg.model, cfg.init)

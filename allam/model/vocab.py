@@ -1,7 +1,9 @@
-"""How many embedding rows a run will have, from the config alone (no tokenizer trained)."""
+"""How many embedding rows a run will have, from the config alone (no tokenizer trained): what
+``task=plan`` sizes the model with."""
 from __future__ import annotations
 
 from allam.config import TokenizerVariant, is_pretrained
+from allam.model.decoder import checkpoint_config, padded
 
 
 def planned_vocab(tok, model, init) -> tuple[int, str]:
@@ -9,8 +11,6 @@ def planned_vocab(tok, model, init) -> tuple[int, str]:
     downloading a tokenizer. Reads at most a local tokenizer file or a checkpoint's config.json.
 
     `tok`, `model`, `init`: the tokenizer, model and init groups."""
-    from allam.model.decoder import checkpoint_config, padded
-
     pretrained = is_pretrained(init.name)
     if tok.variant == TokenizerVariant.bilingual:
         n, source = tok.vocab_size, "tokenizer.vocab_size"
