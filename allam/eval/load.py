@@ -77,7 +77,7 @@ class _CheckpointRows:
 def load(source: ModelSource, build_tokenizer, device: str = "cpu"):
     """(model in eval mode on `device`, tokenizer). `build_tokenizer(training_cfg)` rebuilds a
     run's tokenizer from its saved config (cached by fingerprint, so normally a lookup)."""
-    from allam.tasks.builders import training_config_for
+    from allam.config.saved import training_config_for
     from allam.tokenizer import hf_folder
 
     if source.kind == "hf":

@@ -215,14 +215,3 @@ def export_hf(tensors, model_config, bundle, out: Path) -> Path:
     write_hf_folder(tensors, model_config, out)
     export_tokenizer(bundle, out)  # the tokenizer folder, SentencePiece model included
     return out
-
-
-def training_config_for(ckpt: Path) -> DictConfig | None:
-    """The resolved config saved next to a run's checkpoints (run_dir/config.yaml)."""
-    for parent in Path(ckpt).resolve().parents:
-        candidate = parent / "config.yaml"
-        if candidate.exists():
-            from allam.config import AllamConfig
-
-            return OmegaConf.merge(OmegaConf.structured(AllamConfig), OmegaConf.load(candidate))
-    return None

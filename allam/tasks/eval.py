@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from allam import results as R
 from allam.config import to_dict, validate
 from allam.config.derived import device_type
-from allam.tasks.builders import build_tokenizer, group_choices, run_dir, training_config_for
+from allam.config.saved import training_config_for
+from allam.tasks.builders import build_tokenizer, group_choices, run_dir
 
 
 def run(cfg: DictConfig) -> dict:

@@ -54,13 +54,13 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     import lightning as L
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from allam.eval.callback import EvalDuringTraining
     from allam.model.decoder import flops_per_token, parameter_counts
     from allam.model.spec import model_spec
     from allam.tasks.preflight import check_memory
     from allam.tasks.rundir import check_resume, resume_checkpoint
     from allam.tokenizer import token_byte_lengths
     from allam.train.callbacks import Throughput
+    from allam.train.eval_callback import EvalDuringTraining
     from allam.train.guards import EXIT_PREEMPTED, NonFiniteGuard, Preemption, RunRecord
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)

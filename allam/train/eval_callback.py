@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 
 from allam.eval import harness
+from allam.train.callbacks import Throughput
 
 log = logging.getLogger("allam")
 
@@ -72,6 +73,4 @@ class EvalDuringTraining(L.Callback):
 
 def _training_clocks(trainer) -> list:
     """The callbacks that time training (Throughput: tokens/s and MFU); they pause for validation."""
-    from allam.train.callbacks import Throughput
-
     return [cb for cb in trainer.callbacks if isinstance(cb, Throughput)]
