@@ -61,6 +61,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     from allam.tokenizer import token_byte_lengths
     from allam.train.callbacks import Throughput
     from allam.train.eval_callback import EvalDuringTraining
+    from allam.train.checkpointing import clean_partial_writes
     from allam.train.guards import EXIT_PREEMPTED, NonFiniteGuard, Preemption, RunRecord
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -84,6 +85,9 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items() if not k.endswith("inv_freq")}
         step = check_resume(ckpt, to_dict(cfg), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps)
         log.info("resuming from %s (step %d)", ckpt, step)
+    if _global_rank() == 0:  # the lock holder: no other command writes in this run directory
+        for path in clean_partial_writes(out / "checkpoints"):
+            log.info("removed an unfinished checkpoint write: %s", path)
     save_run_config(cfg, spec.config, out)
 
     steps = total_steps(cfg.data, cfg.model, cfg.trainer)

