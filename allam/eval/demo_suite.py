@@ -35,7 +35,6 @@ from collections import defaultdict
 from functools import lru_cache
 
 from allam.data import demo
-from allam.data.arabic import strip_arabic_marks
 
 CHOICES = 4  # candidates per item; a group has as many items
 ITEMS = 400  # items per task at most (every task has at least 300)
@@ -49,17 +48,11 @@ Group = list[tuple[str, str, str]]  # (prompt, answer, id) per item; the answers
 
 
 # --------------------------------------------------------------------------- held-out text
-def _clean(text: str, lang: str) -> str:
-    """The demo corpora's cleaning of Bible text (marks stripped, footnote brackets dropped)."""
-    text = strip_arabic_marks(text) if lang == "ar" else demo._WEB_FOOTNOTE.sub("", text).replace("`", "'")
-    return demo.normalize_ws(text)
-
-
 @lru_cache(maxsize=None)
 def held_out_verses(version: str) -> dict[tuple[int, int, int], str]:
     """(book, chapter, verse) -> text of every verse of a held-out Bible book, in canonical order."""
     lang = "ar" if version == "svd" else "en"
-    con = sqlite3.connect(f"file:{demo._bible_db()}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{demo.bible_db()}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName=? "
                            "ORDER BY bNumber, cNumber, vNumber", (BIBLE_VERSION[version],)).fetchall()
@@ -67,7 +60,7 @@ def held_out_verses(version: str) -> dict[tuple[int, int, int], str]:
         con.close()
     out = {}
     for b, c, v, text in rows:
-        if demo.split_of(b) == "val" and (text := _clean(text, lang)):
+        if demo.split_of(b) == "val" and (text := demo.clean_bible_text(text, lang)):
             out[(b, c, v)] = text
     return out
 
@@ -86,7 +79,7 @@ def _verse_id(key) -> str:
 @lru_cache(maxsize=None)
 def _hadith_titles() -> dict[str, str]:
     """'<collection>:<hadith id>' -> the English title of its book ("The Book of" dropped)."""
-    chapter_of = {f"{book}:{hid}": chapter for book, chapter, hid, _, _ in demo._hadith_rows()}
+    chapter_of = {f"{book}:{hid}": chapter for book, chapter, hid, _, _ in demo.hadith_rows()}
     titles = {}
     for package, *path in demo.DEMO_FILES["hadith_ar"]:
         with gzip.open(demo.package_file(package, *path), "rt", encoding="utf-8") as fh:
