@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("subtoken_mean", "mean", "random")
 
 
-def _strategy(strategy) -> str:
+def check_strategy(strategy) -> str:
+    """`init.new_embeddings` as a string, or ConfigError (one line) when it is not one of STRATEGIES."""
     value = str(strategy)
     if value not in STRATEGIES:
         from allam.config import ConfigError
@@ -76,7 +77,7 @@ def init_new_embedding_rows(
     initialized per ``strategy``. ``base_tokenizer`` and ``new_tokenizer`` are needed for
     ``subtoken_mean`` only (``new_tokenizer`` also bounds the new-token rows when given).
     """
-    strategy = _strategy(strategy)
+    strategy = check_strategy(strategy)
     weights = _weights(model)
     rows = weights[0].shape[0]
     if not 0 < num_old_rows <= rows:

@@ -80,9 +80,9 @@ def _pretrained_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
     check_tokenizer_fits_checkpoint(tok, init, bundle, rows)
     grow = {}
     if tok.variant == TokenizerVariant.expanded:
-        from allam.model.embeddings import _strategy, new_token_groups
+        from allam.model.embeddings import check_strategy, new_token_groups
 
-        strategy = _strategy(init.new_embeddings)
+        strategy = check_strategy(init.new_embeddings)
         num_old = min(len(bundle.base.tokenizer), rows)
         target = len(bundle.tokenizer)
         total = padded(target, model_cfg.pad_vocab_to) if target > rows else rows
