@@ -133,3 +133,32 @@ def test_a_resumed_runs_metrics_have_each_step_once(make_cfg, tmp_path):
     val = [int(r["step"]) for r in _rows(run) if r.get("val/en/loss") or r.get("val/ar/loss")]
     assert val == [int(r["step"]) for r in _rows(ref) if r.get("val/en/loss") or r.get("val/ar/loss")]
     assert not list((run / "csv").glob(".tmp-*"))
+
+
+# --------------------------------------------------------------------------- trainer.compile
+@pytest.mark.parametrize("checkpointing, graphs", [("none", 1), ("selective", 2)])
+def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
+    """README *Speed*: the decoder layers share one compiled graph (Dynamo traces the first layer's
+    forward, the others reuse it: parameters are inputs), with no graph break; under selective
+    activation checkpointing the checkpointed and the plain layers have one graph each."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.testing import CompileCounter
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from allam.model.speed import apply_activation_checkpointing, compile_layers
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                         num_attention_heads=2, max_position_embeddings=32)).train()
+    names = list(model.state_dict())
+    apply_activation_checkpointing(model, checkpointing)
+    counter = CompileCounter()  # a Dynamo backend that counts the graphs it is given and runs them eagerly
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    compile_layers(model, backend=counter)
+    ids = torch.randint(0, 64, (2, 8))
+    for _ in range(2):  # a second step compiles nothing new
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
+    assert counter.frame_count == graphs
+    assert not dynamo.utils.counters["graph_break"]
+    assert list(model.state_dict()) == names

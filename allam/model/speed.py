@@ -1,13 +1,14 @@
 """Speed options applied per decoder layer (the FSDP2 unit) of a Hugging Face Llama.
 
-- Activation checkpointing (``trainer.activation_checkpointing``): a checkpointed layer keeps
+- Activation checkpointing (``model.activation_checkpointing``): a checkpointed layer keeps
   only its input and recomputes its activations in the backward (PyTorch's non-reentrant
   ``torch.utils.checkpoint``, through the layer's own Hugging Face hook, so parameter names and
   FSDP2's hooks are unchanged). ``none``; ``selective``: the even-numbered layers (0, 2, 4, ...),
   about half the activation memory for about half the recompute of ``full``; ``full``: every layer.
 - ``torch.compile`` per layer (``trainer.compile``): each layer's ``forward`` is compiled; the
-  layers share one compiled graph (same code, parameters as inputs), FSDP2's hooks stay outside it
-  and the state dict keeps its names. Compile after sharding: FSDP2 swaps the layer's class.
+  layers share one compiled graph (same code, parameters as inputs; two under ``selective``
+  checkpointing: the checkpointed layers' and the others'), FSDP2's hooks stay outside it and the
+  state dict keeps its names (tests/test_resume_evidence.py counts the graphs). Compile after sharding: FSDP2 swaps the layer's class.
 
 Kernels from packages that may not run here (xformers attention, Liger Kernel's fused loss) are
 chosen by :func:`resolve_backend`: by trying them, not by version tables.
