@@ -8,10 +8,24 @@ only ``task == "train"`` files.
 from __future__ import annotations
 
 import json
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 FILENAME = "results.json"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose commit a results file records
+
+# provenance: which code wrote a results file. write() adds these keys to every file that lacks
+# them; a file written before they existed has none, and claim reports call its code "unknown commit"
+PROVENANCE_KEYS: dict[str, str] = {
+    "code.commit": "git commit of the checkout allam ran from (None: not a git checkout)",
+    "code.dirty": "True when tracked files differed from that commit (None: not a git checkout)",
+    "versions.torch": "installed torch version (None: not installed)",
+    "versions.lightning": "installed lightning version",
+    "versions.transformers": "installed transformers version",
+    "versions.tokenizers": "installed tokenizers version",
+}
 
 # every metric key a training run writes, with what it holds
 TRAIN_KEYS: dict[str, str] = {
@@ -122,10 +136,39 @@ def print_eval(results: dict) -> None:
               f"  (n={f('n', '{:d}')}, chance {f('chance')}, {f('seconds', '{:.1f}')} s)")
 
 
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """The PROVENANCE_KEYS of this process: the checkout's git commit and dirty flag (tracked
+    files only; both None outside a git checkout) and the versions of the libraries that decide
+    the numbers."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    out: dict[str, Any] = {"code.commit": commit.strip() if commit else None,
+                           "code.dirty": bool(status.strip()) if status is not None else None}
+    for lib in ("torch", "lightning", "transformers", "tokenizers"):
+        try:
+            out[f"versions.{lib}"] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[f"versions.{lib}"] = None
+    return out
+
+
+def _dump(results: dict) -> str:
+    stamped = results if all(k in results for k in PROVENANCE_KEYS) else {**provenance(), **results}
+    return json.dumps(stamped, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
 def write(out_dir: Path, results: dict) -> Path:
-    """Write results.json into `out_dir`; returns its path."""
+    """Write results.json into `out_dir` with the PROVENANCE_KEYS it lacks; returns its path."""
     path = Path(out_dir) / FILENAME
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    path.write_text(_dump(results), encoding="utf-8")
     return path
 
 
@@ -136,7 +179,7 @@ def write_status(out_dir: Path, results: dict) -> Path:
     previous = read(path) if path.exists() else None
     if results.get("status") != "finished" and previous and previous.get("status", "finished") == "finished":
         target = Path(out_dir) / f"results.{results.get('status')}.json"
-        target.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        target.write_text(_dump(results), encoding="utf-8")
         return target
     return write(out_dir, results)
 

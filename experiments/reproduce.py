@@ -64,12 +64,13 @@ def cells_for(claims: list[C.Claim]) -> list[str]:
     for cell, deps in MATCH_FLOPS.items():
         if cell in arms:
             arms += [d for d in deps if d not in arms]
-    adapted = [a for a in arms if a not in SCRATCH]
-    return ([C.BASE] if adapted else []) + adapted + [s for s in SCRATCH if s in arms]
+    adapted = [a for a in arms if a not in SCRATCH and a != C.BASE]
+    return ([C.BASE] if adapted or C.BASE in arms else []) + adapted + [s for s in SCRATCH if s in arms]
 
 
-def stages(english_tokens: int, ar_ratio: float = 0.45) -> str:
-    return f"data.stages=[{{tokens:{english_tokens},ar_ratio:0.0}},{{tokens:null,ar_ratio:{ar_ratio}}}]"
+def stages(english_tokens: int, ar_ratio: float = 0.45, first_ar_ratio: float = 0.0) -> str:
+    return (f"data.stages=[{{tokens:{english_tokens},ar_ratio:{first_ar_ratio}}},"
+            f"{{tokens:null,ar_ratio:{ar_ratio}}}]")
 
 
 def cell_overrides(cell: str, budget: Budget, seed_dir: Path) -> list[str] | None:
@@ -92,7 +93,10 @@ def cell_overrides(cell: str, budget: Budget, seed_dir: Path) -> list[str] | Non
             return None
         per_step = same_model["train.tokens"] / max(1, same_model["train.steps"])
         steps = math.ceil(target["train.total_flops"] / same_model["train.flops_per_token"] / per_step)
-        return [*args, f"trainer.max_tokens={int(steps * per_step)}", stages(budget.base_tokens),
+        # its first stage is the base's data (English with the base's small Arabic share)
+        base = R.read(seed_dir / C.BASE / R.FILENAME) or {}
+        base_ar = float(((base.get("config") or {}).get("data") or {}).get("ar_ratio") or 0.0)
+        return [*args, f"trainer.max_tokens={int(steps * per_step)}", stages(budget.base_tokens, first_ar_ratio=base_ar),
                 f"trainer.val_every_steps={budget.base_val_every_steps}"]
     return [*args, f"trainer.max_tokens={budget.tokens}"]
 
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--full: experiments/CLAIMS_full.md; --smoke: <out>/CLAIMS.md)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no runs: the report from what exists")
+    p.add_argument("--mix-commits", action="store_true",
+                   help="let one arm hold runs from different git commits (default: refuse and name them)")
     a = p.parse_args(argv)
 
     budget = BUDGETS["full" if a.full else "smoke" if a.smoke else "default"]
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
               f"validation every {budget.val_every_steps} steps; seeds requested {seeds}; {len(runs)} runs, "
               f"{tokens:,} training tokens, {wall / 60:.1f} min of run wall time on {os.cpu_count()} CPU cores"
               + (f" ({' '.join(budget.overrides)})" if budget.overrides else "") + ".")
-    rep = C.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md)
+    rep = C.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md,
+                              mix_commits=a.mix_commits)
     (out / "reproduce.json").write_text(json.dumps({**rep, "budget": budget.name, "seeds": seeds, "runs": len(runs),
                                                     "tokens": tokens, "run_wall_seconds": wall, "failed": failed,
                                                     "this_invocation_seconds": time.perf_counter() - t0,

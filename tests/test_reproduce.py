@@ -32,12 +32,22 @@ def test_every_claim_cell_composes_alone(make_cfg):
 
 
 def test_verdict_rule():
+    """Paired over seeds from one base: a consistent difference is reproduced, the reverse is not,
+    one within noise is inconclusive, a single seed gives no test; a claim needs all its
+    deciding comparisons."""
     lo, hi = C.stat([1.0, 1.1, 0.9]), C.stat([2.0, 2.1, 1.9])
     assert (lo.mean, lo.n) == (1.0, 3) and abs(lo.std - 0.1) < 1e-9
-    assert C.verdict(worse=hi, better=lo)[0] == C.REPRODUCED
-    assert C.verdict(worse=lo, better=hi)[0] == C.NOT_REPRODUCED
-    assert C.verdict(worse=C.stat([1.05, 1.0, 1.1]), better=lo)[0] == C.INCONCLUSIVE  # within 2 SE
-    assert C.verdict(worse=hi, better=C.stat([1.0]))[0] == C.INCONCLUSIVE  # one seed: no SE
+    runs = [_run("a", "lo", s, {"m": v}) for s, v in zip((1, 2, 3), (1.0, 1.1, 0.9))]
+    runs += [_run("b", "hi", s, {"m": v}) for s, v in zip((1, 2, 3), (2.0, 2.13, 1.9))]
+    runs += [_run("c", "noise", s, {"m": v}) for s, v in zip((1, 2, 3), (1.05, 1.0, 1.1))]
+    runs += [_run("d", "one", 1, {"m": 3.0})]
+    groups = C.group_by_seed(runs)
+
+    def verdict(better, worse):
+        claim = C.Claim(0, "t", C.SECONDARY, "p", "c", (C.Comparison("m", better, worse),))
+        return C.evaluate([claim], groups)[0]["verdict"]
+    assert verdict("lo", "hi") == C.REPRODUCED and verdict("hi", "lo") == C.NOT_REPRODUCED
+    assert verdict("lo", "noise") == C.INCONCLUSIVE and verdict("lo", "one") == C.INCONCLUSIVE
     assert C.claim_verdict([C.REPRODUCED, C.INCONCLUSIVE]) == C.INCONCLUSIVE
     assert C.claim_verdict([C.REPRODUCED, C.NOT_REPRODUCED]) == C.NOT_REPRODUCED
 
