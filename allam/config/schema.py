@@ -175,6 +175,7 @@ class TokenizerConfig:
     variant: TokenizerVariant = TokenizerVariant.base
     base: str = "auto"
     english_vocab_size: int = 8192  # size of the offline english8k base
+    base_ar_share: float = 0.0  # english8k: Arabic share of its training words (0: English only; english_base: 0.01)
     num_new_tokens: int = 16000  # expanded: Arabic pieces appended to the base
     vocab_size: int = 64000  # bilingual: size of the from-scratch tokenizer
     training_words: Optional[int] = None  # cap on words of training text read (None: all)
@@ -373,6 +374,7 @@ class AllamConfig:
     task: str = "train"  # a name from TASKS above (train, plan, tokenizer-report, export, report, eval)
     ckpt: Optional[str] = None  # checkpoint for resume / export; task=eval: also a run dir or Hugging Face folder
     report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
+    report_mix_commits: bool = False  # task=report: let one claim arm hold runs from different git commits
     export: bool = True  # export a Hugging Face folder at the end of training
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
