@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 
@@ -15,20 +16,25 @@ import hydra
 from omegaconf import DictConfig
 
 from allam.config import CONF_DIR, ConfigError, RunFailed, explain_compose_error, validate
+from allam.config.errors import compose_overrides
 from allam.config.rules import writable_dir
 
 
-def preflight(argv: list[str]) -> None:
-    """Compose the command line's overrides once before Hydra runs, so a bad key, value or
-    group choice stops with one line naming it instead of a traceback."""
-    if any(a in ("-m", "--multirun", "-h", "--help", "--hydra-help", "-i", "--info") for a in argv):
-        return
-    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra"))]
-    from hydra import compose, initialize_config_dir
-
+def preflight(argv: list[str]) -> list[str]:
+    """Compose the command line's overrides before Hydra runs, so a bad key, value or group
+    choice stops with one line naming it instead of a traceback. With ``-m`` every job of the
+    sweep is composed and validated before any starts. Returns the command line Hydra should
+    run (:func:`allam.config.errors.compose_overrides`)."""
+    argv = compose_overrides(argv)
+    if any(a in ("-h", "--help", "--hydra-help", "-i", "--info") for a in argv):
+        return argv
+    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra", "++hydra"))]
+    if any(a in ("-m", "--multirun") for a in argv):
+        if not any(a.startswith(("hydra/sweeper=", "hydra.sweeper.")) for a in argv):  # other sweepers choose jobs as they go
+            check_sweep(overrides)
+        return argv
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base=None):
-            cfg = compose("config", overrides=overrides)
+        cfg = _compose(overrides)
     except Exception as exc:  # hydra/omegaconf composition errors
         sys.exit(f"error: {explain_compose_error(exc)}")
     try:
@@ -38,6 +44,54 @@ def preflight(argv: list[str]) -> None:
                 writable_dir("hydra.run.dir", arg.split("=", 1)[1])
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
+    return argv
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose("config", overrides=overrides)
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job of a ``-m`` sweep, in launch order, expanded as Hydra's basic
+    sweeper expands them (``a,b``, ``choice()``, ``range()``, ``glob()``; a later override of a
+    key replaces an earlier one)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        axes: dict[str, list[str]] = {}
+        for o in parser.parse_overrides(overrides):
+            key = o.get_key_element()
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            axes[key] = [f"{key}={v}" for v in values]
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Compose and validate every job of a sweep; one line naming the first bad job (and how many
+    are bad) before any job starts."""
+    try:
+        jobs = sweep_jobs(overrides)
+    except Exception as exc:  # a sweep Hydra cannot parse
+        sys.exit(f"error: {explain_compose_error(exc)}")
+    bad = []
+    for i, job in enumerate(jobs):
+        try:
+            validate(_compose(job))
+        except ConfigError as exc:
+            bad.append((i, job, str(exc)))
+        except Exception as exc:  # hydra/omegaconf composition errors
+            bad.append((i, job, explain_compose_error(exc)))
+    if bad:
+        i, job, msg = bad[0]
+        varying = [o for o in job if sum(o in j for j in jobs) < len(jobs)] or job
+        sys.exit(f"error: {len(bad)} of {len(jobs)} sweep jobs are invalid, none was started; "
+                 f"job {i} ({', '.join(varying)}): {msg}")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -54,5 +108,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    preflight(sys.argv[1:])
+    sys.argv[1:] = preflight(sys.argv[1:])
     main()

@@ -6,7 +6,10 @@ The table has one row per training run, the config keys that differ between the 
 ablation axes, found by comparing their resolved configs), the headline metrics and, where runs
 were evaluated, the accuracy of every eval task (``eval.<task>.acc`` and ``acc_norm``).
 A task=eval run's scores join the row of the run it scored (its ``source_run``); one that scored
-no run under the folder (e.g. a Hugging Face folder) gets its own row.
+no run under the folder (e.g. a Hugging Face folder) gets its own row. Every row shows the run's
+``status`` (finished, preempted, failed; ``eval`` for an eval run's own row). A results.json that is
+empty, not JSON (truncated, garbage) or written by another task is skipped, and the report prints
+and records (``skipped``, and the end of report.md) each skipped file with the reason.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from allam.results import REPORT_METRICS, collect_runs, eval_tasks
+from allam.results import FILENAME, REPORT_METRICS, eval_tasks
 
 IGNORED_PREFIXES = ("paths.", "ckpt", "trainer.progress_bar", "report_dir", "eval.", "task")
 EVAL_COLUMNS = ("acc", "acc_norm")  # eval.<task>.<column> in the table
@@ -27,6 +30,40 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
+
+
+def read_results(path: Path) -> tuple[dict | None, str | None]:
+    """One results.json: (its object, None), or (None, why it cannot be read as one)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    if not text.strip():
+        return None, "empty file"
+    try:
+        res = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON, truncated or damaged ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    if not isinstance(res, dict):
+        return None, f"not a results object (a JSON {type(res).__name__})"
+    return res, None
+
+
+def collect(root: Path) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
+    """The training runs and the task=eval runs under `root` (or the one file `root`), in path
+    order, each with its file as ``_path``, and every other results.json as (path, why skipped)."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(root.rglob(FILENAME))
+    runs, evals, skipped = [], [], []
+    for f in files:
+        res, why = read_results(f)
+        if res is not None and res.get("task") in ("train", "eval"):
+            res["_path"] = str(f)
+            (runs if res["task"] == "train" else evals).append(res)
+        else:
+            skipped.append((str(f), why or (f"written by task={res.get('task')}, not a training or eval run"
+                                             if res.get("task") else "has no 'task' key")))
+    return runs, evals, skipped
 
 
 def differing_keys(runs: list[dict]) -> list[str]:
@@ -69,12 +106,13 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     axes = differing_keys(runs)
     metrics = [m for m in REPORT_METRICS if any(m in r for r in runs)]
     metrics += [f"eval.{t}.{c}" for t in all_eval_tasks(runs) for c in EVAL_COLUMNS if any(f"eval.{t}.{c}" in r for r in runs)]
-    header = ["run", *axes, *metrics]
+    header = ["run", "status", *axes, *metrics]
     rows = []
     for r in runs:
         flat = _flatten(r.get("config", {}))
         name = Path(r["_path"]).parent.name
-        rows.append([name, *[_fmt(flat.get(k)) for k in axes], *[_fmt(r.get(m)) for m in metrics]])
+        status = r.get("status") or ("eval" if r.get("task") == "eval" else "unknown")
+        rows.append([name, status, *[_fmt(flat.get(k)) for k in axes], *[_fmt(r.get(m)) for m in metrics]])
     return header, rows
 
 
@@ -142,36 +180,45 @@ def plot_eval(runs: list[dict], labels: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def run_report(root: Path, out_dir: Path) -> dict:
-    runs = with_evals(collect_runs(root), collect_runs(root, task="eval"))
+def run_report(root: Path, out_dir: Path, mix_commits: bool = False) -> dict:
+    train, evals, skipped = collect(root)
+    runs = with_evals(train, evals)
+    notes = [f"skipped {path}: {why}" for path, why in skipped]
     if not runs:
         from allam.config import ConfigError
 
-        raise ConfigError(f"report_dir={root}: no training results.json found under it")
+        why = f" (skipped {len(skipped)}: " + "; ".join(f"{p}: {w}" for p, w in skipped[:3]) + ")" if skipped else ""
+        raise ConfigError(f"report_dir={root}: no training results.json found under it{why}")
     header, rows = build_table(runs)
     table = markdown(header, rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(table + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(table + "\n" + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""),
+                                       encoding="utf-8")
     plot(runs, rows, out_dir / "report.png")
     print(table)
+    for note in notes:
+        print(note)
     res = {"runs": len(runs), "axes": differing_keys(runs), "header": header, "rows": rows,
+           "skipped": [{"path": p, "reason": w} for p, w in skipped],
            "table": str(out_dir / "report.md"), "plot": str(out_dir / "report.png")}
     if all_eval_tasks(runs):
         plot_eval(runs, [row[0] for row in rows], out_dir / "report_eval.png")
         res["eval_plot"] = str(out_dir / "report_eval.png")
-    res.update(claims_section(root, out_dir, runs))
+    res.update(claims_section(root, out_dir, runs, mix_commits))
     return res
 
 
-def claims_section(root: Path, out_dir: Path, runs: list[dict]) -> dict:
+def claims_section(root: Path, out_dir: Path, runs: list[dict], mix_commits: bool = False) -> dict:
     """When the runs include claim cells (conf/experiment/claim*.yaml): the seed-grouped verdicts of
-    every claim with all its arms present, as CLAIMS.md and claim<N>.png in `out_dir`."""
+    every claim with all its arms present, as CLAIMS.md and claim<N>.png in `out_dir`. An arm with
+    runs from different git commits is an error unless `mix_commits` (report_mix_commits=true)."""
     from allam import claims as C
 
     arms = set(C.group_by_seed(runs))
     numbers = [c.number for c in C.claims_by_number() if set(c.arms) <= arms]
     if not numbers:
         return {}
-    rep = C.run_claims_report(root, out_dir, numbers, f"python run.py task=report report_dir={root}")
+    rep = C.run_claims_report(root, out_dir, numbers, f"python run.py task=report report_dir={root}",
+                              mix_commits=mix_commits)
     print(f"claims {', '.join(map(str, numbers))}: {rep['claims_md']}")
     return {"claims": {str(k): v for k, v in rep["verdicts"].items()}, "claims_md": rep["claims_md"]}

@@ -1,4 +1,5 @@
-"""ConfigError and the translation of Hydra/OmegaConf composition errors into one line."""
+"""ConfigError, the command line's overrides as Hydra composes them, and the translation of
+Hydra/OmegaConf composition errors into one line."""
 from __future__ import annotations
 
 import re
@@ -33,6 +34,20 @@ def _allowed_keys(node_path: str) -> str:
     return ""
 
 
+def compose_overrides(overrides: list[str]) -> list[str]:
+    """The command line's overrides as Hydra should compose them. ``data.sources.NAME.FIELD=V``
+    (FIELD a SourceConfig field) becomes ``++data.sources.NAME.FIELD=V``: a source's YAML lists only
+    the fields it changes, and Hydra refuses to set any other one without a prefix. A NAME that is
+    no source then fails validation (``data.sources.NAME.lang: missing``, naming the sources)."""
+    from allam.config.schema import SourceConfig
+
+    out = []
+    for o in overrides:
+        m = re.match(r"data\.sources\.[^.=]+\.(\w+)=", o)
+        out.append("++" + o if m and m.group(1) in SourceConfig.__dataclass_fields__ else o)
+    return out
+
+
 def explain_compose_error(exc: BaseException) -> str:
     """Turns a Hydra/OmegaConf composition error into one line: key, value, what is allowed."""
     from allam.config.schema import SourceConfig
@@ -60,6 +75,13 @@ def explain_compose_error(exc: BaseException) -> str:
     if key and ("not in" in detail or "Could not override" in text or "Key '" in detail):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _allowed_keys(parent)
+        while parent and not allowed:  # a misspelled group or sub-key: name the first part that does not exist
+            parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+            allowed = _allowed_keys(parent)
+            bad = key[len(parent) + 1:].split(".")[0] if parent else key.split(".")[0]
+            if allowed:
+                where = f"{parent}.{bad}" if parent else bad
+                return f"{key}: no such key '{where}'; allowed{' in ' + parent if parent else ''}: {allowed}"
         return f"{key}: no such key{' in ' + parent if parent else ''}; allowed: {allowed}"
     mvals = re.search(r"expected one of \[(.*?)\]", ctext)
     if key and mvals:

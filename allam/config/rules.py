@@ -6,6 +6,7 @@ is one line naming the key, the value and what is allowed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -35,8 +36,9 @@ def _positive(key: str, value: Optional[int], allow_zero: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- data sources and mix
-def source(name: str, node: Any) -> DictConfig:
-    """One data source checked against SourceConfig, with its defaults filled in."""
+def source(name: str, node: Any, sources: tuple[str, ...] = ()) -> DictConfig:
+    """One data source checked against SourceConfig, with its defaults filled in (``sources``: the
+    config's complete sources, named when this one has no ``lang``)."""
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
     key = f"data.sources.{name}"
@@ -49,7 +51,10 @@ def source(name: str, node: Any) -> DictConfig:
         bad = str(exc).split("'")[1] if "'" in str(exc) else "?"
         raise ConfigError(f"{key}.{bad}: no such key; allowed: " + ", ".join(SourceConfig.__dataclass_fields__))
     except MissingMandatoryValue:
-        raise ConfigError(f"{key}.lang: missing; allowed: ar, en")
+        others = [n for n in sources if n != name]
+        hint = (f" ('{name}' is none of the sources {', '.join(others)}; a new one needs lang, loader and path)"
+                if others else "")
+        raise ConfigError(f"{key}.lang: missing; allowed: ar, en{hint}")
     except ValidationError as exc:
         field_name = getattr(exc, "key", None) or "?"
         first = str(exc).strip().splitlines()[0]
@@ -57,6 +62,10 @@ def source(name: str, node: Any) -> DictConfig:
     if merged.loader not in LOADERS:
         _fail(f"{key}.loader", merged.loader, "allowed: " + ", ".join(LOADERS))
     _unit(f"{key}.max_wrong_script", merged.max_wrong_script)
+    weight = merged.weight
+    if weight is not None and not (math.isfinite(float(weight)) and float(weight) > 0):
+        _fail(f"{key}.weight", weight, "must be a positive number (its share of its (lang, kind) stream) or null "
+              f"(by size); to leave the source out, remove it with ~{key}")
     return merged
 
 
@@ -109,6 +118,32 @@ def mix_stages(data) -> list[Stage]:
             if tau < 1 and SourceKind.natural not in ar_kinds:
                 _fail(f"{st.key}.translated_share", tau, "is below 1 but every Arabic source has kind=translated")
     return stages
+
+
+def stage_budget(stages: list[Stage], data, model, trainer) -> None:
+    """The stages cover the training budget: every stage starts before training ends, and a last
+    stage that sets ``tokens`` (instead of null: to the end) reaches the budget. The budget is
+    ``trainer.max_tokens``, or ``trainer.max_steps`` x tokens per step when max_steps is set."""
+    from allam.config.derived import tokens_per_step
+
+    if len(stages) == 1 and stages[0].tokens is None:
+        return
+    if trainer.max_steps:
+        budget = int(trainer.max_steps) * tokens_per_step(data, model, trainer)
+        what = f"trainer.max_steps={trainer.max_steps} x {tokens_per_step(data, model, trainer):,} tokens per step"
+    else:
+        budget, what = int(trainer.max_tokens), "trainer.max_tokens"
+    start = 0
+    for st in stages:
+        if start >= budget:
+            raise ConfigError(f"{st.key}: starts at token {start:,} but training ends at {budget:,} ({what}), so "
+                              "it would never run; shorten the earlier stages, drop this one or raise the budget")
+        start += st.tokens or 0
+    last = stages[-1]
+    if last.tokens is not None and start < budget:
+        _fail(f"{last.key}.tokens", last.tokens,
+              f"the stages cover {start:,} of the run's {budget:,} training tokens ({what}); set the last "
+              "stage's tokens to null (it then runs to the end of training) or make the stages sum to the budget")
 
 
 def _opt(v) -> Optional[float]:
@@ -196,9 +231,10 @@ def validate(cfg: DictConfig) -> None:
               f"with init={ini.name} use tokenizer=base or tokenizer=expanded")
     if t.precision not in PRECISIONS:
         _fail("trainer.precision", t.precision, "allowed: 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true")
+    complete = tuple(n for n in d.sources if isinstance(d.sources[n], (dict, DictConfig)) and "lang" in d.sources[n])
     for name in list(d.sources):
-        d.sources[name] = source(name, d.sources[name])
-    mix_stages(d)
+        d.sources[name] = source(name, d.sources[name], complete)
+    stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
 
 

@@ -30,6 +30,7 @@ import glob as globlib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -41,6 +42,7 @@ CHAPTER_DOCS = 50
 VAL_EVERY = demo.VAL_EVERY
 
 _EXTENSIONS = {"text": (".txt",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON escape can put one in a str; UTF-8 never decodes to one
 
 
 @dataclass
@@ -176,7 +178,17 @@ def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[s
             text = row[field]
             if text is None:
                 continue
-            yield str(text), (str(row[pair_field]) if pair_field and row.get(pair_field) is not None else None)
+            text = str(text)
+            pair = str(row[pair_field]) if pair_field and row.get(pair_field) is not None else None
+            bad_char = _SURROGATE.search(text) or (_SURROGATE.search(pair) if pair else None)
+            if bad_char:  # a JSON escape such as "\ud800" decodes to a character no UTF-8 text can hold
+                if skip_bad:
+                    bad[0] += 1
+                    continue
+                raise ConfigError(
+                    f"data.sources.{name}: {f} line {lineno} has a lone surrogate (\\u{ord(bad_char.group()):04x}), "
+                    f"which is not Unicode text (set data.sources.{name}.skip_bad_utf8=true to skip such documents)")
+            yield text, pair
 
 
 def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int]):

@@ -106,6 +106,10 @@ def build_logger(logger_cfg, out: Path, config: dict):
         from lightning.pytorch.loggers import WandbLogger
 
         mode = logger_cfg.mode
+        env = os.environ.get("WANDB_MODE")
+        if mode == "online" and env and env != "online":  # wandb obeys the environment over its init arguments
+            log.warning("logger.mode=online but WANDB_MODE=%s is set in the environment: W&B runs %s and does "
+                        "not sync (unset WANDB_MODE to sync, or set logger.mode=%s)", env, env, env)
         os.environ.setdefault("WANDB_MODE", mode)
         return WandbLogger(
             project=logger_cfg.project,
