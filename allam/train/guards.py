@@ -83,6 +83,24 @@ class NonFiniteGuard(L.Callback):
         self.skipped = int(state_dict.get("skipped", 0))
 
 
+def set_received_sigterm(trainer) -> None:
+    """Set the flag Lightning's own SIGTERM handler sets, so the fit loop raises
+    ``SIGTERMException`` at the next step boundary on every rank (:class:`Preemption` saves there).
+
+    Lightning 2.6 has no public setter: ``Trainer.received_sigterm`` is a read-only property over
+    the private ``Trainer._signal_connector``, and the only public way to set it, calling the
+    SIGTERM handler Lightning installed, would also run every SIGTERM handler installed before
+    it. This function is the one place that touches the private attribute;
+    tests/test_lightning_contract.py fails if a Lightning release moves it."""
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is None or not hasattr(connector, "received_sigterm"):
+        import lightning
+
+        raise RuntimeError(f"lightning {lightning.__version__}: Trainer._signal_connector.received_sigterm is gone; "
+                           "allam.train.guards.set_received_sigterm must follow Lightning's new signal handling")
+    connector.received_sigterm = True
+
+
 class Preemption(L.Callback):
     """Checkpoint at the next step boundary on SIGTERM, SIGUSR1, SIGUSR2 or a first SIGINT (see module doc)."""
 
@@ -97,7 +115,6 @@ class Preemption(L.Callback):
 
         if threading.current_thread() is not threading.main_thread():
             return
-        connector = trainer._signal_connector
         lightning_sigterm = signal.getsignal(signal.SIGTERM)
 
         def graceful(signum, frame):
@@ -107,7 +124,7 @@ class Preemption(L.Callback):
             if signum == signal.SIGTERM and callable(lightning_sigterm):
                 lightning_sigterm(signum, frame)
             else:
-                connector.received_sigterm = True  # Lightning's flag: stop at the next step boundary
+                set_received_sigterm(trainer)  # Lightning's flag: stop at the next step boundary
                 launcher = trainer.strategy.launcher
                 if launcher is not None and hasattr(launcher, "procs") and trainer.is_global_zero:
                     launcher.kill(signum)  # the ranks Lightning started get the same signal
