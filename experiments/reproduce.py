@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from allam import claims as C  # noqa: E402
 from allam import results as R  # noqa: E402
+from allam.config import ConfigError  # noqa: E402
 
 SCRATCH = ("claim1_scratch", "claim7_mix_only", "claim1_scratch_flops")  # random init: no base needed
 MATCH_FLOPS = {"claim1_scratch_flops": ("claim1_adapt", "claim1_scratch")}  # cell: (FLOPs to match, same-model run)
@@ -173,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
               f"validation every {budget.val_every_steps} steps; seeds requested {seeds}; {len(runs)} runs, "
               f"{tokens:,} training tokens, {wall / 60:.1f} min of run wall time on {os.cpu_count()} CPU cores"
               + (f" ({' '.join(budget.overrides)})" if budget.overrides else "") + ".")
-    rep = C.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md,
-                              mix_commits=a.mix_commits)
+    try:
+        rep = C.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md,
+                                  mix_commits=a.mix_commits)
+    except ConfigError as e:  # e.g. an arm mixing commits: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     (out / "reproduce.json").write_text(json.dumps({**rep, "budget": budget.name, "seeds": seeds, "runs": len(runs),
                                                     "tokens": tokens, "run_wall_seconds": wall, "failed": failed,
                                                     "this_invocation_seconds": time.perf_counter() - t0,

@@ -143,3 +143,35 @@ def test_a_run_recorded_before_a_key_existed_groups_with_its_default():
     other["config"]["model"] = {"arch": "qwen2"}
     groups = C.group_by_seed([old, new, other])
     assert {k: len(v) for k, v in groups.items()} == {"claim1_adapt": 2, "claim1_adapt#2": 1}
+
+
+def test_cells_run_the_base_once_first_and_the_flops_cell_last():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import reproduce
+
+    cells = reproduce.cells_for(C.claims_by_number([1, 8]))
+    assert cells == [C.BASE, "claim1_adapt", "claim1_scratch", "claim1_scratch_flops"]
+    assert reproduce.cells_for(C.claims_by_number([7])) == ["claim1_scratch", "claim7_mix_only"]  # no base needed
+
+
+def test_report_only_refuses_mixed_commits_unless_mix_commits(tmp_path, capsys):
+    """reproduce.py --report-only over runs of claim 4 where one seed came from another commit:
+    a one-line error naming the runs; with --mix-commits, CLAIMS.md with the commits listed."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import reproduce
+
+    out = tmp_path / "runs"
+    for seed, (a, r) in enumerate([(0.10, 0.30), (0.11, 0.32), (0.09, 0.31)], start=1):
+        for arm, delta in (("claim1_adapt", a), ("claim4_rewarm", r)):
+            run = _run(arm, arm, seed, {"delta.val.en.bpb": delta}, **{"code.commit": "c" * 40 if seed < 3 else "d" * 40,
+                                                                      "code.dirty": False})
+            run.pop("_path")
+            (out / f"seed{seed}" / arm).mkdir(parents=True)
+            (out / f"seed{seed}" / arm / "results.json").write_text(json.dumps(run))
+    args = ["--report-only", "--claims", "4", "--out", str(out), "--claims-md", str(tmp_path / "CLAIMS.md")]
+    assert reproduce.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: claims: arm claim1_adapt") and "\n" not in err and "seed3/claim1_adapt (dddddddddddd)" in err
+    assert reproduce.main([*args, "--mix-commits"]) == 0
+    text = (tmp_path / "CLAIMS.md").read_text()
+    assert "**Verdict: reproduced.**" in text and "cccccccccccc, dddddddddddd" in text and "paired n=3" in text
