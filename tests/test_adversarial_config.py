@@ -205,3 +205,38 @@ def test_a_lone_surrogate_names_the_source_and_line(tiny_tok, tmp_path, workers)
     jobs = shards.plan_jobs({"news": source_values({**src, "skip_bad_utf8": True})}, False, info, tmp_path / "cache")
     built = shards.build(jobs, info, workers=workers, progress=False, log=lambda *_: None)
     assert built["news"].meta["drops"]["bad_utf8"] == 1 and built["news"].meta["docs_read"] == 119
+
+
+def _build_news(tok, tmp_path, log):
+    from allam.data import shards
+
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    corpus = tmp_path / "corpus"
+    src = _jsonl_source(corpus) if not corpus.exists() else {"lang": "en", "loader": "jsonl", "path": str(corpus / "en.jsonl")}
+    jobs = shards.plan_jobs({"news": src}, False, info, tmp_path / "cache")
+    return shards.build(jobs, info, workers=1, progress=False, log=log)["news"]
+
+
+@pytest.mark.parametrize("damage", ["meta.json:random", "meta.json:truncated", "train.bin:random", "train.bin:truncated",
+                                    "train.bin:same-size", "val_docs.npy:truncated"])
+def test_a_damaged_shard_cache_entry_is_named_and_rebuilt(tiny_tok, tmp_path, damage):
+    import numpy as np
+
+    first = _build_news(tiny_tok, tmp_path, log=lambda *_: None)
+    tokens = np.array(first.tokens("train"))
+    assert first.meta["files"]["train.bin"]["bytes"] == tokens.nbytes
+    name, how = damage.split(":")
+    f = first.path / name
+    body = f.read_bytes()
+    rng = np.random.default_rng(0)
+    f.write_bytes({"random": rng.bytes(len(body) + 7), "truncated": body[: len(body) // 2],
+                   "same-size": rng.bytes(len(body))}[how])
+    lines = []
+    again = _build_news(tiny_tok, tmp_path, log=lines.append)
+    assert lines[0].startswith(f"data: news: cached shards {first.path} cannot be used (")
+    assert lines[0].endswith("); rebuilding them")
+    assert name in lines[0] and len(lines) == 2  # the damage, then the rebuild's summary
+    assert np.array_equal(np.array(again.tokens("train")), tokens)
+    quiet = []
+    _build_news(tiny_tok, tmp_path, log=quiet.append)
+    assert quiet == []  # the rebuilt entry is used as it is

@@ -11,7 +11,9 @@ tokenized in batches by a pool of forked workers (all cores; a bounded number of
 flight, so an arbitrarily large corpus never needs to fit in memory), and appended to the shard
 files in order, with exact-duplicate removal by hash. A progress bar shows documents and tokens.
 Folders are written under a temporary name and renamed when complete; a file lock keeps
-concurrent ranks from building the same folder twice.
+concurrent ranks from building the same folder twice. ``meta.json`` records each file's size and
+the SHA-256 of its first and last MiB; a cached folder is verified against them (and against its
+token counts) before use, and a damaged one is named and rebuilt.
 """
 from __future__ import annotations
 
@@ -146,14 +148,63 @@ def plan_jobs(sources: dict, parallel_pairs: bool, tok: TokenizerInfo, cache_dir
     return jobs
 
 
-def load(job: ShardJob) -> Optional[SourceShards]:
+SHARD_FILES = ("train.bin", "val.bin", "val_docs.npy")
+ENDS_BYTES = 1 << 20  # the digest of a file covers its first and last MiB: cheap at any size
+
+
+def file_record(path: Path) -> dict:
+    """What meta.json records of one shard file when it is published: its size and the SHA-256 of
+    its first and last :data:`ENDS_BYTES` (a truncated file, or one overwritten, fails at load)."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(ENDS_BYTES))
+        if size > ENDS_BYTES:
+            fh.seek(max(ENDS_BYTES, size - ENDS_BYTES))
+            h.update(fh.read())
+    return {"bytes": size, "sha256_ends": h.hexdigest()}
+
+
+def verify(job: ShardJob) -> tuple[Optional[dict], Optional[str]]:
+    """(meta, None) when the cached folder is complete and intact; (None, why not) otherwise
+    (why is None when there is simply no folder). Checks that meta.json is this job's, that every
+    file has the size its token counts imply, and the size and end digests recorded at publish."""
     meta_file = job.path / "meta.json"
     if not meta_file.exists():
-        return None
-    meta = json.loads(meta_file.read_text())
+        return None, (f"{job.path.name} has no meta.json" if job.path.exists() else None)
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"meta.json is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     if meta.get("format") != FORMAT_VERSION:
-        return None
-    return SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
+        return None, f"it has format {meta.get('format')}, this code writes {FORMAT_VERSION}"
+    try:
+        if meta["key"] != job.key:
+            return None, f"meta.json belongs to key {meta['key']}, not {job.key}"
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        expected = {f"{split}.bin": int(meta[split]["tokens"]) * itemsize for split in ("train", "val")}
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"meta.json lacks or garbles {exc}"
+    records = meta.get("files") or {}
+    for name in SHARD_FILES:
+        f = job.path / name
+        if not f.exists():
+            return None, f"{name} is missing"
+        size = f.stat().st_size
+        want = records.get(name, {}).get("bytes", expected.get(name))
+        if want is not None and size != want:
+            return None, f"{name} has {size:,} bytes, meta.json says {want:,}"
+        if name in records and file_record(f)["sha256_ends"] != records[name].get("sha256_ends"):
+            return None, f"{name} does not match the checksum recorded when it was written"
+    return meta, None
+
+
+def load(job: ShardJob) -> Optional[SourceShards]:
+    """The cached shards of `job` when the folder is complete and intact (:func:`verify`), else None."""
+    meta, _ = verify(job)
+    return None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
 
 
 # --------------------------------------------------------------------------- workers
@@ -259,7 +310,10 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     try:
         for i, job in enumerate(todo):
             with _locked(job.path):
-                shards = load(job)  # another rank may have built it meanwhile
+                meta, why = verify(job)  # another rank may have built it meanwhile
+                shards = None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
+                if why:
+                    log(f"data: {job.name}: cached shards {job.path} cannot be used ({why}); rebuilding them")
                 if shards is None:
                     if pool_cm is None:
                         pool_cm = _pool(workers)
@@ -387,6 +441,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
             "cleaning": job.cleaner.options(),
             "seconds": round(time.perf_counter() - t0, 3),
             **stats,
+            "files": {f: file_record(tmp / f) for f in SHARD_FILES},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if job.path.exists():
