@@ -155,6 +155,16 @@ def test_fused_adamw_where_supported():
     assert opt.defaults["fused"] is True  # torch's fused AdamW kernel runs on CPUs and GPUs
 
 
+def test_fused_adamw_probe_falls_back_where_torch_has_no_kernel():
+    from allam.train.optim import fused_supported
+
+    on_cpu = torch.nn.Linear(2, 2)
+    assert fused_supported([{"params": list(on_cpu.parameters())}])
+    with torch.device("meta"):
+        on_meta = torch.nn.Linear(2, 2)
+    assert not fused_supported([{"params": list(on_meta.parameters())}])  # torch has no fused kernel on meta
+
+
 def test_training_with_every_speed_option_matches_plain(make_cfg, tmp_path, monkeypatch):
     """The real Trainer with compile per layer, selective checkpointing and the chunked loss (small
     chunks) trains exactly as the plain step: same losses and validation scores."""

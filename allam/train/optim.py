@@ -1,6 +1,7 @@
 """Optimizers (torch AdamW, bitsandbytes AdamW8bit) and LR schedules (warmup, then cosine or constant)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,12 +47,24 @@ def build_optimizer(model: torch.nn.Module, o) -> torch.optim.Optimizer:
 
 
 def fused_supported(groups: list[dict]) -> bool:
-    """Whether torch's fused AdamW kernel takes every parameter: floating point, on a device with
-    the kernel (CUDA and CPU among them; DTensor shards included)."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    """Whether torch's fused AdamW kernel takes every parameter (DTensor shards included): each
+    (device type, dtype) among them is tried once with one fused step on a one-element tensor,
+    since torch checks a parameter's device and dtype only when it first steps."""
+    kinds = {(p.device.type, p.dtype) for g in groups for p in g["params"]}
+    return all(_fused_adamw_steps(device, dtype) for device, dtype in kinds)
 
-    devices = set(_get_fused_kernels_supported_devices())
-    return all(p.is_floating_point() and p.device.type in devices for g in groups for p in g["params"])
+
+@functools.lru_cache(maxsize=None)
+def _fused_adamw_steps(device_type: str, dtype: torch.dtype) -> bool:
+    if not dtype.is_floating_point:
+        return False
+    try:
+        p = torch.zeros(1, dtype=dtype, device=device_type, requires_grad=True)
+        p.grad = torch.zeros_like(p)
+        torch.optim.AdamW([p], fused=True).step()
+    except (RuntimeError, NotImplementedError):  # "`fused=True` requires ... supported devices", or no kernel
+        return False
+    return True
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
