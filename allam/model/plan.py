@@ -5,7 +5,9 @@ No weights are read or downloaded. The estimate counts, per GPU:
   ranks under FSDP (full sharding) and replicated under DDP; under FSDP with 16-bit compute, the
   gathered 16-bit copies of the units in flight (root unit and two decoder layers);
 - activations of one micro-batch: ~34·h bytes per token per layer with 16-bit activations
-  (Korthikanti et al. 2022, with memory-efficient attention so no s² term); a checkpointed layer
+  (Korthikanti et al. 2022, with memory-efficient attention so no s² term), plus, with
+  ``model.attention=eager`` only, two batch·heads·s² score matrices per layer
+  (:func:`attention_score_bytes`; SDPA, xformers and flash kernels keep O(s)); a checkpointed layer
   (``model.activation_checkpointing``: every layer with ``full``, the even-numbered ones with
   ``selective``) keeps only its input, plus one layer's activations while it is recomputed;
 - the loss (``trainer.cross_entropy``): ``plain`` holds the logits of the whole micro-batch
@@ -97,6 +99,16 @@ def loss_bytes(kind: str, chunk: int, tokens: int, vocab: int, hidden: int, act_
     return min(chunk, tokens) * vocab * (act_bytes + 4 + 4) + tokens * hidden * 4 + head_grad
 
 
+def attention_score_bytes(attention: str, batch: int, heads: int, seq_len: int, act_bytes: int, layers: int) -> float:
+    """Bytes of the attention score matrices kept for the backward pass by `layers` layers: only
+    eager attention materializes them (the scores and their softmax, batch x heads x s x s each);
+    SDPA (its flash kernel on the CPU too), xformers and flash attention work in blocks and keep
+    O(s) per head."""
+    if attention != "eager":
+        return 0.0
+    return 2.0 * batch * heads * seq_len**2 * act_bytes * layers
+
+
 def host_memory(model, n: int, shard: int, accelerator: str, grows: bool) -> dict:
     """Host GiB per rank at load and (rank 0) at export; see the module docstring."""
     from allam.model.export import GiB as _GiB
@@ -135,6 +147,8 @@ def make_plan(m, t, *, batch_size: int, optimizer: str, vocab_size: int, world: 
     per_layer = 34 * h * tokens * act_bytes / 2  # the 34·h coefficient is for 16-bit activations
     recomputed = len(checkpointed_layers(L, m.activation_checkpointing))
     activations = recomputed * h * tokens * act_bytes + (L - recomputed) * per_layer + (per_layer if recomputed else 0)
+    activations += attention_score_bytes(str(m.attention), batch_size, m.num_heads, m.seq_len, act_bytes,
+                                         (L - recomputed) + (1 if recomputed else 0))
     logits = loss_bytes(str(t.cross_entropy), int(t.cross_entropy_chunk), tokens, vocab_size, h, act_bytes, shard > 1)
     mem = {
         "weights": weights / GiB,

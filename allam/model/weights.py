@@ -60,13 +60,59 @@ class SafetensorsFolder:
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
         if index.exists():
-            self.files = {k: self.folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                self.files = {k: self.folder / v for k, v in weight_map.items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise self._error(f"{index.name} is not a safetensors index ({type(exc).__name__}: {exc})") from None
+            self._check_files()
         else:
-            from safetensors import safe_open
-
             single = self.folder / "model.safetensors"
-            with safe_open(str(single), framework="pt") as f:
-                self.files = {k: single for k in f.keys()}
+            if not single.exists():
+                raise self._error("neither model.safetensors nor model.safetensors.index.json is there")
+            self.files = {k: single for k in self._header(single)}
+
+    def _error(self, what: str):
+        from allam.config import ConfigError
+
+        return ConfigError(f"init.checkpoint={self.folder}: {what}; copy or download the checkpoint again")
+
+    def _header(self, path: Path) -> dict:
+        """A safetensors file's tensors (name -> dtype, shape, data_offsets), after checking that the
+        file holds every byte its header promises (a truncated file names its first cut-off tensor)."""
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise self._error(f"{path.name} is not a safetensors file or is truncated ({size:,} bytes, "
+                                  "its header incomplete)")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as exc:
+                raise self._error(f"{path.name} has an unreadable header ({exc})") from None
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        have = size - 8 - n
+        cut = sorted((v["data_offsets"][0], k) for k, v in tensors.items() if v["data_offsets"][1] > have)
+        if cut:
+            need = max(v["data_offsets"][1] for v in tensors.values())
+            rest = f" and {len(cut) - 1} after it are" if len(cut) > 1 else " is"
+            raise self._error(f"{path.name} is truncated ({size:,} of {8 + n + need:,} bytes): tensor "
+                              f"{cut[0][1]}{rest} cut off")
+        return tensors
+
+    def _check_files(self) -> None:
+        """Every file the index names is there, whole, and holds the tensors the index puts in it."""
+        by_file: dict[Path, list[str]] = {}
+        for name, path in self.files.items():
+            by_file.setdefault(path, []).append(name)
+        for path, names in by_file.items():
+            if not path.exists():
+                raise self._error(f"{path.name} is missing (the index puts {len(names)} tensors in it, e.g. {names[0]})")
+            held = self._header(path)
+            absent = [k for k in names if k not in held]
+            if absent:
+                raise self._error(f"tensor {absent[0]} is not in {path.name}, where the index puts it")
 
     def __contains__(self, name: str) -> bool:
         return name in self.files

@@ -1,26 +1,26 @@
 """task=export: a Hugging Face folder (weights, config, tokenizer) from a checkpoint of a run,
-written one tensor at a time (a sharded checkpoint is never gathered whole)."""
+written one tensor at a time (a sharded checkpoint is never gathered whole). ``ckpt=`` names a
+checkpoint, or a run directory (its newest valid checkpoint is exported)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from allam.config import ConfigError
-from allam.config.saved import training_config_for
-from allam.tasks.builders import build_tokenizer, export_hf
+from allam.tasks.builders import build_tokenizer, export_hf, training_config_for
+
+log = logging.getLogger("allam")
 
 
 def run(cfg: DictConfig) -> dict:
-    from allam.model.spec import saved_config
-
     from allam.model.export import checkpoint_tensors
+    from allam.model.spec import saved_config
 
     if not cfg.ckpt:
         raise ConfigError("ckpt=None: task=export needs ckpt=<path to a .ckpt of an allam run>")
-    ckpt = Path(cfg.ckpt)
-    if not ckpt.exists():
-        raise ConfigError(f"ckpt={cfg.ckpt}: no such checkpoint")
+    ckpt = checkpoint_to_export(cfg.ckpt)
     saved = next((p / "model_config.json" for p in ckpt.resolve().parents if (p / "model_config.json").exists()), None)
     if saved is None:
         raise ConfigError(f"ckpt={cfg.ckpt}: not inside an allam run directory (no model_config.json above it)")
@@ -29,3 +29,26 @@ def run(cfg: DictConfig) -> dict:
     export_hf(checkpoint_tensors(ckpt), saved_config(saved), bundle, out)
     print(f"exported: {out}")
     return {"task": "export", "export": str(out), "ckpt": str(ckpt)}
+
+
+def checkpoint_to_export(value) -> Path:
+    """The checkpoint `ckpt=value` names, verified (one line when it is missing or damaged); a run
+    directory stands for its newest valid checkpoint."""
+    from allam.train.checkpointing import newest_valid, verify
+
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"ckpt={value}: no such checkpoint")
+    if path.is_dir() and (path / "model_config.json").exists():  # a run directory
+        newest, skipped = newest_valid(path / "checkpoints")
+        if newest is None:
+            why = f" ({len(skipped)} damaged: {skipped[0]})" if skipped else ""
+            raise ConfigError(f"ckpt={value}: a run directory with no complete checkpoint in "
+                              f"{path / 'checkpoints'}{why}; train it (task=train) before exporting")
+        log.info("exporting %s, the newest valid checkpoint of %s", newest, path)
+        return newest
+    why = verify(path)
+    if why:
+        raise ConfigError(f"ckpt={value}: {why}; point ckpt= at a checkpoint of an allam run "
+                          "(checkpoints/last.ckpt or checkpoints/step*.ckpt) or at its run directory")
+    return path

@@ -1,6 +1,8 @@
 """Checks a training run makes before it computes anything, each failing with one line: the
-device exists, the W&B login exists for an online logger, and the plan's memory estimate fits
-the device (GPU memory, or host RAM on the CPU; ``run.memory_check=false`` skips it)."""
+device exists, the W&B login exists and its server answers for an online logger, the plan's
+memory estimate fits the device (GPU memory, or host RAM on the CPU), and on the CPU one
+micro-batch can finish within the time a stop request waits (``run.memory_check=false`` skips
+these two)."""
 from __future__ import annotations
 
 import os
@@ -21,16 +23,42 @@ def check_device(trainer) -> None:
 
 
 def check_wandb_login(logger) -> None:
-    """An online W&B run needs credentials; without them wandb would prompt or stall on the network."""
+    """An online W&B run needs credentials (without them wandb would prompt or stall on the
+    network) and a reachable server (:func:`check_wandb_reachable`)."""
     if logger.name != LoggerName.wandb or logger.mode != "online":
         return
-    if os.environ.get("WANDB_API_KEY"):
-        return
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return
-    raise ConfigError("logger.mode=online: no W&B credentials (WANDB_API_KEY unset and no api.wandb.ai entry "
-                      "in ~/.netrc); run `wandb login`, or keep logger.mode=offline")
+    if not os.environ.get("WANDB_API_KEY"):
+        netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+        if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+            raise ConfigError("logger.mode=online: no W&B credentials (WANDB_API_KEY unset and no api.wandb.ai "
+                              "entry in ~/.netrc); run `wandb login`, or keep logger.mode=offline")
+    if os.environ.get("WANDB_MODE", "online") in ("online", "run", ""):  # otherwise wandb stays offline
+        check_wandb_reachable()
+
+
+WANDB_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_wandb_reachable(timeout: float = WANDB_CONNECT_TIMEOUT_S) -> None:
+    """An online W&B run needs its server (``WANDB_BASE_URL``, default https://api.wandb.ai), or the
+    HTTPS proxy set in the environment, to accept a connection within `timeout` seconds; without
+    this check wandb stalls for minutes and ends in a traceback."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlsplit(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else url)
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    via = f" through the proxy {proxy}" if proxy else ""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"logger.mode=online: cannot reach W&B at {url}{via} ({host}:{port}: {reason}, "
+                          f"{timeout:.0f} s limit); check the network, or run with logger.mode=offline and "
+                          "`wandb sync` the run later") from None
 
 
 def available_memory_gib(trainer) -> tuple[float, str]:
@@ -62,9 +90,36 @@ def check_memory(cfg, vocab_size: int) -> None:
                   tokens_per_step=tokens_per_step(cfg.data, cfg.model, cfg.trainer))
     need = p.memory_gib["total"]
     have, what = available_memory_gib(cfg.trainer)
-    if need > have:
+    if need <= have:
+        check_step_time(cfg, p.flops_per_token)
+    else:
         raise ConfigError(
             f"model={cfg.model.name}: needs about {need:.1f} GiB per rank (plan: weights {p.memory_gib['weights']:.1f}, "
             f"optimizer {p.memory_gib['optimizer']:.1f}, activations {p.memory_gib['activations']:.1f}, logits "
             f"{p.memory_gib['logits']:.1f}) but {what} is {have:.1f} GiB; shrink model.seq_len or data.batch_size, "
             "turn on activation checkpointing, shard with trainer=fsdp, or set run.memory_check=false to try anyway")
+
+
+def check_step_time(cfg, flops_per_token: float) -> None:
+    """On the CPU, refuse a run whose one micro-batch (forward and backward) would take longer
+    than a stop request waits for a step boundary (:data:`allam.train.guards.STOP_GRACE_S`), even
+    at this CPU's measured peak matmul rate (the real time is longer): such a run could neither
+    make progress nor stop cleanly. FLOPs per token include attention's, which grow with
+    ``model.seq_len``."""
+    if device_type(cfg.trainer) != "cpu":
+        return
+    from allam.train.callbacks import measured_cpu_tflops
+    from allam.train.guards import STOP_GRACE_S
+
+    tokens = int(cfg.data.batch_size) * int(cfg.model.seq_len)
+    flops = flops_per_token * tokens
+    rate = measured_cpu_tflops() * 1e12
+    seconds = flops / rate
+    if seconds > STOP_GRACE_S:
+        raise ConfigError(
+            f"model.seq_len={cfg.model.seq_len}: one micro-batch (data.batch_size={cfg.data.batch_size} x "
+            f"{cfg.model.seq_len} tokens) needs about {flops / 1e12:,.0f} TFLOP, at least {seconds / 60:,.0f} min at "
+            f"this CPU's measured {rate / 1e12:.3f} TFLOP/s, longer than a stop request waits for a step boundary "
+            f"({STOP_GRACE_S:.0f} s); shrink model.seq_len or data.batch_size, use a GPU, or set "
+            "run.memory_check=false to try anyway")
+

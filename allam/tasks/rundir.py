@@ -124,12 +124,30 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
     return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
 
 
+def check_checkpoint_kind(path: Path, sharded: bool) -> None:
+    """Refuse (one line) a checkpoint of the other kind than this run's trainer reads: FSDP2 runs
+    (``trainer.strategy=fsdp``) save and load torch.distributed.checkpoint folders, the others
+    single Lightning ``.ckpt`` files; neither loads the other's optimizer state."""
+    path = Path(path)
+    if path.is_dir() == sharded:
+        return
+    kind, needs = (("a single-file checkpoint", "sharded folders (trainer.strategy=fsdp)") if sharded
+                   else ("a sharded FSDP checkpoint folder", "single .ckpt files"))
+    raise ConfigError(
+        f"ckpt={path}: {kind}, but this run's trainer reads {needs}; resume with the trainer it was saved "
+        f"with, or export it (task=export ckpt={path}) and start a new run from the export "
+        f"(init=pretrained init.checkpoint=<export folder>)")
+
+
 def check_resume(path: Path, config: dict, model_shapes: dict, data_fingerprint: dict, allow_data_change: bool,
-                 tokens_per_step: int) -> int:
-    """Refuse (one line) a checkpoint that does not fit this run; returns its global step."""
+                 tokens_per_step: int, sharded: Optional[bool] = None) -> int:
+    """Refuse (one line) a checkpoint that does not fit this run; returns its global step.
+    `sharded`: whether this run's trainer saves and loads sharded folders (FSDP2), checked first."""
     from allam.data import check_fingerprint
     from allam.train.checkpointing import read_meta, tensor_shapes
 
+    if sharded is not None:
+        check_checkpoint_kind(path, sharded)
     meta = read_meta(path)
     shapes = tensor_shapes(path)
     bad = [f"{k} {shapes.get(k)} vs {v}" for k, v in model_shapes.items() if shapes.get(k) not in (None, v)]

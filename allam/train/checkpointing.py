@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -58,13 +59,36 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def disk_full(exc: OSError, path: Path) -> "RunFailed":
+    """The one-line failure for a checkpoint write that ran out of space (the write was undone; the
+    checkpoints written before are whole)."""
+    from allam.config import RunFailed
+
+    folder = Path(path).parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1024**3:.2f} GiB free"
+    except OSError:
+        free = "free space unknown"
+    return RunFailed(f"checkpoint {path}: {os.strerror(exc.errno)} ({free} in {folder}); the earlier checkpoints "
+                     "are complete; free space (or point hydra.run.dir at a larger disk) and run the same command again")
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO with atomic, fsynced writes."""
+    """Lightning's torch checkpoint IO with atomic, fsynced writes; a full disk fails the run with
+    one line (:func:`disk_full`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("storage_options are not supported")
-        atomic_torch_save(checkpoint, Path(path))
+        try:
+            atomic_torch_save(checkpoint, Path(path))
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise disk_full(exc, Path(path)) from None
+            raise
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):
@@ -78,7 +102,12 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
                 shutil.rmtree(tmp)  # a write that died before completing
             final.parent.mkdir(parents=True, exist_ok=True)
         self.barrier()
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except OSError as exc:  # every rank writes to the same filesystem: each fails alike
+            if exc.errno in NO_SPACE:
+                raise disk_full(exc, final) from None
+            raise
         self.barrier()
         if self.global_rank == 0:
             marker = tmp / MARKER

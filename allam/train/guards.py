@@ -8,6 +8,16 @@ loop raises ``SIGTERMException`` at the next step boundary on every rank, and
 job's time limit) and a first Ctrl+C (SIGINT) take the same path; under SLURM a SIGUSR1 or
 SIGUSR2 also requeues the job (``scontrol requeue``) once the checkpoint is written. A second
 Ctrl+C stops at once.
+
+How long a stop request waits is bounded: a second signal of any of these kinds (at least
+:data:`REPEAT_AFTER_S` after the first), or :data:`STOP_GRACE_S` seconds without reaching a step boundary (a step that takes that long, e.g.
+one stuck in a single long kernel), ends the process with exit status 75 and one line naming the
+last complete checkpoint, without writing a new one (the watchdog runs in its own thread, so it
+acts even while the main thread is inside one long native call).
+
+After training (the final validation, the final checkpoint, the export), :func:`stop_requests`
+turns the same signals into :class:`StopRequested` at once, so the train task can say where the
+run stopped and record it as preempted.
 """
 from __future__ import annotations
 
@@ -26,10 +36,46 @@ from allam.config import RunFailed
 log = logging.getLogger("allam")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure; run the same command again
+STOP_GRACE_S = 300.0  # the longest a stop request waits for the step in progress to end
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+REPEAT_AFTER_S = 2.0  # a stop signal this soon after the first counts as the same request
+
+
+class StopRequested(BaseException):
+    """A stop signal after training (raised at once by :func:`stop_requests`' handler). A
+    BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class stop_requests:
+    """Within this block SIGTERM, SIGUSR1, SIGUSR2 and SIGINT raise :class:`StopRequested` (main
+    thread only; elsewhere a no-op); the previous handlers come back at its end."""
+
+    def __enter__(self) -> "stop_requests":
+        import threading
+
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise StopRequested(signal.Signals(signum).name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return None
 
 
 class NonFiniteGuard(L.Callback):
-    """Before each optimizer step: a non-finite loss or gradient (on any rank) stops the run with
+    """Before each optimizer step (and before clipping): a non-finite loss or gradient norm (on any rank) stops the run with
     one line naming the step and the last good checkpoint (``stop``), or drops the step's gradients
     so the optimizer leaves every parameter and its state untouched (``skip``, counted, at most
     `max_skips` times)."""
@@ -39,18 +85,16 @@ class NonFiniteGuard(L.Callback):
         self.skipped = 0
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        from torch.distributed.tensor import DTensor
-
         device = pl_module.device if pl_module.device.type != "meta" else torch.device("cpu")
         flags = torch.ones(2, device=device)  # [loss finite, gradients finite]
         loss = getattr(pl_module, "_last_loss", None)
         if loss is not None:
             flags[0] = torch.isfinite(loss).all().float()
-        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-                 for p in pl_module.parameters() if p.grad is not None]
-        if grads:  # one reduction, one device sync: a NaN or inf anywhere makes the sum non-finite
-            total = torch.stack([n.float() for n in torch._foreach_norm(grads)]).sum()
-            flags[1] = torch.isfinite(total).float()
+        # the global gradient norm clipping uses too (CausalLM.gradient_norm: one pass over the
+        # gradients per step); a NaN or inf anywhere makes it non-finite
+        norm = pl_module.gradient_norm()
+        if norm is not None:
+            flags[1] = torch.isfinite(norm).float()
         if trainer.world_size > 1:
             flags = trainer.strategy.reduce(flags, reduce_op="min")  # every rank decides alike
         finite = flags.min()
@@ -104,11 +148,67 @@ def set_received_sigterm(trainer) -> None:
 class Preemption(L.Callback):
     """Checkpoint at the next step boundary on SIGTERM, SIGUSR1, SIGUSR2 or a first SIGINT (see module doc)."""
 
-    def __init__(self, checkpoint_dir: Path):
+    def __init__(self, checkpoint_dir: Path, grace_s: float = STOP_GRACE_S):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.signal: Optional[str] = None
         self.saved: Optional[Path] = None
         self._previous: dict[int, Any] = {}
+        self.grace_s = float(grace_s)
+        self._boundary = None  # threading.Event set once the step boundary is reached
+        self._exit = os._exit  # replaced in tests
+
+    def request_stop(self, signal_name: str) -> None:
+        """Start the bounded wait for the next step boundary (see module doc); a second request (at
+        least :data:`REPEAT_AFTER_S` later: a signal forwarded to the ranks or sent to the whole
+        process group arrives twice at once) ends the process now, unless the boundary is reached
+        and the checkpoint is being written. Called in the main thread (the signal handler)."""
+        import threading
+        import time
+
+        if self._boundary is not None:
+            if not self._boundary.is_set() and time.monotonic() - self._since >= REPEAT_AFTER_S:
+                self._give_up(f"second signal {signal_name}")
+            return
+        self.signal, self._since = signal_name, time.monotonic()
+        self._boundary = threading.Event()
+        read, self._wake = os.pipe()
+        os.set_blocking(self._wake, False)
+        try:  # the C-level handler writes each later signal's number here at once, whatever the main thread does
+            self._old_wakeup = signal.set_wakeup_fd(self._wake)
+        except ValueError:  # not the main thread
+            self._old_wakeup = None
+        threading.Thread(target=self._watch, args=(self._boundary, read), name="allam-stop-grace", daemon=True).start()
+
+    def _watch(self, boundary, read: int) -> None:
+        import select
+        import time
+
+        deadline = self._since + self.grace_s
+        try:
+            while not boundary.is_set():
+                ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
+                if boundary.is_set():
+                    return
+                if not ready:
+                    self._give_up(f"no step boundary within {self.grace_s:.0f} s of {self.signal}")
+                    return
+                later = [b for b in os.read(read, 64) if b in STOP_SIGNALS]
+                if later and time.monotonic() - self._since >= REPEAT_AFTER_S:
+                    self._give_up(f"second signal {signal.Signals(later[0]).name}")
+                    return
+        finally:
+            os.close(read)
+
+    def _give_up(self, why: str) -> None:
+        import sys
+
+        from allam.train.checkpointing import newest_valid
+
+        last, _ = newest_valid(self.checkpoint_dir)
+        print(f"error: stopped without a new checkpoint ({why}; a step was in progress); the last complete "
+              f"checkpoint is {last or 'none'}; run the same command again to continue from it",
+              file=sys.stderr, flush=True)
+        self._exit(EXIT_PREEMPTED)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         import threading
@@ -120,6 +220,7 @@ class Preemption(L.Callback):
         def graceful(signum, frame):
             if signum == signal.SIGINT and self.signal == "SIGINT":
                 raise KeyboardInterrupt  # a second Ctrl+C: stop now
+            self.request_stop(signal.Signals(signum).name)  # bounded wait (see module doc)
             self.signal = signal.Signals(signum).name
             if signum == signal.SIGTERM and callable(lightning_sigterm):
                 lightning_sigterm(signum, frame)
@@ -133,7 +234,22 @@ class Preemption(L.Callback):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, graceful)
 
+    def _reached_boundary(self) -> None:
+        """The wait is over (a step boundary, or the end of fit): the watchdog ends quietly."""
+        if self._boundary is not None and not self._boundary.is_set():
+            self._boundary.set()
+            try:
+                signal.set_wakeup_fd(self._old_wakeup if self._old_wakeup is not None else -1)
+            except ValueError:
+                pass
+            try:
+                os.write(self._wake, b"\0")  # wake the watchdog, which then ends quietly
+            except OSError:
+                pass
+            os.close(self._wake)
+
     def _restore(self) -> None:
+        self._reached_boundary()
         for sig, handler in self._previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
@@ -145,6 +261,7 @@ class Preemption(L.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+        self._reached_boundary()  # the save below may take long: the grace bounds only the wait for the boundary
         if isinstance(exception, SIGTERMException):
             self.signal = self.signal or "SIGTERM"
             path = self.checkpoint_dir / "last.ckpt"

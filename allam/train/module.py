@@ -135,11 +135,32 @@ class CausalLM(L.LightningModule):
         self.final_val_step = self.global_step
 
     # ------------------------------------------------------------------ optimizer
+    def gradient_norm(self) -> torch.Tensor | None:
+        """The global L2 norm of this optimizer step's gradients (None without gradients), computed
+        once per step: the non-finite guard (allam.train.guards) reads it before clipping, clipping
+        reuses it, and it is logged as ``train/grad_norm``. Under FSDP2 the gradients are DTensors,
+        whose norm torch computes across the shards of every rank (a replicated plain tensor here)."""
+        from torch.distributed.tensor import DTensor
+
+        if getattr(self, "_grad_norm", None) is None:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if not grads:
+                return None
+            norm = torch.nn.utils.get_total_norm(grads)
+            self._grad_norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        return self._grad_norm
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip the global gradient norm to optim.grad_clip. Under FSDP2 the gradients are DTensors,
-        whose norm torch computes across the shards of every rank."""
+        """Log the gradient norm and clip the gradients to it at optim.grad_clip (one pass over the
+        gradients for the norm, shared with the non-finite guard)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = self.gradient_norm() if grads else None  # none left: the guard skipped this step
+        self._grad_norm = None  # the next step computes its own
+        if norm is None:
+            return
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         if self.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            torch.nn.utils.clip_grads_with_norm_([p for p in self.parameters() if p.grad is not None], self.grad_clip, norm)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg)
