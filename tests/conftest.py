@@ -45,19 +45,58 @@ def make_cfg(tmp_path, cache_dir):
     return _make
 
 
+def run_inprocess(args, cache_dir: Path, out: Path) -> str | None:
+    """run.py's command line, in this process: compose the overrides, validate, run the task.
+
+    Returns None when the task finished, else the one line run.py would print ("error: ...").
+    ``hydra.run.dir=X`` names the run directory (default `out`), as it does for run.py. Starting
+    run.py in a subprocess costs 5-10 s of imports; the tests of the command line itself
+    (tests/test_cli.py: one case per kind of failure) still start it."""
+    from allam import tasks
+    from allam.config import ConfigError, RunFailed, explain_compose_error
+
+    overrides = []
+    for arg in args:
+        if arg.startswith("hydra.run.dir="):
+            out = Path(arg.split("=", 1)[1])
+        else:
+            overrides.append(arg)
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = compose("config", overrides=[f"paths.output_dir={out}", f"paths.cache_dir={cache_dir}",
+                                               "trainer.progress_bar=false", *overrides])
+    except Exception as exc:  # noqa: BLE001 - what run.py's preflight turns into one line
+        return f"error: {explain_compose_error(exc)}"
+    try:
+        tasks.run(cfg)
+    except (ConfigError, RunFailed) as exc:
+        return f"error: {exc}"
+    return None
+
+
 @pytest.fixture
-def english_checkpoint(make_cfg, tmp_path):
-    """A tiny English 'Llama-2': random weights saved with the english8k tokenizer (model + SentencePiece)."""
+def cli(tmp_path, cache_dir):
+    """``cli(*overrides)``: :func:`run_inprocess` with this test's cache and a run directory under tmp_path."""
+    return lambda *args: run_inprocess(args, cache_dir, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def english_checkpoint(tmp_path_factory, cache_dir):
+    """A tiny English 'Llama-2': random weights saved with the english8k tokenizer (model + SentencePiece).
+    One folder for the whole session: tests read it, none writes into it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from allam.tasks import builders
 
-    bundle = builders.build_tokenizer(make_cfg())
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        base_cfg = compose("config", overrides=[f"paths.cache_dir={cache_dir}", "logger=none",
+                                                 f"paths.output_dir={tmp_path_factory.mktemp('english-run')}"])
+    bundle = builders.build_tokenizer(base_cfg)
     cfg = LlamaConfig(vocab_size=len(bundle.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, max_position_embeddings=128)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
-    folder = tmp_path / "english-llama"
+    folder = tmp_path_factory.mktemp("english-llama")
     builders.export_hf(model.state_dict().items(), model.config, bundle, folder)
     assert (folder / "tokenizer.model").exists()
     return folder

@@ -12,8 +12,7 @@ from allam.tasks import builders
 from allam.tasks import export as export_task
 from allam.tasks import train as train_task
 
-SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-               "model.seq_len=64"]
+SMALL_MODEL = ["model=micro"]
 SMALL_EXPANSION = ["tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000"]
 
 

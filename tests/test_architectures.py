@@ -19,8 +19,7 @@ from allam.tasks import train as train_task
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=None)
-SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-               "model.num_kv_heads=2", "model.seq_len=64"]
+SMALL_MODEL = ["model=micro", "model.num_kv_heads=2"]
 FAST = ["trainer.max_steps=3", "data.batch_size=2", "data.val_bytes=2000", "trainer.val_every_steps=null"]
 
 

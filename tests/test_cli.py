@@ -8,8 +8,7 @@ import sys
 
 from allam.config import ROOT
 
-TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-        "model.seq_len=64", "data.batch_size=2", "data.val_bytes=3000", "trainer.progress_bar=false", "logger=none",
+TINY = ["model=micro", "data.batch_size=2", "data.val_bytes=3000", "trainer.progress_bar=false", "logger=none",
         "export=false"]
 
 

@@ -1,6 +1,7 @@
 """Every option of every group composes; bad overrides fail with one line naming the key."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -48,7 +49,8 @@ def test_readme_example_composes(make_cfg):
     "override, expected",
     [
         ("data.ar_ratio=1.5", "data.ar_ratio=1.5: must be a fraction in [0, 1]"),
-        ("model=15b", "model=15b: no such choice; allowed: 13b, 1b, 70b, 7b, llama3_8b, mistral_nemo_12b, qwen2_5_7b, tiny"),
+        ("model=15b", "model=15b: no such choice; allowed: 13b, 1b, 70b, 7b, llama3_8b, micro, mistral_nemo_12b, qwen2_5_7b, "
+                      "tiny"),
         ("data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
         ("+data.ar_rato=0.4", "data.ar_rato: no such key in data; allowed:"),
         ("data.sources.tafsir_ar.strip_diacritcs=true", "data.sources.tafsir_ar.strip_diacritcs: no such key"),
@@ -60,13 +62,27 @@ def test_readme_example_composes(make_cfg):
     ],
 )
 def test_bad_override_fails_with_one_line(override, expected):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), override], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+    """run.py's preflight, in this process (what the command line prints before Hydra starts)."""
+    with pytest.raises(SystemExit) as stop:
+        _run_py().preflight([override])
+    line = str(stop.value.code)
+    assert "\n" not in line and line.startswith("error: " + expected), line
+
+
+def test_a_bad_override_on_the_command_line_prints_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "data.ar_ratio=1.5"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: " + expected), lines[0]
+    assert lines == ["error: data.ar_ratio=1.5: must be a fraction in [0, 1]"], proc.stderr
+
+
+def _run_py():
+    """run.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("allam_run_py", ROOT / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_validate_rejects_ratio_without_arabic_source(make_cfg):

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from allam.config import ROOT
+from conftest import run_inprocess
 
 WORKER = ROOT / "tests" / "fsdp_worker.py"
-TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-        "model.seq_len=64", "data.val_bytes=2000", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
+TINY = ["model=micro", "data.val_bytes=2000", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
         "optim.warmup_steps=2", "trainer.val_every_steps=null"]
 FSDP2 = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "logger=csv"]
 
@@ -68,7 +68,7 @@ def _ranks(mode: str, world: int, args: dict, tmp_path: Path, cache_dir) -> list
 @pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_sharded_random_init_equals_one_process(tmp_path, cache_dir, world):
     """Each rank fills only its shards, and the weights equal a single process's with the same seed."""
-    overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "model.num_layers=3"]
+    overrides = [f"paths.cache_dir={cache_dir}", TINY[0], "model.num_layers=3"]
     res = _ranks("init", world, {"overrides": overrides}, tmp_path, cache_dir)
     diffs = res[0]["max_diff"]
     assert len(diffs) == 3 * 9 + 3  # every parameter was compared
@@ -82,7 +82,7 @@ def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, en
     """init=llama2 with tokenizer=expanded: read tensor by tensor into the shards; the grown
     embedding and head rows equal the single-process path's, for every new-row strategy."""
     if True:
-        overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "init=llama2", f"init.checkpoint={english_checkpoint}",
+        overrides = [f"paths.cache_dir={cache_dir}", TINY[0], "init=llama2", f"init.checkpoint={english_checkpoint}",
                      "tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000",
                      f"init.new_embeddings={strategy}"]
         res = _ranks("init", 2, {"overrides": overrides}, tmp_path, cache_dir)
@@ -108,7 +108,7 @@ def test_sharded_qwen2_byte_level_expansion_equals_one_process(tmp_path, cache_d
     gpt2 = build_tokenizer(OmegaConf.merge(OmegaConf.structured(TokenizerConfig), {"base": "gpt2"}),
                            cache_dir=cache_dir, texts=lambda lang: demo_texts(lang, "train"))
     folder = save_tiny(tmp_path / "qwen", "qwen2", vocab=50_304, tie=True, tokenizer=gpt2.tokenizer)
-    overrides = [f"paths.cache_dir={cache_dir}", *TINY[:5], "model.num_kv_heads=2", "model.arch=qwen2", "init=pretrained",
+    overrides = [f"paths.cache_dir={cache_dir}", TINY[0], "model.num_kv_heads=2", "model.arch=qwen2", "init=pretrained",
                  f"init.checkpoint={folder}", "tokenizer=expanded", "tokenizer.num_new_tokens=300",
                  "tokenizer.training_words=50000"]
     res = _ranks("init", 2, {"overrides": overrides}, tmp_path, cache_dir)
@@ -172,32 +172,17 @@ def test_no_rank_holds_the_whole_model(tmp_path, cache_dir, big_checkpoint):
 
 
 # --------------------------------------------------------------------------- training end to end
-def test_fsdp_eval_during_and_after_training_equals_one_process(tmp_path, cache_dir):
-    """eval.every_tokens and eval.at_end under 2-rank FSDP2: every rank scores the suite in lockstep
-    on the sharded model; the scores logged during training and written at the end equal those of
-    one process training the same global batch."""
-    common = [*TINY, "trainer.max_steps=2", "export=false", "eval.at_end=true", "eval.every_tokens=256",
-              "eval.limit=4", "eval.tasks=[next_verse_en,verse_en2ar]"]
-    fsdp, one = tmp_path / "fsdp", tmp_path / "one"
-    _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
-    _run(["data.batch_size=4", "logger=csv", *common, f"hydra.run.dir={one}"], cache_dir)
-    ra, rb = _results(fsdp), _results(one)
-    for task in ("next_verse_en", "verse_en2ar"):
-        assert ra[f"eval.{task}.n"] == 4
-        for key in ("acc", "acc_norm"):
-            assert ra[f"eval.{task}.{key}"] == rb[f"eval.{task}.{key}"], (task, key)
-    logged = [r for r in csv.DictReader((fsdp / "csv" / "metrics.csv").open()) if r.get("eval/next_verse_en/acc")]
-    assert len(logged) == 2  # after steps 1 and 2 (256 tokens each)
-
-
-def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
-    """2-rank FSDP2 training equals 1 process at the same global batch; the 2-rank sharded checkpoint
-    resumes exactly on 1 rank (resharded); the export scores exactly what the trained module scored."""
-    common = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every_steps=3"]
+def test_fsdp_training_eval_resume_and_export(tmp_path, cache_dir):
+    """One 2-rank FSDP2 run against one process at the same global batch: the same losses, validation
+    and evaluation scores (eval.every_tokens and eval.at_end score the suite in lockstep on the sharded
+    model); its 2-rank sharded checkpoint resumes exactly on 1 rank (resharded); and its export scores
+    exactly what the trained module scored."""
+    common = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every_steps=3", "eval.at_end=true",
+              "eval.every_tokens=768", "eval.limit=4", "eval.tasks=[next_verse_en,verse_en2ar]"]
     fsdp = tmp_path / "fsdp"
     _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
     one = tmp_path / "one"
-    _run(["data.batch_size=4", *common, "logger=csv", "export=false", f"hydra.run.dir={one}"], cache_dir)
+    assert run_inprocess(["data.batch_size=4", *common, "logger=csv", "export=false"], cache_dir, one) is None
     a, b = _losses(fsdp), _losses(one)
     assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (a, b)
@@ -205,14 +190,20 @@ def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
     for lang in ("ar", "en"):
         assert abs(ra[f"val.{lang}.loss"] - rb[f"val.{lang}.loss"]) < 1e-5
     assert ra["train.tokens"] == rb["train.tokens"] == 6 * 4 * 64
+    for task in ("next_verse_en", "verse_en2ar"):
+        assert ra[f"eval.{task}.n"] == 4
+        for key in ("acc", "acc_norm"):
+            assert ra[f"eval.{task}.{key}"] == rb[f"eval.{task}.{key}"], (task, key)
+    logged = [r for r in csv.DictReader((fsdp / "csv" / "metrics.csv").open()) if r.get("eval/next_verse_en/acc")]
+    assert len(logged) == 2  # after steps 3 and 6 (768 tokens each)
     step3 = fsdp / "checkpoints" / "step3.ckpt"
     assert (step3 / ".metadata").exists() and len(list(step3.glob("*.distcp"))) == 2  # one file per rank
     assert (step3 / "COMPLETE").exists() and not list(step3.parent.glob(".tmp-*"))  # written atomically
 
     # resume the 2-rank sharded checkpoint on 1 rank (DCP reshards it): the same steps follow
     resumed = tmp_path / "resumed"
-    _run([*FSDP2, "trainer.devices=1", "data.batch_size=4", *common, f"ckpt={step3}", "export=false",
-          f"hydra.run.dir={resumed}"], cache_dir)
+    _run([*FSDP2, "trainer.devices=1", "data.batch_size=4", *common, "eval.at_end=false", "eval.every_tokens=null",
+          f"ckpt={step3}", "export=false", f"hydra.run.dir={resumed}"], cache_dir)
     tail = _losses(resumed)
     assert len(tail) == 3 and max(abs(x - y) for x, y in zip(tail, a[3:])) < 1e-5, (tail, a[3:])
     rr = _results(resumed)
@@ -222,8 +213,8 @@ def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
 
     # the export (streamed from the sharded checkpoint) scores what the sharded module scored
     check = tmp_path / "export-check"
-    _run([*TINY, "init=llama2", f"init.checkpoint={fsdp / 'hf'}", "trainer.max_steps=1", "data.batch_size=4",
-          "logger=none", "export=false", f"hydra.run.dir={check}"], cache_dir)
+    assert run_inprocess([*TINY, "init=llama2", f"init.checkpoint={fsdp / 'hf'}", "trainer.max_steps=1",
+                          "data.batch_size=4", "logger=none", "export=false"], cache_dir, check) is None
     start = _results(check)
     for lang in ("ar", "en"):
         assert abs(start[f"start.val.{lang}.loss"] - ra[f"val.{lang}.loss"]) < 1e-5

@@ -17,8 +17,9 @@ import torch
 
 from allam.config import ROOT
 
-SMALL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-         "model.seq_len=64", "data.batch_size=2", "data.val_bytes=2000", "trainer.progress_bar=false",
+from conftest import run_inprocess
+
+SMALL = ["model=micro", "data.batch_size=2", "data.val_bytes=2000", "trainer.progress_bar=false",
          "trainer.log_every_n_steps=1", "logger=csv"]
 
 
@@ -31,11 +32,11 @@ def _cmd(args) -> list[str]:
     return [sys.executable, str(ROOT / "run.py"), *args]
 
 
-def _run(args, cache_dir, timeout=300):
-    return subprocess.run(_cmd(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=_env(cache_dir))
-
-
 def _one_line_error(proc) -> str:
+    """The last line of a failed command (a subprocess, or the line run_inprocess returns)."""
+    if proc is None or isinstance(proc, str):
+        assert proc is not None and proc.startswith("error: ") and "\n" not in proc, proc
+        return proc
     assert proc.returncode != 0
     last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1]
     assert last.startswith("error: "), proc.stderr[-3000:]
@@ -77,30 +78,26 @@ def test_signals_checkpoint_at_a_step_boundary_and_exit_75(tmp_path, cache_dir, 
     assert "allam" in meta and meta["allam"]["config"]["model"]["hidden_size"] == 64
     assert not list((run / "checkpoints").glob(".tmp-*"))
     if sig == signal.SIGTERM:  # the same command continues the run to its end
-        more = _run([*SMALL, f"trainer.max_steps={res['train.steps'] + 3}", f"hydra.run.dir={run}"], cache_dir)
-        assert more.returncode == 0, more.stderr[-3000:]
+        assert run_inprocess([*SMALL, f"trainer.max_steps={res['train.steps'] + 3}"], cache_dir, run) is None
         done = _results(run)
         assert done["status"] == "finished" and done["train.steps"] == res["train.steps"] + 3
         assert done["resumed_from"].endswith("last.ckpt")
 
 
 # --------------------------------------------------------------------------- non-finite numbers
-def test_nonfinite_loss_stops_with_one_line_and_exports_nothing(tmp_path, cache_dir):
+def test_nonfinite_loss_stops_with_one_line_and_exports_nothing(tmp_path, cli):
     run = tmp_path / "run"
-    proc = _run([*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0", f"hydra.run.dir={run}"],
-                cache_dir)
-    line = _one_line_error(proc)
+    line = _one_line_error(cli(*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0"))
     assert "non-finite" in line and "at step" in line and "last good checkpoint" in line
     res = _results(run)
     assert res["status"] == "failed" and "non-finite" in res["error"]
     assert not (run / "hf").exists()
 
 
-def test_nonfinite_skip_keeps_weights_finite(tmp_path, cache_dir):
+def test_nonfinite_skip_keeps_weights_finite(tmp_path, cli):
     run = tmp_path / "run"
-    proc = _run([*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0", "train.nonfinite=skip",
-                 "train.max_nonfinite_skips=10", f"hydra.run.dir={run}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cli(*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0", "train.nonfinite=skip",
+               "train.max_nonfinite_skips=10") is None
     res = _results(run)
     assert res["status"] == "finished" and res["train.nonfinite_skips"] >= 1
     from safetensors.torch import load_file
@@ -108,8 +105,8 @@ def test_nonfinite_skip_keeps_weights_finite(tmp_path, cache_dir):
     weights = load_file(str(run / "hf" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
     # with a smaller limit the same run stops, naming the limit
-    again = _run([*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0", "train.nonfinite=skip",
-                  "train.max_nonfinite_skips=1", f"hydra.run.dir={tmp_path / 'again'}"], cache_dir)
+    again = cli(*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0", "train.nonfinite=skip",
+                "train.max_nonfinite_skips=1", f"hydra.run.dir={tmp_path / 'again'}")
     assert "train.max_nonfinite_skips" in _one_line_error(again)
 
 
@@ -137,7 +134,7 @@ def test_newest_valid_checkpoint_passes_over_broken_ones(tmp_path, make_cfg):
     from allam.train.checkpointing import newest_valid, verify
 
     run = tmp_path / "run"
-    train_task.run(make_cfg(*SMALL[:5], "data.batch_size=2", "data.val_bytes=2000", "trainer.max_steps=4",
+    train_task.run(make_cfg(*SMALL[:1], "data.batch_size=2", "data.val_bytes=2000", "trainer.max_steps=4",
                             "trainer.checkpoint_every_steps=2", "export=false", out=run))
     ckpts = run / "checkpoints"
     assert verify(ckpts / "step2.ckpt") is None and verify(ckpts / "last.ckpt") is None
@@ -151,11 +148,11 @@ def test_newest_valid_checkpoint_passes_over_broken_ones(tmp_path, make_cfg):
 
 
 # --------------------------------------------------------------------------- resume safety
-@pytest.fixture
-def finished_run(tmp_path, cache_dir):
-    run = tmp_path / "done"
-    proc = _run([*SMALL, "trainer.max_steps=3", "trainer.checkpoint_every_steps=3", f"hydra.run.dir={run}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    """One finished 3-step run for the module; tests that change a run copy it first."""
+    run = tmp_path_factory.mktemp("done")
+    assert run_inprocess([*SMALL, "trainer.max_steps=3", "trainer.checkpoint_every_steps=3"], cache_dir, run) is None
     return run
 
 
@@ -180,22 +177,24 @@ def test_refused_commands_never_touch_a_finished_run(tmp_path, cache_dir, finish
         args = [*SMALL, "trainer.max_steps=3", *extra, f"hydra.run.dir={run}"]
         if name == "changed model shape":
             args = [a for a in args if not a.startswith("model.hidden_size")] + extra
-        line = _one_line_error(_run(args, cache_dir))
+        line = _one_line_error(run_inprocess(args, cache_dir, run))
         assert expected in line, (name, line)
         assert _snapshot(run) == before, name  # nothing written, deleted or overwritten
 
 
 def test_changed_data_is_refused_before_writing(cache_dir, finished_run):
     before = _snapshot(finished_run)
-    line = _one_line_error(_run([*SMALL, "trainer.max_steps=6", "data.ar_ratio=0.7", f"hydra.run.dir={finished_run}"],
-                                cache_dir))
+    line = _one_line_error(run_inprocess([*SMALL, "trainer.max_steps=6", "data.ar_ratio=0.7"], cache_dir,
+                                         finished_run))
     assert "data.ar_ratio" in line
     assert _snapshot(finished_run) == before
 
 
-def test_a_longer_budget_continues_the_run(cache_dir, finished_run):
-    proc = _run([*SMALL, "trainer.max_steps=5", f"hydra.run.dir={finished_run}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_a_longer_budget_continues_the_run(tmp_path, cache_dir, finished_run):
+    import shutil
+
+    finished_run = Path(shutil.copytree(finished_run, tmp_path / "copy"))
+    assert run_inprocess([*SMALL, "trainer.max_steps=5"], cache_dir, finished_run) is None
     res = _results(finished_run)
     assert res["train.steps"] == 5 and res["config"]["trainer"]["max_steps"] == 5  # the record says what ran
     import csv
@@ -205,19 +204,18 @@ def test_a_longer_budget_continues_the_run(cache_dir, finished_run):
     assert {0, 2, 4} <= steps  # the csv was continued, not restarted
 
 
-def test_one_command_at_a_time_in_a_run_directory(tmp_path, cache_dir):
+def test_one_command_at_a_time_in_a_run_directory(tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
     import socket
 
     (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
-    line = _one_line_error(_run([*SMALL, "trainer.max_steps=1", f"hydra.run.dir={run}"], cache_dir))
+    line = _one_line_error(cli(*SMALL, "trainer.max_steps=1"))
     assert f"in use by pid {os.getpid()}" in line
     # a lock whose process is gone is taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (run / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "then"}))
-    proc = _run([*SMALL, "trainer.max_steps=1", "export=false", f"hydra.run.dir={run}"], cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert cli(*SMALL, "trainer.max_steps=1", "export=false") is None
     assert not (run / ".lock").exists()
 
 
@@ -232,23 +230,21 @@ def test_one_command_at_a_time_in_a_run_directory(tmp_path, cache_dir):
     (["paths.cache_dir=/proc/allam-cache"], "paths.cache_dir=/proc/allam-cache: cannot write there"),
     (["tokenizer=bilingual", "tokenizer.vocab_size=50"], "tokenizer.vocab_size=50: below the"),
 ])
-def test_bad_inputs_end_in_one_line(tmp_path, cache_dir, args, expected):
+def test_bad_inputs_end_in_one_line(cli, args, expected):
     # the memory cases keep the default model and batch (the shapes a user would try)
     big = any(a.startswith(("model=", "model.seq_len")) for a in args)
-    base = [a for a in SMALL if not a.startswith(("model.", "data.batch_size"))] if big else SMALL
-    proc = _run([*base, "trainer.max_steps=1", *args, f"hydra.run.dir={tmp_path / 'run'}"], cache_dir, timeout=200)
-    assert expected in _one_line_error(proc)
+    base = [a for a in SMALL if not a.startswith(("model=", "data.batch_size"))] if big else SMALL
+    assert expected in _one_line_error(cli(*base, "trainer.max_steps=1", *args))
 
 
-def test_bad_files_end_in_one_line(tmp_path, cache_dir):
+def test_bad_files_end_in_one_line(tmp_path, cli):
     bad = tmp_path / "notes.parquet"
     bad.write_text("not parquet at all")
-    proc = _run([*SMALL, "trainer.max_steps=1", f"+data.sources.notes={{lang: en, loader: parquet, path: {bad}}}",
-                 f"hydra.run.dir={tmp_path / 'run'}"], cache_dir)
-    assert "data.sources.notes.path=" in _one_line_error(proc)
+    line = _one_line_error(cli(*SMALL, "trainer.max_steps=1", f"+data.sources.notes={{lang: en, loader: parquet, path: {bad}}}"))
+    assert "data.sources.notes.path=" in line
     afile = tmp_path / "afile"
     afile.write_text("x")
-    assert "is a file, not a folder" in _one_line_error(_run([*SMALL, f"hydra.run.dir={afile}"], cache_dir))
+    assert "is a file, not a folder" in _one_line_error(cli(*SMALL, f"hydra.run.dir={afile}"))
 
 
 # --------------------------------------------------------------------------- exactness under kills

@@ -19,8 +19,7 @@ from allam.config import ROOT, ConfigError
 from allam.model.speed import apply_activation_checkpointing, checkpointed_layers, compile_layers
 from allam.train import loss as L
 
-SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=4", "model.num_heads=4",
-               "model.seq_len=64"]
+SMALL_MODEL = ["model=micro", "model.num_layers=4"]
 FAST = ["trainer.max_steps=3", "data.batch_size=2", "data.val_bytes=3000", "export=false"]
 
 

@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from allam.config import ROOT, validate
 
-TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-        "model.seq_len=64", "data.batch_size=2", "data.val_bytes=3000", "trainer.progress_bar=false", "export=false"]
+TINY = ["model=micro", "data.batch_size=2", "data.val_bytes=3000", "trainer.progress_bar=false", "export=false"]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 CLAIM_AXES = {"init", "tokenizer", "new_embeddings", "lr_recipe", "ar_ratio", "translated_share"}
 

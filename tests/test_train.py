@@ -20,8 +20,7 @@ FAST = [
     "data.val_bytes=3000",
     "trainer.log_every_n_steps=1",
 ]
-SMALL_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
-               "model.seq_len=64"]
+SMALL_MODEL = ["model=micro"]
 
 REQUIRED = ["val.ar.bpb", "val.en.bpb", "val.ar.loss", "val.en.loss", "train.tokens", "train.tokens_per_second",
             "model.parameters"]

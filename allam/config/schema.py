@@ -120,7 +120,7 @@ class LoggerName(StrEnum):
 # --------------------------------------------------------------------------- groups
 @dataclass
 class ModelConfig:
-    """Decoder shape. Group `model`: tiny, 1b, 7b, 13b, 70b (Llama-2), llama3_8b, qwen2_5_7b, mistral_nemo_12b."""
+    """Decoder shape. Group `model`: tiny, micro (tests), 1b, 7b, 13b, 70b (Llama-2), llama3_8b, qwen2_5_7b, mistral_nemo_12b."""
 
     name: str = "tiny"
     arch: Arch = Arch.llama  # Hugging Face model_type; init=pretrained checks it against the checkpoint's
