@@ -7,7 +7,7 @@ Arms (same shape, micro-batch, sequence, precision, optimizer and gradient clipp
   AdamW8bit, no activation checkpointing, no compile;
 - ``project`` (b): the step exactly as ``run.py`` builds it: the config composed from conf/, the
   model spec, ``CausalLM`` with every speed option (allam.tasks.train.training_module), the Lightning
-  Trainer from allam.tasks.builders with the run's callbacks (checkpoint writing left out);
+  Trainer from allam.tasks.builders with the run's callbacks (training_callbacks; no checkpoint writing);
 - ``raw_loop`` (c): the same work as (b) (model, speed options, loss, optimizer, schedule, clipping)
   in a plain PyTorch loop: (b) against (c) is Lightning's overhead.
 
@@ -203,23 +203,15 @@ def project(cfg, spec, loader, device, warmup: int, out: Path, vocab: int):
     import numpy as np
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from allam.config import to_dict
     from allam.model.decoder import flops_per_token, parameter_counts
-    from allam.tasks.builders import build_trainer
+    from allam.tasks.builders import build_trainer, training_callbacks
     from allam.tasks.train import training_module
-    from allam.train.callbacks import Throughput
-    from allam.train.guards import NonFiniteGuard, Preemption, RunRecord
 
     steps = len(loader)
     module = training_module(cfg, spec, np.ones(vocab, dtype=np.int64), [], steps)
     counts = parameter_counts(spec.meta())
-    t = cfg.trainer
     fpt = flops_per_token(spec.config, counts["non_embedding"], cfg.model.seq_len)
-    ckpts = out / "checkpoints"
-    # the callbacks allam.tasks.train gives the Trainer (keep in step with it)
-    callbacks = [Throughput(fpt, str(t.precision), t.peak_tflops, t.log_every_n_steps),
-                 NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_skips, ckpts), Preemption(ckpts),
-                 RunRecord(to_dict(cfg), {})]
+    callbacks = training_callbacks(cfg, out, fpt, data_fingerprint={}).as_list()  # the train task's own list
 
     class StepTimer(L.Callback):  # as _timed_loop: from the start of one step to the next
         starts: list[float] = []

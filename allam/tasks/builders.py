@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -207,6 +209,38 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
         default_root_dir=str(out),
         deterministic=t.deterministic,
         use_distributed_sampler=False,
+    )
+
+
+@dataclass
+class TrainingCallbacks:
+    """The callbacks of a training run, by role; :meth:`as_list` is what the Trainer gets."""
+
+    throughput: Any  # allam.train.callbacks.Throughput: tokens, tokens/s, MFU, the validation curve
+    nonfinite: Any  # allam.train.guards.NonFiniteGuard: stop or skip on a non-finite loss or gradient
+    preemption: Any  # allam.train.guards.Preemption: checkpoint at a step boundary on a stop signal
+    record: Any  # allam.train.guards.RunRecord: the config and data fingerprint in every checkpoint
+    evaluator: Any = None  # allam.train.eval_callback.EvalDuringTraining, when the run evaluates
+
+    def as_list(self) -> list:
+        evaluator = [self.evaluator] if self.evaluator is not None else []
+        return [self.throughput, self.nonfinite, self.preemption, self.record, *evaluator]
+
+
+def training_callbacks(cfg: DictConfig, out: Path, flops_per_token: float, data_fingerprint: dict,
+                       base_flops: float | None = None, evaluator=None) -> TrainingCallbacks:
+    """The one list of callbacks a training run gives :func:`build_trainer` (the train task and
+    the throughput benchmark's project arm both use it). Checkpoints go to ``out/checkpoints``."""
+    from allam.train.callbacks import Throughput
+    from allam.train.guards import NonFiniteGuard, Preemption, RunRecord
+
+    t, checkpoints = cfg.trainer, out / "checkpoints"
+    return TrainingCallbacks(
+        throughput=Throughput(flops_per_token, str(t.precision), t.peak_tflops, t.log_every_n_steps, base_flops),
+        nonfinite=NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_skips, checkpoints),
+        preemption=Preemption(checkpoints),
+        record=RunRecord(to_dict(cfg), data_fingerprint),
+        evaluator=evaluator,
     )
 
 
