@@ -240,3 +240,47 @@ def test_a_damaged_shard_cache_entry_is_named_and_rebuilt(tiny_tok, tmp_path, da
     quiet = []
     _build_news(tiny_tok, tmp_path, log=quiet.append)
     assert quiet == []  # the rebuilt entry is used as it is
+
+
+@pytest.fixture(scope="module")
+def tiny_spm_model(tmp_path_factory) -> Path:
+    """A 300-piece SentencePiece BPE (Llama-2's settings) trained here, as a .model file."""
+    from allam.tokenizer import spm as spm_util
+
+    lines = [f"the sun and the moon over the sea, line {i}: a book, a school, a city" for i in range(300)]
+    path = tmp_path_factory.mktemp("spm") / "tiny.model"
+    path.write_bytes(spm_util.train_bpe(lines, 300, seed=0).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("damage", ["tokenizer.model:random", "tokenizer.model:truncated",
+                                    "tokenizer_config.json:random", "tokenizer_config.json:truncated",
+                                    "allam_tokenizer.json:truncated"])
+def test_a_damaged_tokenizer_cache_folder_is_named_and_rebuilt(tiny_spm_model, tmp_path, caplog, damage):
+    import numpy as np
+
+    from allam.config import TokenizerConfig
+    from allam.tokenizer import build_tokenizer
+
+    cfg = OmegaConf.merge(OmegaConf.structured(TokenizerConfig), {"variant": "base", "base": str(tiny_spm_model)})
+    text = "the moon over the city"
+
+    def build():
+        return build_tokenizer(cfg, cache_dir=tmp_path / "cache", texts=lambda lang: [])
+
+    first = build()
+    ids = first.tokenizer.encode(text)
+    name, how = damage.split(":")
+    body = (first.path / name).read_bytes()
+    (first.path / name).write_bytes(np.random.default_rng(1).bytes(len(body)) if how == "random" else body[: len(body) // 2])
+    with caplog.at_level(logging.WARNING):
+        again = build()
+    warned = [r.getMessage() for r in caplog.records if "tokenizer cache" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"tokenizer cache {first.path} is damaged ({name} ")
+    assert warned[0].endswith("; building it again")
+    assert again.path == first.path and again.tokenizer.encode(text) == ids
+    assert not list((tmp_path / "cache").glob(".*damaged*"))  # the damaged copy is gone
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build()
+    assert not [r for r in caplog.records if "tokenizer cache" in r.getMessage()]

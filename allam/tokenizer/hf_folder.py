@@ -16,11 +16,17 @@ pieces -1e9 (Llama-2, Mistral). :func:`check_equal` verifies the equality on rea
 folder is built.
 
 ``allam_tokenizer.json`` in the folder records what was built (name, fingerprint, options,
-counts); ``transformers`` ignores it.
+counts) and, under ``files``, the size and SHA-256 of every other file as written; ``transformers``
+ignores it. A cached folder is checked against that record before use (:func:`is_complete`): a
+damaged one (a file truncated, overwritten or missing, an unreadable record) is named in a warning
+and removed, and the caller builds it again. Folders written before the record existed are
+used unchecked.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +39,8 @@ from allam.tokenizer import spm as spm_util
 
 META_FILE = "allam_tokenizer.json"
 SP_FILE = "tokenizer.model"
+
+log = logging.getLogger(__name__)
 
 
 def tokenizer_config(proto) -> dict:
@@ -66,6 +74,7 @@ def _write_atomically(folder: Path, fill, marker: str) -> Path:
     try:
         os.chmod(tmp, 0o755)
         fill(tmp)
+        _record_files(tmp)
         try:
             os.replace(tmp, folder)
         except OSError:
@@ -126,10 +135,64 @@ def copy_files(src: Path, out_dir: Path) -> list[str]:
     return copied
 
 
-def is_complete(folder: Path) -> bool:
-    """A built folder: its record, its config, and a SentencePiece model or a tokenizer.json."""
+def _file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _record_files(tmp: Path) -> None:
+    """Adds the size and SHA-256 of every file of a finished folder to its build record."""
+    meta_path = tmp / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta["files"] = {p.name: _file_record(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != META_FILE}
+    meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def damage(folder: Path) -> str | None:
+    """Why a built folder cannot be used (a file missing, or not as its build record says), or None.
+    A folder whose record has no ``files`` (written before records existed) is not checked."""
+    folder = Path(folder)
     model = (folder / SP_FILE).is_file() or (folder / "tokenizer.json").is_file()
-    return model and (folder / META_FILE).is_file() and (folder / "tokenizer_config.json").is_file()
+    for name, present in ((f"{SP_FILE} or tokenizer.json", model), (META_FILE, (folder / META_FILE).is_file()),
+                          ("tokenizer_config.json", (folder / "tokenizer_config.json").is_file())):
+        if not present:
+            return f"{name} is missing"
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        files = meta.get("files", {}) if isinstance(meta, dict) else None
+        if not isinstance(files, dict):
+            raise ValueError("not a build record")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{META_FILE} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    for name, rec in sorted(files.items()):
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        got = _file_record(f)
+        if got["bytes"] != rec.get("bytes"):
+            return f"{name} has {got['bytes']:,} bytes, {rec.get('bytes'):,} when it was written"
+        if got["sha256"] != rec.get("sha256"):
+            return f"{name} does not match the SHA-256 recorded when it was written"
+    return None
+
+
+def is_complete(folder: Path) -> bool:
+    """A built, intact folder (:func:`damage`). A folder that exists but is damaged is named in a
+    warning and removed (moved aside first, so no process loads half of it), so the caller builds
+    it again; False then, and False when there is no folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    why = damage(folder)
+    if why is None:
+        return True
+    log.warning("tokenizer cache %s is damaged (%s); building it again", folder, why)
+    aside = folder.parent / f".{folder.name}.damaged-{os.getpid()}"
+    try:
+        os.replace(folder, aside)
+    except OSError:  # another process moved it first
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return False
 
 
 def write_json_folder(tokenizer_json: str, config: dict, folder: Path, meta: dict) -> Path:
