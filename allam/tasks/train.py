@@ -62,7 +62,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     from allam.tokenizer import token_byte_lengths
     from allam.train.eval_callback import EvalDuringTraining
     from allam.train.checkpointing import clean_partial_writes
-    from allam.train.guards import EXIT_PREEMPTED
+    from allam.train.guards import EXIT_PREEMPTED, StopRequested, stop_requests
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
@@ -83,7 +83,8 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     fingerprint = dm.fingerprint()
     if ckpt is not None:  # checked before anything is written into the run directory
         shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items() if not k.endswith("inv_freq")}
-        step = check_resume(ckpt, to_dict(cfg), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps)
+        step = check_resume(ckpt, to_dict(cfg), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps,
+                            sharded=str(cfg.trainer.strategy) == "fsdp")
         log.info("resuming from %s (step %d)", ckpt, step)
     if _global_rank() == 0:  # the lock holder: no other command writes in this run directory
         for path in clean_partial_writes(out / "checkpoints"):
@@ -108,10 +109,22 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         status = "preempted"
     except RunFailed as exc:
         status, failure = "failed", exc
-    if status == "finished":
-        if module.final_val_step != trainer.global_step:  # the last validation was not at the last step
-            trainer.validate(module, datamodule=dm, verbose=False)
-        save_final_checkpoint(trainer, out)
+    stopped, exported = None, None
+    if status == "finished":  # the final checkpoint, validation and export: a stop here says what is done
+        phase = "the final checkpoint"
+        try:
+            with stop_requests():
+                save_final_checkpoint(trainer, out)
+                phase = "the final validation"
+                if module.final_val_step != trainer.global_step:  # the last validation was not at the last step
+                    trainer.validate(module, datamodule=dm, verbose=False)
+                phase = "the export"
+                if cfg.export:
+                    exported = export_after_fit(trainer, module, bundle, out / "hf")
+        except (StopRequested, SIGTERMException) as exc:
+            status, stopped = "preempted", after_fit_stop(exc, phase, out)
+        except RunFailed as exc:  # a full disk at the final checkpoint, non-finite weights at the export
+            status, failure = "failed", exc
 
     results = {
         "task": "train",
@@ -146,18 +159,23 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         "data": dm.mix_report(),
     }
     if status == "preempted":
-        results["checkpoint"] = str(preemption.saved)
+        results["checkpoint"] = str(stopped["checkpoint"] if stopped else preemption.saved)
+    if stopped is not None:
+        results["stopped_during"] = stopped["phase"]
     if failure is not None:
         results["error"] = str(failure)
-    if cfg.export and status == "finished":
-        exported = export_after_fit(trainer, module, bundle, out / "hf")
-        if exported is not None:
-            results["export"] = str(exported)
+    if exported is not None and status == "finished":
+        results["export"] = str(exported)
     results["config"] = to_dict(cfg)
     if trainer.is_global_zero:
-        path = R.write_status(out, results)
+        try:
+            path = R.write_status(out, results)
+        except OSError as exc:  # e.g. the disk that failed the checkpoint is still full
+            path = f"results not written ({exc.strerror or exc})"
         if status == "finished":
             R.print_summary(results, path)
+        elif stopped is not None:
+            print(f"{stopped['line']} (results: {path})")
         else:
             print(f"{status} at step {trainer.global_step}: {path}")
     if status == "preempted":
@@ -165,6 +183,25 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     if failure is not None:
         raise failure
     return results
+
+
+def after_fit_stop(exc: BaseException, phase: str, out: Path) -> dict:
+    """What a stop during the final checkpoint, validation or export leaves: the newest complete
+    checkpoint (the run is resumable from it; the same command finishes the run), and the line
+    that says so. An unfinished export's temporary files are removed."""
+    from allam.train.checkpointing import inspect, newest_valid
+
+    for part in (out / "hf").glob("part-*.tmp"):
+        part.unlink(missing_ok=True)
+    signal_name = getattr(exc, "signal_name", "SIGTERM")
+    last, _ = newest_valid(out / "checkpoints")
+    if last is None:
+        state = "no complete checkpoint"
+    else:
+        state = f"checkpoint at step {inspect(last)[1]} is complete ({last})"
+    line = f"{signal_name}: stopped during {phase}: {state}; run the same command again to finish"
+    log.warning(line)
+    return {"phase": phase.removeprefix("the "), "checkpoint": last, "line": line}
 
 
 def training_module(cfg: DictConfig, spec, token_bytes, val_languages: list[str], steps: int):
