@@ -284,3 +284,20 @@ def test_a_damaged_tokenizer_cache_folder_is_named_and_rebuilt(tiny_spm_model, t
     with caplog.at_level(logging.WARNING):
         build()
     assert not [r for r in caplog.records if "tokenizer cache" in r.getMessage()]
+
+
+def test_a_folder_source_names_the_files_it_skips(tmp_path, caplog):
+    from allam.data.sources import read_documents, source_values
+
+    folder = tmp_path / "news"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"text": "the sun and the moon"}\n')
+    (folder / "sub" / "b.json").write_text('{"text": "over the sea"}\n')
+    (folder / "notes.txt").write_text("not read\n")
+    (folder / "sub" / "table.csv").write_text("x,y\n")
+    src = source_values({"lang": "en", "loader": "jsonl", "path": str(folder)})
+    with caplog.at_level(logging.INFO, logger="allam"):
+        docs = [d.text for d in read_documents("news", src, parallel_pairs=False, bad=[0])]
+    assert docs == ["the sun and the moon", "over the sea"]
+    assert [r.getMessage() for r in caplog.records if r.name == "allam"] == [
+        f"data: news: skipped 2 file(s) in {folder} that are not .jsonl/.json: notes.txt, sub/table.csv"]

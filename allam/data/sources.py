@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -309,6 +310,7 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) ->
     if loader == "hf":
         return _guard(name, src, _chaptered(_read_hf(name, src, field, pair_field)))
     files = resolve_files(name, src)
+    _say_skipped(name, src, files)
     if loader == "text":
         gen = _read_text(files, skip, bad)
     elif loader == "jsonl":
@@ -318,6 +320,20 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) ->
     else:
         raise ConfigError(f"data.sources.{name}.loader={loader}: allowed: demo, text, jsonl, parquet, hf")
     return _guard(name, src, _chaptered(gen))
+
+
+def _say_skipped(name: str, src: Any, files: list[Path]) -> None:
+    """A folder source reads only its loader's file types: one log line names the other files."""
+    folder = Path(os.path.expanduser(str(src["path"])))
+    if any(ch in str(src["path"]) for ch in "*?[") or not folder.is_dir():
+        return
+    read = set(files)
+    others = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() and f not in read)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        exts = "/".join(_EXTENSIONS.get(src["loader"], ()))
+        logging.getLogger("allam").info("data: %s: skipped %d file(s) in %s that are not %s: %s",
+                                        name, len(others), folder, exts, shown)
 
 
 def _guard(name: str, src: Any, docs: Iterator[RawDoc]) -> Iterator[RawDoc]:
