@@ -7,14 +7,16 @@ rows of it, from the source. So no process ever holds more than its own shards p
 and a sharded model gets exactly the values a single-process model gets, whatever the world size.
 
 Sources:
-- :class:`RandomWeights`: Llama-style normal init from one seeded generator, drawn in parameter
-  order (the draws do not depend on sharding);
+- :class:`RandomWeights`: Llama-style normal init, each block of :data:`ROW_BLOCK` rows of each
+  parameter drawn from its own generator seeded from (seed, parameter name, block), so a rank
+  draws only the blocks that hold its rows and the values do not depend on sharding;
 - :class:`PretrainedWeights`: a Hugging Face safetensors checkpoint read tensor by tensor (only
   this rank's rows are read); embedding matrices that grow get their new rows per
   ``init.new_embeddings`` (:func:`allam.model.embeddings.fill_new_rows`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -25,13 +27,56 @@ import torch
 EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
 
 
+ROW_BLOCK = 256  # rows of one parameter drawn from one generator (fixed: the values must not depend on sharding)
+PARALLEL_VALUES = 1 << 22  # a slice of at least this many values is drawn by several threads
+
+
+def block_seed(seed: int, name: str, block: int) -> int:
+    """The generator seed of rows ``block * ROW_BLOCK ...`` of parameter `name` (stable across
+    processes and Python versions, unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{int(seed)}/{name}/{block}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: any torch.Generator takes it
+
+
+def normal_rows(seed: int, name: str, shape, start: int, stop: int, std: float) -> torch.Tensor:
+    """Rows ``start:stop`` of an N(0, std) tensor of `shape` named `name`: each block of
+    :data:`ROW_BLOCK` rows comes from its own seeded generator, so any slice of rows is drawn without
+    drawing the others' (only the blocks it overlaps), and the same rows get the same values
+    whatever slice asked for them. Large slices are drawn by several threads (the blocks are independent)."""
+    shape = tuple(int(d) for d in shape)
+    row = shape[1:]
+    out = torch.empty((stop - start, *row), dtype=torch.float32)
+
+    def draw(block: int) -> None:
+        a, b = block * ROW_BLOCK, min((block + 1) * ROW_BLOCK, shape[0])
+        gen = torch.Generator(device="cpu").manual_seed(block_seed(seed, name, block))
+        lo, hi = max(a, start), min(b, stop)
+        if (lo, hi) == (a, b):  # the whole block is wanted: draw straight into place
+            torch.randn((b - a, *row), generator=gen, dtype=torch.float32, out=out[a - start : b - start])
+        else:
+            out[lo - start : hi - start] = torch.randn((b - a, *row), generator=gen, dtype=torch.float32)[lo - a : hi - a]
+
+    blocks = range(start // ROW_BLOCK, -(-stop // ROW_BLOCK)) if stop > start else range(0)
+    threads = min(len(blocks), torch.get_num_threads())
+    if out.numel() >= PARALLEL_VALUES and threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(draw, blocks))
+    else:
+        for block in blocks:
+            draw(block)
+    return out.mul_(std)
+
+
 class RandomWeights:
     """N(0, std) for every matrix and embedding, zeros for biases, ones for norm weights (zeros
     where the norm scales by 1 + weight, as Gemma's does); the output projections of each residual
-    branch (o_proj, down_proj) get std / sqrt(2 * layers) when `scaled_residual`."""
+    branch (o_proj, down_proj) get std / sqrt(2 * layers) when `scaled_residual`. Values are drawn
+    per (parameter name, block of rows) (:func:`normal_rows`): a rank draws only its own rows."""
 
     def __init__(self, std: float, scaled_residual: bool, seed: int, num_layers: int, zero_centered_norms: bool = False):
-        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.seed = int(seed)
         self.std = float(std)
         self.resid_std = self.std / math.sqrt(2 * num_layers) if scaled_residual else self.std
         self.norm_value = 0.0 if zero_centered_norms else 1.0
@@ -48,7 +93,7 @@ class RandomWeights:
         if len(shape) == 1:  # RMSNorm weights
             return torch.full((stop - start,), self.norm_value)
         s = self.resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else self.std
-        return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).mul_(s)[start:stop]
+        return normal_rows(self.seed, name, shape, start, stop, s)
 
 
 class SafetensorsFolder:
@@ -134,7 +179,9 @@ class SafetensorsFolder:
 
 class PretrainedWeights:
     """A checkpoint's weights; the input embedding and output head may grow to `rows` rows, whose
-    rows past `num_old_rows` are filled per `strategy` (see :func:`allam.model.embeddings.fill_new_rows`)."""
+    rows past `num_old_rows` are filled per `strategy` (see :func:`allam.model.embeddings.fill_new_rows`);
+    under ``random`` a rank draws only its own new rows (:func:`normal_rows`, seeded per parameter
+    name and block of rows, with the base rows' standard deviation)."""
 
     def __init__(self, folder: str | Path, *, rows: Optional[int] = None, num_old_rows: Optional[int] = None,
                  num_new: int = 0, strategy: str = "subtoken_mean", groups: Optional[list[list[int]]] = None,
@@ -142,12 +189,14 @@ class PretrainedWeights:
         self.ckpt = SafetensorsFolder(folder)
         self.rows_total, self.num_old, self.num_new = rows, num_old_rows, num_new
         self.strategy, self.groups = str(strategy), groups
-        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.seed = int(seed)
+        self.gen = torch.Generator(device="cpu").manual_seed(self.seed)
 
     def _grows(self, name: str) -> bool:
         return name in EMBEDDING_NAMES and self.rows_total is not None and self.num_old is not None
 
     def rows(self, name: str, shape: torch.Size, start: int, stop: int) -> torch.Tensor:
+        param = name
         if name == "lm_head.weight" and name not in self.ckpt:
             name = "model.embed_tokens.weight"  # a checkpoint with tied embeddings stores one matrix
         if not self._grows(name):
@@ -155,6 +204,16 @@ class PretrainedWeights:
         from allam.model.embeddings import fill_new_rows
 
         old = self.ckpt.rows(name)  # one whole matrix: the new rows are built from its rows
+        if self.strategy == "random":  # only rows start:stop are drawn
+            out = torch.empty((stop - start, old.shape[1]), dtype=torch.float32)
+            keep = min(stop, self.num_old)
+            if start < keep:
+                out[: keep - start] = old[start:keep].float()
+            lo = max(start, self.num_old)
+            if lo < stop:
+                std = old[: self.num_old].float().std().item()
+                out[lo - start :] = normal_rows(self.seed, param, (self.rows_total, old.shape[1]), lo, stop, std)
+            return out
         full = torch.empty((self.rows_total, old.shape[1]), dtype=torch.float32)
         full[: self.num_old] = old[: self.num_old].float()
         fill_new_rows(full, self.num_old, self.num_new, self.strategy, self.gen, self.groups)
