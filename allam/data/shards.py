@@ -318,7 +318,7 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
                     if pool_cm is None:
                         pool_cm = _pool(workers)
                         pool = pool_cm.__enter__()
-                    shards = _build_one(i, job, tok, pool, progress, log)
+                    shards = _build_one(i, job, tok, pool, workers, progress, log)
             out[job.name] = shards
     finally:
         if pool_cm is not None:
@@ -393,7 +393,8 @@ class _ShardWriter:
             fh.close()
 
 
-def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: bool, log) -> SourceShards:
+def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: int, progress: bool,
+               log) -> SourceShards:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -407,7 +408,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, progress: 
         writer = _ShardWriter(job, tmp, bar)
         docs = read_documents(job.name, job.src, job.parallel_pairs, bad)
         inflight: collections.deque = collections.deque()
-        window = 2 * (pool._processes if pool is not None else 1) + 2
+        window = 2 * (workers if pool is not None else 1) + 2  # batches in flight: two per worker
         for texts, pairs, splits in _batches(docs):
             if pool is None:
                 writer.add(splits, _process(job_idx, texts, pairs))
