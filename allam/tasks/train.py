@@ -46,9 +46,11 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _global_rank() -> int:
-    from lightning.fabric.utilities.rank_zero import _get_rank
+    """This process's global rank before any Trainer exists: Lightning's ``rank_zero_only.rank``,
+    which it reads from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID) on import."""
+    from lightning.pytorch.utilities import rank_zero_only
 
-    return _get_rank() or 0
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def _train(cfg: DictConfig, out: Path) -> dict:
