@@ -59,34 +59,42 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     sweeper expands them (``a,b``, ``choice()``, ``range()``, ``glob()``; a later override of a
     key replaces an earlier one)."""
     from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return _expand(overrides)
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-        axes: dict[str, list[str]] = {}
-        for o in parser.parse_overrides(overrides):
-            key = o.get_key_element()
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-            axes[key] = [f"{key}={v}" for v in values]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    axes: dict[str, list[str]] = {}
+    for o in parser.parse_overrides(overrides):
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes[key] = [f"{key}={v}" for v in values]
     return [list(job) for job in itertools.product(*axes.values())]
 
 
 def check_sweep(overrides: list[str]) -> None:
     """Compose and validate every job of a sweep; one line naming the first bad job (and how many
     are bad) before any job starts."""
-    try:
-        jobs = sweep_jobs(overrides)
-    except Exception as exc:  # a sweep Hydra cannot parse
-        sys.exit(f"error: {explain_compose_error(exc)}")
+    from hydra import compose, initialize_config_dir
+
     bad = []
-    for i, job in enumerate(jobs):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         try:
-            validate(_compose(job))
-        except ConfigError as exc:
-            bad.append((i, job, str(exc)))
-        except Exception as exc:  # hydra/omegaconf composition errors
-            bad.append((i, job, explain_compose_error(exc)))
+            jobs = _expand(overrides)
+        except Exception as exc:  # a sweep Hydra cannot parse
+            sys.exit(f"error: {explain_compose_error(exc)}")
+        for i, job in enumerate(jobs):
+            try:
+                validate(compose("config", overrides=job))
+            except ConfigError as exc:
+                bad.append((i, job, str(exc)))
+            except Exception as exc:  # hydra/omegaconf composition errors
+                bad.append((i, job, explain_compose_error(exc)))
     if bad:
         i, job, msg = bad[0]
         varying = [o for o in job if sum(o in j for j in jobs) < len(jobs)] or job
