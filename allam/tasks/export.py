@@ -9,7 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from allam.config import ConfigError
-from allam.tasks.builders import build_tokenizer, export_hf, training_config_for
+from allam.config.saved import training_config_for
+from allam.tasks.builders import build_tokenizer, export_hf
 
 log = logging.getLogger("allam")
 
