@@ -301,3 +301,16 @@ def test_a_folder_source_names_the_files_it_skips(tmp_path, caplog):
     assert docs == ["the sun and the moon", "over the sea"]
     assert [r.getMessage() for r in caplog.records if r.name == "allam"] == [
         f"data: news: skipped 2 file(s) in {folder} that are not .jsonl/.json: notes.txt, sub/table.csv"]
+
+
+def test_composing_a_source_field_without_run_py_says_what_hydra_needs(make_cfg):
+    """Without run.py's '++' (Hydra's compose API directly) the message is true for both causes."""
+    with pytest.raises(Exception) as info:
+        make_cfg("data.sources.tafsir_ar.weight=1")
+    assert explain_compose_error(info.value) == (
+        "data.sources.tafsir_ar.weight: not in the composed config: no source 'tafsir_ar', or its YAML leaves weight "
+        "out (Hydra then sets it only as ++data.sources.tafsir_ar.weight=...; run.py adds the ++ itself); a new "
+        "source is added with +data.sources.tafsir_ar={lang: ar, loader: jsonl, path: ...}")
+    with pytest.raises(Exception) as info:
+        make_cfg("data.sources.tafsir_ar.colour=1")
+    assert explain_compose_error(info.value).startswith("data.sources.tafsir_ar.colour: no such key; a source's keys: lang, kind")

@@ -68,10 +68,12 @@ def explain_compose_error(exc: BaseException) -> str:
         key = m3.group(1)
     detail = (ctext or text).strip().splitlines()[0] if (ctext or text).strip() else type(exc).__name__
     if key and key.startswith("data.sources.") and key.count(".") >= 3:
-        name = key.split(".")[2]
-        return (f"{key}: no such key, or no source '{name}'; a source's keys: "
-                f"{', '.join(SourceConfig.__dataclass_fields__)}; add a source with "
-                f"+data.sources.{name}={{lang: ar, loader: jsonl, path: ...}}")
+        name, field_name = key.split(".")[2], key.split(".")[3]
+        if field_name in SourceConfig.__dataclass_fields__:  # run.py's compose_overrides adds the '++' itself
+            return (f"{key}: not in the composed config: no source '{name}', or its YAML leaves {field_name} out "
+                    f"(Hydra then sets it only as ++{key}=...; run.py adds the ++ itself); a new source is "
+                    f"added with +data.sources.{name}={{lang: ar, loader: jsonl, path: ...}}")
+        return (f"{key}: no such key; a source's keys: {', '.join(SourceConfig.__dataclass_fields__)}")
     if key and ("not in" in detail or "Could not override" in text or "Key '" in detail):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _allowed_keys(parent)
