@@ -291,7 +291,8 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) ->
     """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows.
 
     Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
-    (file and byte offset) unless the source sets skip_bad_utf8.
+    (file and byte offset) or a lone surrogate escape in a JSONL line (file and line) unless the
+    source sets skip_bad_utf8 (then such documents are skipped and counted in bad[0]).
     """
     loader = src["loader"]
     skip = bool(src["skip_bad_utf8"])
