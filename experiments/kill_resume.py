@@ -60,7 +60,7 @@ def env(cache: str) -> dict:
 
 # --------------------------------------------------------------------------- reading a run
 def newest_checkpoint_step(ckpts: Path) -> int:
-    from allam.train.checkpointing import newest_valid, inspect
+    from allam.train.checkpointing import inspect, newest_valid
 
     best, _ = newest_valid(ckpts)
     return inspect(best)[1] if best else 0
@@ -228,7 +228,7 @@ def main() -> None:
                 if verify(c) is not None:
                     report["corrupt_checkpoints"] += 1
         final = subprocess.run(command(run, args, trial=True), cwd=ROOT, env=env(args.cache), capture_output=True,
-                               text=True)
+                               text=True, check=False)
         if final.returncode != 0:
             report["failures"].append({"trial": trial, "final": final.stderr[-800:]})
             continue

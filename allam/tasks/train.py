@@ -62,8 +62,8 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     from allam.tasks.preflight import check_memory
     from allam.tasks.rundir import check_resume, resume_checkpoint
     from allam.tokenizer import token_byte_lengths
-    from allam.train.eval_callback import EvalDuringTraining
     from allam.train.checkpointing import clean_partial_writes
+    from allam.train.eval_callback import EvalDuringTraining
     from allam.train.guards import EXIT_PREEMPTED, StopRequested, stop_requests
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
