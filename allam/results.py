@@ -72,6 +72,13 @@ EVAL_FIELDS: dict[str, str] = {
     "chance": "expected accuracy of a uniform random guess (mean of 1 / choices)",
     "max_length": "context in tokens the model was scored with",
     "seconds": "wall time of the task",
+    # the leak check of the offline suites (allam/eval/leak.py): candidate items left out because a
+    # text of theirs overlaps the training text of the demo corpora
+    "dropped_leak": "candidate items dropped by the leak check (the three reasons below together)",
+    "dropped_leak_prompt": "dropped: the prompt overlaps the training text",
+    "dropped_leak_answer": "dropped: the prompt is clean, the answer (a candidate) overlaps",
+    "dropped_leak_group": "dropped: clean, but in a closed group with an overlapping text (the group goes whole)",
+    "leak_candidates": "candidate items the leak check looked at",
 }
 
 # the headline metrics a cross-run report shows, in order
@@ -133,7 +140,9 @@ def print_eval(results: dict) -> None:
             return fmt.format(v) if isinstance(v, (int, float)) else "n/a"
 
         print(f"eval {task:<16} acc {f('acc')} ± {f('acc_stderr')}  acc_norm {f('acc_norm')} ± {f('acc_norm_stderr')}"
-              f"  (n={f('n', '{:d}')}, chance {f('chance')}, {f('seconds', '{:.1f}')} s)")
+              f"  (n={f('n', '{:d}')}, chance {f('chance')}, {f('seconds', '{:.1f}')} s)"
+              + (f"  leak check dropped {f('dropped_leak', '{:d}')} of {f('leak_candidates', '{:d}')}"
+                 if f"eval.{task}.dropped_leak" in results else ""))
 
 
 def _git(*args: str) -> str | None:

