@@ -146,21 +146,23 @@ class CausalLM(L.LightningModule):
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if not grads:
                 return None
-            norm = torch.nn.utils.get_total_norm(grads)
+            self._grad_norm_for_clip = torch.nn.utils.get_total_norm(grads)  # a DTensor under FSDP2
+            norm = self._grad_norm_for_clip
             self._grad_norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         return self._grad_norm
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Log the gradient norm and clip the gradients to it at optim.grad_clip (one pass over the
         gradients for the norm, shared with the non-finite guard)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        norm = self.gradient_norm() if grads else None  # none left: the guard skipped this step
-        self._grad_norm = None  # the next step computes its own
+        params = [p for p in self.parameters() if p.grad is not None]
+        norm = self.gradient_norm() if params else None  # none left: the guard skipped this step
+        for_clip = getattr(self, "_grad_norm_for_clip", None)
+        self._grad_norm = self._grad_norm_for_clip = None  # the next step computes its own
         if norm is None:
             return
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_([p for p in self.parameters() if p.grad is not None], self.grad_clip, norm)
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, for_clip)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg)
