@@ -651,7 +651,7 @@ def plot_claim(claim: Claim, groups: dict[str, list[dict]], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     xs = ["tokens"] + (["flops"] if any(c.at == "flops" for c in claim.comparisons) else [])
-    arms = [a for a in claim.arms if groups.get(a)]
+    arms = [a for a in claim.arms if groups.get(a) and a != BASE]  # the base's curve is its own pretraining
     if not arms:
         return False
     fig, axes = plt.subplots(len(xs), 2, figsize=(11, 3.8 * len(xs)), squeeze=False)

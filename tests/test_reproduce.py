@@ -83,8 +83,9 @@ def test_smoke_suite_end_to_end_resumes_and_writes_claims(tmp_path, cache_dir):
     started from it, a validation curve in every results.json, CLAIMS.md and a plot; run again,
     every cell is skipped."""
     out, md = tmp_path / "claims", tmp_path / "CLAIMS.md"
+    # --mix-commits: in a shared checkout, commits can land between the cells of this run
     cmd = [sys.executable, str(ROOT / "experiments" / "reproduce.py"), "--smoke", "--claims", "4", "--seeds", "2",
-           "--out", str(out), "--claims-md", str(md)]
+           "--out", str(out), "--claims-md", str(md), "--mix-commits"]
     env = {**os.environ, "ALLAM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -103,7 +104,8 @@ def test_smoke_suite_end_to_end_resumes_and_writes_claims(tmp_path, cache_dir):
         assert curve[0]["flops"] == adapt["train.base_flops"] and curve[-1]["flops"] == adapt["train.total_flops"]
         assert curve[-1]["val.en.bpb"] == pytest.approx(adapt["val.en.bpb"])
     text = md.read_text()
-    assert "## Claim 4" in text and "(n=2)" in text and "Verdict rule" in text
+    assert "## Claim 4" in text and "(n=2)" in text and "Verdict rule" in text and "paired n=2" in text
+    assert adapt["code.commit"] and adapt["versions.torch"]  # provenance recorded
     assert any(v in text for v in ("**Verdict: reproduced.**", "**Verdict: not reproduced.**", "**Verdict: inconclusive.**"))
     assert (tmp_path / "claims_plots" / "claim4.png").stat().st_size > 5000
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
