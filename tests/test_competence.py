@@ -1,0 +1,113 @@
+"""The competence suite: items from held-out, leak-checked verses; scorers that do not know the
+language score chance; one that knows a little English (a bigram model of the English training
+text) scores well above chance in English and exactly chance in Arabic."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from allam.data import demo
+from allam.eval import competence, demo_suite, leak
+
+EMPTY = leak.Index.build([])
+
+
+@pytest.fixture(scope="module")
+def built():
+    return {task: competence.build(task, index=EMPTY) for task in competence.TASKS}
+
+
+def test_items_are_held_out_verses_in_balanced_groups(built):
+    for task, (items, counts) in built.items():
+        lang = task.rsplit("_", 1)[1]
+        verses = {("bible {}:{}:{}".format(*k)): demo_suite.nfc(t)
+                  for k, t in demo_suite.held_out_verses(competence.VERSION[lang]).items()}
+        assert len(items) == competence.ITEMS and counts["dropped_leak"] == 0 and counts["leak_candidates"] > 1500
+        assert all(len(it["choices"]) == 4 and len(set(it["choices"])) == 4 for it in items)
+        assert set(Counter(it["gold"] for it in items).values()) == {len(items) // 4}, task
+        for it in items:
+            assert demo.split_of(int(it["id"].split()[1].split(":")[0])) == "val"
+            verse, answer = verses[it["id"]], it["choices"][it["gold"]]
+            if task.startswith("word_order"):
+                assert it["query"] == "" and answer == verse
+                assert len({tuple(sorted(c.split())) for c in it["choices"]}) == 1  # the same words, each as often
+            else:
+                assert verse.startswith(f"{it['query']} {answer}")
+                assert len(it["query"].split()) >= competence.MIN_CONTEXT
+        if task.startswith("next_word"):  # closed groups: one candidate set, each candidate the answer once
+            for g in range(len(items) // 4):
+                group = [it for it in items if it["group"] == g]
+                assert sorted(it["choices"][it["gold"]] for it in group) == sorted(group[0]["choices"])
+    assert competence.build("next_word_en", index=EMPTY) == built["next_word_en"]  # deterministic
+
+
+def test_local_shuffles_move_words_within_their_window():
+    import random
+
+    words = [f"w{i}" for i in range(20)]
+    for seed in range(20):
+        moved = competence.local_shuffle(words, random.Random(seed))
+        assert sorted(moved) == sorted(words)
+        assert all(abs(moved.index(w) - i) < competence.WINDOW for i, w in enumerate(words))
+
+
+def test_a_planted_verse_is_dropped():
+    items, _ = competence.build("word_order_ar", index=EMPTY)
+    verse = items[0]["choices"][items[0]["gold"]]
+    kept, counts = competence.build("word_order_ar", index=leak.Index.build([verse]))
+    assert counts["dropped_leak"] >= 1 and items[0]["id"] not in {it["id"] for it in kept}
+    assert all(verse not in it["choices"] for it in kept)
+
+
+def _accuracy(items, score, by_text: bool = False) -> float:
+    """The choice with the highest score; ties go to the earliest position, or with `by_text` to
+    the largest text (a scorer of the choices alone then picks the same candidate in every item of
+    a closed group)."""
+    right = 0
+    for it in items:
+        keys = [(score(it["query"], c), c if by_text else -i) for i, c in enumerate(it["choices"])]
+        right += keys.index(max(keys)) == it["gold"]
+    return right / len(items)
+
+
+def test_scorers_that_ignore_the_language_score_chance(built):
+    """Unigram frequency (order-free, summed exactly) and length of the choices: 25% exactly (word
+    order: every choice ties, and the answers sit at each position equally often; next word: closed
+    groups)."""
+    freq = Counter(w for d in demo.demo_documents("bible_en", "train") for w in d.text.split())
+    total = sum(freq.values())
+    unigram = lambda _q, c: math.fsum(math.log((freq[w] + 1) / total) for w in sorted(c.split()))  # noqa: E731
+    for task, (items, _) in built.items():
+        for score in (unigram, lambda _q, c: len(c), lambda _q, c: -len(c)):
+            assert _accuracy(items, score, by_text=task.startswith("next_word")) == 0.25, task
+
+
+def test_a_bigram_model_of_english_passes_english_and_is_at_chance_in_arabic(built):
+    """Knowing English word pairs (from the English training text) is enough to pass the English
+    tasks; it says nothing about Arabic, whose words it has never seen."""
+    pairs, left = Counter(), Counter()
+    for d in demo.demo_documents("bible_en", "train"):
+        words = ["<s>", *d.text.split()]
+        pairs.update(zip(words, words[1:]))
+        left.update(words)
+    vocab = len(left) + 1
+
+    def logp(words):
+        return math.fsum(math.log((pairs[(a, b)] + 1) / (left[a] + vocab)) for a, b in zip(words, words[1:]))
+
+    def score(query, choice):
+        return logp(["<s>", *query.split(), *choice.split()])
+
+    acc = {task: _accuracy(items, score) for task, (items, _) in built.items()}
+    assert acc["word_order_en"] > 0.6 and acc["next_word_en"] > 0.35, acc
+    assert acc["word_order_ar"] == acc["next_word_ar"] == 0.25, acc
+
+
+def test_the_harness_hook_builds_the_task_and_reports_its_leak_counts(monkeypatch):
+    planted = leak.Index.build([v for _, v in list(demo_suite.held_out_verses("web").items())[:40]])
+    monkeypatch.setattr(leak, "training_index", lambda cache_dir=None: planted)
+    data = competence.next_word_en(seed=7)
+    assert len(data["test"]) == competence.ITEMS
+    assert demo_suite.LEAK_REPORTS["next_word_en"]["dropped_leak"] >= 30
