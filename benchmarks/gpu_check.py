@@ -1,27 +1,46 @@
 """Everything GPU-only, checked in one go (benchmarks/gpu_check.sh runs this; see it for the wheels a
-bare GPU machine needs). Each check runs in its own process with a time limit; the last line
-printed is one JSON summary with each check's JSON and the issue's targets marked true/false.
+bare GPU machine needs). Each check runs in its own process with a time limit, in this order:
 
-1. attention backends agree (benchmarks/attention_check.py): sdpa vs eager; xformers where its
-   kernels load, else the reason;
-2. the loss implementations (benchmarks/cross_entropy.py): plain vs chunked vs Liger's fused;
-3. throughput (benchmarks/throughput.py): ``--model 1b`` (seq 2048) and ``--model 7b`` (seq 4096,
-   bf16, AdamW8bit, activation checkpointing), one GPU;
-4. a 20-step FSDP2 training run on synthetic text (the demo corpora need not be installed) with
-   sharded checkpoints every 10 steps, a resume from step 10 whose losses must repeat the first
-   run's, the run's own export and ``task=export`` of the step-10 checkpoint, both loaded back with
-   ``AutoModelForCausalLM``.
+0. ``packages``: every module the checks import is there (else the missing ones are named and
+   nothing else runs), and which optional ones (bitsandbytes, liger_kernel, xformers) are;
+   ``fallbacks`` (GPU mode): whether Inductor compiles a tiny function and bitsandbytes' AdamW8bit
+   takes a step (benchmarks/fallbacks.py); where not, the runs below go eager / use torch's fused
+   AdamW and say so (``compile_fallback``, ``optimizer_fallback``);
+1. ``attention``: the attention backends agree (benchmarks/attention_check.py): sdpa vs eager;
+   xformers where its kernels load, else the reason;
+2. ``cross_entropy``: the loss implementations (benchmarks/cross_entropy.py): plain vs chunked vs
+   Liger's fused;
+3. ``throughput_1b``: benchmarks/throughput.py ``--model 1b`` (seq 2048): the project's step
+   against the eager and the compiled Hugging Face loop;
+4. ``fsdp_run``: a 20-step FSDP2 training run on synthetic text (the demo corpora need not be
+   installed) with sharded checkpoints every 10 steps, a resume from step 10 whose losses must
+   repeat the first run's, the run's own export and ``task=export`` of the step-10 checkpoint,
+   both loaded back with ``AutoModelForCausalLM``;
+5. ``throughput_7b``: ``--model 7b`` (seq 4096, bf16, AdamW8bit, activation checkpointing in
+   every arm), one GPU.
 
-``--cpu-smoke``: the same on the CPU with tiny shapes (tests/test_speed.py runs it).
+Results come back even if the run is cut off: each check's JSON line is appended (and flushed) to
+``checks.jsonl`` in the output folder (``$OUT`` where set, else ``--out``) as soon as it finishes;
+a global deadline (``--deadline``, env ``GPU_CHECK_DEADLINE``, default 540 s) stops the checks
+still to run (recorded as skipped) and still writes ``summary.json``, also on SIGTERM. The last
+line printed is the summary, with the issue's targets marked true/false. Run directories and
+checkpoints live in a work folder outside the output folder (``--work``, default under /tmp); the
+output folder holds only checks.jsonl, summary.json and logs.txt (the tail of each check's log).
+Exit status: 0 when every check passed, 1 otherwise, 2 when a needed package is missing.
+
+``--cpu-smoke``: the same on the CPU with tiny shapes (tests/test_gpu_check.py and
+benchmarks/rehearse_gpu_image.sh run it).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -31,23 +50,37 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT))
 
+# module -> what provides it on a bare GPU image (the image's own packages, or a carried wheel)
+REQUIRED = {"torch": "the image", "lightning": "the image", "transformers": "the image", "tokenizers": "the image",
+            "sentencepiece": "the image", "safetensors": "the image", "numpy": "the image", "yaml": "the image",
+            "hydra": "hydra-core wheel", "omegaconf": "omegaconf wheel", "antlr4": "antlr4-python3-runtime wheel",
+            "google.protobuf": "protobuf wheel"}
+OPTIONAL = ("bitsandbytes", "liger_kernel", "xformers", "triton")
+DISTRIBUTIONS = {"yaml": "PyYAML", "hydra": "hydra-core", "antlr4": "antlr4-python3-runtime", "google.protobuf": "protobuf",
+                 "liger_kernel": "liger-kernel"}  # module -> distribution, where the names differ
+RESERVE_S = 5  # kept back from the deadline to write the summary
+MIN_CHECK_S = 10  # a check is not started with less time than this left
+
 TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
         "model.seq_len=64"]
-# (mode) -> the commands of checks 1-3 and the FSDP run's overrides
+# (mode) -> each check's command line (or the FSDP run's overrides) and time cap in seconds
 PLANS = {
     "gpu": {
+        "fallbacks": ["--device", "cuda"],
         "attention": ["--device", "cuda", "--dtype", "bfloat16", "--seq", "1024"],
         "cross_entropy": ["--device", "cuda", "--dtype", "bfloat16", "--tokens", "16384", "--hidden", "2048",
                           "--vocab", "32000", "--chunk", "1024"],
-        # the raw-loop arm (Lightning's overhead, a CPU target) is left out to stay within 8 minutes
-        "throughput": {"1b": ["--model", "1b", "--arms", "hf_loop,project"],
-                       "7b": ["--model", "7b", "--arms", "hf_loop,project"]},
+        # the raw-loop arm (Lightning's overhead, a CPU target) is left out to stay within the deadline
+        "throughput": {"1b": ["--model", "1b", "--arms", "hf_loop,hf_compiled,project"],
+                       "7b": ["--model", "7b", "--arms", "hf_loop,hf_compiled,project"]},
         "fsdp": ["trainer=fsdp", "trainer.devices=1", "model=1b", "model.num_layers=4", "data.batch_size=4",
                  "trainer.compile=true", "model.activation_checkpointing=selective", "tokenizer.english_vocab_size=2048"],
         "resume_tolerance": 5e-2,  # bf16 kernels need not be bitwise deterministic
-        "timeout": 420,
+        "caps": {"fallbacks": 120, "attention": 90, "cross_entropy": 90, "throughput_1b": 240, "fsdp": 200,
+                 "throughput_7b": 400},
     },
     "cpu-smoke": {
+        "fallbacks": None,  # the smoke plan compiles nothing and uses torch's AdamW: nothing to probe
         "attention": ["--seq", "64"],
         "cross_entropy": ["--tokens", "512", "--hidden", "64", "--vocab", "4096", "--chunk", "128"],
         "throughput": {"tiny": ["--model", "tiny", "--steps", "2", "--warmup", "1", *TINY, "model.vocab_size=512",
@@ -56,9 +89,12 @@ PLANS = {
                  "data.batch_size=2", "tokenizer.english_vocab_size=512", "data.val_bytes=4000",
                  "model.activation_checkpointing=selective"],
         "resume_tolerance": 1e-5,
-        "timeout": 300,
+        "caps": {"attention": 300, "cross_entropy": 300, "throughput_tiny": 300, "fsdp": 300},
     },
 }
+# the order the checks run in (a deadline cuts the last ones): throughput_7b is the longest
+ORDER = ["packages", "fallbacks", "attention", "cross_entropy", "throughput_1b", "throughput_tiny", "fsdp_run",
+         "throughput_7b"]
 
 
 def last_json(text: str) -> dict | None:
@@ -71,21 +107,135 @@ def last_json(text: str) -> dict | None:
     return None
 
 
-def run_json(args: list[str], timeout: int, log: Path) -> dict:
-    """Run a command; its last JSON line, or what went wrong (with the tail of stderr)."""
-    t0 = time.perf_counter()
+def found(module: str) -> bool:
+    """Whether `module` can be imported here (looked up, not imported: that stays cheap)."""
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired as exc:
-        log.write_text(f"{exc.stdout or ''}\n{exc.stderr or ''}")
-        return {"error": f"timed out after {timeout} s", "log": str(log)}
-    log.write_text(proc.stdout + "\n" + proc.stderr)
-    out = last_json(proc.stdout)
-    if proc.returncode != 0 or out is None:
-        tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)[-600:], "log": str(log)}
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    return out
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or blocked in sys.modules
+        return False
+
+
+def version(module: str) -> str:
+    """The installed distribution's version of `module`, or why there is none."""
+    import importlib.metadata
+
+    if not found(module):
+        return "missing"
+    try:
+        return importlib.metadata.version(DISTRIBUTIONS.get(module, module))
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def missing_modules() -> dict[str, str]:
+    """Needed modules that cannot be imported here -> where they should have come from."""
+    return {name: source for name, source in REQUIRED.items() if not found(name)}
+
+
+class Checks:
+    """The output folder's record: each check's JSON line appended as it finishes, the summary at
+    the end (or when stopped), and a deadline shared by every check."""
+
+    def __init__(self, out: Path, work: Path, deadline_s: float, mode: str):
+        self.out, self.work, self.mode = out, work, mode
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + deadline_s
+        self.lines = out / "checks.jsonl"
+        self.summary: dict = {"check": "gpu_check", "mode": mode, "out": str(out), "work": str(work),
+                              "deadline_s": deadline_s, "throughput": {}}
+        self.child: subprocess.Popen | None = None
+        self.finished = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def record(self, name: str, result: dict) -> dict:
+        line = {"check": name, **result}
+        with self.lines.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        print(json.dumps(line), flush=True)
+        if name.startswith("throughput_"):
+            self.summary["throughput"][name.removeprefix("throughput_")] = result
+        else:
+            self.summary[name] = result
+        return result
+
+    def log(self, name: str, text: str, lines: int = 80) -> None:
+        """Keep the tail of a check's output in the output folder (the whole log stays in the work folder)."""
+        tail = "\n".join(text.strip().splitlines()[-lines:])
+        with (self.out / "logs.txt").open("a", encoding="utf-8") as fh:
+            fh.write(f"===== {name} (last {lines} lines; whole log in {self.work})\n{tail}\n")
+
+    def run_json(self, name: str, args: list[str], cap: float) -> dict:
+        """Run a command with at most `cap` seconds and what is left before the deadline; its last
+        JSON line, or what went wrong (with the tail of stderr). The command runs in its own
+        process group, all of which is killed at the time limit."""
+        left = self.remaining() - RESERVE_S
+        if left < MIN_CHECK_S:
+            return {"skipped": f"deadline: {max(left, 0):.0f} s left before it, {MIN_CHECK_S} s needed"}
+        limit = min(cap, left)
+        t0 = time.perf_counter()
+        self.child = proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                             start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            stdout, stderr = proc.communicate()
+            why = "the global deadline" if limit < cap else "its time cap"
+            self._keep(name, stdout, stderr)
+            return {"error": f"timed out after {limit:.0f} s ({why})", "log": str(self.work / f"{name}.log")}
+        finally:
+            self.child = None
+        self._keep(name, stdout, stderr)
+        out = last_json(stdout)
+        if proc.returncode != 0 or out is None:
+            tail = [ln for ln in stderr.strip().splitlines() if ln.strip()][-3:]
+            return {"error": f"exit {proc.returncode}: " + " | ".join(tail)[-600:], "log": str(self.work / f"{name}.log")}
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        return out
+
+    def _keep(self, name: str, stdout: str, stderr: str) -> None:
+        text = f"{stdout or ''}\n{stderr or ''}"
+        (self.work / f"{name}.log").write_text(text)
+        self.log(name, text)
+
+    def finish(self, reason: str | None = None) -> dict:
+        """Write summary.json (atomically) and print it as the last line."""
+        if self.finished:
+            return self.summary
+        self.finished = True
+        s = self.summary
+        if reason:
+            s["stopped"] = reason
+        s["skipped"] = [n for n in ORDER if n in s.get("planned", []) and not self._done(n)]
+        s["targets"] = targets(s)
+        s["ratios"] = ratios(s)
+        checks = [s[n] for n in ("packages", "fallbacks", "attention", "cross_entropy", "fsdp_run") if n in s]
+        checks += list(s["throughput"].values())
+        s["ok"] = (not reason and not s["skipped"] and all("error" not in c and "skipped" not in c for c in checks)
+                   and bool(s.get("attention", {}).get("sdpa_vs_eager", {}).get("ok"))
+                   and bool(s.get("fsdp_run", {}).get("ok")))
+        s["seconds"] = round(time.monotonic() - self.t0, 1)
+        tmp = self.out / "summary.json.tmp"
+        tmp.write_text(json.dumps(s, indent=1))
+        os.replace(tmp, self.out / "summary.json")
+        print(json.dumps(s), flush=True)
+        return s
+
+    def _done(self, name: str) -> bool:
+        if name.startswith("throughput_"):
+            return name.removeprefix("throughput_") in self.summary["throughput"]
+        return name in self.summary
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 # --------------------------------------------------------------------------- the FSDP run
@@ -145,16 +295,18 @@ def _load_export(folder: Path, device: str, corpus: Path) -> float:
         return float(model(input_ids=ids, labels=ids).loss)
 
 
-def fsdp_run(mode: str, out: Path) -> dict:
+def fsdp_run(checks: Checks, mode: str, extra: list[str]) -> dict:
     plan, device = PLANS[mode], "cuda" if mode == "gpu" else "cpu"
-    corpus, me = out / "corpus", [sys.executable, str(Path(__file__).resolve()), "_task"]
-    common = [*plan["fsdp"], "logger=csv", "trainer.log_every_n_steps=1", "trainer.max_steps=20", "trainer.val_every_steps=null",
+    work, cap = checks.work, plan["caps"]["fsdp"]
+    corpus, me = work / "corpus", [sys.executable, str(Path(__file__).resolve()), "_task"]
+    overrides = [*plan["fsdp"], *extra]
+    common = [*overrides, "logger=csv", "trainer.log_every_n_steps=1", "trainer.max_steps=20", "trainer.val_every_steps=null",
               "trainer.checkpoint_every_steps=10"]
-    first, resumed = out / "first", out / "resumed"
-    res = {"steps": None}
-    step = run_json([*me, str(first), str(corpus), *common], plan["timeout"], out / "first.log")
-    if "error" in step:
-        return {**res, "error": f"first run: {step['error']}"}
+    first, resumed = work / "first", work / "resumed"
+    res: dict = {"steps": None, "overrides": extra}
+    step = checks.run_json("fsdp_first", [*me, str(first), str(corpus), *common], cap)
+    if "error" in step or "skipped" in step:
+        return {**res, "error": f"first run: {step.get('error') or step.get('skipped')}"}
     results = json.loads((first / "results.json").read_text())
     res.update(steps=results["train.steps"], tokens_per_s=results.get("train.tokens_per_second"),
                mfu=results.get("train.mfu"), val=dict((k, v) for k, v in results.items() if k.startswith("val.") and k.endswith(".loss")))
@@ -162,20 +314,18 @@ def fsdp_run(mode: str, out: Path) -> dict:
     if ckpt is None:
         return {**res, "error": "no step-10 checkpoint in " + str(first / "checkpoints")}
     res["sharded_checkpoint_files"] = len(list(ckpt.glob("*.distcp"))) if ckpt.is_dir() else 0
-    step = run_json([*me, str(resumed), str(corpus), *common, f"ckpt={ckpt}", "export=false"], plan["timeout"],
-                    out / "resumed.log")
-    if "error" in step:
-        return {**res, "error": f"resume: {step['error']}"}
+    step = checks.run_json("fsdp_resumed", [*me, str(resumed), str(corpus), *common, f"ckpt={ckpt}", "export=false"], cap)
+    if "error" in step or "skipped" in step:
+        return {**res, "error": f"resume: {step.get('error') or step.get('skipped')}"}
     a, b = _losses(first), _losses(resumed)
     common_steps = sorted(set(a) & set(b))
     res["resumed_steps"] = json.loads((resumed / "results.json").read_text())["train.steps"]
     res["resume_compared_steps"] = len(common_steps)
     res["resume_max_loss_diff"] = max((abs(a[s] - b[s]) for s in common_steps), default=math.inf)
-    exported = out / "exported"
-    step = run_json([*me, str(exported), str(corpus), *plan["fsdp"], "task=export", f"ckpt={ckpt}"], plan["timeout"],
-                    out / "export.log")
-    if "error" in step:
-        return {**res, "error": f"task=export: {step['error']}"}
+    exported = work / "exported"
+    step = checks.run_json("fsdp_export", [*me, str(exported), str(corpus), *overrides, "task=export", f"ckpt={ckpt}"], cap)
+    if "error" in step or "skipped" in step:
+        return {**res, "error": f"task=export: {step.get('error') or step.get('skipped')}"}
     try:
         res["export_loss"] = _load_export(first / "hf", device, corpus)
         res["export_task_loss"] = _load_export(exported / "hf", device, corpus)
@@ -213,46 +363,104 @@ def targets(summary: dict) -> dict:
     }
 
 
+def ratios(summary: dict) -> dict:
+    """The project's tokens/s over each Hugging Face baseline's, per throughput run (the fair one
+    is the compiled baseline: eager against compiled mostly measures torch.compile)."""
+    return {name: {"vs_hf_eager": run.get("ratio_project_vs_hf"), "vs_hf_compiled": run.get("ratio_project_vs_hf_compiled")}
+            for name, run in summary.get("throughput", {}).items()}
+
+
+def fallback_overrides(probe: dict) -> tuple[list[str], dict]:
+    """The overrides the training run needs where the fallbacks check found a piece missing, and
+    the fallbacks named for the JSON."""
+    extra, named = [], {}
+    if probe.get("compile", {}).get("ok") is False:
+        extra.append("trainer.compile=false")
+        named["compile_fallback"] = "eager: " + probe["compile"]["reason"]
+    return extra, named
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_task":  # one training/export run, in its own process
         train_task(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--out", type=Path, default=None, help="folder for logs and runs (default: a new temp folder)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for the JSON lines, summary and log tails ($OUT wins where set; default: a new temp folder)")
+    ap.add_argument("--work", type=Path, default=None, help="folder for run directories and checkpoints (default: under /tmp)")
+    ap.add_argument("--deadline", type=float, default=float(os.environ.get("GPU_CHECK_DEADLINE", 540)),
+                    help="seconds from the start after which no check runs on (env GPU_CHECK_DEADLINE; default 540)")
     args = ap.parse_args()
     mode = "cpu-smoke" if args.cpu_smoke else "gpu"
     plan = PLANS[mode]
-    out = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / f"allam-gpu-check-{int(time.time())}"
+    stamp = f"{int(time.time())}-{os.getpid()}"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out or tmp / f"allam-gpu-check-{stamp}"
+    work = args.work or tmp / f"allam-gpu-check-work-{stamp}"
+    out, work = out.resolve(), work.resolve()
+    if work == out or out in work.parents:
+        sys.exit(f"error: --work {work} is inside the output folder {out}; runs and checkpoints must stay outside it")
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    checks = Checks(out, work, args.deadline, mode)
+    checks.summary["planned"] = [n for n in ORDER if n == "packages" or n == "fsdp_run"
+                                 or (n == "fallbacks" and plan["fallbacks"] is not None)
+                                 or n in ("attention", "cross_entropy")
+                                 or n.removeprefix("throughput_") in plan["throughput"]]
+
+    def stop(signum, _frame):  # the device tool's time limit, or Ctrl-C: keep what is done
+        if checks.child is not None:
+            _kill_group(checks.child)
+        checks.finish(f"signal {signal.Signals(signum).name} after {time.monotonic() - checks.t0:.0f} s")
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    carried = os.environ.get("GPU_CHECK_CARRIED")
+    missing = missing_modules()
+    packages: dict = {"carried_wheels": carried.split() if carried else [], "missing": missing,
+                      "versions": {name: version(name) for name in (*REQUIRED, *OPTIONAL)}}
+    if missing:
+        wheels = sorted({src for src in missing.values() if src.endswith("wheel")})
+        hint = (f"; carry {', '.join(wheels)} in .whl/ (bash benchmarks/gpu_wheels.sh)" if wheels else "")
+        packages["error"] = (f"missing modules: {', '.join(missing)}" + hint
+                             + ("" if carried else "; no wheels were carried (.whl/ is empty or absent)"))
+        checks.record("packages", packages)
+        checks.finish()
+        sys.exit(2)
+    checks.record("packages", packages)
+
     import torch
 
+    checks.summary["torch"] = torch.__version__
     if mode == "gpu" and not torch.cuda.is_available():
-        sys.exit("error: no CUDA GPU here; run with --cpu-smoke to check the script on a CPU")
-    py, limit = sys.executable, plan["timeout"]
-    summary: dict = {"check": "gpu_check", "mode": mode, "torch": torch.__version__, "out": str(out),
-                     "device": torch.cuda.get_device_name(0) if mode == "gpu" else "cpu"}
-    summary["packages"] = {}
-    for name in ("hydra", "omegaconf", "bitsandbytes", "liger_kernel", "xformers", "transformers", "lightning"):
-        try:
-            module = __import__(name)
-            summary["packages"][name] = getattr(module, "__version__", "?")
-        except Exception as exc:
-            summary["packages"][name] = f"missing ({type(exc).__name__})"
-    summary["attention"] = run_json([py, str(BENCH / "attention_check.py"), *plan["attention"]], limit, out / "attention.log")
-    summary["cross_entropy"] = run_json([py, str(BENCH / "cross_entropy.py"), *plan["cross_entropy"]], limit,
-                                        out / "cross_entropy.log")
-    summary["throughput"] = {name: run_json([py, str(BENCH / "throughput.py"), *argv], limit, out / f"throughput_{name}.log")
-                             for name, argv in plan["throughput"].items()}
-    summary["fsdp_run"] = fsdp_run(mode, out)
-    summary["targets"] = targets(summary)
-    checks = [summary["attention"], summary["cross_entropy"], *summary["throughput"].values(), summary["fsdp_run"]]
-    summary["ok"] = (all("error" not in c for c in checks)
-                     and bool(summary["attention"].get("sdpa_vs_eager", {}).get("ok"))
-                     and bool(summary["fsdp_run"].get("ok")))
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(summary))
+        checks.record("device", {"error": "no CUDA GPU here; run with --cpu-smoke to check the script on a CPU"})
+        checks.finish()
+        sys.exit(1)
+    checks.summary["device"] = torch.cuda.get_device_name(0) if mode == "gpu" else "cpu"
+    py, caps = sys.executable, plan["caps"]
+    extra, named = [], {}
+    if plan["fallbacks"] is not None:
+        probe = checks.record("fallbacks", checks.run_json("fallbacks", [py, str(BENCH / "fallbacks.py"), *plan["fallbacks"]],
+                                                           caps["fallbacks"]))
+        extra, named = fallback_overrides(probe)
+        checks.summary.update(named)
+    checks.record("attention", checks.run_json("attention", [py, str(BENCH / "attention_check.py"), *plan["attention"]],
+                                               caps["attention"]))
+    checks.record("cross_entropy", checks.run_json("cross_entropy", [py, str(BENCH / "cross_entropy.py"), *plan["cross_entropy"]],
+                                                   caps["cross_entropy"]))
+    throughput = [n for n in ORDER if n.removeprefix("throughput_") in plan["throughput"]]
+    for name in [n for n in throughput if n != "throughput_7b"]:
+        argv = plan["throughput"][name.removeprefix("throughput_")]
+        checks.record(name, checks.run_json(name, [py, str(BENCH / "throughput.py"), *argv], caps[name]))
+    checks.record("fsdp_run", {**fsdp_run(checks, mode, extra), **named})
+    if "throughput_7b" in throughput:
+        name = "throughput_7b"
+        checks.record(name, checks.run_json(name, [py, str(BENCH / "throughput.py"), *plan["throughput"]["7b"]], caps[name]))
+    summary = checks.finish()
+    sys.exit(0 if summary["ok"] else 1)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,25 @@ process on the same device, after warm-up.
 Arms (same shape, micro-batch, sequence, precision, optimizer and gradient clipping; random tokens):
 - ``hf_loop`` (a): a plain ``LlamaForCausalLM`` loop: SDPA, full logits upcast to fp32 for the loss,
   autocast for ``*-mixed`` precision, torch AdamW (fused where the kernel runs) or bitsandbytes
-  AdamW8bit, no activation checkpointing, no compile;
+  AdamW8bit, the same activation checkpointing as (b) (``model.activation_checkpointing``: none
+  for 1b, selective for 7b), no compile;
+- ``hf_compiled`` (a'): (a) with the whole model under ``torch.compile``: the fair baseline for a
+  compiled (b), since (b) against (a) mostly measures ``torch.compile``;
 - ``project`` (b): the step exactly as ``run.py`` builds it: the config composed from conf/, the
   model spec, ``CausalLM`` with every speed option (allam.tasks.train.training_module), the Lightning
   Trainer from allam.tasks.builders with the run's callbacks (training_callbacks; no checkpoint writing);
 - ``raw_loop`` (c): the same work as (b) (model, speed options, loss, optimizer, schedule, clipping)
   in a plain PyTorch loop: (b) against (c) is Lightning's overhead.
 
+Each arm runs on its own: one that fails (out of memory or any other error) is recorded with its
+error and the others go on. Where Inductor cannot compile (no compiler toolchain) the arms run
+eager and the JSON says ``compile_fallback``; where bitsandbytes' AdamW8bit does not run, torch's
+fused AdamW replaces it and the JSON says ``optimizer_fallback`` (benchmarks/fallbacks.py).
+
 Prints one JSON line: tokens/s (of the median step; each step timed from its start to the next
 one's, so loading and Lightning's hooks count), MFU (6N + 12·L·H·Q·T FLOPs per token over the device peak: the
 datasheet on GPUs, a measured matmul rate on CPUs) and peak memory of each arm, the ratio b/a,
-Lightning's overhead 1 - b/c, and the plan's memory estimate (allam.model.plan) next to the
+b/a', Lightning's overhead 1 - b/c, and the plan's memory estimate (allam.model.plan) next to the
 measured peaks.
 
     python benchmarks/throughput.py --model tiny                 # CPU
@@ -129,11 +137,13 @@ def _plain_optimizer(model, o):
     return torch.optim.AdamW(params, fused=fused_supported([{"params": params}]) or None, **kw)
 
 
-def hf_loop(cfg, spec, loader, device, warmup: int):
-    """(a) the plain Hugging Face loop."""
+def hf_loop(cfg, spec, loader, device, warmup: int, compiled: bool = False):
+    """(a) the plain Hugging Face loop; (a') with `compiled`, the whole model under torch.compile."""
     import torch
     import torch.nn.functional as F
     from transformers import LlamaForCausalLM
+
+    from allam.model.speed import apply_activation_checkpointing
 
     config = copy.deepcopy(spec.config)
     config._attn_implementation = "sdpa"
@@ -143,13 +153,15 @@ def hf_loop(cfg, spec, loader, device, warmup: int):
         from allam.config.derived import compute_dtype
 
         model.to(compute_dtype(cfg.trainer.precision))
+    apply_activation_checkpointing(model, cfg.model.activation_checkpointing)  # as the project's arm
     model.train()
     opt = _plain_optimizer(model, cfg.optim)
     clip, precision = float(cfg.optim.grad_clip or 0), str(cfg.trainer.precision)
+    forward = torch.compile(model) if compiled else model
 
     def step(batch):
         with _autocast(device, precision):
-            logits = model(input_ids=batch[:, :-1]).logits
+            logits = forward(input_ids=batch[:, :-1]).logits
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
         loss.backward()
         if clip > 0:
@@ -234,12 +246,59 @@ def project(cfg, spec, loader, device, warmup: int, out: Path, vocab: int):
     return [b - a for a, b in zip(timer.starts, timer.starts[1:])], module.last_loss
 
 
+def measure_arm(runner, make_loader, device) -> dict:
+    """Run one arm under the peak-memory meter: its step times, last loss and peak memory, or its
+    error (out of memory, or any other exception, with the traceback's last lines), so that one
+    failing arm is recorded and the others still run."""
+    import traceback
+
+    import torch
+
+    from peak_memory import PeakMemory
+
+    pm = None
+    try:
+        with PeakMemory(device) as pm:
+            step_s, loss = runner(make_loader())
+    except torch.OutOfMemoryError as exc:
+        return {"error": f"out of memory: {str(exc).splitlines()[0][:200]}", "peak_memory_gib": pm.gib if pm else None}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc).strip()[:400]}",
+                "traceback_tail": traceback.format_exc().strip().splitlines()[-6:]}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"step_s": step_s, "last_loss": loss, "peak_memory_gib": pm.gib}
+
+
+def choose_fallbacks(cfg, device, compiled_arm: bool) -> dict:
+    """The overrides that replace what does not run here, and each fallback named (None: no fallback).
+    Inductor is probed where the config compiles or the compiled baseline is asked for;
+    bitsandbytes where the config uses ``optim=adamw8bit``."""
+    from fallbacks import adamw8bit_status, inductor_status
+
+    res = {"overrides": [], "compile_fallback": None, "optimizer_fallback": None}
+    if cfg.trainer.compile or compiled_arm:
+        ok, reason = inductor_status(device.type)
+        if not ok:
+            res["compile_fallback"] = "eager: " + reason
+            if cfg.trainer.compile:
+                res["overrides"].append("trainer.compile=false")
+    if str(cfg.optim.name) == "adamw8bit":
+        ok, reason = adamw8bit_status(device.type)
+        if not ok:
+            res["optimizer_fallback"] = "adamw (torch's fused AdamW) instead of adamw8bit: " + reason
+            res["overrides"].append("optim=adamw")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--steps", type=int, help="timed optimizer steps (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (compile, allocator, caches)")
-    ap.add_argument("--arms", default="hf_loop,raw_loop,project", help="which arms, in this order")
+    ap.add_argument("--arms", default="hf_loop,raw_loop,project",
+                    help="which arms, in this order: hf_loop, hf_compiled, raw_loop, project")
     ap.add_argument("overrides", nargs="*", help="config overrides, as on run.py")
     args = ap.parse_args()
 
@@ -264,6 +323,10 @@ def main() -> None:
     device = torch.device("cuda" if device_type(cfg.trainer) == "cuda" else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"error: --model {args.model} runs on a GPU and none is available; use --model tiny")
+    arms = args.arms.split(",")
+    fallbacks = choose_fallbacks(cfg, device, "hf_compiled" in arms)
+    if fallbacks["overrides"]:
+        cfg = compose(args.model, [*args.overrides, *fallbacks["overrides"]], out)
 
     from allam.config.derived import compute_dtype
 
@@ -281,29 +344,27 @@ def main() -> None:
 
     runners = {
         "hf_loop": lambda loader: hf_loop(cfg, spec, loader, device, warmup),
+        "hf_compiled": lambda loader: hf_loop(cfg, spec, loader, device, warmup, compiled=True),
         "raw_loop": lambda loader: raw_loop(cfg, spec, loader, device, warmup, loss_kind),
         "project": lambda loader: project(cfg, spec, loader, device, warmup, out / "project", vocab),
     }
-    results, pm = {}, None
-    for arm in args.arms.split(","):
-        torch.manual_seed(0)
-        try:
-            with PeakMemory(device) as pm:
-                step_s, loss = runners[arm](batches(cfg, vocab, warmup + steps))
-        except torch.OutOfMemoryError as exc:
-            results[arm] = {"error": f"out of memory: {str(exc).splitlines()[0][:200]}",
-                            "peak_memory_gib": pm.gib if pm else None}
+    results = {}
+    for arm in arms:
+        if arm not in runners:
+            sys.exit(f"error: --arms {arm}: allowed: {', '.join(runners)}")
+        if arm == "hf_compiled" and fallbacks["compile_fallback"]:
+            results[arm] = {"skipped": "no compiled baseline: " + fallbacks["compile_fallback"]}
             continue
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        # the median step: robust to other work sharing the machine; the mean for comparison
-        rate = tokens_per_step / statistics.median(step_s)
-        results[arm] = {"tokens_per_s": rate, "tokens_per_s_mean": tokens_per_step * len(step_s) / sum(step_s),
-                        "step_s_median": statistics.median(step_s),
-                        "mfu": rate * fpt / (peak * 1e12) if peak else None,
-                        "peak_memory_gib": pm.gib, "plan_vs_measured": plan.memory_gib["total"] / pm.gib if pm.gib else None,
-                        "last_loss": loss}
+        torch.manual_seed(0)
+        results[arm] = measure_arm(runners[arm], lambda: batches(cfg, vocab, warmup + steps), device)
+        if "step_s" in results[arm]:
+            # the median step: robust to other work sharing the machine; the mean for comparison
+            step_s, gib = results[arm].pop("step_s"), results[arm]["peak_memory_gib"]
+            rate = tokens_per_step / statistics.median(step_s)
+            results[arm] = {"tokens_per_s": rate, "tokens_per_s_mean": tokens_per_step * len(step_s) / sum(step_s),
+                            "step_s_median": statistics.median(step_s),
+                            "mfu": rate * fpt / (peak * 1e12) if peak else None,
+                            **results[arm], "plan_vs_measured": plan.memory_gib["total"] / gib if gib else None}
 
     def rate(arm):
         return results.get(arm, {}).get("tokens_per_s")
@@ -322,6 +383,9 @@ def main() -> None:
         "steps": steps, "warmup": warmup, "overrides": args.overrides,
         **results,
         "ratio_project_vs_hf": rate("project") / rate("hf_loop") if rate("project") and rate("hf_loop") else None,
+        "ratio_project_vs_hf_compiled": (rate("project") / rate("hf_compiled")
+                                         if rate("project") and rate("hf_compiled") else None),
+        "compile_fallback": fallbacks["compile_fallback"], "optimizer_fallback": fallbacks["optimizer_fallback"],
         "lightning_overhead": 1 - rate("project") / rate("raw_loop") if rate("project") and rate("raw_loop") else None,
         "plan_memory_gib": plan.memory_gib,
         "peak_memory_source": PeakMemory(device).source,
