@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # e.g. an arm mixing commits: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    out.mkdir(parents=True, exist_ok=True)
     (out / "reproduce.json").write_text(json.dumps({**rep, "budget": budget.name, "seeds": seeds, "runs": len(runs),
                                                     "tokens": tokens, "run_wall_seconds": wall, "failed": failed,
                                                     "this_invocation_seconds": time.perf_counter() - t0,
