@@ -53,7 +53,7 @@ def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
     res = train_task.run(make_cfg("experiment=english_base", *SMALL_MODEL, "trainer.max_steps=4", "data.batch_size=2",
                                   "data.val_bytes=1500", "trainer.val_every_steps=null",
                                   "trainer.checkpoint_every_steps=null", out=base_out))
-    assert res["data"]["realized_ar_ratio"] == 0.0
+    assert res["data"]["realized_ar_ratio"] <= 0.125  # english_base: 1% Arabic, at most one of its 8 blocks
     export = base_out / "hf"
     adapt_out = tmp_path / "adapt"
     res = train_task.run(make_cfg("experiment=adapt_toy", f"init.checkpoint={export}", *SMALL_MODEL, *SMALL_EXPANSION[1:],
