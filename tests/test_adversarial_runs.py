@@ -311,10 +311,11 @@ def test_export_names_a_damaged_or_missing_checkpoint(finished, tmp_path, cache_
 
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
-    with pytest.raises(ConfigError) as err:
-        _export(tmp_path / "z", cache_dir, run)
-    line = _one_line(err.value)
-    assert "a run directory with no complete checkpoint" in line and "model_config.json" not in line, line
+    for target in (run, run / "checkpoints"):
+        with pytest.raises(ConfigError) as err:
+            _export(tmp_path / "z", cache_dir, target)
+        line = _one_line(err.value)
+        assert "a run directory with no complete checkpoint" in line and "model_config.json" not in line, line
 
 
 # --------------------------------------------------------------------------- damaged pretrained weights

@@ -40,13 +40,15 @@ def checkpoint_to_export(value) -> Path:
     path = Path(str(value)).expanduser()
     if not path.exists():
         raise ConfigError(f"ckpt={value}: no such checkpoint")
-    if path.is_dir() and (path / "model_config.json").exists():  # a run directory
-        newest, skipped = newest_valid(path / "checkpoints")
+    run = path if (path / "model_config.json").exists() else (
+        path.parent if path.name == "checkpoints" and (path.parent / "model_config.json").exists() else None)
+    if path.is_dir() and run is not None:  # a run directory (or its checkpoints folder)
+        newest, skipped = newest_valid(run / "checkpoints")
         if newest is None:
             why = f" ({len(skipped)} damaged: {skipped[0]})" if skipped else ""
             raise ConfigError(f"ckpt={value}: a run directory with no complete checkpoint in "
-                              f"{path / 'checkpoints'}{why}; train it (task=train) before exporting")
-        log.info("exporting %s, the newest valid checkpoint of %s", newest, path)
+                              f"{run / 'checkpoints'}{why}; train it (task=train) before exporting")
+        log.info("exporting %s, the newest valid checkpoint of %s", newest, run)
         return newest
     why = verify(path)
     if why:
