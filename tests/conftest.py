@@ -54,9 +54,10 @@ def run_inprocess(args, cache_dir: Path, out: Path) -> str | None:
     (tests/test_cli.py: one case per kind of failure) still start it."""
     from allam import tasks
     from allam.config import ConfigError, RunFailed, explain_compose_error
+    from allam.config.errors import compose_overrides
 
     overrides = []
-    for arg in args:
+    for arg in compose_overrides(list(args)):  # as run.py rewrites its command line
         if arg.startswith("hydra.run.dir="):
             out = Path(arg.split("=", 1)[1])
         else:
