@@ -4,6 +4,7 @@ text) scores well above chance in English and exactly chance in Arabic."""
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -32,7 +33,9 @@ def test_items_are_held_out_verses_in_balanced_groups(built):
             verse, answer = verses[it["id"]], it["choices"][it["gold"]]
             if task.startswith("word_order"):
                 assert it["query"] == "" and answer == verse
-                assert len({tuple(sorted(c.split())) for c in it["choices"]}) == 1  # the same words, each as often
+                assert len({tuple(sorted(re.findall(r"\w+", c))) for c in it["choices"]}) == 1  # the same words
+                skeleton = {tuple(competence.PUNCT.match(t).group(1, 3) for t in c.split()) for c in it["choices"]}
+                assert len(skeleton) == 1  # each token's leading and trailing punctuation in place
             else:
                 assert verse.startswith(f"{it['query']} {answer}")
                 assert len(it["query"].split()) >= competence.MIN_CONTEXT
@@ -43,7 +46,7 @@ def test_items_are_held_out_verses_in_balanced_groups(built):
     assert competence.build("next_word_en", index=EMPTY) == built["next_word_en"]  # deterministic
 
 
-def test_local_shuffles_move_words_within_their_window():
+def test_local_shuffles_move_words_within_their_window_and_leave_punctuation():
     import random
 
     words = [f"w{i}" for i in range(20)]
@@ -51,6 +54,10 @@ def test_local_shuffles_move_words_within_their_window():
         moved = competence.local_shuffle(words, random.Random(seed))
         assert sorted(moved) == sorted(words)
         assert all(abs(moved.index(w) - i) < competence.WINDOW for i, w in enumerate(words))
+    verse = "And he said, \"Go in peace.\" They went: all of them."
+    for seed in range(10):
+        out = competence.shuffled_verse(verse, random.Random(seed))
+        assert re.sub(r"\w+", "", out) == re.sub(r"\w+", "", verse) and out.endswith(".")
 
 
 def test_a_planted_verse_is_dropped():
@@ -76,9 +83,9 @@ def test_scorers_that_ignore_the_language_score_chance(built):
     """Unigram frequency (order-free, summed exactly) and length of the choices: 25% exactly (word
     order: every choice ties, and the answers sit at each position equally often; next word: closed
     groups)."""
-    freq = Counter(w for d in demo.demo_documents("bible_en", "train") for w in d.text.split())
+    freq = Counter(w for d in demo.demo_documents("bible_en", "train") for w in re.findall(r"\w+", d.text))
     total = sum(freq.values())
-    unigram = lambda _q, c: math.fsum(math.log((freq[w] + 1) / total) for w in sorted(c.split()))  # noqa: E731
+    unigram = lambda _q, c: math.fsum(math.log((freq[w] + 1) / total) for w in sorted(re.findall(r"\w+", c)))  # noqa: E731
     for task, (items, _) in built.items():
         for score in (unigram, lambda _q, c: len(c), lambda _q, c: -len(c)):
             assert _accuracy(items, score, by_text=task.startswith("next_word")) == 0.25, task
@@ -111,3 +118,13 @@ def test_the_harness_hook_builds_the_task_and_reports_its_leak_counts(monkeypatc
     data = competence.next_word_en(seed=7)
     assert len(data["test"]) == competence.ITEMS
     assert demo_suite.LEAK_REPORTS["next_word_en"]["dropped_leak"] >= 30
+
+
+def test_eval_competence_composes_and_runs_offline(make_cfg, tmp_path):
+    """eval=competence names four of this package's harness tasks: no hub, no harness library index."""
+    from allam.eval import harness
+
+    cfg = make_cfg("eval=competence")
+    plan = harness.prepare(cfg.eval, tmp_path)
+    assert plan.tasks == {task: 0 for task in competence.TASKS} and not plan.include_defaults
+    assert set(competence.TASKS) <= set(harness.own_tasks())

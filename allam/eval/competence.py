@@ -5,15 +5,17 @@ the leak check (:mod:`allam.eval.leak`): a verse that overlaps the training text
 
 | task | prompt | choices (4) |
 |---|---|---|
-| ``word_order_ar`` / ``word_order_en`` | none | a verse, and three versions of it with locally shuffled word order |
+| ``word_order_ar`` / ``word_order_en`` | none | a verse, and three versions of it with locally shuffled word order (punctuation in place) |
 | ``next_word_ar`` / ``next_word_en`` | the start of a verse | its next word, and the next words of three other items |
 
 Chance is 25% by construction, for any scorer that does not know the language:
-- ``word_order_*``: the four choices hold the same words, each as often (a scorer that looks at
-  words one at a time, their frequency, length or script, cannot tell them apart). A shuffled
-  version moves words only within windows of ``WINDOW`` words, so it keeps the verse's topic and
-  most of its neighbours: telling the original apart takes knowing which word orders the
-  language uses.
+- ``word_order_*``: the four choices hold the same words, each as often, and the same punctuation
+  at the same places (a scorer that looks at words one at a time, their frequency, length or
+  script, cannot tell them apart). A shuffled version moves words only within windows of
+  ``WINDOW`` words, so it keeps the verse's topic and most of its neighbours: telling the
+  original apart takes knowing which word orders the language uses. (With punctuation moving
+  with its word, a model trained on English only scored 0.198 ± 0.020 on the Arabic task: it
+  told the original apart by where its full stop sat.)
 - ``next_word_*``: closed groups of four items whose next words are four different words of
   neighbouring frequencies in the held-out text (items sorted by that frequency, grouped in
   order); each item offers the group's four words, each word the answer of exactly one item, so
@@ -42,6 +44,7 @@ MIN_WORDS, MAX_WORDS = 8, 30  # verses used (words)
 MIN_CONTEXT = 4  # next_word: at least this many words of the verse before the answer
 VERSION = {"ar": "svd", "en": "web"}
 TASKS = ("word_order_ar", "word_order_en", "next_word_ar", "next_word_en")
+PUNCT = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # a token's leading punctuation, word, trailing punctuation
 _WORD = re.compile(r"^\w+$")  # next_word: an answer is one word of letters or digits, no punctuation
 
 
@@ -61,6 +64,17 @@ def clean_verses(lang: str, index: leak.Index, counts: dict[str, int]) -> list[t
     return out
 
 
+def shuffled_verse(text: str, rng: random.Random) -> str:
+    """`text` with its words locally shuffled (:func:`local_shuffle`) and its punctuation left in
+    place: each whitespace-separated token keeps its leading and trailing punctuation, only the
+    words between move (a token of punctuation alone stays where it is). A shuffled verse still ends with its full stop, so a model that does not
+    know the language cannot tell the original by where sentences end."""
+    slots = [PUNCT.match(tok).groups() for tok in text.split()]
+    words = [i for i, (_, core, _) in enumerate(slots) if core]  # tokens of punctuation alone stay put
+    cores = dict(zip(words, local_shuffle([slots[i][1] for i in words], rng)))
+    return " ".join(lead + cores.get(i, "") + trail for i, (lead, _, trail) in enumerate(slots))
+
+
 def local_shuffle(words: list[str], rng: random.Random) -> list[str]:
     """`words` with each window of WINDOW consecutive words (from a random offset) shuffled in place."""
     out, start = list(words), rng.randrange(WINDOW)
@@ -76,10 +90,9 @@ def _word_order(verses: list[tuple[str, str]], rng: random.Random) -> list[tuple
     """(prompt "", [original, three shuffles], id) per verse that gives three distinct shuffles."""
     items = []
     for vid, text in verses:
-        words = text.split()
         seen, tries = {text}, 0
         while len(seen) < CHOICES and tries < 50:
-            seen.add(" ".join(local_shuffle(words, rng)))
+            seen.add(shuffled_verse(text, rng))
             tries += 1
         if len(seen) == CHOICES:
             items.append(("", [text, *sorted(seen - {text})], vid))
