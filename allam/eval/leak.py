@@ -11,22 +11,23 @@ Normalization (:func:`words`): marks, tatweel and bidi controls stripped, the al
 (أ إ آ ٱ) folded to ا, ى to ي and ة to ه, lower case, and every character that is not a letter or
 a digit read as a space; the words are what is left. An n-gram is ``N`` (13) consecutive words of one
 document, hashed to 64 bits (word hashes from BLAKE2b, combined with fixed odd multipliers per
-position); the index is the sorted array of the distinct hashes (8 bytes each: 48 MB for the 3.7M
-training words, with the short-text index), built in one pass and cached under the cache folder by a fingerprint of the corpus package files,
-the demo and Arabic-text code and this module's normalization (:func:`training_index`).
+position); the index is the sorted array of the distinct hashes (8 bytes each: 48 MB for the 3.6M
+training words, with the short-text index), built in one pass and cached under the cache folder
+by a fingerprint of the corpus package files, the demo and Arabic-text code and this module's
+normalization (:func:`training_index`).
 
 The rule (:func:`Overlap.leaked`): a text leaks when at least ``LEAK_COVERAGE`` (half) of its words lie
 inside 13-grams that occur in the training text. One shared 13-gram is not enough: the chains of
 narrators that open hadith are formulaic ("حدثنا ... قال حدثنا ... عن ... عن ...", "Narrated Abu
 Huraira: Allah's Messenger (ﷺ) said") and a shared chain is not a shared hadith; half the words
-covered is a repeat of the text itself. Texts shorter than ``N`` words have no 13-gram; they are
+covered is taken as a repeat of the text itself. Texts shorter than ``N`` words have no 13-gram; they are
 checked whole: a text of ``MIN_WORDS`` (6) to 12 words leaks when every one of its
 ``MIN_WORDS``-grams occurs in the training text (a second index holds those). Texts shorter than
 that (hadith book titles, one-word answers) are not checked.
 
 Why half the words: on the 431 held-out Arabic hadith, "at least one shared 13-gram" flags 283
-(mostly shared chains), "at least half of the 13-grams shared" flags 38 but misses hadith whose
-whole text (matn) recurs in a training book behind a different chain, and "half the words
+(many for a shared chain alone), "at least half of the 13-grams shared" flags 38 but misses hadith
+most of whose text (matn) recurs in a training book behind a different chain, and "half the words
 covered" flags 125 (29%), among them those, and also short hadith whose chain and opening
 formula make up half their words: the rule prefers dropping those to keeping a repeat. English
 hadith: 113, 3 and 12 of 431. ``python -m allam.eval.leak`` prints these counts and the overlap of
@@ -197,8 +198,8 @@ _INDEXES: dict[str, Index] = {}
 
 def training_index(cache_dir: Path | str | None = None) -> Index:
     """The index of the demo corpora's training text: from memory, else from
-    ``<cache_dir>/leak_index/<fingerprint>.npz``, else built (one pass over the 3.7M training words:
-    30 to 60 s on 2 shared cores) and written there."""
+    ``<cache_dir>/leak_index/<fingerprint>.npz``, else built (one pass over the 3.6M training words:
+    30 s to 2 minutes on 2 shared cores) and written there."""
     fp = corpus_fingerprint()
     if fp in _INDEXES:
         return _INDEXES[fp]
