@@ -210,3 +210,14 @@ def test_random_rows_are_drawn_per_block_and_equal_the_whole():
     with unittest.mock.patch.object(W.torch, "randn", counting):
         W.normal_rows(0, "x", (10 * W.ROW_BLOCK, 4), 5 * W.ROW_BLOCK, 5 * W.ROW_BLOCK + 10, 1.0)
     assert drawn == [W.ROW_BLOCK]  # one block drawn for 10 of 2,560 rows
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_gpu_image_passes(tmp_path):
+    """benchmarks/rehearse_gpu_image.sh: a fresh venv with only the image's packages (from the
+    package index) and the carried wheels, then gpu_check.sh --cpu-smoke in it (about 5 minutes)."""
+    proc = subprocess.run(["bash", str(BENCH / "rehearse_gpu_image.sh")], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "OUT": str(tmp_path / "out"), "REHEARSAL_VENV": str(tmp_path / "venv")})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and result["rehearsal"] == "passed", proc.stdout[-3000:]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["ok"]
