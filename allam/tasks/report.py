@@ -15,6 +15,6 @@ def run(cfg: DictConfig) -> dict:
 
     if not cfg.report_dir:
         raise ConfigError("report_dir=None: task=report needs report_dir=<folder of runs, e.g. a multirun dir>")
-    res = run_report(Path(cfg.report_dir), run_dir(cfg))
+    res = run_report(Path(cfg.report_dir), run_dir(cfg), mix_commits=bool(cfg.get("report_mix_commits", False)))
     print(f"results: {R.write(run_dir(cfg), {'task': 'report', **res})}")
     return res
