@@ -177,3 +177,21 @@ def test_report_only_refuses_mixed_commits_unless_mix_commits(tmp_path, capsys):
     assert reproduce.main([*args, "--mix-commits"]) == 0
     text = (tmp_path / "CLAIMS.md").read_text()
     assert "**Verdict: reproduced.**" in text and "cccccccccccc, dddddddddddd" in text and "paired n=3" in text
+
+
+def test_task_report_refuses_an_arm_of_two_commits_unless_report_mix_commits(make_cfg, tmp_path):
+    from allam import results as R
+    from allam.config import ConfigError
+    from allam.tasks import report as report_task
+
+    root = tmp_path / "runs"
+    for seed, (a, r) in enumerate([(0.10, 0.30), (0.11, 0.32), (0.09, 0.31)], start=1):
+        for arm, delta in (("claim1_adapt", a), ("claim4_rewarm", r)):
+            run = _run(arm, arm, seed, {"delta.val.en.bpb": delta}, **{"code.commit": "e" * 40 if seed == 1 else "f" * 40})
+            run.pop("_path")
+            (root / f"seed{seed}" / arm).mkdir(parents=True)
+            R.write(root / f"seed{seed}" / arm, run)
+    with pytest.raises(ConfigError, match="report_mix_commits=true"):
+        report_task.run(make_cfg("task=report", f"report_dir={root}", out=tmp_path / "report"))
+    res = report_task.run(make_cfg("task=report", f"report_dir={root}", "report_mix_commits=true", out=tmp_path / "report2"))
+    assert res["claims"] == {"4": C.REPRODUCED}
