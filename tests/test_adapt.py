@@ -8,9 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from allam.config import ConfigError
 from allam.tasks import builders
 from allam.tasks import export as export_task
 from allam.tasks import train as train_task
+from allam.train.checkpointing import MARKER
 
 SMALL_MODEL = ["model=micro"]
 SMALL_EXPANSION = ["tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000"]
@@ -88,6 +90,10 @@ def test_export_from_sharded_checkpoint(make_cfg, tmp_path):
     dcp.save({"state_dict": full["state_dict"]}, checkpoint_id=str(sharded), no_dist=True)
     assert sharded.is_dir()
     exp = tmp_path / "exported"
+    with pytest.raises(ConfigError, match="no COMPLETE marker"):  # a folder cut off before its marker
+        export_task.run(make_cfg("task=export", f"ckpt={sharded}", out=exp))
+    torch.save({k: v for k, v in full.items() if k not in ("state_dict", "optimizer_states")}, sharded / "meta.pt")
+    (sharded / MARKER).write_text("")  # what Lightning's sharded save and the atomic swap leave
     export_task.run(make_cfg("task=export", f"ckpt={sharded}", out=exp))
     model = AutoModelForCausalLM.from_pretrained(exp / "hf")
     key = "model.model.layers.0.mlp.up_proj.weight"
