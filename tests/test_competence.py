@@ -36,6 +36,7 @@ def test_items_are_held_out_verses_in_balanced_groups(built):
                 assert len({tuple(sorted(re.findall(r"\w+", c))) for c in it["choices"]}) == 1  # the same words
                 skeleton = {tuple(competence.PUNCT.match(t).group(1, 3) for t in c.split()) for c in it["choices"]}
                 assert len(skeleton) == 1  # each token's leading and trailing punctuation in place
+                assert len({c.split()[0] for c in it["choices"]}) == 1  # the first word in place
             else:
                 assert verse.startswith(f"{it['query']} {answer}")
                 assert len(it["query"].split()) >= competence.MIN_CONTEXT
@@ -55,9 +56,10 @@ def test_local_shuffles_move_words_within_their_window_and_leave_punctuation():
         assert sorted(moved) == sorted(words)
         assert all(abs(moved.index(w) - i) < competence.WINDOW for i, w in enumerate(words))
     verse = "And he said, \"Go in peace.\" They went: all of them."
-    for seed in range(10):
-        out = competence.shuffled_verse(verse, random.Random(seed))
-        assert re.sub(r"\w+", "", out) == re.sub(r"\w+", "", verse) and out.endswith(".")
+    outs = {competence.shuffled_verse(verse, random.Random(seed)) for seed in range(10)}
+    for out in outs:
+        assert re.sub(r"\w+", "", out) == re.sub(r"\w+", "", verse) and out.startswith("And ") and out.endswith(".")
+    assert len(outs - {verse}) >= 3
 
 
 def test_a_planted_verse_is_dropped():

@@ -18,7 +18,7 @@ Chance is 25% by construction, for any scorer that does not know the language:
   told the original apart by where its full stop sat.)
 - ``next_word_*``: closed groups of four items whose next words are four different words of
   neighbouring frequencies in the held-out text (items sorted by that frequency, grouped in
-  order); each item offers the group's four words, each word the answer of exactly one item, so
+  order; the task keeps the groups of the commonest answers); each item offers the group's four words, each word the answer of exactly one item, so
   a scorer that looks only at the choices is right exactly once per group.
 In both, each group of four items puts its answers once at each position.
 
@@ -67,12 +67,15 @@ def clean_verses(lang: str, index: leak.Index, counts: dict[str, int]) -> list[t
 def shuffled_verse(text: str, rng: random.Random) -> str:
     """`text` with its words locally shuffled (:func:`local_shuffle`) and its punctuation left in
     place: each whitespace-separated token keeps its leading and trailing punctuation, only the
-    words between move (a token of punctuation alone stays where it is). A shuffled verse still ends with its full stop, so a model that does not
+    words between move (a token of punctuation alone stays where it is), and the first word stays
+    first: the first word is scored after the start of text alone, so a model that knows nothing of
+    the language still scores it differently from the rest (a model trained on English only picked
+    the original Arabic verse 0.163 ± 0.018 of the time while first words moved). A shuffled verse still ends with its full stop, so a model that does not
     know the language cannot tell the original by where sentences end."""
     slots = [PUNCT.match(tok).groups() for tok in text.split()]
-    words = [i for i, (_, core, _) in enumerate(slots) if core]  # tokens of punctuation alone stay put
+    words = [i for i, (_, core, _) in enumerate(slots) if core][1:]  # the first word and punctuation alone stay put
     cores = dict(zip(words, local_shuffle([slots[i][1] for i in words], rng)))
-    return " ".join(lead + cores.get(i, "") + trail for i, (lead, _, trail) in enumerate(slots))
+    return " ".join(lead + cores.get(i, core) + trail for i, (lead, core, trail) in enumerate(slots))
 
 
 def local_shuffle(words: list[str], rng: random.Random) -> list[str]:
@@ -140,6 +143,8 @@ def build(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS,
     verses = clean_verses(lang, index if index is not None else leak.training_index(), counts)
     made = _word_order(verses, rng) if kind == "word_order" else _next_word(verses, rng)
     groups = [made[i : i + CHOICES] for i in range(0, len(made) - CHOICES + 1, CHOICES)]
+    if kind == "next_word":  # the groups of the commonest answers (words a small model learns first)
+        groups = groups[: items // CHOICES]
     rng.shuffle(groups)
     out = []
     for gi, group in enumerate(groups[: items // CHOICES]):
