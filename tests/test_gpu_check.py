@@ -221,3 +221,17 @@ def test_rehearsal_of_the_gpu_image_passes(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0 and result["rehearsal"] == "passed", proc.stdout[-3000:]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["ok"]
+
+
+@pytest.mark.slow
+def test_compiled_hf_baseline_matches_the_eager_one():
+    """throughput.py's hf_compiled arm (torch.compile of the same HF model) trains with the eager
+    arm's losses, and the ratio against it is reported (30 s with a warm Inductor cache, 2 min cold)."""
+    proc = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--model", "tiny", "--steps", "2", "--warmup", "1",
+                           "--arms", "hf_loop,hf_compiled,project", "model.hidden_size=64", "model.intermediate_size=128",
+                           "model.num_layers=2", "model.num_heads=4", "model.seq_len=64", "model.vocab_size=512",
+                           "data.batch_size=2"], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["hf_compiled"]["tokens_per_s"] > 0 and out["compile_fallback"] is None
+    assert abs(out["hf_compiled"]["last_loss"] - out["hf_loop"]["last_loss"]) < 1e-3
+    assert out["ratio_project_vs_hf_compiled"] > 0
