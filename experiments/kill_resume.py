@@ -174,7 +174,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--steps", type=int, default=16, help="optimizer steps of every run")
     ap.add_argument("--every", type=int, default=3, help="checkpoint every N steps in the killed runs")
-    ap.add_argument("--switch", type=int, default=6, help="step at which the data switches to its second stage")
+    ap.add_argument("--switch", type=int, default=7,
+                    help="step at which the data switches to its second stage (not a multiple of --every)")
     ap.add_argument("--val", type=int, default=8, help="validate every N steps (reference and trials)")
     ap.add_argument("--workers", type=int, default=2, help="data.num_workers of the killed runs")
     ap.add_argument("--seed", type=int, default=0)

@@ -162,3 +162,25 @@ def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
     assert counter.frame_count == graphs
     assert not dynamo.utils.counters["graph_break"]
     assert list(model.state_dict()) == names
+
+
+def test_a_resumed_logger_replaces_only_the_rows_it_logs_again(tmp_path):
+    """The logger alone: a stopped command logged steps 0-3 and a validation at step 3; the resumed
+    command's first row is the validation of step 3 again (its in-fit validation was cut off), then
+    steps 4-5. The training row of step 3 stays; the validation row of step 3 is replaced."""
+    from allam.train.callbacks import AppendingCSVLogger
+
+    first = AppendingCSVLogger(str(tmp_path), name="csv", version="")
+    for step in range(4):
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.log_metrics({"val/en/loss": 9.5}, step=3)
+    with open(first.experiment.metrics_file_path, "a") as f:
+        f.write("0,4,")  # cut off by the kill
+    second = AppendingCSVLogger(str(tmp_path), name="csv", version="")
+    second.log_metrics({"val/en/loss": 9.25}, step=3)
+    for step in (4, 5):
+        second.log_metrics({"train/loss": 10.0 - step}, step=step)
+    second.finalize("success")
+    got = [(int(r["step"]), r["train/loss"], r["val/en/loss"]) for r in _rows(tmp_path)]
+    assert got == [(0, "10.0", ""), (1, "9.0", ""), (2, "8.0", ""), (3, "7.0", ""), (3, "", "9.25"),
+                   (4, "6.0", ""), (5, "5.0", "")]

@@ -197,27 +197,49 @@ class AppendingCSVLogger(CSVLogger):
 
 
 class _AppendingWriter(ExperimentWriter):
+    """A previous command's rows stay, except those this command logs again: every row after the
+    first step it logs, and any row of a step and kind (training, validation, ...) it logs (a final
+    validation run again at the last trained step replaces that step's validation row, not its
+    training row)."""
+
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
-        self._earlier: list[dict] | None = None  # rows of a previous command, until this one logs
+        self._earlier: set[tuple[int, str]] | None = None  # (step, kind) of a previous command's rows
+        self._first: int | None = None  # the first step this command logs
+        self._rewritten = False
         if os.path.isfile(self.metrics_file_path):
-            self.metrics_keys, self._earlier = _read_rows(self.metrics_file_path)
+            self.metrics_keys, rows = _read_rows(self.metrics_file_path)
+            self._earlier = {(int(r["step"]), _kind(r)) for r in rows}
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes an existing metrics.csv here
         pass
 
     def save(self) -> None:
         if self._earlier is not None and self.metrics:
-            first = min(int(m["step"]) for m in self.metrics)  # this command logs from here on
-            for stale in Path(self.log_dir).glob(f".tmp-{self.NAME_METRICS_FILE}.*"):
-                stale.unlink(missing_ok=True)  # a rewrite cut off by a kill (rank 0 alone logs)
-            _write_rows(self.metrics_file_path, self.metrics_keys,
-                        [r for r in self._earlier if int(r["step"]) < first])
-            self._earlier = None
+            if self._first is None:
+                self._first = min(int(m["step"]) for m in self.metrics)  # this command logs from here on
+                for stale in Path(self.log_dir).glob(f".tmp-{self.NAME_METRICS_FILE}.*"):
+                    stale.unlink(missing_ok=True)  # a rewrite cut off by a kill (rank 0 alone logs)
+                drop = {(s, k) for s, k in self._earlier if s > self._first}
+            else:
+                drop = set()
+            again = {(int(m["step"]), _kind(m)) for m in self.metrics}
+            drop |= self._earlier & again
+            if drop or self._earlier is not None and not self._rewritten:
+                # the first rewrite also drops a last line cut off by a kill
+                _write_rows(self.metrics_file_path, self.metrics_keys,
+                            [r for r in _read_rows(self.metrics_file_path)[1] if (int(r["step"]), _kind(r)) not in drop])
+                self._earlier -= drop
+                self._rewritten = True
         super().save()
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         _write_rows(self.metrics_file_path, fieldnames, _read_rows(self.metrics_file_path)[1])
+
+
+def _kind(row: dict) -> str:
+    """What a metrics row records: the groups of its logged values ("train", "val", ...)."""
+    return ",".join(sorted({k.split("/", 1)[0] for k, v in row.items() if k not in ("step", "epoch") and v not in ("", None)}))
 
 
 def _read_rows(path: str) -> tuple[list[str], list[dict]]:
