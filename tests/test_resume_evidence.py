@@ -62,30 +62,6 @@ def _plant_unfinished_writes(ckpts: Path, step: int) -> list[Path]:
     return [single, sharded]
 
 
-def test_unfinished_writes_are_removed_at_start_and_at_resume(make_cfg, tmp_path, caplog):
-    from allam.train.checkpointing import verify
-
-    run = tmp_path / "run"
-    # start: a run directory with only the remains of a killed first save
-    planted = _plant_unfinished_writes(run / "checkpoints", 2)
-    caplog.set_level("INFO", logger="allam")
-    _train(make_cfg, run, "trainer.max_steps=2", "trainer.checkpoint_every_steps=2", "logger=none")
-    assert not any(p.exists() for p in planted)
-    assert all(f"removed an unfinished checkpoint write: {p}" in caplog.text for p in planted)
-    kept = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
-    assert set(kept) == {"step2.ckpt", "last.ckpt"} and all(verify(run / "checkpoints" / n) is None for n in kept)
-
-    # resume: the same remains next to valid checkpoints; those stay, byte for byte
-    planted = _plant_unfinished_writes(run / "checkpoints", 4)
-    caplog.clear()
-    res = _train(make_cfg, run, "trainer.max_steps=3", "trainer.checkpoint_every_steps=2", "logger=none")
-    assert res["resumed_from"] == str(run / "checkpoints" / "last.ckpt") and res["train.steps"] == 3
-    assert not any(p.exists() for p in planted)
-    assert all(f"removed an unfinished checkpoint write: {p}" in caplog.text for p in planted)
-    assert (run / "checkpoints" / "step2.ckpt").read_bytes() == kept["step2.ckpt"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step2.ckpt"]
-
-
 def test_another_live_commands_writes_are_never_removed(make_cfg, tmp_path):
     """The run directory's lock decides: a command that cannot take it touches nothing."""
     run = tmp_path / "run"
@@ -112,27 +88,67 @@ def test_a_sharded_write_cut_off_between_its_renames_is_completed(tmp_path):
     assert (ckpts / "last.ckpt" / MARKER).exists() and not done.exists()
 
 
-def test_a_resumed_runs_metrics_have_each_step_once(make_cfg, tmp_path):
-    """Stop a run after step 4 with its newest checkpoint at step 2 (what a kill between two
-    checkpoints leaves), resume: steps 2 and 3 (and the validation after step 3) are run and logged
-    again, and metrics.csv then holds each step once, equal to an uninterrupted run's rows in every
-    step-dependent column."""
+def test_a_stopped_run_resumes_without_its_unfinished_writes_and_logs_each_step_once(make_cfg, tmp_path, caplog):
+    """A run starts among the remains of a killed first save: they are removed. A copy of it is
+    stopped after step 4 with its newest checkpoint at step 2 (what a kill between two checkpoints
+    leaves: rows of steps 2 and 3, a cut-off last row, unfinished writes) and resumed: the remains
+    are removed, the valid checkpoints kept byte for byte, steps 2 and 3 (and the validation after
+    step 3) run and are logged again, and metrics.csv then holds each step once, equal to the
+    uninterrupted run's rows in every step-dependent column."""
+    from allam.train.checkpointing import verify
+
     common = ["trainer.max_steps=4", "trainer.checkpoint_every_steps=2", "trainer.val_every_steps=3", "logger=csv"]
     ref, run = tmp_path / "reference", tmp_path / "run"
+    caplog.set_level("INFO", logger="allam")
+    planted = _plant_unfinished_writes(ref / "checkpoints", 2)  # start
     _train(make_cfg, ref, *common)
-    shutil.copytree(ref, run)
+    assert not any(p.exists() for p in planted)
+    assert all(f"removed an unfinished checkpoint write: {p}" in caplog.text for p in planted)
+    names = {"step2.ckpt", "step4.ckpt", "last.ckpt"}
+    assert {p.name for p in (ref / "checkpoints").iterdir()} == names
+
+    shutil.copytree(ref, run)  # resume
     for name in ("step4.ckpt", "last.ckpt"):
         (run / "checkpoints" / name).unlink()
     (run / "results.json").unlink()
     with open(run / "csv" / "metrics.csv", "a", newline="") as f:
         f.write("0.5,0.0001,7")  # a row cut off by the kill, no newline
+    planted = _plant_unfinished_writes(run / "checkpoints", 4)
+    step2 = (run / "checkpoints" / "step2.ckpt").read_bytes()
+    caplog.clear()
     res = _train(make_cfg, run, *common)
     assert res["resumed_from"].endswith("step2.ckpt")
+    assert not any(p.exists() for p in planted)
+    assert all(f"removed an unfinished checkpoint write: {p}" in caplog.text for p in planted)
+    assert {p.name for p in (run / "checkpoints").iterdir()} == names
+    assert (run / "checkpoints" / "step2.ckpt").read_bytes() == step2 and verify(run / "checkpoints" / "last.ckpt") is None
     want, got = _train_rows(ref), _train_rows(run)
     assert sorted(got) == list(range(4)) and got == want
     val = [int(r["step"]) for r in _rows(run) if r.get("val/en/loss") or r.get("val/ar/loss")]
     assert val == [int(r["step"]) for r in _rows(ref) if r.get("val/en/loss") or r.get("val/ar/loss")]
     assert not list((run / "csv").glob(".tmp-*"))
+
+
+def test_a_resumed_logger_replaces_only_the_rows_it_logs_again(tmp_path):
+    """The logger alone: a stopped command logged steps 0-3 and a validation at step 3; the resumed
+    command's first row is the validation of step 3 again (its in-fit validation was cut off), then
+    steps 4-5. The training row of step 3 stays; the validation row of step 3 is replaced."""
+    from allam.train.callbacks import AppendingCSVLogger
+
+    first = AppendingCSVLogger(str(tmp_path), name="csv", version="")
+    for step in range(4):
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.log_metrics({"val/en/loss": 9.5}, step=3)
+    with open(first.experiment.metrics_file_path, "a") as f:
+        f.write("0,4,")  # cut off by the kill
+    second = AppendingCSVLogger(str(tmp_path), name="csv", version="")
+    second.log_metrics({"val/en/loss": 9.25}, step=3)
+    for step in (4, 5):
+        second.log_metrics({"train/loss": 10.0 - step}, step=step)
+    second.finalize("success")
+    got = [(int(r["step"]), r["train/loss"], r["val/en/loss"]) for r in _rows(tmp_path)]
+    assert got == [(0, "10.0", ""), (1, "9.0", ""), (2, "8.0", ""), (3, "7.0", ""), (3, "", "9.25"),
+                   (4, "6.0", ""), (5, "5.0", "")]
 
 
 # --------------------------------------------------------------------------- trainer.compile
@@ -163,24 +179,3 @@ def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
     assert not dynamo.utils.counters["graph_break"]
     assert list(model.state_dict()) == names
 
-
-def test_a_resumed_logger_replaces_only_the_rows_it_logs_again(tmp_path):
-    """The logger alone: a stopped command logged steps 0-3 and a validation at step 3; the resumed
-    command's first row is the validation of step 3 again (its in-fit validation was cut off), then
-    steps 4-5. The training row of step 3 stays; the validation row of step 3 is replaced."""
-    from allam.train.callbacks import AppendingCSVLogger
-
-    first = AppendingCSVLogger(str(tmp_path), name="csv", version="")
-    for step in range(4):
-        first.log_metrics({"train/loss": 10.0 - step}, step=step)
-    first.log_metrics({"val/en/loss": 9.5}, step=3)
-    with open(first.experiment.metrics_file_path, "a") as f:
-        f.write("0,4,")  # cut off by the kill
-    second = AppendingCSVLogger(str(tmp_path), name="csv", version="")
-    second.log_metrics({"val/en/loss": 9.25}, step=3)
-    for step in (4, 5):
-        second.log_metrics({"train/loss": 10.0 - step}, step=step)
-    second.finalize("success")
-    got = [(int(r["step"]), r["train/loss"], r["val/en/loss"]) for r in _rows(tmp_path)]
-    assert got == [(0, "10.0", ""), (1, "9.0", ""), (2, "8.0", ""), (3, "7.0", ""), (3, "", "9.25"),
-                   (4, "6.0", ""), (5, "5.0", "")]
