@@ -15,8 +15,8 @@
 # machine already has on disk (installed in seconds) and this machine's Python (3.11 here). What
 # differs between torch 2.11 and 2.13 (private names, FSDP2 and DTensor details) is therefore not
 # rehearsed: the GPU check's own JSON reports it there. Measured on this project's shared 2-core
-# machine: about 6.5 minutes for the venv (most of it pip resolving transformers' and lightning's
-# dependencies) and 5 minutes for the check; it passed (README, Speed).
+# machine, two runs: 3.6-6.5 minutes for the venv (most of it pip fetching and resolving
+# transformers' and lightning's dependencies) and 3.3-5 minutes for the check; both passed.
 # The venv lives in /tmp (REHEARSAL_VENV), never in the repository; it is made anew each run
 # unless REHEARSAL_REUSE=1 (pip's messages go to $REHEARSAL_VENV.pip.log). Prints the
 # rehearsal's timings, the wheels and their size as one JSON line at the end (exit 0: passed).
