@@ -101,9 +101,10 @@ def fill_new_rows(w: torch.Tensor, num_old_rows: int, num_new: int, strategy: st
                   groups: list[list[int]] | None = None) -> None:
     """Fill rows ``num_old_rows:`` of one embedding matrix ``w`` in place from its first
     ``num_old_rows`` rows: ``num_new`` new-token rows per ``strategy`` (``groups``: the base ids of
-    each new token's pieces, for ``subtoken_mean``), then padding rows. ``random`` draws from ``gen``,
-    so filling the input embedding then the head with one generator gives the same rows in the
-    sharded loader (:mod:`allam.model.weights`) as in a whole model."""
+    each new token's pieces, for ``subtoken_mean``), then padding rows. ``random`` draws from ``gen``
+    (the whole-model functions of this module, which tests and scripts use). Training fills ``random``
+    rows through :func:`allam.model.weights.normal_rows` instead, one generator per block of rows, so
+    a rank draws only its own rows; the distribution is the same, the values are not."""
     rows = w.shape[0]
     old = w[:num_old_rows].float()
     mean = old.mean(dim=0)
