@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,27 @@ def test_eval_competence_composes_and_runs_offline(make_cfg, tmp_path):
     plan = harness.prepare(cfg.eval, tmp_path)
     assert plan.tasks == {task: 0 for task in competence.TASKS} and not plan.include_defaults
     assert set(competence.TASKS) <= set(harness.own_tasks())
+
+
+@pytest.mark.slow
+def test_untrained_model_scores_chance_through_the_harness(make_cfg):
+    """A model that knows nothing, scored by lm-evaluation-harness on 200 items of each task:
+    within 3 standard errors of 25%, and the leak counts come with the scores."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from allam.eval import harness
+    from allam.tasks import builders
+
+    cfg = make_cfg("eval=competence", "eval.limit=200", "eval.batch_size=64", "tokenizer=bilingual",
+                   "tokenizer.vocab_size=4096", "tokenizer.training_words=100000")
+    tokenizer = builders.build_tokenizer(cfg).tokenizer
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+    scores = harness.evaluate(model, tokenizer, cfg.eval, harness.prepare(cfg.eval, Path(cfg.paths.output_dir)))
+    assert set(scores) == set(competence.TASKS)
+    for task, s in scores.items():
+        assert s["n"] == 200 and s["chance"] == 0.25 and s["leak_candidates"] > 1500
+        assert abs(s["acc"] - 0.25) <= 3 * s["acc_stderr"], (task, s)
