@@ -46,20 +46,22 @@ def test_items_are_held_out_verses_in_balanced_groups(built):
     assert competence.build("next_word_en", index=EMPTY) == built["next_word_en"]  # deterministic
 
 
-def test_local_shuffles_move_words_within_their_window_and_leave_punctuation():
+def test_reorderings_differ_pairwise_in_every_window_and_drop_punctuation():
     import random
 
-    words = [f"w{i}" for i in range(20)]
-    for seed in range(20):
-        moved = competence.local_shuffle(words, random.Random(seed))
-        assert sorted(moved) == sorted(words)
-        assert all(abs(moved.index(w) - i) < competence.WINDOW for i, w in enumerate(words))
-    verse = "And he said, \"Go in peace.\" They went: all of them. Israel's sons"
+    verse = "And he said, \"Go in peace.\" They went: all of them. Israel's"
     words = competence.bare_words(verse)
-    assert words == "And he said Go in peace They went all of them Israel's sons".split()
-    outs = {competence.shuffled_verse(words, random.Random(seed)) for seed in range(10)}
-    assert all(out.startswith("And ") and sorted(out.split()) == sorted(words) for out in outs)
-    assert len(outs - {" ".join(words)}) >= 3
+    assert words == "And he said Go in peace They went all of them Israel's".split()
+    for seed in range(10):
+        choices = competence.reorderings(words, random.Random(seed))
+        assert choices[0] == " ".join(words) and len(set(choices)) == 4
+        split = [c.split() for c in choices]
+        assert all(c[0] == "And" and sorted(c) == sorted(words) for c in split)
+        for a in range(1, 10, competence.WINDOW):  # three windows of three words, each in four different orders
+            assert len({tuple(c[a : a + 3]) for c in split}) == 4
+            assert all(sorted(c[a : a + 3]) == sorted(words[a : a + 3]) for c in split)
+        assert {tuple(c[-2:]) for c in split} == {("them", "Israel's")}  # a tail of fewer than three words stays
+    assert competence.reorderings("a b c d e f".split(), random.Random(0)) is None  # too few windows
 
 
 def test_a_planted_verse_is_dropped():
