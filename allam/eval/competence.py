@@ -8,7 +8,8 @@ the leak check (:mod:`allam.eval.leak`): a verse that overlaps the training text
 | ``word_order_ar`` / ``word_order_en`` | none | a verse's words, and three reorderings inside windows of 3 words (no punctuation, the first word first) |
 | ``next_word_ar`` / ``next_word_en`` | the start of a verse | its next word, and the next words of three other items |
 
-Chance is 25% by construction, for any scorer that does not know the language:
+Chance is 25% by construction for a scorer that looks at words one at a time (word order) or at
+the choices alone (next word):
 - ``word_order_*``: the four choices hold the same words, each as often, and start with the same
   word (a scorer that looks at words one at a time, their frequency, length or script, cannot
   tell them apart), and every two choices differ in every reordered window, so the original is
@@ -19,8 +20,9 @@ Chance is 25% by construction, for any scorer that does not know the language:
   language.
 - ``next_word_*``: closed groups of four items whose next words are four different words of
   neighbouring frequencies in the held-out text (items sorted by that frequency, grouped in
-  order; the task keeps the groups of the commonest answers); each item offers the group's four words, each word the answer of exactly one item, so
-  a scorer that looks only at the choices is right exactly once per group.
+  order; the task keeps the groups of the commonest answers); each item offers the group's four
+  words, each word the answer of exactly one item, so a scorer that looks only at the choices
+  (breaking ties by the word, not its position) is right exactly once per group.
 In both, each group of four items puts its answers once at each position.
 
 The functions named ``<task>`` are the lm-evaluation-harness ``custom_dataset`` hooks of the task
@@ -28,8 +30,8 @@ YAML files in ``allam/eval/tasks`` (tag ``allam_competence``).
 """
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import random
 import re
 from collections import Counter
