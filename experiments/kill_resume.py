@@ -11,8 +11,9 @@ and `run.resume=auto`, so the same command continues the run. The data has two s
 only, then the mix) switching at --switch; validation runs every --val steps. A trial kills the run
 once or twice: with SIGKILL at a random moment of a random step, with SIGKILL while a
 checkpoint is being written (caught by watching for the temporary file), or with SIGTERM (the run
-must then exit with status 75 after a checkpoint). About half of the kills are aimed just past the
-stage switch while the newest checkpoint is before it, so the resumed run crosses the switch.
+must then exit with status 75 after a checkpoint). Of the SIGKILL and SIGTERM kills made while the
+newest checkpoint is before the stage switch, about half are aimed just past the switch, so that
+the resumed run crosses it (`kills_across_stage_switch` counts the SIGKILLs that did).
 After every kill, every checkpoint left in the run directory is verified.
 
 The finished trial is compared with the reference, each for exact equality:
