@@ -363,10 +363,11 @@ def test_damaged_safetensors_name_the_file_and_the_tensor(tmp_path):
 
 
 def test_a_truncated_pretrained_checkpoint_stops_a_run_in_one_line(english_checkpoint, tmp_path, cache_dir):
-    f = english_checkpoint / "model.safetensors"
+    folder = Path(shutil.copytree(english_checkpoint, tmp_path / "damaged"))  # the session's checkpoint stays whole
+    f = folder / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-1000])
     with pytest.raises(ConfigError) as err:
-        _train(tmp_path / "run", cache_dir, "init=pretrained", f"init.checkpoint={english_checkpoint}",
+        _train(tmp_path / "run", cache_dir, "init=pretrained", f"init.checkpoint={folder}",
                "trainer.max_steps=1", "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=4")
     assert "model.safetensors is truncated" in _one_line(err.value)
 

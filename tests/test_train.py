@@ -101,7 +101,7 @@ def test_init_llama2_vocab_mismatch_is_a_clear_error(make_cfg, tmp_path, english
 def test_init_llama2_architecture_mismatch_names_both(make_cfg, tmp_path, english8k):
     ckpt = _save_tiny_llama(tmp_path / "wide", english8k.tokenizer, hidden=128)
     cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST)
-    with pytest.raises(ConfigError, match=r"model=tiny disagrees with init.checkpoint=.*hidden_size 64 vs 128"):
+    with pytest.raises(ConfigError, match=r"model=micro disagrees with init.checkpoint=.*hidden_size 64 vs 128"):
         train_task.run(cfg)
 
 

@@ -203,16 +203,19 @@ def training_index(cache_dir: Path | str | None = None) -> Index:
     fp = corpus_fingerprint()
     if fp in _INDEXES:
         return _INDEXES[fp]
+    from filelock import FileLock
+
     path = Path(cache_dir or default_cache_dir()) / "leak_index" / f"{fp}.npz"
-    if path.is_file():
-        index = Index.load(path)
-    else:
-        t0 = time.perf_counter()
-        index = Index.build(d.text for d in training_documents())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        index.save(path)
-        log.info("leak index: %d training documents, %d words, %d distinct %d-grams, built in %.1f s -> %s",
-                 index.docs, index.total_words, len(index.grams), N, time.perf_counter() - t0, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):  # one builder; a process that waited reads its result
+        if path.is_file():
+            index = Index.load(path)
+        else:
+            t0 = time.perf_counter()
+            index = Index.build(d.text for d in training_documents())
+            index.save(path)
+            log.info("leak index: %d training documents, %d words, %d distinct %d-grams, built in %.1f s -> %s",
+                     index.docs, index.total_words, len(index.grams), N, time.perf_counter() - t0, path)
     _INDEXES[fp] = index
     return index
 
