@@ -250,14 +250,17 @@ def test_bad_files_end_in_one_line(tmp_path, cli):
 # --------------------------------------------------------------------------- exactness under kills
 @pytest.mark.slow
 def test_killed_and_resumed_runs_equal_the_uninterrupted_run(tmp_path, cache_dir):
-    """experiments/kill_resume.py: SIGKILL at random steps and during checkpoint writes, SIGTERM;
-    every resumed run ends with weights equal bit for bit to an uninterrupted run."""
+    """experiments/kill_resume.py: SIGKILL at random moments and during checkpoint writes, SIGTERM;
+    every resumed run ends with weights, optimizer state, training rows and token counts equal to
+    an uninterrupted run's (validation rows may lack a point a SIGTERM cut off: see the README)."""
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "kill_resume.py"), "--trials", "2", "--steps",
                            "10", "--seed", "3", "--cache", str(cache_dir), "--workdir", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=900, cwd=ROOT, env=_env(cache_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["failures"] == [] and report["unequal"] == []
-    assert report["trials"] == report["equal"] == 2
-    assert report["kills"] >= 2 and report["corrupt_checkpoints"] == 0
-    assert report["sigterm"] == report["sigterm_exit_75"]
+    assert report["failures"] == [] and report["trials"] == 2
+    equal = report["equal"]
+    assert [equal[k] for k in ("weights", "optimizer_state", "metrics_csv_train_rows", "results_tokens_steps_val")] == [2] * 4
+    assert report["kills"] >= 2 and report["corrupt_checkpoints"] == 0 and report["duplicate_csv_steps"] == 0
+    assert report["kills_by_kind"]["sigterm"] == report["sigterm_exit_75"]
+    assert report["unfinished_writes_after_final_run"] == 0
