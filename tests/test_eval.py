@@ -66,39 +66,46 @@ def test_demo_tasks_load_as_harness_tasks():
 
 
 # --------------------------------------------------------------------------- scoring through the harness
-def test_untrained_model_scores_chance_on_every_demo_task(make_cfg):
+@pytest.mark.parametrize("items", [40, pytest.param(200, marks=pytest.mark.slow)])
+def test_untrained_model_scores_chance_on_every_demo_task(make_cfg, items):
     """An untrained model knows nothing: if any task leaked its answer through the choices (their
-    length, script, position), it would score off chance here. 200 items (50 closed groups) per
-    task: chance ± 3 standard errors is 0.25 ± 0.09."""
+    length, script, position), it would score off chance here. With 200 items (50 closed groups) per
+    task, chance ± 3 standard errors is 0.25 ± 0.09; the fast suite's 40 items (10 groups) catch
+    only gross leaks (± 0.2)."""
     from allam.eval import harness
     from allam.tasks import builders
 
-    cfg = make_cfg(*BILINGUAL, "eval.limit=200", "eval.batch_size=64")
+    cfg = make_cfg(*BILINGUAL, f"eval.limit={items}", "eval.batch_size=64")
     tokenizer = builders.build_tokenizer(cfg).tokenizer
     model = _tiny_llama(tokenizer, max_positions=64)
     scores = harness.evaluate(model, tokenizer, cfg.eval, harness.prepare(cfg.eval, Path(cfg.paths.output_dir)))
     assert set(scores) == set(demo_suite.TASKS)
     for task, s in scores.items():
-        assert s["n"] == min(200, len(demo_suite.build_items(task))) and s["chance"] == 0.25
+        assert s["n"] == min(items, len(demo_suite.build_items(task))) and s["chance"] == 0.25
         for key in ("acc", "acc_norm"):
             assert abs(s[key] - 0.25) <= 3 * s[f"{key}_stderr"], (task, key, s)
 
 
-def test_overfit_model_answers_the_items_it_memorized(make_cfg):
-    """A tiny model trained on the correct prompt + answer texts of 54 items (the first 9 of every
-    task: two closed groups each, so every wrong choice of those groups is the memorized answer
-    of another prompt) must pick its answers: the scoring and the answer index point the right way."""
+# the fast suite memorizes one task of each kind (a translation pair, a next verse, a book title);
+# the slow set all six
+@pytest.mark.parametrize("tasks", [("verse_ar2en", "next_verse_en", "hadith_topic"),
+                                   pytest.param(tuple(demo_suite.TASKS), marks=pytest.mark.slow)], ids=["three", "all"])
+def test_overfit_model_answers_the_items_it_memorized(make_cfg, tasks):
+    """A tiny model trained on the correct prompt + answer texts of the first 9 items of each task
+    (two closed groups each, so every wrong choice of those groups is the memorized answer of
+    another prompt) must pick its answers: the scoring and the answer index point the right way."""
     from lm_eval.tasks import TaskManager
 
     from allam.eval import harness
     from allam.tasks import builders
 
     context = 160
-    cfg = make_cfg(*BILINGUAL, "eval.limit=9", "eval.batch_size=32", f"eval.max_length={context}")
+    cfg = make_cfg(*BILINGUAL, "eval.limit=9", "eval.batch_size=32", f"eval.max_length={context}",
+                   f"eval.tasks=[{','.join(tasks)}]")
     tokenizer = builders.build_tokenizer(cfg).tokenizer
     tm = TaskManager(include_path=str(harness.SUITE_DIR), include_defaults=False)
     seqs, answer_starts = [], []
-    for task in tm.load(list(demo_suite.TASKS))["tasks"].values():
+    for task in tm.load(list(tasks))["tasks"].values():
         for doc in list(task.eval_docs)[:9]:
             prompt = task.doc_to_text(doc)
             answer = task.config.target_delimiter + task.doc_to_choice(doc)[task.doc_to_target(doc)]
@@ -106,7 +113,7 @@ def test_overfit_model_answers_the_items_it_memorized(make_cfg):
             ids = whole[-(context + 1):]  # what the harness scores: BOS + prompt + answer, the last context + 1
             seqs.append(ids)
             answer_starts.append(len(ids) - (len(whole) - len(head)))
-    assert len(seqs) == 54
+    assert len(seqs) == 9 * len(tasks)
     inputs = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
     targets = torch.full_like(inputs, -100)
     for i, (ids, start) in enumerate(zip(seqs, answer_starts)):
@@ -128,7 +135,7 @@ def test_overfit_model_answers_the_items_it_memorized(make_cfg):
     assert {s["max_length"] for s in scores.values()} == {context}
     n = sum(s["n"] for s in scores.values())
     right = sum(s["acc"] * s["n"] for s in scores.values())
-    assert n == 54 and right / n >= 0.9, {t: s["acc"] for t, s in scores.items()}
+    assert set(scores) == set(tasks) and n == 9 * len(tasks) and right / n >= 0.9, {t: s["acc"] for t, s in scores.items()}
 
 
 def test_eval_during_training_task_eval_and_lm_eval_agree(make_cfg, tmp_path):

@@ -91,6 +91,7 @@ def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, en
         assert max(diffs.values()) == 0.0, strategy
 
 
+@pytest.mark.slow  # the fast suite's sharded-init tests cover Llama shapes, both new-row fills, random init
 def test_sharded_qwen2_byte_level_expansion_equals_one_process(tmp_path, cache_dir):
     """init=pretrained from a tied-embedding Qwen2 whose own tokenizer is byte-level (GPT-2's
     vocabulary, 50,257 ids in 50,304 rows): the expanded vocabulary's rows, the checkpoint's

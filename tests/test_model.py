@@ -225,6 +225,7 @@ def test_plan_counts_the_expanded_vocabulary_without_building_it(make_cfg, cache
     assert set(cache_dir.rglob("*")) == before
 
 
+@pytest.mark.slow  # the fast suite runs the throughput, cross-entropy and data-pipeline benchmarks
 def test_train_step_benchmark_runs():
     """benchmarks/ measures speed; the test only checks the script runs and prints its JSON."""
     import json

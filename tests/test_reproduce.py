@@ -36,7 +36,7 @@ def test_verdict_rule():
     one within noise is inconclusive, a single seed gives no test; a claim needs all its
     deciding comparisons."""
     lo, hi = C.stat([1.0, 1.1, 0.9]), C.stat([2.0, 2.1, 1.9])
-    assert (lo.mean, lo.n) == (1.0, 3) and abs(lo.std - 0.1) < 1e-9
+    assert (lo.mean, lo.n) == (1.0, 3) and abs(lo.std - 0.1) < 1e-9 and abs(hi.mean - 2.0) < 1e-9
     runs = [_run("a", "lo", s, {"m": v}) for s, v in zip((1, 2, 3), (1.0, 1.1, 0.9))]
     runs += [_run("b", "hi", s, {"m": v}) for s, v in zip((1, 2, 3), (2.0, 2.13, 1.9))]
     runs += [_run("c", "noise", s, {"m": v}) for s, v in zip((1, 2, 3), (1.05, 1.0, 1.1))]

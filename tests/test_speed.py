@@ -164,6 +164,7 @@ def test_fused_adamw_probe_falls_back_where_torch_has_no_kernel():
     assert not fused_supported([{"params": list(on_meta.parameters())}])  # torch has no fused kernel on meta
 
 
+@pytest.mark.slow  # each option alone is checked in the fast suite (compile, checkpointing, chunked loss)
 def test_training_with_every_speed_option_matches_plain(make_cfg, tmp_path, monkeypatch):
     """The real Trainer with compile per layer, selective checkpointing and the chunked loss (small
     chunks) trains exactly as the plain step: same losses and validation scores."""
