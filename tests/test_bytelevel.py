@@ -18,7 +18,8 @@ from allam.data.demo import demo_texts
 from allam.tokenizer import build_tokenizer
 from allam.tokenizer import bytelevel as B
 
-SMALL = dict(num_new_tokens=2000, training_words=150_000)
+SMALL = dict(num_new_tokens=1000, training_words=80_000)
+N_NEW = SMALL["num_new_tokens"]
 
 
 def tcfg(**kw):
@@ -74,10 +75,10 @@ def test_expansion_keeps_english_and_ids(name, cache, heldout, all_english):
     base = build_tokenizer(tcfg(base=name), cache_dir=cache, texts=train_text)
     exp = build_tokenizer(tcfg(variant="expanded", base=name, **SMALL), cache_dir=cache, texts=train_text)
     b, e = base.tokenizer, exp.tokenizer
-    assert len(e) == len(b) + 2000 and exp.base.name == name
+    assert len(e) == len(b) + N_NEW and exp.base.name == name
     vb, ve = b.get_vocab(), e.get_vocab()
     assert all(ve[t] == i for t, i in vb.items())  # every base id, special tokens included
-    assert sorted(set(ve.values()) - set(vb.values())) == list(range(len(b), len(b) + 2000))
+    assert sorted(set(ve.values()) - set(vb.values())) == list(range(len(b), len(b) + N_NEW))
     assert [e.convert_tokens_to_ids(s) for s in b.all_special_tokens] == [b.convert_tokens_to_ids(s) for s in b.all_special_tokens]
     # every English document of the demo corpus encodes token for token as the base does
     assert e(all_english, add_special_tokens=False)["input_ids"] == b(all_english, add_special_tokens=False)["input_ids"]
@@ -98,7 +99,7 @@ def test_every_new_merge_needs_an_arabic_lead_byte(cache):
     exp = build_tokenizer(tcfg(variant="expanded", base="gpt2", **SMALL), cache_dir=cache, texts=train_text)
     n_base = len(json.loads((base.path / "tokenizer.json").read_text())["model"]["merges"])
     new = json.loads((exp.path / "tokenizer.json").read_text())["model"]["merges"][n_base:]
-    assert len(new) >= 2000
+    assert len(new) >= N_NEW
     assert all(not B.ARABIC_LEAD_CHARS.isdisjoint(a + b) for a, b in new)
     vocab = exp.tokenizer.get_vocab()
     assert all(a in vocab and b in vocab and a + b in vocab for a, b in new)  # every merge loads

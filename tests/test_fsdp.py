@@ -173,13 +173,11 @@ def test_no_rank_holds_the_whole_model(tmp_path, cache_dir, big_checkpoint):
 
 
 # --------------------------------------------------------------------------- training end to end
-def test_fsdp_training_eval_resume_and_export(tmp_path, cache_dir):
-    """One 2-rank FSDP2 run against one process at the same global batch: the same losses, validation
-    and evaluation scores (eval.every_tokens and eval.at_end score the suite in lockstep on the sharded
-    model); its 2-rank sharded checkpoint resumes exactly on 1 rank (resharded); and its export scores
-    exactly what the trained module scored."""
-    common = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every_steps=3", "eval.at_end=true",
-              "eval.every_tokens=768", "eval.limit=4", "eval.tasks=[next_verse_en,verse_en2ar]"]
+def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
+    """One 2-rank FSDP2 run against one process at the same global batch: the same losses and
+    validation; its 2-rank sharded checkpoint resumes exactly on 1 rank (resharded); and its export
+    scores exactly what the trained module scored."""
+    common = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every_steps=3"]
     fsdp = tmp_path / "fsdp"
     _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
     one = tmp_path / "one"
@@ -191,20 +189,14 @@ def test_fsdp_training_eval_resume_and_export(tmp_path, cache_dir):
     for lang in ("ar", "en"):
         assert abs(ra[f"val.{lang}.loss"] - rb[f"val.{lang}.loss"]) < 1e-5
     assert ra["train.tokens"] == rb["train.tokens"] == 6 * 4 * 64
-    for task in ("next_verse_en", "verse_en2ar"):
-        assert ra[f"eval.{task}.n"] == 4
-        for key in ("acc", "acc_norm"):
-            assert ra[f"eval.{task}.{key}"] == rb[f"eval.{task}.{key}"], (task, key)
-    logged = [r for r in csv.DictReader((fsdp / "csv" / "metrics.csv").open()) if r.get("eval/next_verse_en/acc")]
-    assert len(logged) == 2  # after steps 3 and 6 (768 tokens each)
     step3 = fsdp / "checkpoints" / "step3.ckpt"
     assert (step3 / ".metadata").exists() and len(list(step3.glob("*.distcp"))) == 2  # one file per rank
     assert (step3 / "COMPLETE").exists() and not list(step3.parent.glob(".tmp-*"))  # written atomically
 
     # resume the 2-rank sharded checkpoint on 1 rank (DCP reshards it): the same steps follow
     resumed = tmp_path / "resumed"
-    _run([*FSDP2, "trainer.devices=1", "data.batch_size=4", *common, "eval.at_end=false", "eval.every_tokens=null",
-          f"ckpt={step3}", "export=false", f"hydra.run.dir={resumed}"], cache_dir)
+    _run([*FSDP2, "trainer.devices=1", "data.batch_size=4", *common, f"ckpt={step3}", "export=false",
+          f"hydra.run.dir={resumed}"], cache_dir)
     tail = _losses(resumed)
     assert len(tail) == 3 and max(abs(x - y) for x, y in zip(tail, a[3:])) < 1e-5, (tail, a[3:])
     rr = _results(resumed)
@@ -219,6 +211,25 @@ def test_fsdp_training_eval_resume_and_export(tmp_path, cache_dir):
     start = _results(check)
     for lang in ("ar", "en"):
         assert abs(start[f"start.val.{lang}.loss"] - ra[f"val.{lang}.loss"]) < 1e-5
+
+
+@pytest.mark.slow  # the fast suite scores evaluation during training in one process (tests/test_eval.py)
+def test_fsdp_eval_during_and_after_training_equals_one_process(tmp_path, cache_dir):
+    """eval.every_tokens and eval.at_end under 2-rank FSDP2: every rank scores the suite in lockstep
+    on the sharded model; the scores logged during training and written at the end equal those of
+    one process training the same global batch."""
+    common = [*TINY, "trainer.max_steps=2", "export=false", "eval.at_end=true", "eval.every_tokens=256",
+              "eval.limit=4", "eval.tasks=[next_verse_en,verse_en2ar]"]
+    fsdp, one = tmp_path / "fsdp", tmp_path / "one"
+    _run([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={fsdp}"], cache_dir)
+    assert run_inprocess(["data.batch_size=4", "logger=csv", *common], cache_dir, one) is None
+    ra, rb = _results(fsdp), _results(one)
+    for task in ("next_verse_en", "verse_en2ar"):
+        assert ra[f"eval.{task}.n"] == 4
+        for key in ("acc", "acc_norm"):
+            assert ra[f"eval.{task}.{key}"] == rb[f"eval.{task}.{key}"], (task, key)
+    logged = [r for r in csv.DictReader((fsdp / "csv" / "metrics.csv").open()) if r.get("eval/next_verse_en/acc")]
+    assert len(logged) == 2  # after steps 1 and 2 (256 tokens each)
 
 
 @pytest.mark.slow
