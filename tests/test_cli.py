@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from allam.config import ROOT
 from conftest import run_inprocess
 
@@ -34,6 +36,7 @@ def test_multirun_sweeps_an_ablation_axis(tmp_path, cache_dir):
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # multi-process training stays in the fast suite through FSDP2 (tests/test_fsdp.py)
 def test_ddp_on_two_cpu_processes(tmp_path, cache_dir):
     out = tmp_path / "ddp"
     # with an embedding warm-up for the first step (2 ranks x 2 x 64 tokens): the body's LR is 0, which DDP allows
