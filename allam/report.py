@@ -213,12 +213,13 @@ def claims_section(root: Path, out_dir: Path, runs: list[dict], mix_commits: boo
     every claim with all its arms present, as CLAIMS.md and claim<N>.png in `out_dir`. An arm with
     runs from different git commits is an error unless `mix_commits` (report_mix_commits=true)."""
     from allam import claims as C
+    from allam import claims_report as CR
 
     arms = set(C.group_by_seed(runs))
     numbers = [c.number for c in C.claims_by_number() if set(c.arms) <= arms]
     if not numbers:
         return {}
-    rep = C.run_claims_report(root, out_dir, numbers, f"python run.py task=report report_dir={root}",
+    rep = CR.run_claims_report(root, out_dir, numbers, f"python run.py task=report report_dir={root}",
                               mix_commits=mix_commits)
     print(f"claims {', '.join(map(str, numbers))}: {rep['claims_md']}")
     return {"claims": {str(k): v for k, v in rep["verdicts"].items()}, "claims_md": rep["claims_md"]}

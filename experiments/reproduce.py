@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from allam import claims as C  # noqa: E402
+from allam import claims_report as CR  # noqa: E402
 from allam import results as R  # noqa: E402
 from allam.config import ConfigError  # noqa: E402
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{tokens:,} training tokens, {wall / 60:.1f} min of run wall time on {os.cpu_count()} CPU cores"
               + (f" ({' '.join(budget.overrides)})" if budget.overrides else "") + ".")
     try:
-        rep = C.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md,
+        rep = CR.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md,
                                   mix_commits=a.mix_commits)
     except ConfigError as e:  # e.g. an arm mixing commits: one line, no traceback
         print(f"error: {e}", file=sys.stderr)

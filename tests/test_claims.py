@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from allam import claims as C
+from allam import claims_report as CR
 from allam import results as R
 from allam import stats as S
 
@@ -73,7 +74,7 @@ def test_worked_example_is_printed_at_the_top_of_claims_md():
                                                         + (0.05 - 0.16 / 3) ** 2) / 2) / math.sqrt(3)))
     assert t2.p == pytest.approx(0.5 - t2.t / (2 * math.sqrt(2 + t2.t ** 2)))
     assert ex["holm"] == pytest.approx([2 * t1.p, t2.p]) and ex["claim"] == C.REPRODUCED
-    md = C.claims_markdown([], {}, "python experiments/reproduce.py")
+    md = CR.claims_markdown([], {}, "python experiments/reproduce.py")
     rule = md.index("**Verdict rule.**")
     assert rule < md.index("| claim | source | verdict |")
     for text in ("p = 0.0065, Holm-adjusted 0.0131: reproduced", "[+0.0503, +0.1497]", "p = 0.0334, Holm-adjusted 0.0334",
@@ -127,7 +128,7 @@ def test_the_base_pairs_with_the_runs_started_from_its_export_and_the_tolerance_
     assert res["verdict"] == C.REPRODUCED
     (res,) = C.evaluate([_claim(C.Comparison("val.en.bpb", "far", C.BASE, margin=C.EN_TOLERANCE))], groups)
     assert res["verdict"] == C.NOT_REPRODUCED
-    md = C.claims_markdown([res], groups, "cmd")
+    md = CR.claims_markdown([res], groups, "cmd")
     assert "-0.0550 [" in md and "(+0.02 margin)" in md  # A - B shown, the margin named
 
 
@@ -174,7 +175,7 @@ def test_every_arm_reports_its_step0_bpb():
     runs = [_run("claim1_adapt", s, {"start.val.ar.bpb": 2.5, "start.val.en.bpb": 2.0, "val.ar.bpb": 1.8}) for s in (1, 2)]
     runs += [_run("claim1_scratch", s, {"val.ar.bpb": 1.9, "tokenizer.vocab_size": 8192, "val.ar.tokens": 100,
                                         "val.ar.bytes": 400, "val.en.tokens": 100, "val.en.bytes": 500}, start=None) for s in (1, 2)]
-    table = C.arms_table(C.group_by_seed(runs), ["claim1_adapt", "claim1_scratch"])
+    table = CR.arms_table(C.group_by_seed(runs), ["claim1_adapt", "claim1_scratch"])
     assert "| 2.5000 ± 0.0000 (n=2) | 2.0000 ± 0.0000 (n=2) |" in table
     assert "| 3.250 (uniform guess) | 2.600 (uniform guess) |" in table  # 13 bits x 0.25, 13 x 0.2
 
@@ -209,12 +210,12 @@ def test_an_arm_mixing_commits_is_refused_naming_runs_unless_allowed(tmp_path):
             (root / f"seed{seed}" / arm).mkdir(parents=True)
             (root / f"seed{seed}" / arm / "results.json").write_text(json.dumps(run))
     with pytest.raises(C.ConfigError) as err:
-        C.run_claims_report(root, tmp_path / "out", [4])
+        CR.run_claims_report(root, tmp_path / "out", [4])
     msg = str(err.value)
     assert "\n" not in msg and "claim1_adapt" in msg and "seed1/claim1_adapt (aaaaaaaaaaaa)" in msg
     assert "seed2/claim1_adapt (bbbbbbbbbbbb+dirty)" in msg and "seed3/claim1_adapt (unknown commit)" in msg
     assert "--mix-commits" in msg
-    rep = C.run_claims_report(root, tmp_path / "out", [4], mix_commits=True)
+    rep = CR.run_claims_report(root, tmp_path / "out", [4], mix_commits=True)
     assert rep["verdicts"] == {4: C.REPRODUCED}
     assert rep["commits"]["claim1_adapt"] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb+dirty", "unknown commit"]
     assert "unknown commit" in (tmp_path / "out" / "CLAIMS.md").read_text()
@@ -222,7 +223,7 @@ def test_an_arm_mixing_commits_is_refused_naming_runs_unless_allowed(tmp_path):
         for arm in ("claim1_adapt", "claim4_rewarm"):
             f = root / f"seed{seed}" / arm / "results.json"
             f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if not k.startswith("code.")}))
-    assert C.run_claims_report(root, tmp_path / "out", [4])["commits"]["claim1_adapt"] == ["unknown commit"]
+    assert CR.run_claims_report(root, tmp_path / "out", [4])["commits"]["claim1_adapt"] == ["unknown commit"]
 
 
 # --------------------------------------------------------------------------- the toy base's Arabic share

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from allam import claims as C
+from allam import claims_report as CR
 from allam.config import CONF_DIR, ROOT, validate
 
 
@@ -73,7 +74,7 @@ def test_runs_differing_only_by_seed_are_one_arm_and_claims_get_verdicts(tmp_pat
     assert {k: len(v) for k, v in groups.items()} == {"claim1_adapt": 3, "claim4_rewarm": 3}
     (result,) = C.evaluate(C.claims_by_number([4]), groups)
     assert result["verdict"] == C.REPRODUCED and result["rows"][0]["better"].n == 3
-    md = C.claims_markdown([result], groups, "python experiments/reproduce.py")
+    md = CR.claims_markdown([result], groups, "python experiments/reproduce.py")
     assert "**Verdict: reproduced.**" in md and "0.1000 ± 0.0100 (n=3)" in md and "not run" not in md
 
 
