@@ -37,7 +37,7 @@ from typing import Optional
 from allam import stats as S
 from allam.config import ConfigError
 from allam.config.schema import SEED_KEYS
-from allam.results import CURVE_KEY
+from allam.curves import common_range, matched_x, reach_level, metric_value
 
 BASE = "claims_english_base"  # the English base every adapted arm starts from (one per seed)
 # Claim 1's English tolerance (bpb): the adapted model's English may end at most this much worse
@@ -360,87 +360,6 @@ def claim_verdict(verdicts: list[str]) -> str:
     return INCONCLUSIVE
 
 
-# --------------------------------------------------------------------------- curves
-def curve_points(run: dict, x: str, metric: str) -> list[tuple[float, float]]:
-    """(x, metric) along a run's validation curve, x = "tokens" or "flops", sorted by x."""
-    pts = [(float(p[x]), float(p[metric])) for p in run.get(CURVE_KEY) or [] if p.get(metric) is not None]
-    return sorted(pts)
-
-
-def interpolate(points: list[tuple[float, float]], x: float) -> Optional[float]:
-    """Linear interpolation inside the curve's range (never extrapolated)."""
-    if not points or x < points[0][0] or x > points[-1][0]:
-        return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return points[-1][1]
-
-
-def common_range(runs: list[dict], x: str, metric: str) -> Optional[tuple[float, float]]:
-    """(lo, hi): the x range every run's curve covers, or None."""
-    curves = [curve_points(r, x, metric) for r in runs]
-    if not curves or any(not c for c in curves):
-        return None
-    lo, hi = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
-    return (lo, hi) if hi >= lo else None
-
-
-def matched_x(runs: list[dict], x: str, metric: str) -> Optional[float]:
-    """The largest x every run's curve reaches, if every curve starts at or below it."""
-    span = common_range(runs, x, metric)
-    return span[1] if span else None
-
-
-def curve_mean(points: list[tuple[float, float]], lo: float, hi: float) -> Optional[float]:
-    """The mean of the linearly interpolated curve over [lo, hi] (trapezoids): the area under it
-    divided by hi - lo."""
-    if hi <= lo:
-        return None
-    xs = [lo, *[px for px, _ in points if lo < px < hi], hi]
-    ys = [interpolate(points, px) for px in xs]
-    if any(y is None for y in ys):
-        return None
-    area = sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
-    return area / (hi - lo)
-
-
-def reach_level(runs: list[dict], metric: str) -> Optional[float]:
-    """The highest of the runs' best (lowest) values along their token curves: a level every run
-    reaches."""
-    curves = [curve_points(r, "tokens", metric) for r in runs]
-    if not curves or any(not c for c in curves):
-        return None
-    return max(min(y for _, y in c) for c in curves)
-
-
-def tokens_to_reach(points: list[tuple[float, float]], level: float) -> Optional[float]:
-    """The training tokens at which a curve first comes down to `level` (interpolated between
-    the validation points around the crossing)."""
-    for (x0, y0), (x1, y1) in zip([points[0], *points], points):
-        if y1 <= level:
-            return x1 if y1 == y0 or y0 <= level else x0 + (x1 - x0) * (y0 - level) / (y0 - y1)
-    return None
-
-
-def metric_value(run: dict, metric: str, at: str = "end", x=None) -> Optional[float]:
-    """A run's value of `metric`: at the end / start (results.json; ``val.<lang>.tokens_per_byte``
-    derived from the validation text's tokens and bytes), at `x` tokens / FLOPs on its curve, the
-    curve's mean over `x` = (lo, hi) (auc), or the tokens it needs to reach level `x` (reach)."""
-    if at in ("tokens", "flops"):
-        return interpolate(curve_points(run, at, metric), x) if x is not None else None
-    if at == "auc":
-        return curve_mean(curve_points(run, "tokens", metric), *x) if x is not None else None
-    if at == "reach":
-        return tokens_to_reach(curve_points(run, "tokens", metric), x) if x is not None else None
-    if metric.endswith(".tokens_per_byte"):
-        lang = metric.split(".")[1]
-        tokens, nbytes = run.get(f"val.{lang}.tokens"), run.get(f"val.{lang}.bytes")
-        return tokens / nbytes if tokens and nbytes else None
-    v = run.get(metric)
-    return float(v) if isinstance(v, (int, float)) else None
-
-
 def where(comp: Comparison, runs: list[dict]):
     """Where a comparison reads its runs: the matched x, the (lo, hi) token range, the level."""
     if comp.at in ("tokens", "flops"):
@@ -499,42 +418,3 @@ def worked_example() -> dict:
     verdicts = [direction(p, po) for p, po in zip(adj, adj_opp)]
     return {"differences": (d1, d2), "tests": (t1, t2), "holm": adj, "verdicts": verdicts,
             "claim": claim_verdict(verdicts)}
-
-
-def rule_text() -> str:
-    """The verdict rule with the worked example, as CLAIMS.md states it."""
-    ex = worked_example()
-    (d1, d2), (t1, t2), adj = ex["differences"], ex["tests"], ex["holm"]
-    tc = S.t_ppf(0.5 + S.LEVEL / 2, 2)
-
-    def line(name, d, t, p_adj, v):
-        return (f"{name}: D = {', '.join(f'{v_:+.2f}' for v_ in d)}; mean {t.mean:+.4f}, SE = s/√n = {t.se:.4f}, "
-                f"t = {t.t:.3f} (df {t.df:g}), 95% CI mean ± {tc:.3f}·SE = [{t.ci[0]:+.4f}, {t.ci[1]:+.4f}], "
-                f"one-sided p = {t.p:.4f}, Holm-adjusted {p_adj:.4f}: {v}")
-    return "\n".join([
-        "**Verdict rule.** Each comparison claims arm B lower (better) than arm A on a metric, some within a "
-        "margin (B < A + margin). D = A + margin - B, so D > 0 supports the claim. Arms that start from the same "
-        "English base are compared seed by seed: a paired t-test on the per-seed D over the seeds both arms have. "
-        "Arms with different starts (from scratch) are compared by Welch's t-test (Welch-Satterthwaite degrees of "
-        f"freedom). Each row shows the mean difference A - B with a two-sided {S.LEVEL:.0%} t-interval (t critical "
-        "value at the test's degrees of freedom, e.g. 4.303 at 2) and the **one-sided** p-value for the claimed "
-        "direction (every claim here is directional). Within a claim the deciding comparisons' p-values are "
-        f"Holm-corrected (each direction separately). A comparison is **reproduced** when its adjusted p < "
-        f"{S.ALPHA:g} in the claimed direction, **not reproduced** when the adjusted one-sided p of the opposite "
-        f"direction is < {S.ALPHA:g}, **inconclusive** otherwise (and with fewer than 2 seeds). A claim is reproduced when "
-        "all its deciding comparisons are, not reproduced when any is not, otherwise inconclusive. Rows marked "
-        "*context* show uncorrected p-values and decide nothing. Matched tokens / FLOPs: each run's validation "
-        "curve is interpolated linearly at the largest training tokens (or total FLOPs, the base's pretraining "
-        "included) every run of both arms reached; *mean over the curve*: the curve's area over the common token "
-        "range divided by its length; *tokens to reach*: the tokens at which a run's curve first comes down to the "
-        "highest bpb every run of both arms reaches. A one-sided test at 0.05 can pass while the two-sided 95% "
-        "interval still includes 0 (comparison 2 below).",
-        "",
-        "*Worked example* (computed by `allam.claims.worked_example`; a claim with two deciding paired comparisons, "
-        "3 seeds):",
-        "",
-        "- " + line("comparison 1", d1, t1, adj[0], ex["verdicts"][0]),
-        "- " + line("comparison 2", d2, t2, adj[1], ex["verdicts"][1]),
-        f"- Holm: the smaller p ({min(t1.p, t2.p):.4f}) is multiplied by 2, the larger by 1 (kept at least the "
-        f"first): claim **{ex['claim']}**.",
-    ])

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from allam import stats as S
 from allam.claims import (
     AT_LABEL,
     BASE,
@@ -17,15 +18,52 @@ from allam.claims import (
     check_commits,
     claims_by_number,
     commit_label,
-    curve_points,
     evaluate,
     group_by_seed,
-    interpolate,
-    metric_value,
-    rule_text,
+    worked_example,
     stat,
 )
+from allam.curves import curve_points, interpolate, metric_value
 from allam.results import collect_runs
+
+
+def rule_text() -> str:
+    """The verdict rule with the worked example, as CLAIMS.md states it."""
+    ex = worked_example()
+    (d1, d2), (t1, t2), adj = ex["differences"], ex["tests"], ex["holm"]
+    tc = S.t_ppf(0.5 + S.LEVEL / 2, 2)
+
+    def line(name, d, t, p_adj, v):
+        return (f"{name}: D = {', '.join(f'{v_:+.2f}' for v_ in d)}; mean {t.mean:+.4f}, SE = s/√n = {t.se:.4f}, "
+                f"t = {t.t:.3f} (df {t.df:g}), 95% CI mean ± {tc:.3f}·SE = [{t.ci[0]:+.4f}, {t.ci[1]:+.4f}], "
+                f"one-sided p = {t.p:.4f}, Holm-adjusted {p_adj:.4f}: {v}")
+    return "\n".join([
+        "**Verdict rule.** Each comparison claims arm B lower (better) than arm A on a metric, some within a "
+        "margin (B < A + margin). D = A + margin - B, so D > 0 supports the claim. Arms that start from the same "
+        "English base are compared seed by seed: a paired t-test on the per-seed D over the seeds both arms have. "
+        "Arms with different starts (from scratch) are compared by Welch's t-test (Welch-Satterthwaite degrees of "
+        f"freedom). Each row shows the mean difference A - B with a two-sided {S.LEVEL:.0%} t-interval (t critical "
+        "value at the test's degrees of freedom, e.g. 4.303 at 2) and the **one-sided** p-value for the claimed "
+        "direction (every claim here is directional). Within a claim the deciding comparisons' p-values are "
+        f"Holm-corrected (each direction separately). A comparison is **reproduced** when its adjusted p < "
+        f"{S.ALPHA:g} in the claimed direction, **not reproduced** when the adjusted one-sided p of the opposite "
+        f"direction is < {S.ALPHA:g}, **inconclusive** otherwise (and with fewer than 2 seeds). A claim is reproduced when "
+        "all its deciding comparisons are, not reproduced when any is not, otherwise inconclusive. Rows marked "
+        "*context* show uncorrected p-values and decide nothing. Matched tokens / FLOPs: each run's validation "
+        "curve is interpolated linearly at the largest training tokens (or total FLOPs, the base's pretraining "
+        "included) every run of both arms reached; *mean over the curve*: the curve's area over the common token "
+        "range divided by its length; *tokens to reach*: the tokens at which a run's curve first comes down to the "
+        "highest bpb every run of both arms reaches. A one-sided test at 0.05 can pass while the two-sided 95% "
+        "interval still includes 0 (comparison 2 below).",
+        "",
+        "*Worked example* (computed by `allam.claims.worked_example`; a claim with two deciding paired comparisons, "
+        "3 seeds):",
+        "",
+        "- " + line("comparison 1", d1, t1, adj[0], ex["verdicts"][0]),
+        "- " + line("comparison 2", d2, t2, adj[1], ex["verdicts"][1]),
+        f"- Holm: the smaller p ({min(t1.p, t2.p):.4f}) is multiplied by 2, the larger by 1 (kept at least the "
+        f"first): claim **{ex['claim']}**.",
+    ])
 
 def _num(v: Optional[float], fmt: str = "{:.4f}") -> str:
     return "n/a" if v is None else fmt.format(v)

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from allam import claims as C
+from allam import curves as CV
 from allam import claims_report as CR
 from allam import results as R
 from allam import stats as S
@@ -158,17 +159,17 @@ def test_learns_faster_scores_the_area_under_the_curve_and_the_tokens_to_reach()
     runs += [_run("slow", s, {"val.ar.bpb": 2.0}, curve(3.5 + 0.02 * s)) for s in (1, 2, 3)]
     fast = runs[0]
     # trapezoids: (4 + 2.41)/2 * 50 + (2.41 + 2)/2 * 50 = 270.5 over 100 tokens
-    assert C.curve_mean(C.curve_points(fast, "tokens", "val.ar.bpb"), 0, 100) == pytest.approx(2.705)
+    assert CV.curve_mean(CV.curve_points(fast, "tokens", "val.ar.bpb"), 0, 100) == pytest.approx(2.705)
     # from 2.41 at 50 to 2.0 at 100: reaches 2.0 at 100; level 2.2 at 50 + 50 * 0.21/0.41
-    assert C.tokens_to_reach(C.curve_points(fast, "tokens", "val.ar.bpb"), 2.2) == pytest.approx(50 + 50 * 0.21 / 0.41)
+    assert CV.tokens_to_reach(CV.curve_points(fast, "tokens", "val.ar.bpb"), 2.2) == pytest.approx(50 + 50 * 0.21 / 0.41)
     groups = C.group_by_seed(runs)
     res = C.evaluate([_claim(C.Comparison("val.ar.bpb", "fast", "slow", "auc"),
                              C.Comparison("val.ar.bpb", "fast", "slow", "end"))], groups)[0]
     auc, end = res["rows"]
     assert auc["x"] == (0.0, 100.0) and auc["verdict"] == C.REPRODUCED and end["test"].mean == 0.0
     assert res["verdict"] == C.INCONCLUSIVE  # the final value alone does not separate them
-    level = C.reach_level(runs, "val.ar.bpb")
-    assert level == 2.0 and C.metric_value(runs[3], "val.ar.bpb", "reach", 2.2) > C.metric_value(fast, "val.ar.bpb", "reach", 2.2)
+    level = CV.reach_level(runs, "val.ar.bpb")
+    assert level == 2.0 and CV.metric_value(runs[3], "val.ar.bpb", "reach", 2.2) > CV.metric_value(fast, "val.ar.bpb", "reach", 2.2)
 
 
 def test_every_arm_reports_its_step0_bpb():

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from allam import claims as C
+from allam import curves as CV
 from allam import claims_report as CR
 from allam.config import CONF_DIR, ROOT, validate
 
@@ -59,10 +60,10 @@ def test_matched_flops_interpolates_the_curves_never_extrapolates():
                                           {"tokens": 10, "flops": 150.0, "val.ar.bpb": 2.0}])
     s = _run("s", "claim1_scratch_flops", 1, {}, [{"tokens": 10, "flops": 50.0, "val.ar.bpb": 4.0},
                                                   {"tokens": 40, "flops": 200.0, "val.ar.bpb": 2.5}])
-    x = C.matched_x([a, s], "flops", "val.ar.bpb")
+    x = CV.matched_x([a, s], "flops", "val.ar.bpb")
     assert x == 150.0
-    assert C.metric_value(s, "val.ar.bpb", "flops", x) == pytest.approx(4.0 - 1.5 * 100 / 150)
-    assert C.interpolate(C.curve_points(a, "flops", "val.ar.bpb"), 160.0) is None
+    assert CV.metric_value(s, "val.ar.bpb", "flops", x) == pytest.approx(4.0 - 1.5 * 100 / 150)
+    assert CV.interpolate(CV.curve_points(a, "flops", "val.ar.bpb"), 160.0) is None
 
 
 def test_runs_differing_only_by_seed_are_one_arm_and_claims_get_verdicts(tmp_path):
