@@ -123,8 +123,51 @@ def _test_cells(row: dict) -> str:
             f"{t.p:.4f} | {adj} |")
 
 
+COMPETENCE_CLAIMS = (1, 2, 3, 4, 5)  # claims whose section shows the competence tier as context
+COMPETENCE_TASKS = ("word_order_ar", "next_word_ar", "word_order_en", "next_word_en")
+
+
+def competence_by_arm(groups: dict[str, list[dict]], evals: list[dict]) -> dict[str, list[dict]]:
+    """Each arm's ``eval=competence`` results (task=eval runs whose source_run is one of the arm's
+    training runs; per training run the last in path order, as in the report's table)."""
+    arm_of = {str(Path(r["_path"]).resolve().parent): arm for arm, runs in groups.items() for r in runs if r.get("_path")}
+    newest: dict[str, dict] = {}
+    for e in evals:
+        src = e.get("source_run")
+        if e.get("eval.suite") != "competence" or not src or str(Path(src).resolve()) not in arm_of:
+            continue
+        key = str(Path(src).resolve())
+        if key not in newest or str(e.get("_path")) > str(newest[key].get("_path")):
+            newest[key] = e
+    out: dict[str, list[dict]] = {}
+    for src, e in sorted(newest.items()):
+        out.setdefault(arm_of[src], []).append(e)
+    return out
+
+
+def competence_table(by_arm: dict[str, list[dict]], arms: list[str]) -> str:
+    """Per arm: each competence task's accuracy (mean over the arm's seeds) ± the binomial standard
+    error of one seed's accuracy over the task's items (the same items for every seed), the
+    seeds and the items per task; "" when no arm has been evaluated."""
+    rows = [a for a in arms if by_arm.get(a)]
+    if not rows:
+        return ""
+    lines = ["| arm | seeds | items | " + " | ".join(f"`{t}`" for t in COMPETENCE_TASKS) + " |",
+             "|---|---|---|" + "---|" * len(COMPETENCE_TASKS)]
+    for arm in rows:
+        evals = by_arm[arm]
+        cells = []
+        for task in COMPETENCE_TASKS:
+            acc = stat([e.get(f"eval.{task}.acc") for e in evals])
+            se = stat([e.get(f"eval.{task}.acc_stderr") for e in evals])
+            cells.append("n/a" if acc.mean is None else f"{acc.mean:.3f} ± {se.mean:.3f}")
+        items = sorted({int(e[f"eval.{t}.n"]) for e in evals for t in COMPETENCE_TASKS if f"eval.{t}.n" in e})
+        lines.append(f"| `{arm}` | {len(evals)} | {'/'.join(map(str, items)) or 'n/a'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command: str, header: str = "",
-                    plots: Optional[dict[int, str]] = None) -> str:
+                    plots: Optional[dict[int, str]] = None, competence: Optional[dict[str, list[dict]]] = None) -> str:
     """CLAIMS.md: the rule with its worked example, a summary, then per claim its source, what
     is compared, the command, each comparison (arms' mean ± std and n, the test, the mean
     difference with its 95% t-interval, p-values, verdict) and the claim's verdict."""
@@ -154,6 +197,12 @@ def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command:
                        f"`{comp.worse}` {row['worse'].text(fmt)} {_test_cells(row)} {row['verdict']}{tag} |")
         if r["missing"]:
             out += ["", "Not run: " + ", ".join(f"`{a}`" for a in r["missing"]) + "."]
+        table = competence_table(competence or {}, list(dict.fromkeys([BASE, *claim.arms]))) \
+            if claim.number in COMPETENCE_CLAIMS else ""
+        if table:
+            out += ["", "*Context: the competence tier* (`eval=competence`, chance 0.25; accuracy, mean over the "
+                    "arm's seeds ± the standard error of one seed's accuracy over the items; decides nothing):", "",
+                    table]
         out += ["", f"**Verdict: {r['verdict']}.**"]
         if claim.number in plots:
             out += ["", f"![claim {claim.number}]({plots[claim.number]})"]
@@ -221,6 +270,7 @@ def run_claims_report(root: Path, out_dir: Path, numbers: Optional[list[int]] = 
     claims = claims_by_number(numbers)
     commits = check_commits(groups, arms_of(claims), mix_commits)
     results = evaluate(claims, groups)
+    competence = competence_by_arm(groups, collect_runs(root, task="eval"))
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = Path(claims_md) if claims_md else out_dir / "CLAIMS.md"
     plots = {}
@@ -229,10 +279,11 @@ def run_claims_report(root: Path, out_dir: Path, numbers: Optional[list[int]] = 
         if plot_claim(claim, groups, png):
             plots[claim.number] = str(Path(_relpath(png, md_path.parent)))
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(claims_markdown(results, groups, command, header, plots), encoding="utf-8")
+    md_path.write_text(claims_markdown(results, groups, command, header, plots, competence), encoding="utf-8")
     return {"claims_md": str(md_path), "plots": plots,
             "verdicts": {r["claim"].number: r["verdict"] for r in results},
-            "arms": {arm: len(runs) for arm, runs in groups.items()}, "commits": commits}
+            "arms": {arm: len(runs) for arm, runs in groups.items()}, "commits": commits,
+            "competence": {arm: len(e) for arm, e in competence.items()}}
 
 
 def _relpath(path: Path, start: Path) -> str:

@@ -10,7 +10,10 @@ Each cell is one ``python run.py experiment=<cell> ...`` into ``<out>/seed<S>/<c
 base (``claims_english_base``) runs once per seed and every adapted cell of that seed starts from
 its export. A cell whose results.json says finished is skipped, and an interrupted one resumes
 from its checkpoint (run.resume=auto), so running the same command again continues the suite.
-The report (allam/claims.py) then groups the runs by seed and writes CLAIMS.md and the plots.
+Then the final model of every cell of claims 1-5 (and the base) is scored on ``eval=competence``
+into ``<cell>/eval_competence`` (skipped when done; ``--no-competence``: not at all). The report
+(allam/claims.py, allam/claims_report.py) groups the runs by seed and writes CLAIMS.md, with the
+competence accuracies as context in claims 1-5, and the plots.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class Budget:
     base_val_every_steps: int
     seeds: int
     overrides: tuple[str, ...] = field(default_factory=tuple)  # applied to every cell
+    competence_items: int = 400  # eval=competence items per task on claims 1-5's cells (0: none)
 
 
 TINY = ("model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
@@ -55,7 +59,7 @@ BUDGETS = {
     # adapted cells' 24k vocabulary makes each of their tokens ~1.7x the FLOPs of the base's
     "default": Budget("default", 393_216, 131_072, 16, 64, 3),
     "full": Budget("full", 2_097_152, 524_288, 32, 128, 5, ("data.val_bytes=65536",)),
-    "smoke": Budget("smoke", 2_048, 1_024, 4, 8, 2, TINY),
+    "smoke": Budget("smoke", 2_048, 1_024, 4, 8, 2, TINY, competence_items=8),
 }
 
 
@@ -103,9 +107,28 @@ def cell_overrides(cell: str, budget: Budget, seed_dir: Path) -> list[str] | Non
     return [*args, f"trainer.max_tokens={budget.tokens}"]
 
 
+def competence_cells(claims: list[C.Claim], cells: list[str]) -> list[str]:
+    """The cells whose final model the competence tier scores: the arms of the selected claims
+    that show it (claims 1-5), and the English base they start from."""
+    arms = C.arms_of([c for c in claims if c.number in CR.COMPETENCE_CLAIMS])
+    return [c for c in cells if c in arms or (c == C.BASE and arms)]
+
+
+def competence_args(run_dir: Path, items: int) -> list[str]:
+    """run.py arguments scoring a finished cell's final checkpoint on eval=competence into
+    <run dir>/eval_competence."""
+    return ["task=eval", f"ckpt={run_dir}", "eval=competence", f"eval.limit={items}", "eval.batch_size=32",
+            f"hydra.run.dir={run_dir / 'eval_competence'}"]
+
+
 def finished(run_dir: Path) -> bool:
     res = R.read(run_dir / R.FILENAME)
     return bool(res) and res.get("status") == "finished"
+
+
+def evaluated(eval_dir: Path) -> bool:
+    res = R.read(eval_dir / R.FILENAME) or {}
+    return res.get("eval.suite") == "competence" and all(f"eval.{t}.acc" in res for t in CR.COMPETENCE_TASKS)
 
 
 def run_cell(args: list[str], log_path: Path) -> int:
@@ -126,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--full: experiments/CLAIMS_full.md; --smoke: <out>/CLAIMS.md)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no runs: the report from what exists")
+    p.add_argument("--no-competence", action="store_true",
+                   help="skip scoring claims 1-5's cells on eval=competence (their CLAIMS.md context tables)")
     p.add_argument("--mix-commits", action="store_true",
                    help="let one arm hold runs from different git commits (default: refuse and name them)")
     a = p.parse_args(argv)
@@ -163,6 +188,22 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if rc != 0:
                     failed.append(f"seed{seed}/{cell}")
+        if budget.competence_items and not a.no_competence:
+            for seed in range(1, seeds + 1):
+                for cell in competence_cells(claims, cells):
+                    run_dir = out / f"seed{seed}" / cell
+                    if not finished(run_dir) or evaluated(run_dir / "eval_competence"):
+                        continue
+                    args = competence_args(run_dir, budget.competence_items)
+                    print(f"[eval] seed {seed} {cell}: python run.py {' '.join(args)}", flush=True)
+                    if a.dry_run:
+                        continue
+                    t = time.perf_counter()
+                    rc = run_cell(args, run_dir / "eval_competence.log")
+                    print(f"       {'ok' if rc == 0 else f'exit {rc} (see {run_dir}/eval_competence.log)'} in "
+                          f"{time.perf_counter() - t:.0f} s", flush=True)
+                    if rc != 0:
+                        failed.append(f"seed{seed}/{cell}/eval_competence")
     if a.dry_run:
         return 0
 

@@ -87,7 +87,7 @@ def test_smoke_suite_end_to_end_resumes_and_writes_claims(tmp_path, cache_dir):
     out, md = tmp_path / "claims", tmp_path / "CLAIMS.md"
     # --mix-commits: in a shared checkout, commits can land between the cells of this run
     cmd = [sys.executable, str(ROOT / "experiments" / "reproduce.py"), "--smoke", "--claims", "4", "--seeds", "2",
-           "--out", str(out), "--claims-md", str(md), "--mix-commits"]
+           "--out", str(out), "--claims-md", str(md), "--mix-commits", "--no-competence"]
     env = {**os.environ, "ALLAM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -114,6 +114,45 @@ def test_smoke_suite_end_to_end_resumes_and_writes_claims(tmp_path, cache_dir):
     assert again.returncode == 0 and again.stdout.count("[skip]") == 6 and "[run]" not in again.stdout
 
 
+@pytest.mark.slow
+def test_smoke_suite_scores_the_competence_tier_into_claims_md(tmp_path, cache_dir):
+    """--smoke for claim 4 over 1 seed with the competence phase: the base and both arms scored on
+    eval=competence (8 items a task) into <cell>/eval_competence, shown in claim 4's section; run
+    again, nothing is trained or scored."""
+    out, md = tmp_path / "claims", tmp_path / "CLAIMS.md"
+    cmd = [sys.executable, str(ROOT / "experiments" / "reproduce.py"), "--smoke", "--claims", "4", "--seeds", "1",
+           "--out", str(out), "--claims-md", str(md), "--mix-commits"]
+    env = {**os.environ, "ALLAM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("[eval]") == 3
+    for cell in (C.BASE, "claim1_adapt", "claim4_rewarm"):
+        res = json.loads((out / "seed1" / cell / "eval_competence" / "results.json").read_text())
+        assert res["source_run"] == str(out / "seed1" / cell) and res["eval.word_order_ar.n"] == 8
+    section = md.read_text().split("## Claim 4")[1].split("## Arms")[0]
+    assert "Context: the competence tier" in section and section.count("| 1 | 8 | ") == 3
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert again.returncode == 0 and "[eval]" not in again.stdout and "[run]" not in again.stdout
+
+
+def test_competence_phase_commands_and_cells(make_cfg):
+    """The cells scored are claims 1-5's arms and the base (not claim 6-8's own arms); the command
+    composes into task=eval on the cell's checkpoint with the budget's items."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import reproduce as rp
+
+    cells = rp.cells_for(list(C.CLAIMS))
+    scored = rp.competence_cells(list(C.CLAIMS), cells)
+    assert scored[0] == C.BASE and "claim4_rewarm" in scored and "claim5_ar70" in scored
+    assert not {"claim6_no_translated", "claim7_mix_only"} & set(scored) and "claim1_scratch_flops" in scored
+    assert rp.competence_cells(C.claims_by_number([6, 7]), rp.cells_for(C.claims_by_number([6, 7]))) == []
+    args = rp.competence_args(ROOT / "outputs" / "x" / "claim1_adapt", 8)
+    cfg = make_cfg(*[a for a in args if not a.startswith("hydra.")])
+    assert cfg.task == "eval" and cfg.eval.name == "competence" and cfg.eval.limit == 8
+    assert str(cfg.ckpt).endswith("claim1_adapt") and args[-1].endswith("claim1_adapt/eval_competence")
+
+
+
 def test_task_report_adds_claim_verdicts_for_claim_runs(make_cfg, tmp_path):
     """task=report over a folder holding every arm of claim 4 (three seeds each) writes CLAIMS.md
     and a verdict next to its table; a folder without claim arms gets no claims section."""
@@ -127,10 +166,24 @@ def test_task_report_adds_claim_verdicts_for_claim_runs(make_cfg, tmp_path):
             run.pop("_path")
             (root / f"seed{seed}" / arm).mkdir(parents=True)
             R.write(root / f"seed{seed}" / arm, run)
+    for seed in (1, 2, 3):  # competence results of claim1_adapt (a stale one first) and of seed 1's re-warm run
+        for arm, name, acc in (("claim1_adapt", "eval_0_old", 0.9), ("claim1_adapt", "eval_competence", 0.30 + seed / 100),
+                               ("claim4_rewarm", "eval_competence", 0.5)):
+            if arm == "claim4_rewarm" and seed > 1:
+                continue
+            scores = {f"eval.{t}.{k}": v for t in CR.COMPETENCE_TASKS
+                      for k, v in (("acc", acc), ("acc_stderr", 0.02 + seed / 1000), ("n", 400))}
+            (root / f"seed{seed}" / arm / name).mkdir(parents=True)
+            R.write(root / f"seed{seed}" / arm / name, {"task": "eval", "eval.suite": "competence",
+                                                         "source_run": str(root / f"seed{seed}" / arm), **scores})
     res = report_task.run(make_cfg("task=report", f"report_dir={root}", out=tmp_path / "report"))
     assert res["runs"] == 6 and res["claims"] == {"4": C.REPRODUCED}
     text = (tmp_path / "report" / "CLAIMS.md").read_text()
     assert "## Claim 4" in text and "(n=3)" in text and "report_dir=" in text
+    section = text.split("## Claim 4")[1]
+    assert "Context: the competence tier" in section
+    assert "| `claim1_adapt` | 3 | 400 | 0.320 ± 0.022 | 0.320 ± 0.022 |" in section  # per run the last in path order (as the table), averaged
+    assert "| `claim4_rewarm` | 1 | 400 | 0.500 ± 0.021 |" in section and "claims_english_base` |" not in section
     other = tmp_path / "other"
     (other / "one").mkdir(parents=True)
     R.write(other / "one", {k: v for k, v in _run("x", "english_base", 1, {"val.en.bpb": 1.0}).items() if k != "_path"})
