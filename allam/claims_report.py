@@ -54,7 +54,10 @@ def rule_text() -> str:
         "included) every run of both arms reached; *mean over the curve*: the curve's area over the common token "
         "range divided by its length; *tokens to reach*: the tokens at which a run's curve first comes down to the "
         "highest bpb every run of both arms reaches. A one-sided test at 0.05 can pass while the two-sided 95% "
-        "interval still includes 0 (comparison 2 below).",
+        "interval still includes 0 (comparison 2 below). *Seeds for 80% power*: planning arithmetic for the next "
+        "run, reading the measured mean difference and its per-seed spread as the truth: the fewest seeds per arm "
+        "with which a one-sided t-test at the strictest Holm threshold (0.05 / the claim's deciding comparisons) "
+        "finds that difference 80% of the time (`allam.stats.seeds_for_power`); it is not evidence by itself.",
         "",
         "*Worked example* (computed by `allam.claims.worked_example`; a claim with two deciding paired comparisons, "
         "3 seeds):",
@@ -110,6 +113,14 @@ def arms_table(groups: dict[str, list[dict]], arms: list[str]) -> str:
                      f"{s['val.ar.tokens_per_byte'].text('{:.4f}')} | {_num(s['train.tokens'].mean, '{:,.0f}')} | "
                      f"{_num(s['train.total_flops'].mean, '{:.3g}')} | {commits} |")
     return "\n".join(lines)
+
+
+def _power_cell(row: dict, deciding: int) -> str:
+    """The seeds per arm that the measured effect needs for 80% power (deciding rows only)."""
+    if not row["comparison"].decides or row["test"] is None:
+        return ""
+    n = S.seeds_for_power(row["test"], deciding)
+    return "> 50" if n is None else str(n)
 
 
 def _test_cells(row: dict) -> str:
@@ -187,14 +198,17 @@ def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command:
                 f"**Command.** `{command} --claims {claim.number}`; cells: "
                 + ", ".join(f"`experiment={a}`" for a in claim.arms), "",
                 "**Measured here.**", "",
-                "| metric | where | B (claimed better) | A | test | A - B [95% CI] | p (one-sided) | Holm p | verdict |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| metric | where | B (claimed better) | A | test | A - B [95% CI] | p (one-sided) | Holm p | verdict | "
+                f"seeds for {S.POWER:.0%} power |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        deciding = sum(1 for row in r["rows"] if row["comparison"].decides and row["test"] is not None)
         for row in r["rows"]:
             comp = row["comparison"]
             fmt = "{:,.0f}" if comp.at == "reach" else "{:.4f}"
             tag = "" if comp.decides else " *(context)*"
             out.append(f"| {comp.metric} | {_x_text(comp.at, row['x'])} | `{comp.better}` {row['better'].text(fmt)} | "
-                       f"`{comp.worse}` {row['worse'].text(fmt)} {_test_cells(row)} {row['verdict']}{tag} |")
+                       f"`{comp.worse}` {row['worse'].text(fmt)} {_test_cells(row)} {row['verdict']}{tag} | "
+                       f"{_power_cell(row, deciding)} |")
         if r["missing"]:
             out += ["", "Not run: " + ", ".join(f"`{a}`" for a in r["missing"]) + "."]
         table = competence_table(competence or {}, list(dict.fromkeys([BASE, *claim.arms]))) \

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 LEVEL = 0.95  # the confidence level of every interval
 ALPHA = 0.05  # the significance level of every verdict (after Holm's correction)
+POWER = 0.8  # the power the seeds-needed column of CLAIMS.md plans for
 
 
 # --------------------------------------------------------------------------- Student's t
@@ -94,6 +95,7 @@ class TTest:
     ci: tuple[float, float]
     p: float  # one-sided: mean D > 0 (the claim)
     p_opposite: float  # one-sided: mean D < 0 (the opposite of the claim)
+    sd: float = 0.0  # the spread of one seed's D: the SD of D (paired), sqrt(s_a² + s_b²) (welch)
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -101,14 +103,14 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def _test(kind: str, n: str, mean: float, se: float, df: float) -> TTest:
+def _test(kind: str, n: str, mean: float, se: float, df: float, sd: float) -> TTest:
     if se == 0.0:  # no spread at all: the sign of the difference is certain
         p = 0.0 if mean > 0 else 1.0
         p_opp = 0.0 if mean < 0 else 1.0
-        return TTest(kind, n, mean, 0.0, df, math.copysign(math.inf, mean) if mean else 0.0, (mean, mean), p, p_opp)
+        return TTest(kind, n, mean, 0.0, df, math.copysign(math.inf, mean) if mean else 0.0, (mean, mean), p, p_opp, sd)
     t = mean / se
     half = t_ppf(0.5 + LEVEL / 2.0, df) * se
-    return TTest(kind, n, mean, se, df, t, (mean - half, mean + half), t_cdf(-t, df), t_cdf(t, df))
+    return TTest(kind, n, mean, se, df, t, (mean - half, mean + half), t_cdf(-t, df), t_cdf(t, df), sd)
 
 
 def paired_test(differences: Sequence[float]) -> Optional[TTest]:
@@ -117,7 +119,7 @@ def paired_test(differences: Sequence[float]) -> Optional[TTest]:
     if len(d) < 2:
         return None
     mean, sd = _mean_sd(d)
-    return _test("paired", str(len(d)), mean, sd / math.sqrt(len(d)), len(d) - 1.0)
+    return _test("paired", str(len(d)), mean, sd / math.sqrt(len(d)), len(d) - 1.0, sd)
 
 
 def welch_test(a: Sequence[float], b: Sequence[float]) -> Optional[TTest]:
@@ -130,7 +132,27 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> Optional[TTest]:
     va, vb = sa * sa / len(a), sb * sb / len(b)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2.0
-    return _test("welch", f"{len(a)}+{len(b)}", ma - mb, se, df)
+    return _test("welch", f"{len(a)}+{len(b)}", ma - mb, se, df, math.sqrt(sa * sa + sb * sb))
+
+
+def seeds_for_power(test: TTest, comparisons: int = 1, power: float = POWER, max_seeds: int = 50) -> Optional[int]:
+    """The fewest seeds (per arm) with which a one-sided t-test of a true difference of
+    ``test.mean`` with ``test.sd`` spread per seed reaches significance at ALPHA / `comparisons`
+    (Holm's strictest threshold among that many) with probability `power`; None when even
+    `max_seeds` do not suffice or the difference is 0. Approximation: the smallest n with
+    (t_{1-α', df} + t_{power, df}) · sd / √n ≤ |mean|, df = n - 1 (paired) or 2n - 2 (welch, equal
+    arms). Planning arithmetic for the next run: it reads the measured effect as the true one."""
+    mean, sd = abs(test.mean), test.sd
+    if mean == 0.0:
+        return None
+    if sd == 0.0:
+        return 2
+    alpha = ALPHA / max(1, comparisons)
+    for n in range(2, max_seeds + 1):
+        df = n - 1.0 if test.kind == "paired" else 2.0 * n - 2.0
+        if (t_ppf(1.0 - alpha, df) + t_ppf(power, df)) * sd / math.sqrt(n) <= mean:
+            return n
+    return None
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

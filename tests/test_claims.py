@@ -67,6 +67,23 @@ def test_holm_by_hand():
     assert S.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and S.holm([]) == []
 
 
+def test_seeds_for_power_by_hand_and_by_simulation():
+    """Effect size 1 (mean D 0.1, SD 0.1), one-sided 0.05, 80% power: n = 8 by the approximation
+    ((1.895 + 0.896) x 0.1/sqrt(8) = 0.0987 <= 0.1; at n = 7, 0.1077 > 0.1), as power tables give
+    for a paired test; two deciding comparisons (threshold 0.025) need more; a Welch comparison
+    uses df 2n - 2; simulated paired tests at the returned n find the effect at least ~80% of the time."""
+    t = S.paired_test([0.0, 0.1, 0.2])  # mean 0.1, SD 0.1
+    assert t.sd == pytest.approx(0.1)
+    assert S.seeds_for_power(t) == 8 and S.seeds_for_power(t, comparisons=2) > 8
+    assert S.seeds_for_power(S.paired_test([0.1, 0.1, 0.1])) == 2  # no spread
+    assert S.seeds_for_power(S.paired_test([-0.1, 0.0, 0.1])) is None  # no difference
+    w = S.welch_test([1.0, 1.1, 1.2], [0.9, 1.0, 1.1])  # mean 0.1, per-seed spread sqrt(0.01 + 0.01)
+    assert w.sd == pytest.approx(math.sqrt(0.02)) and S.seeds_for_power(w) == 14
+    rng, n = random.Random(0), S.seeds_for_power(t)
+    hits = sum(S.paired_test([rng.gauss(0.1, 0.1) for _ in range(n)]).p < S.ALPHA for _ in range(2000))
+    assert 0.77 <= hits / 2000 <= 0.9
+
+
 def test_worked_example_is_printed_at_the_top_of_claims_md():
     ex = C.worked_example()
     t1, t2 = ex["tests"]
