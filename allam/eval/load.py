@@ -1,6 +1,6 @@
-"""What ``task=eval ckpt=<path>`` scores: a run directory, a Lightning checkpoint (a .ckpt file or a
-sharded torch.distributed.checkpoint folder) or a Hugging Face folder, resolved to one model
-source, then loaded whole onto one device with its tokenizer.
+"""What ``task=eval ckpt=<path>`` scores (and ``task=generate`` samples from): a run directory, a
+Lightning checkpoint (a .ckpt file or a sharded torch.distributed.checkpoint folder) or a Hugging
+Face folder, resolved to one model source, then loaded whole onto one device with its tokenizer.
 
 | ckpt= | weights | shape | tokenizer |
 |---|---|---|---|
@@ -37,12 +37,13 @@ def _run_dir_above(p: Path) -> Path | None:
     return next((d for d in [p, *p.resolve().parents] if (d / "model_config.json").is_file()), None)
 
 
-def resolve(ckpt: str | None) -> ModelSource:
-    """The model source `ckpt` names; ConfigError (one line) when it names none."""
+def resolve(ckpt: str | None, task: str = "eval") -> ModelSource:
+    """The model source `ckpt` names; ConfigError (one line) when it names none (`task` names the
+    task that needs it)."""
     from allam.model.export import is_dcp_folder
 
     if not ckpt:
-        raise ConfigError("ckpt=None: task=eval needs ckpt=<run dir, .ckpt file, sharded checkpoint folder or "
+        raise ConfigError(f"ckpt=None: task={task} needs ckpt=<run dir, .ckpt file, sharded checkpoint folder or "
                           "Hugging Face folder>")
     p = Path(str(ckpt)).expanduser()
     if not p.exists():
@@ -74,25 +75,37 @@ class _CheckpointRows:
         return self.tensors[name][start:stop]
 
 
-def load(source: ModelSource, build_tokenizer, device: str = "cpu"):
-    """(model in eval mode on `device`, tokenizer). `build_tokenizer(training_cfg)` rebuilds a
-    run's tokenizer from its saved config (cached by fingerprint, so normally a lookup)."""
+def load_tokenizer(source: ModelSource, build_tokenizer):
+    """The tokenizer of `source`: a Hugging Face folder's own, or a run's rebuilt by
+    `build_tokenizer(training_cfg)` from its saved config (cached by fingerprint, so normally a
+    lookup). Loads no weights, so a task can check its input against the tokenizer first."""
     from allam.config.saved import training_config_for
     from allam.tokenizer import hf_folder
 
+    if source.kind == "hf":
+        return hf_folder.load(source.path, local_files_only=True)
+    training_cfg = training_config_for(source.path)
+    if training_cfg is None:
+        raise ConfigError(f"ckpt={source.path}: no config.yaml above it to rebuild the tokenizer from")
+    return build_tokenizer(training_cfg).tokenizer
+
+
+def load_model(source: ModelSource, device: str = "cpu"):
+    """The model of `source`, whole, in eval mode on `device` (float32)."""
     if source.kind == "hf":
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(source.path), local_files_only=True,
                                                      trust_remote_code=False, dtype="float32")
-        tokenizer = hf_folder.load(source.path, local_files_only=True)
     else:
         from allam.model.spec import spec_from_saved
 
-        training_cfg = training_config_for(source.path)
-        if training_cfg is None:
-            raise ConfigError(f"ckpt={source.path}: no config.yaml above it to rebuild the tokenizer from")
         weights = _CheckpointRows(source.path)
         model = spec_from_saved(source.model_config, lambda: weights).build(device)
-        tokenizer = build_tokenizer(training_cfg).tokenizer
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval()
+
+
+def load(source: ModelSource, build_tokenizer, device: str = "cpu"):
+    """(model in eval mode on `device`, tokenizer): :func:`load_tokenizer` then :func:`load_model`."""
+    tokenizer = load_tokenizer(source, build_tokenizer)
+    return load_model(source, device), tokenizer

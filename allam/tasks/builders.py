@@ -71,6 +71,17 @@ def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
     )
 
 
+def saved_run_tokenizer(cfg: DictConfig):
+    """``build_tokenizer(training_cfg)`` for :func:`allam.eval.load.load`: a run's tokenizer rebuilt
+    from its saved config with this command's cache folder (tokenizers are found there by
+    fingerprint, so the run's own tokenizer comes back)."""
+    def build(trained: DictConfig):
+        trained.paths.cache_dir = cfg.paths.cache_dir
+        return build_tokenizer(trained)
+
+    return build
+
+
 def resolve_attention(model_cfg, trainer_cfg) -> str:
     from allam.model.attention import resolve_attention as resolve
 

@@ -16,7 +16,7 @@ from allam import results as R
 from allam.config import to_dict, validate
 from allam.config.derived import device_type
 from allam.config.saved import training_config_for
-from allam.tasks.builders import build_tokenizer, group_choices, run_dir
+from allam.tasks.builders import group_choices, run_dir, saved_run_tokenizer
 
 
 def run(cfg: DictConfig) -> dict:
@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> dict:
     source = load.resolve(cfg.ckpt)
     out = run_dir(cfg)
     plan = harness.prepare(cfg.eval, out)  # one line, before any model is loaded, if the suite cannot run
-    model, tokenizer = load.load(source, lambda trained: build_tokenizer(_with_cache(trained, cfg)), device_type(cfg.trainer))
+    model, tokenizer = load.load(source, saved_run_tokenizer(cfg), device_type(cfg.trainer))
     scores = harness.evaluate(model, tokenizer, cfg.eval, plan)
     trained = training_config_for(source.path) if source.run_dir is not None else None
     results = {
@@ -45,10 +45,3 @@ def run(cfg: DictConfig) -> dict:
     R.print_eval(results)
     print(f"results: {R.write(out, results)}")
     return results
-
-
-def _with_cache(trained: DictConfig, cfg: DictConfig) -> DictConfig:
-    """The run's saved config with this command's cache folder (tokenizers are found there by
-    fingerprint, so the same tokenizer comes back)."""
-    trained.paths.cache_dir = cfg.paths.cache_dir
-    return trained
