@@ -11,6 +11,7 @@ base (``claims_english_base``) runs once per seed and every adapted cell of that
 its export. A cell whose results.json says finished is skipped, and an interrupted one resumes
 from its checkpoint (run.resume=auto), so running the same command again continues the suite.
 Then the final model of every cell of claims 1-5 (and the base) is scored on ``eval=competence``
+(default budget: seed 1's cells; --full: every seed's)
 into ``<cell>/eval_competence`` (skipped when done; ``--no-competence``: not at all). The report
 (allam/claims.py, allam/claims_report.py) groups the runs by seed and writes CLAIMS.md, with the
 competence accuracies as context in claims 1-5, and the plots.
@@ -49,6 +50,7 @@ class Budget:
     seeds: int
     overrides: tuple[str, ...] = field(default_factory=tuple)  # applied to every cell
     competence_items: int = 400  # eval=competence items per task on claims 1-5's cells (0: none)
+    competence_seeds: int | None = None  # score the cells of the first N seeds only (None: every seed)
 
 
 TINY = ("model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
@@ -57,7 +59,8 @@ TINY = ("model.hidden_size=64", "model.intermediate_size=128", "model.num_layers
 BUDGETS = {
     # 3 seeds x (393,216 base + 10 x 131,072 + ~622,592 matched-FLOPs scratch) = 7.0M tokens; the
     # adapted cells' 24k vocabulary makes each of their tokens ~1.7x the FLOPs of the base's
-    "default": Budget("default", 393_216, 131_072, 16, 64, 3),
+    # the competence tier scores seed 1's cells only (about 2 minutes a cell on 2 cores)
+    "default": Budget("default", 393_216, 131_072, 16, 64, 3, competence_seeds=1),
     "full": Budget("full", 2_097_152, 524_288, 32, 128, 5, ("data.val_bytes=65536",)),
     "smoke": Budget("smoke", 2_048, 1_024, 4, 8, 2, TINY, competence_items=8),
 }
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rc != 0:
                     failed.append(f"seed{seed}/{cell}")
         if budget.competence_items and not a.no_competence:
-            for seed in range(1, seeds + 1):
+            for seed in range(1, min(seeds, budget.competence_seeds or seeds) + 1):
                 for cell in competence_cells(claims, cells):
                     run_dir = out / f"seed{seed}" / cell
                     if not finished(run_dir) or evaluated(run_dir / "eval_competence"):
