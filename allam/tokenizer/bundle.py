@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from allam.config import ConfigError
 from allam.tokenizer import hf_folder
 from allam.tokenizer import spm as spm_util
+from allam.tokenizer.chat_template import set_chat_template, write_chat_template
 
 # bump when an algorithm or option changes what gets built, so old cache folders are not reused
 BUILD_VERSION = 1
@@ -30,7 +31,8 @@ Texts = Callable[[str], Iterable[str]]
 class TokenizerBundle:
     """A loaded tokenizer and where it lives.
 
-    tokenizer: the fast tokenizer ``AutoTokenizer.from_pretrained(path)`` returns.
+    tokenizer: the fast tokenizer ``AutoTokenizer.from_pretrained(path)`` returns (for a folder the
+        project built, with the project's chat template set: allam.tokenizer.chat_template).
     path: the folder it loads from (tokenizer.model + configs); a model export copies it.
     name: e.g. "english8k", "mistral7b", "english8k+ar16000", "bilingual16384".
     base: for an expanded tokenizer, the base it grew from (subtoken_mean init needs it); else None.
@@ -56,12 +58,15 @@ def export_tokenizer(bundle: TokenizerBundle, out_dir: Path) -> Path:
 
     The export always ships ``tokenizer.json`` (the fast tokenizer, as loaded and checked equal to
     SentencePiece when the folder was built), so lm-evaluation-harness, vLLM or TGI load it without
-    converting ``tokenizer.model`` (which needs sentencepiece and protobuf)."""
+    converting ``tokenizer.model`` (which needs sentencepiece and protobuf).
+
+    The tokenizer's chat template (allam.tokenizer.chat_template) ships as ``chat_template.jinja``."""
     copied = hf_folder.copy_files(bundle.path, out_dir)
     if not copied:
         bundle.tokenizer.save_pretrained(str(out_dir))
     elif "tokenizer.json" not in copied:
         bundle.tokenizer.backend_tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
+    write_chat_template(bundle.tokenizer, Path(out_dir))
     return Path(out_dir)
 
 
@@ -75,7 +80,8 @@ def safe_name(name: str) -> str:
 
 
 def load_bundle(folder: Path, name: str, base: TokenizerBundle | None = None) -> TokenizerBundle:
-    tok = hf_folder.load(folder, local_files_only=True)
+    """A folder the project built, with the project's chat template set."""
+    tok = set_chat_template(hf_folder.load(folder, local_files_only=True))
     sp_path = folder / hf_folder.SP_FILE
     return TokenizerBundle(tok, folder, name, base, sp_path if sp_path.is_file() else None)
 

@@ -103,7 +103,8 @@ def write_folder(proto, folder: Path, meta: dict) -> Path:
     return _write_atomically(folder, fill, SP_FILE)
 
 
-TOKENIZER_FILES = (SP_FILE, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", META_FILE)
+TOKENIZER_FILES = (SP_FILE, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", META_FILE,
+                   "chat_template.jinja")
 
 
 def _write_unk_backend(folder: Path, proto) -> None:
