@@ -139,6 +139,19 @@ def test_a_file_of_the_other_kind_is_one_line_naming_it(tmp_path):
     write_jsonl(tmp_path / "odd.jsonl", [{"text": "plain"}])
     with pytest.raises(ConfigError, match=r"odd.jsonl line 1 has no 'messages'; expected chat data"):
         chat.read_chat("sft", chat.file_source(tmp_path / "odd.jsonl"))
+    (tmp_path / "broken.jsonl").write_text('{"messages": [\n')
+    with pytest.raises(ConfigError, match=r"^data.sources.sft: .*broken.jsonl line 1 is not valid JSON"):
+        chat.read_chat("sft", chat.file_source(tmp_path / "broken.jsonl"))
+
+
+def test_the_template_strips_content_and_refuses_unknown_roles(bundles):
+    tok = bundles("english").tokenizer
+    padded = [{"role": m["role"], "content": f"  {m['content']}\n"} for m in CONVERSATION]
+    assert tok.apply_chat_template(padded, tokenize=False) == tok.apply_chat_template(CONVERSATION, tokenize=False)
+    assert tok.apply_chat_template(GOOD[:1], tokenize=False, add_generation_prompt=True) == \
+        tok.apply_chat_template(GOOD[:1], tokenize=False)
+    with pytest.raises(Exception, match="unknown role: bot"):
+        tok.apply_chat_template([{"role": "bot", "content": "x"}], tokenize=False)
 
 
 def test_chat_rows_read_from_parquet_and_a_folder(tmp_path, bundles):
@@ -148,6 +161,11 @@ def test_chat_rows_read_from_parquet_and_a_folder(tmp_path, bundles):
     write_jsonl(tmp_path / "f" / "x.jsonl", [{"messages": GOOD}])
     (tmp_path / "f" / "notes.txt").write_text("not read")
     assert chat.read_chat("f", chat.file_source(tmp_path / "f")).rows == [GOOD]
+    import datasets
+
+    datasets.Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b"}]).save_to_disk(str(tmp_path / "ds"))
+    src = chat.file_source(tmp_path / "ds")
+    assert src["loader"] == "hf" and chat.read_preferences("h", src).rows == [([{"role": "user", "content": "q"}], "a", "b")]
 
 
 def test_batches_are_right_padded_to_the_longest(bundles):
@@ -200,6 +218,7 @@ def test_demo_sets_are_seeded_held_out_by_book_and_bilingual(tmp_path):
     firsts = {p.split("\n", 1)[0] for p in prompts}
     assert firsts == {i for d in chat_demo.INSTRUCTIONS.values() for i in d.values()}  # both directions, both languages
     assert {r["rejected_kind"] for r in rows["preference_train"]} == {"neighbour", "wrong_language"}
+    assert all(r["chosen"] != r["rejected"] for name in ("preference_train", "preference_heldout") for r in rows[name])
     assert {r["id"].split()[0] for r in rows["sft_train"]} == {"bible", "hadith"}
     sft = chat.read_chat("demo", chat.file_source(paths["sft_train"]))
     pref = chat.read_preferences("demo", chat.file_source(paths["preference_heldout"]))

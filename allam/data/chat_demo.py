@@ -14,7 +14,7 @@ English or Arabic text equals a held-out pair's text exactly is also left out.
 - SFT (chat rows): a user turn "<instruction>\\n<source text>" and the assistant's translation.
   Directions English→Arabic and Arabic→English, the instruction in English ("Translate into
   Arabic:") or in Arabic ("ترجم إلى العربية:"); the four (direction, instruction language)
-  combinations take turns, so each is a quarter of a set.
+  combinations take turns (row i takes combination i mod 4).
 - Preferences: the same prompts; chosen is the right translation; rejected is, in turn, the
   translation of the neighbouring pair (the next verse of the chapter or hadith of the book; the one
   before for the last) or the right pair in the wrong language (the source text itself). When the
