@@ -64,7 +64,6 @@ def test_sequence_logps_gradients_equal_autograd_and_finite_differences():
     labels = _random_labels(gen, 3, 6, 7)
     logits = (torch.randn(3, 6, 7, generator=gen, dtype=torch.float64) * 2).requires_grad_()
     # float64 finite differences through the custom backward, chunks split inside a row
-    assert torch.autograd.gradcheck(lambda x: sequence_logps(x, labels, chunk=4), (logits,))
     assert torch.autograd.gradcheck(lambda x: sequence_logps(x, labels, average=True, chunk=4), (logits,))
     # and fp32 against plain autograd through log_softmax + gather
     x32 = logits.detach().float().requires_grad_()
@@ -76,6 +75,17 @@ def test_sequence_logps_gradients_equal_autograd_and_finite_differences():
     ((picked * (shifted != -100)).sum(1) * weights).sum().backward()
     assert torch.allclose(x32.grad, ref.grad, atol=1e-6)
     assert x32.grad[:, -1].abs().sum() == 0  # the last position predicts nothing
+
+
+def test_sequence_logps_keeps_no_fp32_copy_of_the_logits_for_the_backward():
+    logits = torch.randn(2, 8, 50, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 8))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        sequence_logps(logits, labels, chunk=3)
+    big = [t for t in saved if t.numel() >= logits.numel()]
+    assert len(big) == 1 and big[0].dtype == torch.bfloat16 and big[0].data_ptr() == logits.data_ptr()
+    assert sum(t.numel() for t in saved if t is not big[0]) <= 2 * 16  # targets and a logsumexp per position
 
 
 # ----------------------------------------------------------------------------- the formulas, float64 scalars
@@ -109,18 +119,19 @@ def test_dpo_loss_and_gradients_equal_the_papers_formulas(loss_type, beta, eps):
     pr.requires_grad_()
     loss, metrics = dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps, loss_type=loss_type)
     loss.backward()
-    rows = [_formula(*map(float, v), beta, eps, loss_type) for v in zip(pc, pr, rc, rr)]
+    pc_, pr_ = pc.detach(), pr.detach()
+    rows = [_formula(*map(float, v), beta, eps, loss_type) for v in zip(pc_, pr_, rc, rr)]
     n = len(rows)
     assert loss.item() == pytest.approx(sum(r[0] for r in rows) / n, rel=1e-12)
     assert pc.grad.tolist() == pytest.approx([r[1] / n for r in rows], rel=1e-10)
     assert pr.grad.tolist() == pytest.approx([-r[1] / n for r in rows], rel=1e-10)
     # metrics: their definitions, in plain Python
-    cr = [beta * (float(a) - float(b)) for a, b in zip(pc, rc)]
-    rj = [beta * (float(a) - float(b)) for a, b in zip(pr, rr)]
+    cr = [beta * (float(a) - float(b)) for a, b in zip(pc_, rc)]
+    rj = [beta * (float(a) - float(b)) for a, b in zip(pr_, rr)]
     want = {"rewards/chosen": sum(cr) / n, "rewards/rejected": sum(rj) / n,
             "rewards/accuracy": sum(a > b for a, b in zip(cr, rj)) / n,
             "rewards/margin": sum(a - b for a, b in zip(cr, rj)) / n,
-            "logps/chosen": sum(map(float, pc)) / n, "logps/rejected": sum(map(float, pr)) / n}
+            "logps/chosen": sum(map(float, pc_)) / n, "logps/rejected": sum(map(float, pr_)) / n}
     assert 0 < want["rewards/accuracy"] < 1  # the random pairs go both ways
     assert set(metrics) == set(METRICS)
     for key in METRICS:
@@ -136,9 +147,11 @@ def test_beta_and_smoothing_move_the_loss_as_the_papers_say():
     def loss(h, **kw):
         return dpo_loss(torch.tensor([h]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), **kw)[0]
 
-    # no preference yet: log 2 at any beta and smoothing
+    # no preference yet: log 2 at any beta and smoothing, and a tie is not a win for the reward accuracy
     for kw in ({}, {"beta": 1.0}, {"beta": 0.3, "label_smoothing": 0.25}):
         assert loss(0.0, **kw).item() == pytest.approx(math.log(2), rel=1e-6)
+    x = torch.full((3,), -7.0)
+    assert dpo_loss(x, x, x - 1, x - 1)[1]["rewards/accuracy"].item() == 0
     # a right-ordered pair: a larger beta lowers the sigmoid loss, a wrong-ordered one raises it
     assert loss(2.0, beta=0.5) < loss(2.0, beta=0.1) < math.log(2) < loss(-2.0, beta=0.1) < loss(-2.0, beta=0.5)
     # smoothing penalizes confidence: at a large margin the smoothed loss is higher and grows again with h;
@@ -229,7 +242,6 @@ def _grads(model):
 
 
 def test_loss_gradients_and_metrics_equal_trl_on_a_tiny_llama(tiny_llama):
-    pytest.importorskip("trl")
     from trl.trainer.utils import add_fused_lm_head
 
     model = tiny_llama

@@ -2,8 +2,8 @@
 reference log-probabilities computed once before training. Pure tensor functions; no Lightning.
 
 - :func:`sequence_logps`: the sum (or mean) over the scored tokens of ``log p(label)`` under a causal LM's logits,
-  in fp32 (fp64 logits stay fp64), a chunk of positions at a time, forward and backward, so neither an fp32 copy of
-  the logits nor a softmax of them is ever alive whole.
+  in fp32 (fp64 logits stay fp64), a chunk of positions at a time in the forward and in the backward; the backward
+  keeps only the logits themselves and one logsumexp per position, no fp32 copy or softmax of the logits.
 - :func:`dpo_loss`: the sigmoid loss of Rafailov et al. (2023) with conservative label smoothing (cDPO), or IPO
   (Azar et al., 2023), and the logged metrics (``rewards/*``, ``logps/*``).
 - :func:`pair_logps`: the chosen and rejected log-probabilities of a preference batch in one forward.
