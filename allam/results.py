@@ -81,6 +81,20 @@ EVAL_FIELDS: dict[str, str] = {
     "leak_candidates": "candidate items the leak check looked at",
 }
 
+# generate.*: what task=generate writes (besides task, run_dir, ckpt, source_run, prompt,
+# wall_seconds, config, generate_config and the provenance keys)
+GENERATE_KEYS: dict[str, str] = {
+    "generate.prompt_text": "the text the model was given: the prompt, or the chat template's rendering of it as one user message",
+    "generate.chat": "True when the chat template made generate.prompt_text",
+    "generate.prompt_tokens": "tokens of generate.prompt_text",
+    "generate.text": "the generated text, special tokens left out",
+    "generate.token_ids": "the generated token ids, the stop token included when one ended the text",
+    "generate.tokens": "generated tokens",
+    "generate.stopped": "end_of_text (a stop token came) or max_new_tokens",
+    "generate.seconds": "wall time of the sampling (loading excluded)",
+    "generate.tokens_per_second": "generate.tokens / generate.seconds",
+}
+
 # the headline metrics a cross-run report shows, in order
 REPORT_METRICS = (
     "val.ar.bpb",

@@ -38,14 +38,29 @@ def compose_overrides(overrides: list[str]) -> list[str]:
     """The command line's overrides as Hydra should compose them. ``data.sources.NAME.FIELD=V``
     (FIELD a SourceConfig field) becomes ``++data.sources.NAME.FIELD=V``: a source's YAML lists only
     the fields it changes, and Hydra refuses to set any other one without a prefix. A NAME that is
-    no source then fails validation (``data.sources.NAME.lang: missing``, naming the sources)."""
+    no source then fails validation (``data.sources.NAME.lang: missing``, naming the sources).
+    ``prompt=TEXT`` is taken literally (:func:`literal`) unless TEXT is already a quoted string."""
     from allam.config.schema import SourceConfig
 
     out = []
     for o in overrides:
         m = re.match(r"data\.sources\.[^.=]+\.(\w+)=", o)
-        out.append("++" + o if m and m.group(1) in SourceConfig.__dataclass_fields__ else o)
+        if o.startswith("prompt="):
+            text = o[len("prompt="):]
+            quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+            out.append(o if quoted else "prompt=" + literal(text))
+        else:
+            out.append("++" + o if m and m.group(1) in SourceConfig.__dataclass_fields__ else o)
     return out
+
+
+def literal(text: str) -> str:
+    """`text` as a quoted Hydra override value that composes back to exactly `text`: commas,
+    colons, '=', quotes, Arabic letters and ``${...}`` (no interpolation) included."""
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)  # a quote, and backslashes before it
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)  # no interpolation
+    text = re.sub(r"(\\*)\Z", lambda m: m.group(1) * 2, text)  # backslashes before the closing quote
+    return "'" + text + "'"
 
 
 def explain_compose_error(exc: BaseException) -> str:

@@ -236,6 +236,7 @@ def validate(cfg: DictConfig) -> None:
         d.sources[name] = source(name, d.sources[name], complete)
     stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
+    generation(cfg)
 
 
 def evaluation(e) -> None:
@@ -250,6 +251,21 @@ def evaluation(e) -> None:
         _positive(f"eval.{key}", e[key])
     if e.data_dir and not Path(str(e.data_dir)).expanduser().is_dir():
         _fail("eval.data_dir", e.data_dir, "no such folder (it holds local copies of hub datasets as <folder>/<dataset_path>)")
+
+
+def generation(cfg) -> None:
+    """task=generate's rules: a prompt to send, and sampling settings that mean something."""
+    g = cfg.generate
+    if cfg.task == "generate" and cfg.prompt is None:
+        _fail("prompt", None, 'task=generate needs prompt="<text to continue or ask>"')
+    _positive("generate.max_new_tokens", g.max_new_tokens)
+    if not (math.isfinite(g.temperature) and g.temperature >= 0):
+        _fail("generate.temperature", g.temperature, "must be a number >= 0 (0: greedy)")
+    if not (0.0 < g.top_p <= 1.0):
+        _fail("generate.top_p", g.top_p, "must be in (0, 1] (1: no nucleus cut)")
+    _positive("generate.seed", g.seed, allow_zero=True)
+    if str(g.chat).lower() not in ("auto", "true", "false"):
+        _fail("generate.chat", g.chat, "allowed: auto, true, false")
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SEED_KEYS = ("trainer.seed", "init.seed", "data.seed")  # what changes between the seeds of one experiment
 CONF_DIR = ROOT / "conf"
 # what `task=` may name; allam.tasks runs each as the module allam.tasks.<name, "-" as "_">
-TASKS = ("train", "plan", "tokenizer-report", "export", "report", "eval")
+TASKS = ("train", "plan", "tokenizer-report", "export", "report", "eval", "generate")
 
 
 class StrEnum(str, Enum):
@@ -363,6 +363,19 @@ class EvalConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """How task=generate samples (`generate.*`; the prompt is the top-level `prompt`)."""
+
+    max_new_tokens: int = 128  # stop after this many new tokens (or earlier at the end-of-text token)
+    temperature: float = 0.7  # 0: greedy (the most likely token each step); above 0: sample from softmax(logits / T)
+    top_p: float = 0.9  # nucleus sampling: draw only from the smallest set of tokens whose probability reaches top_p (1: all)
+    seed: int = 1234  # seeds torch before sampling: the same seed gives the same text
+    # auto: one user message through the tokenizer's chat template when it has one, else plain
+    # text; true: the template (one-line error when the tokenizer has none); false: plain text
+    chat: Union[bool, str] = "auto"
+
+
+@dataclass
 class PathsConfig:
     root: str = str(ROOT)
     cache_dir: str = "${oc.env:ALLAM_CACHE,${paths.root}/.cache}"
@@ -371,8 +384,9 @@ class PathsConfig:
 
 @dataclass
 class AllamConfig:
-    task: str = "train"  # a name from TASKS above (train, plan, tokenizer-report, export, report, eval)
-    ckpt: Optional[str] = None  # checkpoint for resume / export; task=eval: also a run dir or Hugging Face folder
+    task: str = "train"  # a name from TASKS above (train, plan, tokenizer-report, export, report, eval, generate)
+    ckpt: Optional[str] = None  # checkpoint for resume / export; task=eval, generate: also a run dir or Hugging Face folder
+    prompt: Optional[str] = None  # task=generate: the text to continue, or the user message under a chat template
     report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
     report_mix_commits: bool = False  # task=report: let one claim arm hold runs from different git commits
     export: bool = True  # export a Hugging Face folder at the end of training
@@ -386,6 +400,7 @@ class AllamConfig:
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

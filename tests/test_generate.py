@@ -1,0 +1,153 @@
+"""task=generate: greedy equals transformers' generate, seeds, run directories as ckpt, chat
+templates, one-line errors, and the streamed text (on the session's tiny English Llama)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from allam.config import ConfigError, validate
+from allam.results import GENERATE_KEYS
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def hf(english_checkpoint):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(english_checkpoint), dtype="float32").eval()
+    return model, AutoTokenizer.from_pretrained(str(english_checkpoint))
+
+
+def _results(tmp_path) -> dict:
+    return json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+
+
+def test_greedy_equals_model_generate_and_streams_what_it_returns(cli, tmp_path, english_checkpoint, hf, capsys):
+    """The command line's prompt is taken literally (commas, colons, ${...}, Arabic); greedy
+    decoding gives transformers' own greedy tokens; the terminal shows the returned text."""
+    model, tok = hf
+    prompt = "In the beginning, said he: ${x} مرحبا"
+    assert cli("task=generate", f"ckpt={english_checkpoint}", f"prompt={prompt}", "generate.temperature=0",
+               "generate.max_new_tokens=12", "generate.chat=false") is None
+    res = _results(tmp_path)
+    assert res["task"] == "generate" and res["prompt"] == prompt and res["generate.chat"] is False
+    assert res["source_run"] is None and res["generate.prompt_text"] == prompt
+    assert {k for k in res if k.startswith("generate.")} == set(GENERATE_KEYS)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)[0, ids.shape[1]:]
+    assert res["generate.token_ids"] == ref.tolist() and res["generate.tokens"] == len(ref)
+    assert res["generate.prompt_tokens"] == ids.shape[1] and res["generate.seconds"] > 0
+    text = res["generate.text"]
+    assert text.strip() == tok.decode(ref, skip_special_tokens=True).strip() != ""
+    assert tok.decode(ids[0].tolist() + ref.tolist(), skip_special_tokens=True).endswith(text)
+    out = capsys.readouterr().out
+    assert f"{text}\ngenerated {len(ref)} tokens in " in out
+
+
+def test_a_seed_reproduces_a_sample_and_another_seed_differs(hf, capsys):
+    from allam.tasks.generate import Echo, continuation, sample
+
+    model, tok = hf
+    ids = tok("The kingdom of heaven").input_ids
+    gen = OmegaConf.create({"temperature": 1.0, "top_p": 1.0, "seed": 7})
+    stream = Echo(tok, ids)
+    first = sample(model, tok, ids, gen, 16, streamer=stream)
+    assert capsys.readouterr().out == continuation(tok, ids, first) + "\n"
+    assert sample(model, tok, ids, gen, 16) == first
+    assert sample(model, tok, ids, OmegaConf.merge(gen, {"seed": 8}), 16) != first
+    greedy = sample(model, tok, ids, OmegaConf.merge(gen, {"temperature": 0}), 16)
+    assert greedy == sample(model, tok, ids, OmegaConf.merge(gen, {"temperature": 0, "seed": 8}), 16)
+
+
+def test_a_run_directory_works_as_ckpt(make_cfg, tmp_path, english_checkpoint, hf):
+    """A run directory (config.yaml, model_config.json, checkpoints/last.ckpt, as training writes
+    them) samples what its Hugging Face export samples; the tokenizer is rebuilt from its config."""
+    from allam.tasks import generate
+    from allam.tasks.train import save_run_config
+
+    model, tok = hf
+    run = tmp_path / "trained"
+    run.mkdir()
+    save_run_config(make_cfg(out=run), model.config, run)
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               run / "checkpoints" / "last.ckpt")
+    args = ("task=generate", "prompt=The kingdom of heaven", "generate.temperature=0", "generate.max_new_tokens=8")
+    res = generate.run(make_cfg(*args, f"ckpt={run}", out=tmp_path / "from-run"))
+    again = generate.run(make_cfg(*args, f"ckpt={english_checkpoint}", out=tmp_path / "from-hf"))
+    assert res["source_run"] == str(run.resolve()) and res["ckpt"] == str((run / "checkpoints" / "last.ckpt").resolve())
+    assert res["generate.token_ids"] == again["generate.token_ids"] and len(res["generate.token_ids"]) == 8
+    assert res["generate.prompt_text"] == again["generate.prompt_text"]
+    assert res["config"]["paths"]["output_dir"] == str(run)  # the run's own config, not this command's
+
+
+def test_a_chat_template_carries_the_prompt_as_one_user_message(make_cfg, tmp_path, english_checkpoint, hf):
+    from transformers import AutoTokenizer
+
+    from allam.tasks import generate
+
+    tok = hf[1]  # the project's bundles carry a chat template: chat=auto uses it
+    text, ids, used = generate.prompt_ids(tok, "Who wrote Psalms?", "auto")
+    assert used and text == tok.apply_chat_template([{"role": "user", "content": "Who wrote Psalms?"}],
+                                                    tokenize=False, add_generation_prompt=True)
+    assert ids == tok(text, add_special_tokens=False).input_ids and ids.count(tok.bos_token_id) == 1
+
+    folder = tmp_path / "chat-model"
+    shutil.copytree(english_checkpoint, folder)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(str(folder))
+    args = (f"ckpt={folder}", "task=generate", "prompt=Who wrote Psalms?", "generate.max_new_tokens=4")
+    res = generate.run(make_cfg(*args, out=tmp_path / "auto"))
+    rendered = "<s><|user|>\nWho wrote Psalms?\n<|assistant|>\n"
+    assert res["generate.chat"] is True and res["generate.prompt_text"] == rendered
+    ids = tok(rendered, add_special_tokens=False).input_ids
+    assert res["generate.prompt_tokens"] == len(ids) and ids.count(tok.bos_token_id) == 1
+    plain = generate.run(make_cfg(*args, "generate.chat=false", out=tmp_path / "plain"))
+    assert plain["generate.chat"] is False and plain["generate.prompt_text"] == "Who wrote Psalms?"
+
+
+def test_chat_without_a_template_is_one_line_before_the_model_loads(cli, tmp_path, english_checkpoint, monkeypatch):
+    from allam.eval import load
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(english_checkpoint, folder)
+    (folder / "chat_template.jinja").unlink()
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(load, "load_model", no_model)
+    line = cli("task=generate", f"ckpt={folder}", "prompt=hello", "generate.chat=true")
+    assert line is not None and "\n" not in line
+    assert line.startswith("error: generate.chat=true: this tokenizer has no chat template")
+    assert "generate.chat=false" in line
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("generate.temperature=-0.5", "generate.temperature=-0.5: must be a number >= 0"),
+    ("generate.top_p=0", "generate.top_p=0.0: must be in (0, 1]"),
+    ("generate.top_p=1.5", "generate.top_p=1.5: must be in (0, 1]"),
+    ("generate.max_new_tokens=0", "generate.max_new_tokens=0: must be positive"),
+    ("generate.seed=-1", "generate.seed=-1: must be non-negative"),
+    ("generate.chat=maybe", "generate.chat=maybe: allowed: auto, true, false"),
+    ("prompt=null", "prompt=None: task=generate needs prompt="),
+])
+def test_generate_settings_fail_in_one_line(make_cfg, bad, says):
+    cfg = make_cfg("task=generate", "prompt=hi", bad)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)
+
+
+def test_generate_needs_a_ckpt(make_cfg):
+    from allam.tasks import generate
+
+    with pytest.raises(ConfigError, match="^ckpt=None: task=generate needs ckpt="):
+        generate.run(make_cfg("task=generate", "prompt=hi"))
