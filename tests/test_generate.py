@@ -151,3 +151,35 @@ def test_generate_needs_a_ckpt(make_cfg):
 
     with pytest.raises(ConfigError, match="^ckpt=None: task=generate needs ckpt="):
         generate.run(make_cfg("task=generate", "prompt=hi"))
+
+
+def test_the_prompt_is_taken_literally_from_the_command_line():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from allam.config.errors import compose_overrides
+
+    parser = OverridesParser.create()
+    for text in ("it's \\' a \"quote\"", "back\\slash\\", "\\${x} and ${y}", "two\nlines\\\n", "", "true", "a=b, c"):
+        (arg,) = compose_overrides([f"prompt={text}"])
+        assert OmegaConf.create({"prompt": parser.parse_override(arg).value()}).prompt == text, arg
+    assert compose_overrides(["prompt='already, quoted'"]) == ["prompt='already, quoted'"]
+
+
+def test_generation_stops_at_end_of_text_and_fits_the_context(hf):
+    import copy
+
+    from allam.tasks.generate import new_token_budget, sample, stop_ids
+
+    model, tok = hf
+    assert model.config.max_position_embeddings == 128 and stop_ids(model, tok) == [tok.eos_token_id]
+    assert new_token_budget(model, 10, 50) == 50 and new_token_budget(model, 100, 50) == 28
+    with pytest.raises(ConfigError, match="^prompt: 128 tokens, but the model's context is 128 tokens"):
+        new_token_budget(model, 128, 1)
+    eos_only = copy.deepcopy(model)  # a head whose every logit is 0 but end-of-text's
+    eos_only.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    torch.nn.init.zeros_(eos_only.lm_head.weight)
+    with torch.no_grad():
+        eos_only.lm_head.bias.zero_()[tok.eos_token_id] = 10.0
+    ids = tok("The kingdom of heaven").input_ids
+    gen = OmegaConf.create({"temperature": 0, "top_p": 1.0, "seed": 0})
+    assert sample(eos_only, tok, ids, gen, 16) == [tok.eos_token_id]
