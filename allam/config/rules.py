@@ -237,6 +237,7 @@ def validate(cfg: DictConfig) -> None:
     stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
     generation(cfg)
+    objective(cfg.objective, ini)
 
 
 def evaluation(e) -> None:
@@ -266,6 +267,27 @@ def generation(cfg) -> None:
     _positive("generate.seed", g.seed, allow_zero=True)
     if str(g.chat).lower() not in ("auto", "true", "false"):
         _fail("generate.chat", g.chat, "allowed: auto, true, false")
+
+
+def objective(obj, ini) -> None:
+    """The training objective's rules: sft and dpo continue a trained model (DPO's reference is the
+    starting model; SFT teaches a format, not the language) and need training data; dpo's loss
+    settings are in range. A file of the other kind is the reader's one-line error (allam.data.chat)."""
+    if obj.name == "pretrain":
+        return
+    if not is_pretrained(ini.name):
+        _fail("init", ini.name, f"objective={obj.name} continues a trained model: use init=pretrained "
+              "init.checkpoint=<run>/hf (or a Hugging Face folder)")
+    if not obj.train:
+        _fail("objective.train", None, "needs training data: a JSONL/parquet file, a folder or glob of them, or demo")
+    _positive("objective.epochs", obj.epochs)
+    _positive("objective.max_examples", obj.max_examples)
+    if not (math.isfinite(obj.beta) and obj.beta > 0):
+        _fail("objective.beta", obj.beta, "must be a number > 0")
+    if not 0.0 <= obj.label_smoothing < 0.5:
+        _fail("objective.label_smoothing", obj.label_smoothing, "must be in [0, 0.5)")
+    if obj.label_smoothing and obj.loss_type != "sigmoid":
+        _fail("objective.label_smoothing", obj.label_smoothing, "applies to objective.loss_type=sigmoid only; set it to 0")
 
 
 def to_dict(cfg: DictConfig) -> dict:

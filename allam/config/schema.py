@@ -375,6 +375,34 @@ class GenerateConfig:
     chat: Union[bool, str] = "auto"
 
 
+class ObjectiveName(StrEnum):
+    pretrain = "pretrain"  # next-token loss on packed blocks of the data group's sources
+    sft = "sft"  # supervised fine-tuning on chat rows, loss on the assistant tokens only
+    dpo = "dpo"  # direct preference optimization on (prompt, chosen, rejected) rows
+
+
+class PreferenceLoss(StrEnum):
+    sigmoid = "sigmoid"  # DPO (Rafailov et al. 2023), with conservative label smoothing
+    ipo = "ipo"  # IPO (Azar et al. 2023)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Group `objective`: what the trainer optimizes (pretrain, sft, dpo). sft and dpo read chat or
+    preference data (allam.data.chat) instead of the data group's sources."""
+
+    name: ObjectiveName = ObjectiveName.pretrain
+    # sft/dpo training data: a JSONL/parquet file, a folder or glob of them, or `demo` (the offline
+    # translation sets, written once into <paths.cache_dir>/post_training by allam.data.chat_demo)
+    train: Optional[str] = None
+    val: Optional[str] = None  # sft/dpo held-out data, the same forms; None: no post-training validation
+    epochs: int = 1  # passes over the training examples (sets the steps unless trainer.max_steps is set)
+    max_examples: Optional[int] = None  # use only the first N training examples (None: all); a quick run
+    beta: float = 0.1  # dpo: scale of the implicit reward beta * (log pi - log pi_ref)
+    label_smoothing: float = 0.0  # dpo, sigmoid loss: probability the preference label is wrong (cDPO)
+    loss_type: PreferenceLoss = PreferenceLoss.sigmoid  # dpo: sigmoid (DPO) or ipo
+
+
 @dataclass
 class PathsConfig:
     root: str = str(ROOT)
@@ -401,6 +429,7 @@ class AllamConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
