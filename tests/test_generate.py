@@ -183,3 +183,20 @@ def test_generation_stops_at_end_of_text_and_fits_the_context(hf):
     ids = tok("The kingdom of heaven").input_ids
     gen = OmegaConf.create({"temperature": 0, "top_p": 1.0, "seed": 0})
     assert sample(eos_only, tok, ids, gen, 16) == [tok.eos_token_id]
+
+
+def test_sampling_is_softmax_over_logits_at_temperature_without_a_top_k_cut(hf):
+    """At top_p=1 the tokens are those a plain loop draws from softmax(logits / T) over the whole
+    vocabulary with the same seed (a top-k cut of 50 would draw other tokens from this flat model)."""
+    from allam.tasks.generate import sample
+
+    model, tok = hf
+    ids = tok("The kingdom of heaven").input_ids
+    got = sample(model, tok, ids, OmegaConf.create({"temperature": 0.8, "top_p": 1.0, "seed": 3}), 8)
+    torch.manual_seed(3)
+    seq = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(8):
+            probs = torch.softmax(model(seq).logits[:, -1].float() / 0.8, dim=-1)
+            seq = torch.cat([seq, torch.multinomial(probs, num_samples=1)], dim=1)
+    assert got == seq[0, len(ids):].tolist()
