@@ -200,3 +200,19 @@ def test_sampling_is_softmax_over_logits_at_temperature_without_a_top_k_cut(hf):
             probs = torch.softmax(model(seq).logits[:, -1].float() / 0.8, dim=-1)
             seq = torch.cat([seq, torch.multinomial(probs, num_samples=1)], dim=1)
     assert got == seq[0, len(ids):].tolist()
+
+
+@pytest.mark.slow
+def test_a_trained_run_and_its_export_generate_the_same(make_cfg, tmp_path):
+    """A real run (one step of the micro model, exported): greedy from the run directory equals
+    greedy from its Hugging Face export (the hand-made run directory above covers this path fast)."""
+    from allam.tasks import generate, train
+
+    run = tmp_path / "run"
+    train.run(make_cfg("model=micro", "data.batch_size=2", "data.val_bytes=3000", "trainer.max_steps=1", out=run))
+    args = ("task=generate", "prompt=The kingdom of heaven", "generate.temperature=0", "generate.max_new_tokens=6")
+    from_run = generate.run(make_cfg(*args, f"ckpt={run}", out=tmp_path / "g-run"))
+    from_hf = generate.run(make_cfg(*args, f"ckpt={run / 'hf'}", out=tmp_path / "g-hf"))
+    assert from_run["source_run"] == from_hf["source_run"] == str(run.resolve())
+    assert from_run["generate.token_ids"] == from_hf["generate.token_ids"]
+    assert from_run["generate.prompt_text"] == from_hf["generate.prompt_text"]
