@@ -122,6 +122,19 @@ def validation_keys(final: dict[str, dict], start: dict[str, dict] | None = None
     return out
 
 
+def objective_keys(objective: str, final: dict[str, dict], start: dict[str, dict] | None = None) -> dict[str, Any]:
+    """objective, val.<sft|dpo>.<metric> and start.val.<sft|dpo>.<metric> of a post-training run
+    (allam.train.post: loss, and for dpo reward_accuracy, margin, chosen/rejected rewards and
+    log-probabilities); nothing for pretraining, whose scores are per language."""
+    if objective == "pretrain":
+        return {}
+    out: dict[str, Any] = {"objective": objective}
+    for prefix, scores in (("val", final), ("start.val", start or {})):
+        for name, vals in scores.items():
+            out.update({f"{prefix}.{name}.{k}": v for k, v in vals.items()})
+    return out
+
+
 def carried_flops(checkpoint: str | None) -> float | None:
     """FLOPs already spent on a checkpoint: the ``train.total_flops`` of the training run whose
     export it is (``<run dir>/hf`` next to ``<run dir>/results.json``). None when that is unknown

@@ -98,6 +98,16 @@ def build_model(model_cfg, init, tok, bundle, attention: str):
 
 
 def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None):
+    """Packed pretraining blocks (objective=pretrain), or the padded chat / preference examples of
+    objective=sft | dpo (no longer than model.seq_len tokens)."""
+    if cfg.objective.name != "pretrain":
+        from allam.data.post_datamodule import PostTrainingDataModule
+
+        t = cfg.trainer
+        return PostTrainingDataModule(cfg.objective, tokenizer, max_length=min(cfg.model.seq_len, max_seq_len or cfg.model.seq_len),
+                                      batch_size=cfg.data.batch_size, accumulate=t.accumulate_grad_batches,
+                                      world=world_size(t), seed=cfg.data.seed, cache_dir=cache_dir(cfg) / "post_training",
+                                      max_steps=t.max_steps)
     from allam.data.datamodule import AllamDataModule
 
     return AllamDataModule(

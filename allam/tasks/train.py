@@ -85,7 +85,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     fingerprint = dm.fingerprint()
     if ckpt is not None:  # checked before anything is written into the run directory
         shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items() if not k.endswith("inv_freq")}
-        step = check_resume(ckpt, to_dict(cfg), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps,
+        step = check_resume(ckpt, resume_config(cfg, ckpt), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps,
                             sharded=str(cfg.trainer.strategy) == "fsdp")
         log.info("resuming from %s (step %d)", ckpt, step)
     if _global_rank() == 0:  # the lock holder: no other command writes in this run directory
@@ -93,7 +93,8 @@ def _train(cfg: DictConfig, out: Path) -> dict:
             log.info("removed an unfinished checkpoint write: %s", path)
     save_run_config(cfg, spec.config, out)
 
-    steps = total_steps(cfg.data, cfg.model, cfg.trainer)
+    post = cfg.objective.name != "pretrain"  # sft | dpo: steps from examples x epochs / global batch
+    steps = dm.steps if post else total_steps(cfg.data, cfg.model, cfg.trainer)
     counts = parameter_counts(meta)
     fpt = flops_per_token(spec.config, counts["non_embedding"], cfg.model.seq_len)
     module = training_module(cfg, spec, token_byte_lengths(bundle.tokenizer), dm.val_languages, steps)
@@ -104,6 +105,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tps:,}", out)
 
     start_val = score_start(trainer, module, dm) if is_pretrained(cfg.init.name) and ckpt is None else {}
+    start_post, module.final_post = dict(getattr(module, "final_post", {})), {}
     status, failure = "finished", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True if ckpt else None)
@@ -159,6 +161,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         R.CURVE_KEY: throughput.curve,
         **R.eval_keys(evaluator.final if evaluator else {}),
         "data": dm.mix_report(),
+        **R.objective_keys(str(cfg.objective.name), module.final_post, start_post),
     }
     if status == "preempted":
         results["checkpoint"] = str(stopped["checkpoint"] if stopped else preemption.saved)
@@ -215,9 +218,15 @@ def training_module(cfg: DictConfig, spec, token_bytes, val_languages: list[str]
     from allam.train.module import CausalLM
 
     t = cfg.trainer
+    post = {}
+    if cfg.objective.name != "pretrain":  # the SFT or DPO step on the same module (allam.train.post)
+        from allam.train.post import PostTrainingLM as CausalLM  # noqa: F811
+
+        post = {"objective": cfg.objective, "accumulate": t.accumulate_grad_batches}
     return CausalLM(
         spec,
         cfg.optim,
+        **post,
         total_steps=steps,
         token_bytes=token_bytes,
         val_languages=val_languages,
@@ -228,6 +237,19 @@ def training_module(cfg: DictConfig, spec, token_bytes, val_languages: list[str]
         cross_entropy=resolve_cross_entropy(t.cross_entropy, device_type(t), compute_dtype(t.precision)),
         cross_entropy_chunk=t.cross_entropy_chunk,
     )
+
+
+def resume_config(cfg: DictConfig, ckpt: Path) -> dict:
+    """The config a resume is checked against: a pretraining run's checkpoint saved before the
+    objective group existed records no `objective`, and resumes as the pretraining it was."""
+    from allam.train.checkpointing import read_meta
+
+    config = to_dict(cfg)
+    if config["objective"]["name"] == "pretrain":
+        saved = (read_meta(ckpt).get("allam") or {}).get("config") or {}
+        if saved and "objective" not in saved:
+            config.pop("objective")
+    return config
 
 
 def save_run_config(cfg: DictConfig, model_config, out: Path) -> None:

@@ -51,6 +51,14 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
     return measured_cpu_tflops(), "measured fp32 matmul rate of this CPU"
 
 
+def batch_positions(batch) -> int:
+    """Input positions of a micro-batch: a packed block [B, seq_len + 1] has B x seq_len; a padded
+    post-training batch (a dict) counts every ``*input_ids`` position, padding included."""
+    if isinstance(batch, dict):
+        return int(sum(v.numel() for k, v in batch.items() if k.endswith("input_ids")))
+    return int(batch.shape[0] * (batch.shape[1] - 1))
+
+
 class Throughput(L.Callback):
     """Logs train/tokens, train/tokens_per_s, train/mfu and the learning rate.
 
@@ -88,7 +96,7 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        n = int(batch.shape[0] * (batch.shape[1] - 1)) * trainer.world_size
+        n = batch_positions(batch) * trainer.world_size
         self.tokens += n
         self._window_tokens += n
         self.train_seconds += now - self._t_last

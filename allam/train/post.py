@@ -1,0 +1,157 @@
+"""Post-training steps on the same LightningModule (objective=sft | dpo): the model, sharding,
+optimizer, schedule, clipping and guards are CausalLM's; only the steps and validation differ.
+
+- SFT: the summed cross-entropy over the label tokens (the assistant answers) divided by the label
+  tokens of the whole global batch (every rank, every accumulated micro-batch: the datamodule counts
+  them from the data), so 2 ranks of B examples train exactly as 1 rank of 2B. ``train/loss`` is
+  that global loss per label token; validation logs ``val/sft/loss`` (held-out loss per answer token).
+- DPO: one forward over chosen and rejected (allam.train.dpo.pair_logps), the loss of
+  allam.train.dpo.dpo_loss against the reference log-probabilities, which are the starting model's:
+  computed once under ``no_grad`` with the policy itself before its first update (no second model),
+  for every training and held-out example, each rank its share, gathered, and saved in every
+  checkpoint so a resumed run never recomputes them with trained weights. Logged as
+  ``train/`` and ``val/dpo/``: loss, reward_accuracy, margin, chosen_reward, rejected_reward,
+  chosen_logps, rejected_logps. The IPO loss uses log-probabilities per answer token (TRL's form);
+  the sigmoid loss their sums.
+"""
+from __future__ import annotations
+
+import torch
+
+from allam.train.dpo import IGNORE_INDEX, dpo_loss, pair_logps, reference_logps
+from allam.train.module import CausalLM
+
+DPO_METRICS = {"rewards/accuracy": "reward_accuracy", "rewards/margin": "margin", "rewards/chosen": "chosen_reward",
+               "rewards/rejected": "rejected_reward", "logps/chosen": "chosen_logps", "logps/rejected": "rejected_logps"}
+
+
+class PostTrainingLM(CausalLM):
+    """CausalLM with the SFT or DPO step (`objective`: the objective config; `datamodule`: the
+    PostTrainingDataModule whose examples the DPO reference covers)."""
+
+    def __init__(self, model, optim_cfg, objective, *, accumulate: int = 1, **kwargs) -> None:
+        kwargs.setdefault("val_languages", [])
+        super().__init__(model, optim_cfg, **kwargs)
+        self.objective = str(objective.name)
+        self.beta, self.label_smoothing = float(objective.beta), float(objective.label_smoothing)
+        self.loss_type = str(objective.loss_type)
+        self.average = self.loss_type == "ipo"
+        self.accumulate = int(accumulate)
+        self.reference: dict[str, torch.Tensor] | None = None  # split -> [n, 2] (chosen, rejected), DPO
+        self.final_post: dict[str, dict[str, float]] = {}  # {"sft"|"dpo": {metric: value}} of the last validation
+        self._step_sum = None
+        self._micro = 0
+
+    # ------------------------------------------------------------------ reference (DPO)
+    def _ensure_reference(self) -> None:
+        if self.objective != "dpo" or self.reference is not None:
+            return
+        dm = self.trainer.datamodule
+        self.reference = {split: self._reference_table(dm, split) for split in ("train", "val")}
+
+    def _reference_table(self, dm, split: str) -> torch.Tensor:
+        """[n, 2] log-probabilities of the current (initial) model for every example of `split`:
+        each rank scores its share, and every rank gets the whole table."""
+        n = len(dm.train if split == "train" else dm.val)
+        local = reference_logps(self.model, dm.shared_batches(split), average=self.average)
+        parts = [local]
+        if self.trainer.world_size > 1:
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, local)
+        table = torch.full((n, 2), float("nan"), dtype=torch.float64)
+        for part in parts:
+            for i, (c, r) in part.items():
+                if i >= 0:  # negative: a padding row (allam.data.post_datamodule)
+                    table[i] = torch.tensor([c, r], dtype=torch.float64)
+        if n and torch.isnan(table).any():
+            raise RuntimeError(f"reference log-probabilities missing for {int(torch.isnan(table).any(1).sum())} {split} examples")
+        return table
+
+    def on_train_start(self) -> None:
+        self._ensure_reference()
+
+    def on_validation_start(self) -> None:
+        self._ensure_reference()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.reference is not None:
+            checkpoint["dpo_reference"] = {k: v.clone() for k, v in self.reference.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "dpo_reference" in checkpoint:
+            self.reference = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in checkpoint["dpo_reference"].items()}
+
+    def _dpo(self, batch: dict, split: str) -> tuple[torch.Tensor, ...]:
+        """Policy chosen and rejected log-probabilities of a batch, and the reference ones."""
+        pc, pr = pair_logps(self.model, batch, average=self.average)
+        ref = self.reference[split].to(pc.device)[batch["index"].clamp_min(0)]
+        return pc, pr, ref[:, 0], ref[:, 1]
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        world = self.trainer.world_size
+        if self.objective == "dpo":
+            loss, metrics = dpo_loss(*self._dpo(batch, "train"), beta=self.beta,
+                                     label_smoothing=self.label_smoothing, loss_type=self.loss_type)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
+            for key, name in DPO_METRICS.items():
+                self.log(f"train/{name}", metrics[key], on_step=True, on_epoch=False, sync_dist=world > 1)
+            self._last_loss = loss.detach()
+            return loss
+        inputs, targets = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
+        count = (targets != IGNORE_INDEX).sum()
+        summed = self.model.next_token_loss(inputs, targets) * count  # the chunked loss is a mean over label tokens
+        global_tokens = batch["label_tokens"].clamp_min(1).to(summed.dtype)
+        # gradients are averaged over ranks and micro-batches: scale back to sum / global label tokens
+        loss = summed * (world * self.accumulate) / global_tokens
+        self._step_sum = summed.detach() if self._step_sum is None else self._step_sum + summed.detach()
+        self._micro += 1
+        if self._micro == self.accumulate:  # the optimizer step's last micro-batch
+            step_loss = self._step_sum * world / global_tokens  # mean over ranks: the global loss
+            self.log("train/loss", step_loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
+            self._last_loss = step_loss
+            self._step_sum, self._micro = None, 0
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(1 + len(DPO_METRICS) + 1, dtype=torch.float64)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        sums = self._val_sums
+        if self.objective == "sft":
+            inputs, targets = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
+            count = (targets != IGNORE_INDEX).sum()
+            loss = self.model.next_token_loss(inputs, targets)
+            sums[0] += float(loss) * int(count)
+            sums[-1] += int(count)
+            return
+        pc, pr, rc, rr = self._dpo(batch, "val")
+        valid = batch["valid"]
+        if not valid.any():
+            return
+        loss, metrics = dpo_loss(pc[valid], pr[valid], rc[valid], rr[valid], beta=self.beta,
+                                 label_smoothing=self.label_smoothing, loss_type=self.loss_type)
+        n = int(valid.sum())
+        sums[0] += float(loss) * n
+        for j, key in enumerate(DPO_METRICS, 1):
+            sums[j] += float(metrics[key]) * n
+        sums[-1] += n
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._val_sums.to(self.device)
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        sums = sums.tolist()
+        count = sums[-1]
+        if not count:
+            return
+        if self.objective == "sft":
+            out = {"loss": sums[0] / count, "tokens": int(count)}
+        else:
+            out = {"loss": sums[0] / count, **{name: sums[j] / count for j, name in enumerate(DPO_METRICS.values(), 1)},
+                   "pairs": int(count)}
+        for name, value in out.items():
+            if name not in ("tokens", "pairs"):  # every rank holds the summed value: the sync is a no-op mean
+                self.log(f"val/{self.objective}/{name}", value, prog_bar=name == "loss", sync_dist=True)
+        self.final_post = {self.objective: out}
+        self.final_val_step = self.global_step
