@@ -1,0 +1,229 @@
+"""Post-training through the same trainer (objective=sft | dpo): the loss only on answer tokens,
+equal to a hand computation; resume at the same position; DPO's first step against references
+computed by hand; SFT then DPO then export end to end; the global batch independent of the number
+of ranks (datamodule positions; 2-process FSDP2 runs equal one process); the recipes' sizing."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from allam.config import CONF_DIR, ROOT
+from conftest import run_inprocess
+
+# a micro model (english_checkpoint: 2 layers, 64 wide, 128 positions), 32 or 16 demo examples
+POST = ["model=micro", "model.seq_len=128", "data.batch_size=4", "trainer.log_every_n_steps=1", "logger=csv",
+        "trainer.progress_bar=false", "optim.warmup_steps=1"]
+SFT = ["objective=sft", "objective.max_examples=32", "trainer.max_steps=4", "trainer.checkpoint_every_steps=2", *POST]
+DPO = ["objective=dpo", "objective.max_examples=16", "objective.epochs=1", *POST]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader((Path(run_dir) / "csv" / "metrics.csv").open()))
+
+
+def _train(run_dir: Path, key: str = "train/loss") -> list[float]:
+    return [float(r[key]) for r in _rows(run_dir) if r.get(key)]
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def _compose(cache_dir: Path, *overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose("config", overrides=[f"paths.cache_dir={cache_dir}", "paths.output_dir=/nonexistent", *overrides])
+
+
+def _datamodule(cache_dir: Path, *overrides: str):
+    """The post-training datamodule a run with these overrides builds, and its tokenizer."""
+    from allam.tasks import builders
+
+    cfg = _compose(cache_dir, *overrides)
+    tok = builders.build_tokenizer(cfg).tokenizer
+    dm = builders.build_datamodule(cfg, tok, max_seq_len=128)
+    dm.prepare()
+    return dm, tok
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, cache_dir, english_checkpoint):
+    """One 4-step SFT run from the tiny English checkpoint (checkpoints at steps 2 and 4), shared."""
+    out = tmp_path_factory.mktemp("sft-run")
+    assert run_inprocess([*SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}"], cache_dir, out) is None
+    return out
+
+
+def test_sft_trains_on_answer_tokens_only(sft_run, cache_dir, english_checkpoint):
+    """Step 0's logged loss equals the summed cross-entropy of the starting model over the answer
+    tokens of the first global batch divided by their number, and the labels are the answers."""
+    from transformers import AutoModelForCausalLM
+
+    res = _results(sft_run)
+    assert res["status"] == "finished" and res["objective"] == "sft" and res["train.steps"] == 4
+    assert res["val.sft.loss"] < res["start.val.sft.loss"]  # four steps at LR 1e-3 already lower the held-out loss
+    assert (sft_run / "hf" / "chat_template.jinja").exists()  # the export ships the template
+
+    dm, tok = _datamodule(cache_dir, *SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}")
+    batch = dm.train_batch(0)
+    labels = batch["labels"]
+    for i in range(len(labels)):
+        scored = [t for t in labels[i].tolist() if t != -100]
+        text = tok.decode(scored, skip_special_tokens=True)
+        prompt = tok.decode([t for t, l in zip(batch["input_ids"][i].tolist(), labels[i].tolist())
+                             if l == -100 and t != dm.pad], skip_special_tokens=True)
+        assert text.strip() and text.strip() not in prompt  # the answer is scored, the prompt is not
+    model = AutoModelForCausalLM.from_pretrained(english_checkpoint, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    assert int(batch["label_tokens"]) == int((targets != -100).sum())  # one rank, no accumulation
+    assert abs(_train(sft_run)[0] - float(nll) / int(batch["label_tokens"])) < 1e-4
+
+
+def test_sft_resume_continues_at_the_same_position(sft_run, tmp_path, cache_dir, english_checkpoint):
+    """Resumed from its step-2 checkpoint, the run trains steps 2 and 3 on the same examples: the same losses."""
+    out = tmp_path / "resumed"
+    assert run_inprocess([*SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}", "export=false",
+                          f"ckpt={sft_run / 'checkpoints' / 'step2.ckpt'}"], cache_dir, out) is None
+    assert _results(out)["train.steps"] == 4
+    tail, full = _train(out), _train(sft_run)
+    assert len(tail) == 2 and max(abs(a - b) for a, b in zip(tail, full[2:])) < 1e-5, (tail, full)
+
+
+def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
+    """DPO from the SFT export: step 0's loss is log 2 with reward accuracy and margin 0 (the policy
+    is the reference), its logged chosen/rejected log-probabilities equal the export's scored by
+    hand, the references are kept in the checkpoint, and the run exports a chat model."""
+    from transformers import AutoModelForCausalLM
+
+    from allam.train.dpo import dpo_loss, pair_logps
+
+    start = sft_run / "hf"
+    out = tmp_path / "dpo"
+    args = [*DPO, "init=pretrained", f"init.checkpoint={start}", "trainer.max_steps=2"]
+    assert run_inprocess(args, cache_dir, out) is None
+    first = _rows(out)
+    first = next(r for r in first if r.get("train/loss"))
+    assert abs(float(first["train/loss"]) - math.log(2)) < 1e-5
+    assert float(first["train/reward_accuracy"]) == 0.0 and abs(float(first["train/margin"])) < 1e-6
+
+    dm, _ = _datamodule(cache_dir, *args)
+    batch = dm.train_batch(0)
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).eval()
+    with torch.no_grad():
+        chosen, rejected = pair_logps(model, batch)
+    loss, metrics = dpo_loss(chosen, rejected, chosen, rejected, beta=0.1)
+    assert abs(float(first["train/chosen_logps"]) - float(metrics["logps/chosen"])) < 1e-3
+    assert abs(float(first["train/rejected_logps"]) - float(metrics["logps/rejected"])) < 1e-3
+    assert abs(float(first["train/loss"]) - float(loss)) < 1e-5
+
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ref = ckpt["dpo_reference"]["train"][batch["index"]]
+    assert torch.allclose(ref[:, 0], chosen.double(), atol=1e-3) and torch.allclose(ref[:, 1], rejected.double(), atol=1e-3)
+    res = _results(out)
+    assert res["objective"] == "dpo" and res["start.val.dpo.reward_accuracy"] == 0.0
+    assert res["val.dpo.pairs"] == len(dm.val) and 0.0 <= res["val.dpo.reward_accuracy"] <= 1.0
+    assert (out / "hf" / "model.safetensors").exists() and (out / "hf" / "chat_template.jinja").exists()
+
+
+def test_global_batch_does_not_depend_on_ranks(cache_dir, english_checkpoint):
+    """Two ranks of 2 examples read exactly the examples of one rank of 4 (and 1 rank x 2 x 2
+    accumulated), with the same label-token count of the global batch, in a new order each epoch."""
+    from allam.data.post_datamodule import PostTrainingDataModule
+
+    dm, tok = _datamodule(cache_dir, *SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}")
+    obj = SimpleNamespace(name="sft", train="demo", val=None, epochs=2, max_examples=32)
+
+    def make(batch, accumulate, world, rank):
+        d = PostTrainingDataModule(obj, tok, max_length=128, batch_size=batch, accumulate=accumulate, world=world,
+                                   seed=1234, cache_dir=dm.cache_dir)
+        d.prepare()
+        d.rank = rank
+        return d
+
+    one = make(4, 1, 1, 0)
+    two = [make(2, 1, 2, r) for r in range(2)]
+    acc = make(2, 2, 1, 0)
+    assert one.steps == two[0].steps == acc.steps == 16  # 32 examples x 2 epochs / 4
+    for step in range(one.steps):
+        ref = one.example_at(one.micro_positions(step)).tolist()
+        assert [i for d in two for i in d.example_at(d.micro_positions(step)).tolist()] == ref
+        assert [i for m in (2 * step, 2 * step + 1) for i in acc.example_at(acc.micro_positions(m)).tolist()] == ref
+        labels = int(one.train_batch(step)["label_tokens"])
+        assert labels == int(two[1].train_batch(step)["label_tokens"]) == int(acc.train_batch(2 * step + 1)["label_tokens"])
+    epoch0 = one.example_at(np.arange(32))
+    assert sorted(epoch0.tolist()) == list(range(32)) and (epoch0 != one.example_at(np.arange(32, 64))).any()
+    state = one.state_dict()
+    assert state["examples_consumed"] == 0 and state["fingerprint"] == make(4, 1, 1, 0).fingerprint()
+
+
+def test_wrong_data_kind_and_missing_init_are_one_line(cli, tmp_path, english_checkpoint):
+    """A preference file for sft is the reader's one line, before any model is built; sft from random init is refused."""
+    from allam.data.chat_demo import demo_preferences, write_jsonl
+
+    prefs = write_jsonl(demo_preferences("train", 4), tmp_path / "prefs.jsonl")
+    err = cli(*SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}", f"objective.train={prefs}")
+    assert err is not None and "holds preference data" in err and "chat data" in err and "\n" not in err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    err = cli(*SFT)
+    assert err == ("error: init=random: objective=sft continues a trained model: use init=pretrained "
+                   "init.checkpoint=<run>/hf (or a Hugging Face folder)")
+    err = cli("objective=dpo", "init=pretrained", f"init.checkpoint={english_checkpoint}", "objective.beta=0")
+    assert err == "error: objective.beta=0.0: must be a number > 0"
+
+
+@pytest.mark.parametrize("experiment", ["allam7b_sft", "allam7b_dpo"])
+def test_plan_sizes_the_recipes(cli, experiment, capsys):
+    assert cli("task=plan", f"experiment={experiment}") is None
+    out = capsys.readouterr().out
+    assert "model=7b" in out and "memory/GPU" in out and "32 ranks" in out
+    cfg = _compose(Path("/tmp"), f"experiment={experiment}")
+    t = cfg.trainer
+    assert cfg.data.batch_size * t.accumulate_grad_batches * t.devices * t.num_nodes == (1024 if experiment.endswith("sft") else 512)
+
+
+# --------------------------------------------------------------------------- 2-process FSDP2
+FSDP2 = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.val_every_steps=null",
+         "trainer.checkpoint_every_steps=null"]
+
+
+def _run_ranks(args, cache_dir, timeout=600):
+    env = {**__import__("os").environ, "ALLAM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_fsdp_two_ranks_equal_one_process(objective, sft_run, tmp_path, cache_dir, english_checkpoint):
+    """2 FSDP2 ranks of 2 examples equal one process of 4: the same losses, held-out scores and weights."""
+    from safetensors.torch import load_file
+
+    start = english_checkpoint if objective == "sft" else sft_run / "hf"
+    common = [f"objective={objective}", "objective.max_examples=16", "trainer.max_steps=3", *POST[:2],
+              "trainer.log_every_n_steps=1", "logger=csv", "trainer.progress_bar=false", "optim.warmup_steps=1",
+              "init=pretrained", f"init.checkpoint={start}"]
+    two = tmp_path / "two"
+    _run_ranks([*FSDP2, "trainer.devices=2", "data.batch_size=2", *common, f"hydra.run.dir={two}"], cache_dir)
+    one = tmp_path / "one"
+    assert run_inprocess(["data.batch_size=4", *common], cache_dir, one) is None
+    a, b = _train(two), _train(one)
+    assert len(a) == len(b) == 3 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    ra, rb = _results(two), _results(one)
+    assert abs(ra[f"val.{objective}.loss"] - rb[f"val.{objective}.loss"]) < 1e-4
+    wa, wb = load_file(two / "hf" / "model.safetensors"), load_file(one / "hf" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wb) < 1e-4
