@@ -170,13 +170,17 @@ def test_global_batch_does_not_depend_on_ranks(cache_dir, english_checkpoint):
 
 
 def test_wrong_data_kind_and_missing_init_are_one_line(cli, tmp_path, english_checkpoint):
-    """A preference file for sft is the reader's one line, before any model is built; sft from random init is refused."""
+    """A preference file for sft is the reader's one line, and so is no data, before any model is built; sft from
+    random init and a DPO beta of 0 are refused at compose time."""
     from allam.data.chat_demo import demo_preferences, write_jsonl
 
     prefs = write_jsonl(demo_preferences("train", 4), tmp_path / "prefs.jsonl")
     err = cli(*SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}", f"objective.train={prefs}")
     assert err is not None and "holds preference data" in err and "chat data" in err and "\n" not in err
     assert not (tmp_path / "run" / "config.yaml").exists()
+    err = cli(*SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}", "objective.train=null")
+    assert err == ("error: objective.train=None: objective=sft needs training data: a JSONL/parquet file, a folder "
+                   "or glob of them, or demo")
     err = cli(*SFT)
     assert err == ("error: init=random: objective=sft continues a trained model: use init=pretrained "
                    "init.checkpoint=<run>/hf (or a Hugging Face folder)")

@@ -237,7 +237,7 @@ def validate(cfg: DictConfig) -> None:
     stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
     generation(cfg)
-    objective(cfg.objective, ini, cfg.task)
+    objective(cfg.objective, ini)
 
 
 def evaluation(e) -> None:
@@ -269,18 +269,16 @@ def generation(cfg) -> None:
         _fail("generate.chat", g.chat, "allowed: auto, true, false")
 
 
-def objective(obj, ini, task: str = "train") -> None:
+def objective(obj, ini) -> None:
     """The training objective's rules: sft and dpo continue a trained model (DPO's reference is the
-    starting model; SFT teaches a format, not the language) and need training data; dpo's loss
-    settings are in range (task=plan sizes a recipe without its data). A file of the other kind is the
-    reader's one-line error (allam.data.chat)."""
+    starting model; SFT teaches a format, not the language); dpo's loss settings are in range. The
+    data are checked when read, before any model is built (allam.data.post_datamodule: no
+    objective.train, or a file of the other kind, is one line), so task=plan sizes a recipe without them."""
     if obj.name == "pretrain":
         return
     if not is_pretrained(ini.name):
         _fail("init", ini.name, f"objective={obj.name} continues a trained model: use init=pretrained "
               "init.checkpoint=<run>/hf (or a Hugging Face folder)")
-    if not obj.train and task == "train":
-        _fail("objective.train", None, "needs training data: a JSONL/parquet file, a folder or glob of them, or demo")
     _positive("objective.epochs", obj.epochs)
     _positive("objective.max_examples", obj.max_examples)
     if not (math.isfinite(obj.beta) and obj.beta > 0):

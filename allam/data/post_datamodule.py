@@ -168,6 +168,9 @@ class PostTrainingDataModule(L.LightningDataModule):
             return
         chat.require_chat_template(self.tokenizer, f"objective={self.objective}")
         c = self.cfg
+        if not c.train:
+            raise ConfigError(f"objective.train={c.train}: objective={self.objective} needs training data: a "
+                              "JSONL/parquet file, a folder or glob of them, or demo")
         src = source_of(self.objective, "train", c.train, self.cache_dir, self.seed)
         self.train = load_examples(self.objective, "train", src, self.tokenizer, self.max_length, c.max_examples)
         if c.val:
