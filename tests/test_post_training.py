@@ -231,3 +231,21 @@ def test_fsdp_two_ranks_equal_one_process(objective, sft_run, tmp_path, cache_di
     assert abs(ra[f"val.{objective}.loss"] - rb[f"val.{objective}.loss"]) < 1e-4
     wa, wb = load_file(two / "hf" / "model.safetensors"), load_file(one / "hf" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wb) < 1e-4
+
+
+def test_a_pretraining_checkpoint_from_before_the_objective_group_resumes(tmp_path):
+    """A pretraining checkpoint whose recorded config has no `objective` is checked without it (no
+    changed key); one that records an objective is checked with it, so sft cannot resume as pretrain."""
+    from allam.config import to_dict
+    from allam.tasks.rundir import changed_keys
+    from allam.tasks.train import resume_config
+
+    cfg = _compose(tmp_path)
+    old = to_dict(cfg)
+    old.pop("objective")
+    path = tmp_path / "old.ckpt"
+    torch.save({"allam": {"config": old}, "global_step": 3}, path)
+    assert changed_keys(old, resume_config(cfg, path)) == []
+    sft = {**to_dict(cfg), "objective": {**to_dict(cfg)["objective"], "name": "sft"}}
+    torch.save({"allam": {"config": sft}, "global_step": 3}, path)
+    assert changed_keys(sft, resume_config(cfg, path)) == ["objective.name"]
