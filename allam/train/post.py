@@ -121,9 +121,10 @@ class PostTrainingLM(CausalLM):
         if self.objective == "sft":
             inputs, targets = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
             count = (targets != IGNORE_INDEX).sum()
-            loss = self.model.next_token_loss(inputs, targets)
-            sums[0] += float(loss) * int(count)
-            sums[-1] += int(count)
+            loss = self.model.next_token_loss(inputs, targets)  # every rank runs it (a collective under FSDP2)
+            if int(count):  # a batch of padding rows only scores nothing (a plain mean over none is nan)
+                sums[0] += float(loss) * int(count)
+                sums[-1] += int(count)
             return
         pc, pr, rc, rr = self._dpo(batch, "val")
         valid = batch["valid"]
