@@ -112,8 +112,12 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
 
     start = sft_run / "hf"
     out = tmp_path / "dpo"
-    args = [*DPO, "init=pretrained", f"init.checkpoint={start}", "trainer.max_steps=2"]
+    args = [*DPO, "init=pretrained", f"init.checkpoint={start}", "trainer.max_steps=2", "trainer.checkpoint_every_steps=1"]
     assert run_inprocess(args, cache_dir, out) is None
+    # resumed after step 1, the references come from the checkpoint, not from the trained weights: the same step 2
+    resumed = tmp_path / "resumed"
+    assert run_inprocess([*args, "export=false", f"ckpt={out / 'checkpoints' / 'step1.ckpt'}"], cache_dir, resumed) is None
+    assert len(_train(resumed)) == 1 and abs(_train(resumed)[0] - _train(out)[1]) < 1e-5
     first = _rows(out)
     first = next(r for r in first if r.get("train/loss"))
     assert abs(float(first["train/loss"]) - math.log(2)) < 1e-5
@@ -200,7 +204,7 @@ def test_plan_sizes_the_recipes(cli, experiment, capsys):
 
 # --------------------------------------------------------------------------- 2-process FSDP2
 FSDP2 = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.val_every_steps=null",
-         "trainer.checkpoint_every_steps=null"]
+         "trainer.checkpoint_every_steps=2"]
 
 
 def _run_ranks(args, cache_dir, timeout=600):
@@ -231,6 +235,11 @@ def test_fsdp_two_ranks_equal_one_process(objective, sft_run, tmp_path, cache_di
     assert abs(ra[f"val.{objective}.loss"] - rb[f"val.{objective}.loss"]) < 1e-4
     wa, wb = load_file(two / "hf" / "model.safetensors"), load_file(one / "hf" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wb) < 1e-4
+    if objective == "dpo":  # the 2-rank sharded checkpoint carries the references: resumed on 1 rank, the same step 3
+        resumed = tmp_path / "resumed"
+        _run_ranks([*FSDP2, "trainer.devices=1", "data.batch_size=4", *common, "export=false",
+                    f"ckpt={two / 'checkpoints' / 'step2.ckpt'}", f"hydra.run.dir={resumed}"], cache_dir)
+        assert len(_train(resumed)) == 1 and abs(_train(resumed)[0] - a[2]) < 1e-4
 
 
 def test_a_pretraining_checkpoint_from_before_the_objective_group_resumes(tmp_path):
