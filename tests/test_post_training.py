@@ -258,3 +258,26 @@ def test_a_pretraining_checkpoint_from_before_the_objective_group_resumes(tmp_pa
     sft = {**to_dict(cfg), "objective": {**to_dict(cfg)["objective"], "name": "sft"}}
     torch.save({"allam": {"config": sft}, "global_step": 3}, path)
     assert changed_keys(sft, resume_config(cfg, path)) == ["objective.name"]
+
+
+def test_ipo_scores_answers_per_token(cache_dir, english_checkpoint):
+    """objective.loss_type=ipo: the step's log-probabilities are per answer token (TRL's IPO form), the
+    sigmoid loss's are sums, each against the reference table the checkpoint keeps."""
+    from transformers import AutoModelForCausalLM
+
+    from allam.train.dpo import pair_logps
+    from allam.train.post import PostTrainingLM
+
+    dm, _ = _datamodule(cache_dir, *DPO, "init=pretrained", f"init.checkpoint={english_checkpoint}", "objective.val=null")
+    batch = dm.train_batch(0)
+    model = AutoModelForCausalLM.from_pretrained(english_checkpoint, dtype=torch.float32).eval()
+    table = torch.arange(2 * len(dm.train), dtype=torch.float64).view(-1, 2)
+    for loss_type, average in (("ipo", True), ("sigmoid", False)):
+        obj = SimpleNamespace(name="dpo", beta=0.1, label_smoothing=0.0, loss_type=loss_type)
+        module = PostTrainingLM(model, SimpleNamespace(grad_clip=1.0), obj, total_steps=1, token_bytes=np.ones(8))
+        module.reference = {"train": table}
+        with torch.no_grad():
+            pc, pr, rc, rr = module._dpo(batch, "train")
+            want = pair_logps(model, batch, average=average)
+        assert torch.allclose(pc, want[0]) and torch.allclose(pr, want[1])
+        assert torch.equal(rc.double(), table[batch["index"], 0]) and torch.equal(rr.double(), table[batch["index"], 1])
