@@ -27,6 +27,7 @@ GROUP_FIELDS = {
     "trainer": "trainer.name",
     "logger": "logger.name",
     "eval": "eval.name",
+    "objective": "objective.name",
 }
 
 
