@@ -80,8 +80,9 @@ def test_a_run_directory_works_as_ckpt(make_cfg, tmp_path, english_checkpoint, h
                run / "checkpoints" / "last.ckpt")
     args = ("task=generate", "prompt=The kingdom of heaven", "generate.temperature=0", "generate.max_new_tokens=8")
     res = generate.run(make_cfg(*args, f"ckpt={run}", out=tmp_path / "from-run"))
-    again = generate.run(make_cfg(*args, f"ckpt={english_checkpoint}", out=tmp_path / "from-hf"))
-    assert res["source_run"] == str(run.resolve()) and res["ckpt"] == str((run / "checkpoints" / "last.ckpt").resolve())
+    # the run was trained by pretraining: chat=auto sends plain text (the HF folder is told so)
+    again = generate.run(make_cfg(*args, f"ckpt={english_checkpoint}", "generate.chat=false", out=tmp_path / "from-hf"))
+    assert res["generate.chat"] is False and res["source_run"] == str(run.resolve()) and res["ckpt"] == str((run / "checkpoints" / "last.ckpt").resolve())
     assert res["generate.token_ids"] == again["generate.token_ids"] and len(res["generate.token_ids"]) == 8
     assert res["generate.prompt_text"] == again["generate.prompt_text"]
     assert res["config"]["paths"]["output_dir"] == str(run)  # the run's own config, not this command's
@@ -216,3 +217,19 @@ def test_a_trained_run_and_its_export_generate_the_same(make_cfg, tmp_path):
     assert from_run["source_run"] == from_hf["source_run"] == str(run.resolve())
     assert from_run["generate.token_ids"] == from_hf["generate.token_ids"]
     assert from_run["generate.prompt_text"] == from_hf["generate.prompt_text"]
+
+
+def test_auto_chat_follows_what_the_run_was_trained_for():
+    """Every project tokenizer carries the template; auto uses it only after sft or dpo (or for a
+    folder from elsewhere whose tokenizer has one); true and false are kept as given."""
+    from allam.tasks import generate
+
+    from omegaconf import OmegaConf
+
+    pretrained = OmegaConf.create({"objective": {"name": "pretrain"}})
+    assert generate.chat_mode("auto", pretrained) == "false"
+    assert generate.chat_mode("auto", OmegaConf.create({"model": {}})) == "false"  # a run from before the objective group
+    for name in ("sft", "dpo"):
+        assert generate.chat_mode("auto", OmegaConf.create({"objective": {"name": name}})) == "auto"
+    assert generate.chat_mode("auto", None) == "auto" and generate.chat_mode(True, pretrained) == "true"
+    assert generate.chat_mode("false", OmegaConf.create({"objective": {"name": "sft"}})) == "false"

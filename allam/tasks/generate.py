@@ -37,7 +37,9 @@ def run(cfg: DictConfig) -> dict:
     source = load.resolve(cfg.ckpt, task="generate")
     out = run_dir(cfg)
     tokenizer = load.load_tokenizer(source, saved_run_tokenizer(cfg))
-    text_in, ids, chat = prompt_ids(tokenizer, str(cfg.prompt), cfg.generate.chat)  # before any model is loaded
+    trained = training_config_for(source.path) if source.run_dir is not None else None
+    mode = chat_mode(cfg.generate.chat, trained)
+    text_in, ids, chat = prompt_ids(tokenizer, str(cfg.prompt), mode)  # before any model is loaded
     model = load.load_model(source, device_type(cfg.trainer))
     max_new = new_token_budget(model, len(ids), int(cfg.generate.max_new_tokens))
     log.info("generating up to %d tokens from %s (%s, %s)", max_new, source.path,
@@ -48,7 +50,6 @@ def run(cfg: DictConfig) -> dict:
     seconds = time.perf_counter() - t1
     text = continuation(tokenizer, ids, new)
     stopped = "end_of_text" if new and new[-1] in stop_ids(model, tokenizer) else "max_new_tokens"
-    trained = training_config_for(source.path) if source.run_dir is not None else None
     results = {
         "task": "generate",
         "run_dir": str(out),
@@ -77,6 +78,18 @@ def describe(gen) -> str:
     if float(gen.temperature) == 0:
         return "greedy"
     return f"temperature {gen.temperature}, top_p {gen.top_p}, seed {gen.seed}"
+
+
+def chat_mode(chat, trained) -> str:
+    """generate.chat as prompt_ids reads it. Every project tokenizer carries the chat template, but
+    only a post-trained model has learned it: for one of this project's runs (`trained`: its saved
+    config), auto means the template after objective=sft or dpo and plain text after pretraining;
+    for a folder from elsewhere, auto means the template when its tokenizer has one."""
+    mode = str(chat).lower()
+    if mode == "auto" and trained is not None:
+        objective = str(trained.get("objective", {}).get("name", "pretrain")) if "objective" in trained else "pretrain"
+        return "auto" if objective in ("sft", "dpo") else "false"
+    return mode
 
 
 def prompt_ids(tokenizer, prompt: str, chat) -> tuple[str, list[int], bool]:
