@@ -25,8 +25,9 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -70,7 +71,7 @@ def source_of(objective: str, split: str, value: str, cache_dir: Path, seed: int
 
 
 def load_examples(objective: str, name: str, src: dict, tokenizer, max_length: int,
-                  limit: Optional[int] = None) -> list[dict]:
+                  limit: int | None = None) -> list[dict]:
     """Tokenized examples of one source (only the first `limit` of those kept, when set); the
     kept and dropped counts are logged once. A file of the other kind is a one-line ConfigError."""
     rows = chat.read_chat(name, src) if objective == "sft" else chat.read_preferences(name, src)
@@ -116,7 +117,7 @@ class _Batches:
 class _TrainLoader:
     """Micro-batches from the datamodule's position to the end; exposes state_dict/load_state_dict."""
 
-    def __init__(self, dm: "PostTrainingDataModule"):
+    def __init__(self, dm: PostTrainingDataModule):
         self.dm = dm
 
     def __len__(self) -> int:
@@ -141,7 +142,7 @@ class PostTrainingDataModule(L.LightningDataModule):
     ranks the config trains on (the step count depends on the global batch)."""
 
     def __init__(self, objective: Any, tokenizer: Any, *, max_length: int, batch_size: int, accumulate: int,
-                 world: int, seed: int, cache_dir: Path, max_steps: Optional[int] = None):
+                 world: int, seed: int, cache_dir: Path, max_steps: int | None = None):
         super().__init__()
         self.objective = str(objective.name)
         self.cfg = objective
@@ -157,7 +158,7 @@ class PostTrainingDataModule(L.LightningDataModule):
         self.val_languages: list[str] = []  # no per-language held-out text (CausalLM's validation)
         self._prepared = False
         self._consumed = self._yielded = 0
-        self._fingerprint: Optional[dict] = None
+        self._fingerprint: dict | None = None
         self._orders: dict[int, np.ndarray] = {}
         self._step_labels: dict[int, int] = {}
 
@@ -184,7 +185,7 @@ class PostTrainingDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.prepare()
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world = int(self.trainer.global_rank), int(self.trainer.world_size)
         self.prepare()
@@ -219,7 +220,7 @@ class PostTrainingDataModule(L.LightningDataModule):
             out[pick] = self._orders[e][offsets[pick]]
         return out
 
-    def micro_positions(self, m: int, rank: Optional[int] = None) -> np.ndarray:
+    def micro_positions(self, m: int, rank: int | None = None) -> np.ndarray:
         r = self.rank if rank is None else rank
         start = (m * self.world + r) * self.batch_size
         return np.arange(start, start + self.batch_size, dtype=np.int64)

@@ -220,7 +220,7 @@ def training_module(cfg: DictConfig, spec, token_bytes, val_languages: list[str]
     t = cfg.trainer
     post = {}
     if cfg.objective.name != "pretrain":  # the SFT or DPO step on the same module (allam.train.post)
-        from allam.train.post import PostTrainingLM as CausalLM  # noqa: F811
+        from allam.train.post import PostTrainingLM as CausalLM
 
         post = {"objective": cfg.objective, "accumulate": t.accumulate_grad_batches}
     return CausalLM(
