@@ -16,10 +16,15 @@ optimizer, schedule, clipping and guards are CausalLM's; only the steps and vali
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
 from allam.train.dpo import IGNORE_INDEX, dpo_loss, pair_logps, reference_logps
 from allam.train.module import CausalLM
+
+log = logging.getLogger("allam")
 
 DPO_METRICS = {"rewards/accuracy": "reward_accuracy", "rewards/margin": "margin", "rewards/chosen": "chosen_reward",
                "rewards/rejected": "rejected_reward", "logps/chosen": "chosen_logps", "logps/rejected": "rejected_logps"}
@@ -47,7 +52,11 @@ class PostTrainingLM(CausalLM):
         if self.objective != "dpo" or self.reference is not None:
             return
         dm = self.trainer.datamodule
+        t0 = time.perf_counter()
         self.reference = {split: self._reference_table(dm, split) for split in ("train", "val")}
+        if self.trainer.is_global_zero:
+            log.info("dpo: reference log-probabilities of %d training and %d held-out pairs in %.0f s (once; kept in "
+                     "every checkpoint)", len(dm.train), len(dm.val), time.perf_counter() - t0)
 
     def _reference_table(self, dm, split: str) -> torch.Tensor:
         """[n, 2] log-probabilities of the current (initial) model for every example of `split`:
