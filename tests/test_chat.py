@@ -161,6 +161,12 @@ def test_chat_rows_read_from_parquet_and_a_folder(tmp_path, bundles):
     write_jsonl(tmp_path / "f" / "x.jsonl", [{"messages": GOOD}])
     (tmp_path / "f" / "notes.txt").write_text("not read")
     assert chat.read_chat("f", chat.file_source(tmp_path / "f")).rows == [GOOD]
+
+
+@pytest.mark.slow
+def test_preference_rows_read_from_a_saved_hf_dataset(tmp_path):
+    """A folder written by datasets' save_to_disk (slow: importing datasets takes ~10 s here;
+    the pretraining loaders' hf path has its own fast test)."""
     import datasets
 
     datasets.Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b"}]).save_to_disk(str(tmp_path / "ds"))
