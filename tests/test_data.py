@@ -441,6 +441,7 @@ def test_stage_switch_in_delivered_batches(tok, corpus, tmp_path):
     assert (st[1]["start_token"], st[1]["start_block"], st[1]["ar_blocks"]) == (1280, 40, 40)
 
 
+@pytest.mark.slow
 def test_benchmark_runs(tok, tmp_path):
     import subprocess
     import sys

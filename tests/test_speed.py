@@ -235,6 +235,7 @@ def _bench(*args, timeout=600, env=None):
                           cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_runs_on_cpu():
     out = _json_line(_bench(ROOT / "benchmarks" / "throughput.py", "--model", "tiny", "--steps", "1", "--warmup", "1",
                             "model.num_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
@@ -252,6 +253,9 @@ def test_cross_entropy_benchmark_runs():
                             "--hidden", "32", "--chunk", "64"))
     assert out["max_abs_diff"]["loss"] < 1e-5 and out["max_abs_diff"]["grad_weight"] < 1e-5
     assert out["chunked"]["peak_memory_gib"] > 0 and out["plain"]["peak_memory_gib"] > 0
+    # the fused arm's status says whether it ran; its result is kept apart from that status
+    assert out["fused_status"]["ran"] == ("fused" in out)
+    assert "fused" not in out or "peak_memory_gib" in out["fused"]  # a result, not the reason string
 
 
 @pytest.mark.slow
