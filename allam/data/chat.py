@@ -37,7 +37,6 @@ labels -100 and attention mask 0 on padding, so no example attends to another.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -120,13 +119,7 @@ def _raw_rows(name: str, src: Any) -> Iterator[tuple[str, str, Any]]:
                     yield str(f), str(f), row
             continue
         try:
-            for lineno, line in enumerate(sources._lines(f, bool(src["skip_bad_utf8"]), [0]), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg})") from None
+            for lineno, row in sources.json_rows(name, f, bool(src["skip_bad_utf8"]), [0]):
                 yield str(f), f"{f} line {lineno}", row
         except sources.BadUtf8 as e:
             raise ConfigError(f"data.sources.{name}: {e} (set data.sources.{name}.skip_bad_utf8=true to skip such lines)") from None

@@ -165,15 +165,21 @@ def _read_text(files: list[Path], skip_bad: bool, bad: list[int]) -> Iterator[tu
                 yield line, None
 
 
+def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int]):
+    """(line number, parsed row) of every non-blank line of the JSONL file `f`; a line that is not
+    JSON is one line of error naming `name`, the file and the line."""
+    for lineno, line in enumerate(_lines(f, skip_bad, bad), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg})") from None
+
+
 def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int]):
     for f in files:
-        for lineno, line in enumerate(_lines(f, skip_bad, bad), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg})") from None
+        for lineno, row in json_rows(name, f, skip_bad, bad):
             if not isinstance(row, dict) or field not in row:
                 raise ConfigError(f"data.sources.{name}.text_field={field}: missing in {f} line {lineno}")
             text = row[field]
