@@ -105,7 +105,7 @@ def test_sft_resume_continues_at_the_same_position(sft_run, tmp_path, cache_dir,
 def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
     """DPO from the SFT export: step 0's loss is log 2 with reward accuracy and margin 0 (the policy
     is the reference), its logged chosen/rejected log-probabilities equal the export's scored by
-    hand, the references are kept in the checkpoint, and the run exports a chat model."""
+    hand, the references are kept in the checkpoint, the run exports a chat model, and task=generate samples from the export through its template."""
     from transformers import AutoModelForCausalLM
 
     from allam.train.dpo import dpo_loss, pair_logps
@@ -140,6 +140,13 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
     assert res["objective"] == "dpo" and res["start.val.dpo.reward_accuracy"] == 0.0
     assert res["val.dpo.pairs"] == len(dm.val) and 0.0 <= res["val.dpo.reward_accuracy"] <= 1.0
     assert (out / "hf" / "model.safetensors").exists() and (out / "hf" / "chat_template.jinja").exists()
+    # and task=generate talks to the export through its chat template (the run was trained with dpo)
+    gen = tmp_path / "generate"
+    assert run_inprocess(["task=generate", f"ckpt={out / 'hf'}", "prompt=Translate into Arabic: In the beginning",
+                          "generate.temperature=0", "generate.max_new_tokens=4"], cache_dir, gen) is None
+    said = _results(gen)
+    assert said["task"] == "generate" and said["generate.chat"] is True and said["source_run"] == str(out.resolve())
+    assert said["generate.prompt_text"].endswith("[/INST]") and 1 <= said["generate.tokens"] <= 4
 
 
 def test_global_batch_does_not_depend_on_ranks(cache_dir, english_checkpoint):
