@@ -44,10 +44,16 @@ _DEMO_FILES = {("sft", "train"): "sft_train", ("sft", "val"): "sft_heldout",
 
 
 def demo_folder(cache_dir: Path, seed: int) -> Path:
-    """The offline demo sets for `seed` (allam.data.chat_demo.write_demo_sets), written once."""
+    """The offline demo sets for `seed` (allam.data.chat_demo.write_demo_sets), written once into a
+    folder keyed by the seed and a hash of the code that builds them (chat_demo and the demo
+    corpora's reader), so a change to either writes new sets instead of reusing stale ones."""
+    import hashlib
+
+    from allam.data import chat_demo, demo
     from allam.data.chat_demo import FILES, write_demo_sets
 
-    out = Path(cache_dir) / f"demo-seed{seed}"
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (chat_demo, demo))).hexdigest()[:12]
+    out = Path(cache_dir) / f"demo-seed{seed}-{code}"
     if all((out / f).exists() for f in FILES.values()):
         return out
     tmp = out.with_name(f".{out.name}-{os.getpid()}")
