@@ -207,6 +207,12 @@ def test_plan_sizes_the_recipes(cli, experiment, capsys):
     cfg = _compose(Path("/tmp"), f"experiment={experiment}")
     t = cfg.trainer
     assert cfg.data.batch_size * t.accumulate_grad_batches * t.devices * t.num_nodes == (1024 if experiment.endswith("sft") else 512)
+    if experiment.endswith("dpo"):  # a pair is two sequences: twice the tokens and activations of one
+        from allam.tasks import plan as plan_task
+
+        pairs, single = plan_task.run(cfg), plan_task.run(_compose(Path("/tmp"), f"experiment={experiment}", "objective=sft"))
+        assert pairs["plan.tokens_per_step"] == 2 * single["plan.tokens_per_step"]
+        assert pairs["plan.memory_gib"]["total"] > single["plan.memory_gib"]["total"] and "2 sequences per pair" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- 2-process FSDP2
