@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every claim of the ALLaM paper as seeded toy experiments, then CLAIMS.md with verdicts.
 
-    python experiments/reproduce.py                 # default budget, 3 seeds (under an hour on 2 cores)
+    python experiments/reproduce.py                 # default budget, 3 seeds (over an hour on 2 cores, see README)
     python experiments/reproduce.py --full          # 4x the tokens, 5 seeds: stronger verdicts
     python experiments/reproduce.py --smoke         # a tiny model for a few steps (tests the machinery)
     python experiments/reproduce.py --claims 1,4 --seeds 2
