@@ -33,13 +33,11 @@ from typing import Any, Optional
 import numpy as np
 
 from allam.config import ConfigError
-from allam.data.cleaning import DROP_STEPS, Cleaner, HashSet, doc_hash
+from allam.data.cleaning import Cleaner, doc_hash
+from allam.data.shard_writer import ShardWriter, batches, check_script
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_values
 
 FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
-BATCH_DOCS = 256
-BATCH_CHARS = 1 << 20
-SCRIPT_MISMATCH_SHARE = 0.5  # more than this share of a source's documents in the wrong script: an error
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -327,72 +325,6 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     return out
 
 
-def _batches(docs):
-    texts, pairs, splits, chars = [], [], [], 0
-    for d in docs:
-        texts.append(d.text)
-        pairs.append(d.pair)
-        splits.append(d.split)
-        chars += len(d.text)
-        if len(texts) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield texts, pairs, splits
-            texts, pairs, splits, chars = [], [], [], 0
-    if texts:
-        yield texts, pairs, splits
-
-
-class _ShardWriter:
-    """Appends the processed batches of one source to its ``train.bin`` / ``val.bin`` in reading
-    order: drops exact duplicates, counts documents, tokens, bytes and drops per step, and keeps
-    (tokens, bytes) of every held-out document (``val_docs.npy``)."""
-
-    def __init__(self, job: ShardJob, folder: Path, bar):
-        self.job, self.folder, self.bar = job, folder, bar
-        self.stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
-                      "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
-        self.seen = HashSet()
-        self.val_docs: list[np.ndarray] = []
-        self.files = {"train": open(folder / "train.bin", "wb"), "val": open(folder / "val.bin", "wb")}
-
-    def add(self, splits: list[str], res) -> None:
-        """One batch: its documents' splits and what :func:`_process` returned for it."""
-        kept, lens, flat, hashes, nbytes, drops = res
-        stats = self.stats
-        n = len(splits)
-        stats["docs_read"] += n
-        for k, v in drops.items():
-            stats["drops"][k] += v
-        keep = self.seen.first_seen(hashes) if len(hashes) else np.ones(len(kept), bool)
-        stats["drops"]["duplicate"] += int((~keep).sum())
-        is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
-        for split, sel in (("train", keep & ~is_val), ("val", keep & is_val)):
-            if not sel.any():
-                continue
-            toks = flat if sel.all() else flat[np.repeat(sel, lens)]
-            toks.tofile(self.files[split])
-            stats[split]["docs"] += int(sel.sum())
-            stats[split]["tokens"] += int(toks.shape[0])
-            stats[split]["bytes"] += int(nbytes[sel].sum())
-            if split == "val":
-                self.val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
-        self.bar.update(n)
-        self.bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
-        _check_script(self.job, stats, final=False)
-
-    def close(self, bad_utf8: int) -> dict:
-        """Closes the files, writes ``val_docs.npy`` and returns the final counts."""
-        for fh in self.files.values():
-            fh.close()
-        np.save(self.folder / "val_docs.npy",
-                np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
-        self.stats["drops"]["bad_utf8"] = bad_utf8
-        return self.stats
-
-    def abort(self) -> None:
-        for fh in self.files.values():
-            fh.close()
-
-
 def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: int, progress: bool,
                log) -> SourceShards:
     from tqdm.auto import tqdm
@@ -405,11 +337,11 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
     bar = tqdm(desc=f"tokenize {job.name}", unit=" docs", disable=not progress, mininterval=0.5, leave=True)
     writer = None
     try:
-        writer = _ShardWriter(job, tmp, bar)
+        writer = ShardWriter(job, tmp, bar)
         docs = read_documents(job.name, job.src, job.parallel_pairs, bad)
         inflight: collections.deque = collections.deque()
         window = 2 * (workers if pool is not None else 1) + 2  # batches in flight: two per worker
-        for texts, pairs, splits in _batches(docs):
+        for texts, pairs, splits in batches(docs):
             if pool is None:
                 writer.add(splits, _process(job_idx, texts, pairs))
                 continue
@@ -422,7 +354,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
             writer.add(s, r.get())
         bar.close()
         stats = writer.close(bad[0])
-        _check_script(job, stats, final=True)
+        check_script(job, stats, final=True)
         if stats["docs_read"] == 0 and bad[0] == 0:
             raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {job.src['path'] or job.name})")
         if stats["train"]["tokens"] == 0:
@@ -459,16 +391,3 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _check_script(job: ShardJob, stats: dict, final: bool) -> None:
-    read = stats["docs_read"]
-    wrong = stats["drops"]["wrong_script"]
-    if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
-        lang = job.src["lang"]
-        other = "Latin" if lang == "ar" else "Arabic"
-        raise ConfigError(
-            f"data.sources.{job.name}.lang={lang}: {wrong:,} of {read:,} documents are mostly {other} script; "
-            f"check the declared language (or raise max_wrong_script)"
-        )
-

@@ -1,0 +1,95 @@
+"""Writing one source's shard files (allam.data.shards builds them): the documents in batches,
+each batch appended to ``train.bin`` / ``val.bin`` in reading order with exact duplicates dropped
+and the counts kept, and the check that the source's declared language matches its script."""
+from __future__ import annotations
+
+import numpy as np
+
+from allam.config import ConfigError
+from allam.data.cleaning import DROP_STEPS, HashSet
+
+BATCH_DOCS = 256
+BATCH_CHARS = 1 << 20
+SCRIPT_MISMATCH_SHARE = 0.5  # more than this share of a source's documents in the wrong script: an error
+
+
+def batches(docs):
+    """(texts, pair texts, splits) of consecutive documents, BATCH_DOCS or BATCH_CHARS at most."""
+    texts, pairs, splits, chars = [], [], [], 0
+    for d in docs:
+        texts.append(d.text)
+        pairs.append(d.pair)
+        splits.append(d.split)
+        chars += len(d.text)
+        if len(texts) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield texts, pairs, splits
+            texts, pairs, splits, chars = [], [], [], 0
+    if texts:
+        yield texts, pairs, splits
+
+
+class ShardWriter:
+    """Appends the processed batches of one source to its ``train.bin`` / ``val.bin`` in reading
+    order: drops exact duplicates, counts documents, tokens, bytes and drops per step, and keeps
+    (tokens, bytes) of every held-out document (``val_docs.npy``)."""
+
+    def __init__(self, job, folder, bar):
+        self.job, self.folder, self.bar = job, folder, bar
+        self.stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
+                      "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
+        self.seen = HashSet()
+        self.val_docs: list[np.ndarray] = []
+        self.files = {"train": open(folder / "train.bin", "wb"), "val": open(folder / "val.bin", "wb")}
+
+    def add(self, splits: list[str], res) -> None:
+        """One batch: its documents' splits and what allam.data.shards' worker returned for it."""
+        kept, lens, flat, hashes, nbytes, drops = res
+        stats = self.stats
+        n = len(splits)
+        stats["docs_read"] += n
+        for k, v in drops.items():
+            stats["drops"][k] += v
+        keep = self.seen.first_seen(hashes) if len(hashes) else np.ones(len(kept), bool)
+        stats["drops"]["duplicate"] += int((~keep).sum())
+        is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
+        for split, sel in (("train", keep & ~is_val), ("val", keep & is_val)):
+            if not sel.any():
+                continue
+            toks = flat if sel.all() else flat[np.repeat(sel, lens)]
+            toks.tofile(self.files[split])
+            stats[split]["docs"] += int(sel.sum())
+            stats[split]["tokens"] += int(toks.shape[0])
+            stats[split]["bytes"] += int(nbytes[sel].sum())
+            if split == "val":
+                self.val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
+        self.bar.update(n)
+        self.bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
+        check_script(self.job, stats, final=False)
+
+    def close(self, bad_utf8: int) -> dict:
+        """Closes the files, writes ``val_docs.npy`` and returns the final counts."""
+        for fh in self.files.values():
+            fh.close()
+        np.save(self.folder / "val_docs.npy",
+                np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
+        self.stats["drops"]["bad_utf8"] = bad_utf8
+        return self.stats
+
+    def abort(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+
+def check_script(job, stats: dict, final: bool) -> None:
+    """One line when more than SCRIPT_MISMATCH_SHARE of the documents read so far (after 4 batches,
+    or at the end) are mostly in the other language's script."""
+    read = stats["docs_read"]
+    wrong = stats["drops"]["wrong_script"]
+    if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
+        lang = job.src["lang"]
+        other = "Latin" if lang == "ar" else "Arabic"
+        raise ConfigError(
+            f"data.sources.{job.name}.lang={lang}: {wrong:,} of {read:,} documents are mostly {other} script; "
+            f"check the declared language (or raise max_wrong_script)"
+        )
+
