@@ -133,7 +133,7 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
     assert abs(float(first["train/rejected_logps"]) - float(metrics["logps/rejected"])) < 1e-3
     assert abs(float(first["train/loss"]) - float(loss)) < 1e-5
 
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     ref = ckpt["dpo_reference"]["train"][batch["index"]]
     assert torch.allclose(ref[:, 0], chosen.double(), atol=1e-3) and torch.allclose(ref[:, 1], rejected.double(), atol=1e-3)
     res = _results(out)
