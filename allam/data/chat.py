@@ -249,30 +249,34 @@ def preference_example(tokenizer, prompt: list, chosen: str, rejected: str, max_
     return out
 
 
-def tokenize_sft(tokenizer, rows: Rows, max_length: Optional[int] = None) -> list[dict]:
-    """SFT examples of kept chat rows; those longer than the context are counted in rows.dropped."""
+def _tokenize(rows: Rows, make, limit: Optional[int]) -> list[dict]:
+    """make(row) for the kept rows until `limit` examples (None: all); a row make() finds longer
+    than the context (None) is counted in rows.dropped."""
+    examples = []
+    for row in rows.rows:
+        if limit is not None and len(examples) >= limit:
+            break
+        ex = make(row)
+        if ex is None:
+            rows.dropped["too_long"] += 1
+        else:
+            examples.append(ex)
+    return examples
+
+
+def tokenize_sft(tokenizer, rows: Rows, max_length: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
+    """SFT examples of kept chat rows (tokenized only until `limit` are kept, when set); those
+    longer than the context are counted in rows.dropped."""
     require_chat_template(tokenizer, "supervised fine-tuning")
-    examples = []
-    for messages in rows.rows:
-        ex = sft_example(tokenizer, messages, max_length)
-        if ex is None:
-            rows.dropped["too_long"] += 1
-        else:
-            examples.append(ex)
-    return examples
+    return _tokenize(rows, lambda messages: sft_example(tokenizer, messages, max_length), limit)
 
 
-def tokenize_preferences(tokenizer, rows: Rows, max_length: Optional[int] = None) -> list[dict]:
-    """Preference examples of kept rows; those longer than the context are counted in rows.dropped."""
+def tokenize_preferences(tokenizer, rows: Rows, max_length: Optional[int] = None,
+                         limit: Optional[int] = None) -> list[dict]:
+    """Preference examples of kept rows (tokenized only until `limit` are kept, when set); those
+    longer than the context are counted in rows.dropped."""
     require_chat_template(tokenizer, "preference tuning")
-    examples = []
-    for prompt, chosen, rejected in rows.rows:
-        ex = preference_example(tokenizer, prompt, chosen, rejected, max_length)
-        if ex is None:
-            rows.dropped["too_long"] += 1
-        else:
-            examples.append(ex)
-    return examples
+    return _tokenize(rows, lambda row: preference_example(tokenizer, *row, max_length), limit)
 
 
 def load_sft(name: str, src: Any, tokenizer, max_length: Optional[int] = None) -> tuple[list[dict], Rows]:

@@ -81,20 +81,8 @@ def load_examples(objective: str, name: str, src: dict, tokenizer, max_length: i
     """Tokenized examples of one source (only the first `limit` of those kept, when set); the
     kept and dropped counts are logged once. A file of the other kind is a one-line ConfigError."""
     rows = chat.read_chat(name, src) if objective == "sft" else chat.read_preferences(name, src)
-    if limit is None:
-        tokenize = chat.tokenize_sft if objective == "sft" else chat.tokenize_preferences
-        examples = tokenize(tokenizer, rows, max_length)
-    else:  # tokenize only until `limit` examples are kept
-        examples = []
-        for row in rows.rows:
-            ex = (chat.sft_example(tokenizer, row, max_length) if objective == "sft"
-                  else chat.preference_example(tokenizer, *row, max_length))
-            if ex is None:
-                rows.dropped["too_long"] += 1
-            else:
-                examples.append(ex)
-            if len(examples) == limit:
-                break
+    tokenize = chat.tokenize_sft if objective == "sft" else chat.tokenize_preferences
+    examples = tokenize(tokenizer, rows, max_length, limit)
     rows.report()
     log.info("%s data %s: %d examples of at most %d tokens", rows.kind, name, len(examples), max_length)
     if not examples:

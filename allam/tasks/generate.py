@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers.generation.streamers import BaseStreamer
 
 from allam import results as R
@@ -87,7 +87,7 @@ def chat_mode(chat, trained) -> str:
     for a folder from elsewhere, auto means the template when its tokenizer has one."""
     mode = str(chat).lower()
     if mode == "auto" and trained is not None:
-        objective = str(trained.get("objective", {}).get("name", "pretrain")) if "objective" in trained else "pretrain"
+        objective = str(OmegaConf.select(trained, "objective.name", default="pretrain"))
         return "auto" if objective in ("sft", "dpo") else "false"
     return mode
 
