@@ -4,7 +4,8 @@
 
 Modes:
 - ``init``: shard a model spec over WORLD ranks, materialize it shard by shard, and compare every
-  parameter (gathered one at a time) with the whole model a single process builds from the same spec.
+  parameter (gathered one at a time) with the whole model a single process builds from the same spec;
+  ARGS ``{"cases": {name: overrides}}`` does so for several specs in one process group.
 - ``load``: materialize a Hugging Face folder's model sharded, measuring this rank's peak host
   memory growth; then save the shards as a torch.distributed.checkpoint folder in the layout the
   FSDP2 trainer writes.
@@ -62,6 +63,41 @@ def spec_from_args(args: dict):
     return model_spec(cfg.model, cfg.init, cfg.tokenizer, bundle, "sdpa")
 
 
+def materialize_sharded(spec, world: int):
+    """The spec's model sharded over the world and filled shard by shard; with this rank's peak
+    host-memory growth and its share of the elements."""
+    from allam.model.shard import fully_shard_llama
+    from allam.model.weights import materialize
+
+    model = spec.meta()
+    fully_shard_llama(model, mesh(world))
+    reset_peak()
+    before = rss_bytes("VmRSS")
+    model.to_empty(device="cpu")
+    materialize(model, spec.weights())
+    measured = {"rss_growth": rss_bytes("VmHWM") - before,
+                "local_numel": sum(p.to_local().numel() for p in model.parameters()),
+                "numel": sum(p.numel() for p in model.parameters())}
+    return model, measured
+
+
+def materialize_and_compare(spec, rank: int, world: int) -> dict:
+    """materialize_sharded, then every parameter gathered (one at a time) and compared on rank 0
+    with the whole model one process builds from the same spec."""
+    from torch.distributed.tensor import DTensor
+
+    model, result = materialize_sharded(spec, world)
+    whole = spec.build() if rank == 0 else None
+    ref = dict(whole.named_parameters()) if whole is not None else {}
+    diffs = {}
+    for name, p in model.named_parameters():
+        full = p.full_tensor() if isinstance(p, DTensor) else p  # collective: every rank joins
+        if rank == 0:
+            diffs[name] = (full - ref[name]).abs().max().item()
+    result["max_diff"] = diffs
+    return result
+
+
 def main() -> None:
     mode, rank, world, port, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
     args = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
@@ -84,34 +120,16 @@ def main() -> None:
         return
 
     dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
-    from torch.distributed.tensor import DTensor
-
-    from allam.model.shard import fully_shard_llama
-    from allam.model.weights import materialize
-
-    spec = spec_from_args(args)
-    model = spec.meta()
-    fully_shard_llama(model, mesh(world))
-    reset_peak()
-    before = rss_bytes("VmRSS")
-    model.to_empty(device="cpu")
-    materialize(model, spec.weights())
-    result["rss_growth"] = rss_bytes("VmHWM") - before
-    result["local_numel"] = sum(p.to_local().numel() for p in model.parameters())
-    result["numel"] = sum(p.numel() for p in model.parameters())
-
-    if mode == "init":
-        whole = spec.build() if rank == 0 else None
-        ref = dict(whole.named_parameters()) if whole is not None else {}
-        diffs = {}
-        for name, p in model.named_parameters():
-            full = p.full_tensor() if isinstance(p, DTensor) else p  # collective: every rank joins
-            if rank == 0:
-                diffs[name] = (full - ref[name]).abs().max().item()
-        result["max_diff"] = diffs
+    if mode == "init" and "cases" in args:  # several specs, one process group: one start-up for all
+        result["cases"] = {name: materialize_and_compare(spec_from_args({"overrides": overrides}), rank, world)
+                           for name, overrides in args["cases"].items()}
+    elif mode == "init":
+        result.update(materialize_and_compare(spec_from_args(args), rank, world))
     elif mode == "load":
         import torch.distributed.checkpoint as dcp
 
+        model, measured = materialize_sharded(spec_from_args(args), world)
+        result.update(measured)
         state = {"model." + k: v for k, v in model.state_dict().items()}
         dcp.save({"state_dict": state}, checkpoint_id=args["save"])
     dist.barrier()

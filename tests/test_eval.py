@@ -202,6 +202,40 @@ def test_eval_one_line_errors(make_cfg, tmp_path):
             eval_task.run(make_cfg("task=eval", bad))
 
 
+def test_offline_harness_tasks_are_named_with_their_hub_datasets(make_cfg, tmp_path, monkeypatch):
+    """eval.prepare offline, on the harness's real task configs (only their folders indexed, where
+    the full library takes 10-40 s): one line naming each task and the hub dataset it reads."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from allam.eval import harness
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    library = Path(lm_eval.__file__).parent / "tasks"
+    folders = [str(library / f) for f in ("arc", "hellaswag", "arabicmmlu", "arabic_leaderboard_complete")]
+
+    def manager(plan):
+        assert plan.include_defaults  # what the real plan would index
+        plan.task_manager = plan.task_manager or TaskManager(include_path=folders, include_defaults=False)
+        return plan.task_manager
+
+    monkeypatch.setattr(harness.Plan, "manager", manager)
+    monkeypatch.setattr(harness, "in_local_cache", lambda path: False)  # whatever this machine's HF cache holds
+    cfg = make_cfg("eval=paper", "eval.tasks=[arabicmmlu,arabic_leaderboard_acva,hellaswag,arc_challenge,verse_en2ar]")
+    with pytest.raises(ConfigError) as err:
+        harness.prepare(cfg.eval, tmp_path)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("eval=paper: offline mode is on")
+    for name in ("arabicmmlu (MBZUAI/ArabicMMLU", "arabic_leaderboard_acva (OALL/ACVA)", "hellaswag (", "arc_challenge (",
+                 "allenai/ai2_arc", "eval.data_dir=<folder>"):
+        assert name in line, name
+    assert "verse_en2ar" not in line  # the package's own tasks need no hub
+    with pytest.raises(ConfigError, match=r"eval.tasks.no_such_task: no such lm-evaluation-harness task"):
+        harness.prepare(make_cfg("eval=paper", "eval.tasks=[no_such_task]").eval, tmp_path)
+
+
+@pytest.mark.slow  # the full task library's index takes 10-40 s; the quick test above indexes the suite's folders
 def test_paper_suite_offline_stops_with_one_line_before_loading_the_model(tmp_path, cli, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

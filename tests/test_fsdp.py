@@ -65,11 +65,27 @@ def _ranks(mode: str, world: int, args: dict, tmp_path: Path, cache_dir) -> list
 
 
 # --------------------------------------------------------------------------- sharded materialization
-@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
-def test_sharded_random_init_equals_one_process(tmp_path, cache_dir, world):
-    """Each rank fills only its shards, and the weights equal a single process's with the same seed."""
-    overrides = [f"paths.cache_dir={cache_dir}", TINY[0], "model.num_layers=3"]
-    res = _ranks("init", world, {"overrides": overrides}, tmp_path, cache_dir)
+def _random_init(cache_dir) -> list[str]:
+    return [f"paths.cache_dir={cache_dir}", TINY[0], "model.num_layers=3"]
+
+
+def _expansion(cache_dir, english_checkpoint, strategy: str) -> list[str]:
+    return [f"paths.cache_dir={cache_dir}", TINY[0], "init=llama2", f"init.checkpoint={english_checkpoint}",
+            "tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000",
+            f"init.new_embeddings={strategy}"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_inits(tmp_path_factory, cache_dir, english_checkpoint) -> dict[str, list[dict]]:
+    """The fast suite's 2-rank sharded inits, in one launch (one process group, one start-up):
+    case -> each rank's result."""
+    cases = {"random_init": _random_init(cache_dir),
+             **{s: _expansion(cache_dir, english_checkpoint, s) for s in ("subtoken_mean", "random")}}
+    res = _ranks("init", 2, {"cases": cases}, tmp_path_factory.mktemp("inits"), cache_dir)
+    return {name: [r["cases"][name] for r in res] for name in cases}
+
+
+def _check_random_init(res: list[dict]) -> None:
     diffs = res[0]["max_diff"]
     assert len(diffs) == 3 * 9 + 3  # every parameter was compared
     assert max(diffs.values()) == 0.0
@@ -77,18 +93,33 @@ def test_sharded_random_init_equals_one_process(tmp_path, cache_dir, world):
     assert all(r["local_numel"] < 0.75 * r["numel"] for r in res)
 
 
-@pytest.mark.parametrize("strategy", ["subtoken_mean", pytest.param("mean", marks=pytest.mark.slow), "random"])
-def test_sharded_pretrained_expansion_equals_one_process(tmp_path, cache_dir, english_checkpoint, strategy):
+def test_sharded_random_init_equals_one_process(two_rank_inits):
+    """Each rank fills only its shards, and the weights equal a single process's with the same seed."""
+    _check_random_init(two_rank_inits["random_init"])
+
+
+@pytest.mark.slow
+def test_sharded_random_init_equals_one_process_on_three_ranks(tmp_path, cache_dir):
+    _check_random_init(_ranks("init", 3, {"overrides": _random_init(cache_dir)}, tmp_path, cache_dir))
+
+
+def _check_expansion(res: list[dict], strategy: str) -> None:
+    diffs = res[0]["max_diff"]
+    assert diffs["model.embed_tokens.weight"] == 0.0 and diffs["lm_head.weight"] == 0.0, strategy
+    assert max(diffs.values()) == 0.0, strategy
+
+
+@pytest.mark.parametrize("strategy", ["subtoken_mean", "random"])
+def test_sharded_pretrained_expansion_equals_one_process(two_rank_inits, strategy):
     """init=llama2 with tokenizer=expanded: read tensor by tensor into the shards; the grown
     embedding and head rows equal the single-process path's, for every new-row strategy."""
-    if True:
-        overrides = [f"paths.cache_dir={cache_dir}", TINY[0], "init=llama2", f"init.checkpoint={english_checkpoint}",
-                     "tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000",
-                     f"init.new_embeddings={strategy}"]
-        res = _ranks("init", 2, {"overrides": overrides}, tmp_path, cache_dir)
-        diffs = res[0]["max_diff"]
-        assert diffs["model.embed_tokens.weight"] == 0.0 and diffs["lm_head.weight"] == 0.0, strategy
-        assert max(diffs.values()) == 0.0, strategy
+    _check_expansion(two_rank_inits[strategy], strategy)
+
+
+@pytest.mark.slow
+def test_sharded_pretrained_expansion_with_mean_rows_equals_one_process(tmp_path, cache_dir, english_checkpoint):
+    res = _ranks("init", 2, {"overrides": _expansion(cache_dir, english_checkpoint, "mean")}, tmp_path, cache_dir)
+    _check_expansion(res, "mean")
 
 
 @pytest.mark.slow  # the fast suite's sharded-init tests cover Llama shapes, both new-row fills, random init

@@ -176,9 +176,16 @@ def demo_documents(name: str, split: str | None = None) -> Iterator[Document]:
     """Documents of one demo source, optionally only one split ("train" or "val")."""
     if name not in DEMO_SOURCES:
         raise KeyError(f"unknown demo source '{name}'; allowed: {', '.join(sorted(DEMO_SOURCES))}")
-    for doc in DEMO_SOURCES[name]():
+    for doc in _documents(DEMO_SOURCES[name]):
         if split is None or doc.split == split:
             yield doc
+
+
+@lru_cache(maxsize=None)
+def _documents(reader) -> tuple[Document, ...]:
+    """The documents one source reader yields, cleaned once per process (the sources are a few MB
+    of text; their cleaning took seconds each time an evaluation suite was built)."""
+    return tuple(reader())
 
 
 def demo_texts(lang: str, split: str = "train") -> Iterator[str]:
