@@ -1,0 +1,63 @@
+"""Does the toy English base know enough Arabic for sub-token-mean rows to transfer anything?
+
+Claim 3's mechanism: a new Arabic token's row, set to the mean of the rows of the base-tokenizer
+pieces it replaces, starts out better than a random row. That needs a base whose Arabic pieces
+carry knowledge. This script trains the claims' English base (``experiment=claims_english_base``,
+its 393,216 tokens) at several Arabic shares (the share of its training tokens and of its
+tokenizer's training words) and, for each base, scores the step-0 Arabic and English bits per byte
+of the adapted model under each new-row fill (one training step each, ``experiment=claim1_adapt``,
+whose expanded tokenizer grows the base's own; the scores at step 0 come before the step). One
+seed; runs already finished are read back.
+
+    python experiments/base_arabic_share.py --shares 0.01 0.05 0.2 --out outputs/base_share \
+        --json experiments/base_arabic_share.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FILLS = ("subtoken_mean", "random", "mean")
+
+
+def run(args: list[str], folder: Path) -> dict:
+    if not (folder / "results.json").is_file() or json.loads((folder / "results.json").read_text()).get(
+            "status") != "finished":
+        cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={folder}", "trainer.progress_bar=false"]
+        print("[run]", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((folder / "results.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shares", type=float, nargs="+", default=[0.01, 0.05, 0.2])
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "base_share")
+    p.add_argument("--json", type=Path, default=None, help="where to write the table (default: print only)")
+    a = p.parse_args()
+    seed = [f"trainer.seed={a.seed}", f"init.seed={a.seed}", f"data.seed={a.seed}"]
+    rows = []
+    for share in a.shares:
+        base_dir = a.out / f"share{share:g}" / "base"
+        base = run(["experiment=claims_english_base", f"data.ar_ratio={share}", f"tokenizer.base_ar_share={share}",
+                    *seed], base_dir)
+        row = {"share": share, "base.val.ar.bpb": base["val.ar.bpb"], "base.val.en.bpb": base["val.en.bpb"]}
+        for fill in FILLS:
+            res = run(["experiment=claim1_adapt", f"init.checkpoint={base_dir / 'hf'}", f"init.new_embeddings={fill}",
+                       "trainer.max_steps=1", "logger=none", *seed],
+                      a.out / f"share{share:g}" / fill)
+            row[f"{fill}.start.val.ar.bpb"] = res["start.val.ar.bpb"]
+            row[f"{fill}.start.val.en.bpb"] = res["start.val.en.bpb"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if a.json:
+        a.json.write_text(json.dumps({"seed": a.seed, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
