@@ -90,6 +90,10 @@ def test_sft_trains_on_answer_tokens_only(sft_run, cache_dir, english_checkpoint
                                             ignore_index=-100, reduction="sum")
     assert int(batch["label_tokens"]) == int((targets != -100).sum())  # one rank, no accumulation
     assert abs(_train(sft_run)[0] - float(nll) / int(batch["label_tokens"])) < 1e-4
+    # train.tokens counts every position the model ran, train.padding the padded ones among them
+    batches = [dm.train_batch(i) for i in range(4)]
+    assert res["train.tokens"] == sum(b["input_ids"].numel() for b in batches)
+    assert 0 < res["train.padding"] == sum(int((b["attention_mask"] == 0).sum()) for b in batches) < res["train.tokens"]
 
 
 def test_sft_resume_continues_at_the_same_position(sft_run, tmp_path, cache_dir, english_checkpoint):
@@ -98,6 +102,7 @@ def test_sft_resume_continues_at_the_same_position(sft_run, tmp_path, cache_dir,
     assert run_inprocess([*SFT, "init=pretrained", f"init.checkpoint={english_checkpoint}", "export=false",
                           f"ckpt={sft_run / 'checkpoints' / 'step2.ckpt'}"], cache_dir, out) is None
     assert _results(out)["train.steps"] == 4
+    assert _results(out)["train.padding"] == _results(sft_run)["train.padding"]  # counted across the resume
     tail, full = _train(out), _train(sft_run)
     assert len(tail) == 2 and max(abs(a - b) for a, b in zip(tail, full[2:])) < 1e-5, (tail, full)
 

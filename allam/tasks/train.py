@@ -144,6 +144,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         "train.steps": trainer.global_step,
         "train.tokens": throughput.tokens,
         "train.tokens_this_run": throughput.tokens_this_run,
+        "train.padding": throughput.padding,  # padded positions among train.tokens (post-training batches)
         "train.seconds": throughput.train_seconds,
         "train.tokens_per_second": throughput.tokens_per_second,
         "train.mfu": throughput.mfu,

@@ -59,11 +59,21 @@ def batch_positions(batch) -> int:
     return int(batch.shape[0] * (batch.shape[1] - 1))
 
 
+def batch_padding(batch) -> int:
+    """Padding positions of a micro-batch: the zeros of a post-training batch's ``*attention_mask``
+    (a packed block has none)."""
+    if isinstance(batch, dict):
+        return int(sum((v == 0).sum().item() for k, v in batch.items() if k.endswith("attention_mask")))
+    return 0
+
+
 class Throughput(L.Callback):
     """Logs train/tokens, train/tokens_per_s, train/mfu and the learning rate.
 
-    Tokens count input positions of every micro-batch on every rank, across resumes. Time
-    counts training only: validation passes are left out.
+    Tokens count input positions of every micro-batch on every rank, across resumes: the work the
+    model does, so tokens/s and MFU count padded positions of post-training batches too, and
+    :attr:`padding` counts those (this rank's batches times the world size). Time counts training
+    only: validation passes are left out.
     """
 
     def __init__(self, flops_per_token: float, precision: str, peak_override: float | None, log_every: int,
@@ -75,6 +85,7 @@ class Throughput(L.Callback):
         self.peak_override = peak_override
         self.log_every = max(1, log_every)
         self.tokens = 0
+        self.padding = 0  # padded positions among self.tokens
         self.train_seconds = 0.0
         self.peak = 0.0
         self.peak_source = ""
@@ -98,6 +109,7 @@ class Throughput(L.Callback):
         now = time.perf_counter()
         n = batch_positions(batch) * trainer.world_size
         self.tokens += n
+        self.padding += batch_padding(batch) * trainer.world_size
         self._window_tokens += n
         self.train_seconds += now - self._t_last
         self._t_last = now
@@ -156,10 +168,11 @@ class Throughput(L.Callback):
 
     # the token count and the validation curve survive a resume (curves do not jump back)
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "curve": list(self.curve)}
+        return {"tokens": self.tokens, "padding": self.padding, "curve": list(self.curve)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = int(state_dict.get("tokens", 0))
+        self.padding = int(state_dict.get("padding", 0))
         self._tokens_at_start = self.tokens
         self.curve = list(state_dict.get("curve", []))
 
