@@ -199,6 +199,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("model.seq_len", m.seq_len, f"must be <= model.max_position_embeddings={m.max_position_embeddings}")
     _positive("data.batch_size", d.batch_size)
     _positive("data.val_bytes", d.val_bytes, allow_zero=True)
+    _positive("data.cache_wait_s", d.cache_wait_s)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
     _positive("trainer.max_tokens", t.max_tokens)
     _positive("trainer.max_steps", t.max_steps)

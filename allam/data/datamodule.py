@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from allam.config import ConfigError, mix_stages
+from allam.data import cache_lock
 from allam.data.blend import Blend, SourceInfo
 from allam.data.fingerprint import check_fingerprint, data_fingerprint
 from allam.data.mix import check_repeats, format_mix_table, mix_report
@@ -215,7 +216,8 @@ class AllamDataModule(L.LightningDataModule):
         tok = self._tokenizer_info()
         jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir)
         say = print if _is_rank_zero() else (lambda *a, **k: None)
-        self.shards = build(jobs, tok, workers=self.workers, progress=self.progress and _is_rank_zero(), log=say)
+        self.shards = build(jobs, tok, workers=self.workers, progress=self.progress and _is_rank_zero(), log=say,
+                            wait_s=float(self.cfg.get("cache_wait_s", cache_lock.WAIT_S)), wait_log=print)
         self._shard_list = [self.shards[n] for n in self.sources]
         infos = []
         for name, src in self.sources.items():

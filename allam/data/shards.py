@@ -11,7 +11,8 @@ tokenized in batches by a pool of forked workers (all cores; a bounded number of
 flight, so an arbitrarily large corpus never needs to fit in memory), and appended to the shard
 files in order, with exact-duplicate removal by hash. A progress bar shows documents and tokens.
 Folders are written under a temporary name and renamed when complete; a file lock keeps
-concurrent ranks from building the same folder twice. ``meta.json`` records each file's size and
+concurrent ranks from building the same folder twice, and where locks do not reach across hosts
+the first complete folder wins (:mod:`allam.data.cache_lock`). ``meta.json`` records each file's size and
 the SHA-256 of its first and last MiB; a cached folder is verified against them (and against its
 token counts) before use, and a damaged one is named and rebuilt.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -33,6 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from allam.config import ConfigError
+from allam.data import cache_lock
 from allam.data.cleaning import Cleaner, doc_hash
 from allam.data.shard_writer import ShardWriter, batches, check_script
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_values
@@ -199,6 +200,19 @@ def verify(job: ShardJob) -> tuple[Optional[dict], Optional[str]]:
     return meta, None
 
 
+def _differs(mine: Path, theirs: Path) -> Optional[str]:
+    """How two builds of one source differ (token and document counts, file sizes and digests), or None."""
+    a, b = (json.loads((p / "meta.json").read_text(encoding="utf-8")) for p in (mine, theirs))
+    for split in ("train", "val"):
+        for k in ("tokens", "docs"):
+            if a[split][k] != b[split][k]:
+                return f"{split} {k}: {a[split][k]:,} here, {b[split][k]:,} in {b.get('built_by', 'the other build')}"
+    for name in SHARD_FILES:
+        if a["files"][name] != b["files"][name]:
+            return f"{name}: {a['files'][name]} here, {b['files'][name]} there"
+    return None
+
+
 def load(job: ShardJob) -> Optional[SourceShards]:
     """The cached shards of `job` when the folder is complete and intact (:func:`verify`), else None."""
     meta, _ = verify(job)
@@ -276,21 +290,12 @@ def _pool(workers: int):
         pool.join()
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 # --------------------------------------------------------------------------- building
 def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = None, progress: bool = True,
-          log=print) -> dict[str, SourceShards]:
-    """Loads every source's shards, building the missing ones. Returns {name: SourceShards}."""
+          log=print, wait_s: float = cache_lock.WAIT_S, wait_log=None) -> dict[str, SourceShards]:
+    """Loads every source's shards, building the missing ones. Returns {name: SourceShards}.
+    A source another process is building is waited for, at most `wait_s` seconds, saying so
+    through `wait_log` (default `log`; see :mod:`allam.data.cache_lock`)."""
     out: dict[str, SourceShards] = {}
     todo = []
     for job in jobs:
@@ -307,7 +312,8 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     pool_cm = None
     try:
         for i, job in enumerate(todo):
-            with _locked(job.path):
+            with cache_lock.building(job.path, f"the shards of source {job.name}", wait_s=wait_s,
+                                    log=wait_log or log):
                 meta, why = verify(job)  # another rank may have built it meanwhile
                 shards = None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
                 if why:
@@ -330,8 +336,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    tmp = job.path.parent / f"{job.path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = cache_lock.unique_name(job.path, "tmp")
     tmp.mkdir(parents=True)
     bad = [0]
     bar = tqdm(desc=f"tokenize {job.name}", unit=" docs", disable=not progress, mininterval=0.5, leave=True)
@@ -373,13 +378,14 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
             "content": job.content,
             "cleaning": job.cleaner.options(),
             "seconds": round(time.perf_counter() - t0, 3),
+            "built_by": f"host {cache_lock.HOST} pid {os.getpid()}",
             **stats,
             "files": {f: file_record(tmp / f) for f in SHARD_FILES},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if job.path.exists():
-            shutil.rmtree(job.path)
-        os.replace(tmp, job.path)
+        if not cache_lock.publish(tmp, job.path, complete=lambda p: verify(job)[0] is not None, same=_differs,
+                                  what=f"data.sources.{job.name}", log=log):
+            return load(job)  # type: ignore[return-value]
         kept = meta["train"]["docs"] + meta["val"]["docs"]
         drops = ", ".join(f"{k} {v:,}" for k, v in meta["drops"].items() if v) or "none"
         log(f"data: {job.name}: {meta['docs_read']:,} docs read, {kept:,} kept ({drops} dropped), "

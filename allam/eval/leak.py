@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -157,7 +158,7 @@ class Index:
         return Overlap(len(ws), len(hits), int(hits.sum()), covered)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        tmp = path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}.npz")
         np.savez(tmp, grams=self.grams, short=self.short, meta=np.array([self.docs, self.total_words]))
         tmp.replace(path)
 
