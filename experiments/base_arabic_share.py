@@ -9,8 +9,10 @@ of the adapted model under each new-row fill (one training step each, ``experime
 whose expanded tokenizer grows the base's own; the scores at step 0 come before the step). One
 seed; runs already finished are read back.
 
-    python experiments/base_arabic_share.py --shares 0.01 0.05 0.2 --out outputs/base_share \
-        --json experiments/base_arabic_share.json
+``--new-tokens`` also varies how many Arabic pieces the expansion adds (the claims add 16,000).
+
+    python experiments/base_arabic_share.py --shares 0.01 0.05 0.2 --new-tokens 16000 2000 \
+        --out outputs/base_share --json experiments/base_arabic_share.json
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def run(args: list[str], folder: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shares", type=float, nargs="+", default=[0.01, 0.05, 0.2])
+    p.add_argument("--new-tokens", type=int, nargs="+", default=[16000], help="tokenizer.num_new_tokens values")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "base_share")
     p.add_argument("--json", type=Path, default=None, help="where to write the table (default: print only)")
@@ -46,15 +49,18 @@ def main() -> None:
         base_dir = a.out / f"share{share:g}" / "base"
         base = run(["experiment=claims_english_base", f"data.ar_ratio={share}", f"tokenizer.base_ar_share={share}",
                     *seed], base_dir)
-        row = {"share": share, "base.val.ar.bpb": base["val.ar.bpb"], "base.val.en.bpb": base["val.en.bpb"]}
-        for fill in FILLS:
-            res = run(["experiment=claim1_adapt", f"init.checkpoint={base_dir / 'hf'}", f"init.new_embeddings={fill}",
-                       "trainer.max_steps=1", "logger=none", *seed],
-                      a.out / f"share{share:g}" / fill)
-            row[f"{fill}.start.val.ar.bpb"] = res["start.val.ar.bpb"]
-            row[f"{fill}.start.val.en.bpb"] = res["start.val.en.bpb"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for n_new in a.new_tokens:
+            row = {"share": share, "new_tokens": n_new, "base.val.ar.bpb": base["val.ar.bpb"],
+                   "base.val.en.bpb": base["val.en.bpb"]}
+            for fill in FILLS:
+                name = fill if n_new == 16000 else f"{fill}-new{n_new}"
+                res = run(["experiment=claim1_adapt", f"init.checkpoint={base_dir / 'hf'}", f"init.new_embeddings={fill}",
+                           f"tokenizer.num_new_tokens={n_new}", "trainer.max_steps=1", "logger=none", *seed],
+                          a.out / f"share{share:g}" / name)
+                row[f"{fill}.start.val.ar.bpb"] = res["start.val.ar.bpb"]
+                row[f"{fill}.start.val.en.bpb"] = res["start.val.en.bpb"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if a.json:
         a.json.write_text(json.dumps({"seed": a.seed, "rows": rows}, indent=1) + "\n")
 
