@@ -246,6 +246,36 @@ def test_cache_reuse_and_invalidation(tok, corpus, tmp_path, capsys):
     assert p2.shards["e"].meta["docs_read"] == p1.shards["e"].meta["docs_read"] + 1
 
 
+def test_fingerprint_survives_a_touch_and_a_copy_but_not_an_edit(tmp_path):
+    """A source's content fingerprint is its files' names, sizes and sampled bytes: the same bytes
+    touched or copied to another folder keep it; a same-size edit of a sampled byte changes it."""
+    import os
+
+    from allam.data import sources as S
+
+    def fp(path):
+        return S.content_fingerprint("e", {"loader": "text", "path": str(path), "lang": "en"})
+
+    small = tmp_path / "a" / "e.txt"
+    big = tmp_path / "a" / "big.txt"
+    small.parent.mkdir()
+    small.write_text("\n".join(_docs(EN_WORDS, 40, 5)) + "\n", encoding="utf-8")
+    big.write_bytes(("\n".join(_docs(EN_WORDS, 12000, 6)) + "\n").encode())
+    assert big.stat().st_size > S.SAMPLE_BLOCKS * S.SAMPLE_BYTES  # sampled, not read whole
+    for f in (small, big):
+        before = fp(f)
+        os.utime(f, (1, 1))  # touch (to another mtime)
+        assert fp(f) == before
+        copy = tmp_path / "elsewhere" / f.name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(f.read_bytes())
+        assert fp(copy) == before
+        data = bytearray(f.read_bytes())
+        data[-2] = ord("X") if data[-2] != ord("X") else ord("Y")  # the last block is always sampled
+        f.write_bytes(bytes(data))
+        assert fp(f) != before
+
+
 def test_shards_use_uint32_when_vocab_exceeds_uint16(tmp_path, corpus):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

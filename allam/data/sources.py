@@ -95,9 +95,26 @@ def resolve_files(name: str, src: Any) -> list[Path]:
     return [p]
 
 
-def _stat_entry(p: Path) -> list:
-    st = p.stat()
-    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+SAMPLE_BLOCKS = 16  # blocks of a file's content hash, spread evenly over it
+SAMPLE_BYTES = 1 << 16  # bytes per block
+
+
+def file_identity(p: Path) -> list:
+    """What a file's fingerprint keeps of it: its name, its size and the SHA-256 of a content
+    sample (:data:`SAMPLE_BLOCKS` blocks of :data:`SAMPLE_BYTES` spread evenly from its first to its
+    last byte; the whole file when smaller). Neither its folder nor its mtime: a ``touch`` or the
+    same bytes copied elsewhere (another cluster) keep the fingerprint. An edit that keeps the size
+    and misses every sampled block goes unnoticed; a changed size or any sampled byte does not."""
+    size = p.stat().st_size
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+            h.update(fh.read())
+        else:
+            for i in range(SAMPLE_BLOCKS):  # block 0 starts at the first byte, the last ends at the last
+                fh.seek(i * (size - SAMPLE_BYTES) // (SAMPLE_BLOCKS - 1))
+                h.update(fh.read(SAMPLE_BYTES))
+    return [p.name, size, h.hexdigest()]
 
 
 HOLD_OUT_RULE = f"demo:unit%{VAL_EVERY}==0;files:chapter({CHAPTER_DOCS})%{VAL_EVERY}==1"
@@ -109,21 +126,21 @@ def reader_key(src: Any) -> dict:
 
 
 def content_fingerprint(name: str, src: Any) -> str:
-    """A cheap hash that changes when the source's content changes (file paths, sizes, mtimes;
-    for demo sources also the code of the demo and Arabic-text modules; for hf the dataset's own
-    fingerprint)."""
+    """A cheap hash that changes when the source's content changes: each file's name, size and
+    content sample in reading order (:func:`file_identity`), for demo sources also the code of the
+    demo and Arabic-text modules, for hf the dataset's own fingerprint."""
     loader = src["loader"]
     if loader == "demo":
         key = src["path"] or name
         if key not in demo.DEMO_SOURCES:
             raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
-        files = [_stat_entry(demo.package_file(*spec)) for spec in demo.DEMO_FILES.get(key, [])]
+        files = [file_identity(demo.package_file(*spec)) for spec in demo.DEMO_FILES.get(key, [])]
         code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic))).hexdigest()
-        entry: Any = {"demo": key, "files": [f[1:] + [Path(f[0]).name] for f in files], "code": code}
+        entry: Any = {"demo": key, "files": files, "code": code}
     elif loader == "hf":
         entry = {"hf": src["path"], "split": src["split"], "fp": _hf_dataset(name, src)._fingerprint}
     else:
-        entry = {"files": [_stat_entry(p) for p in resolve_files(name, src)]}
+        entry = {"files": [file_identity(p) for p in resolve_files(name, src)]}
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 

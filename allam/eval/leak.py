@@ -51,6 +51,7 @@ import numpy as np
 
 from allam.data import arabic, demo
 from allam.data.arabic import strip_arabic_marks
+from allam.data.sources import file_identity
 
 log = logging.getLogger("allam")
 
@@ -176,11 +177,11 @@ def training_documents() -> Iterator[demo.Document]:
 
 
 def corpus_fingerprint() -> str:
-    """Changes with the corpus package files (size, mtime), the demo and Arabic-text code, the
+    """Changes with the corpus package files (name, size, content sample), the demo and Arabic-text code, the
     hold-out rule and this module's normalization and gram sizes."""
     files = sorted({str(demo.package_file(*spec)) for specs in demo.DEMO_FILES.values() for spec in specs})
     entry = {
-        "files": [[Path(f).name, Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files],
+        "files": [file_identity(Path(f)) for f in files],
         "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic))).hexdigest(),
         "val_every": demo.VAL_EVERY, "normalization": NORMALIZATION, "n": [N, MIN_WORDS],
     }
