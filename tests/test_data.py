@@ -431,11 +431,25 @@ def test_source_fields_have_one_home(tok, corpus, tmp_path):
 def test_duplicate_memory_is_exact_across_merges():
     from allam.data.cleaning import HashSet
 
-    hs = HashSet(buffer=4)
+    hs = HashSet()
     assert hs.first_seen(np.array([1, 2, 2, 3], np.uint64)).tolist() == [True, True, False, True]
     assert hs.first_seen(np.array([3, 4, 5, 1, 6], np.uint64)).tolist() == [False, True, True, False, True]
-    assert len(hs.recent) == 0 and len(hs) == 6  # merged into the sorted array
+    assert len(hs) == 6 and [len(r) for r in hs.runs] == [6]  # the second batch's run merged into the first
     assert hs.first_seen(np.array([6, 7, 0], np.uint64)).tolist() == [False, True, True]
+    assert [len(r) for r in hs.runs] == [6, 2]
+    # many batches: the runs merge like a binary counter and the answers stay those of a plain set
+    rng = np.random.default_rng(0)
+    hs, seen = HashSet(), set()
+    for _ in range(300):
+        batch = rng.integers(0, 3000, size=int(rng.integers(1, 40)), dtype=np.uint64)
+        want = []
+        for h in batch.tolist():
+            want.append(h not in seen)
+            seen.add(h)
+        assert hs.first_seen(batch).tolist() == want
+    assert len(hs) == len(seen) and len(hs.runs) <= int(np.log2(len(seen))) + 1
+    assert all(len(a) > len(b) for a, b in zip(hs.runs, hs.runs[1:]))  # sizes strictly decrease
+    assert all(bool((np.diff(r.hashes.astype(np.int64)) > 0).all()) for r in hs.runs)  # each run sorted, distinct
 
 
 def test_hf_dataset_from_disk(tok, corpus, tmp_path):
