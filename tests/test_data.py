@@ -560,3 +560,21 @@ def test_every_stream_bound_on_every_window(ratio, tau):
     targets = blend.targets(n)[0]
     for s in range(len(SRC5)):
         assert _max_window_dev(src == s, targets.get(s, 0.0) / n, sizes) < 2.5
+
+
+def test_dedup_benchmark_keeps_what_the_baseline_keeps(monkeypatch, capsys):
+    """benchmarks/dedup_scaling.py at small sizes: both structures keep exactly the distinct hashes
+    (the script asserts it) and the JSON line carries the times and the fitted exponents."""
+    import sys
+
+    from allam.config import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import dedup_scaling
+
+    monkeypatch.setattr(sys, "argv", ["dedup_scaling.py", "--sizes", "20000", "60000", "--buffer", "4096"])
+    dedup_scaling.main()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["docs"] for r in result["rows"]] == [20000, 60000]
+    assert all(0 < r["kept"] < r["docs"] and r["seconds"] > 0 for r in result["rows"])
+    assert "exponent" in result and "baseline_exponent" in result
