@@ -1,4 +1,4 @@
-"""Builders racing on one source's shard folder (allam/data/cache_lock.py): with working locks one
+"""Builders racing on one source's shard folder (allam/cache_lock.py): with working locks one
 builds and the other waits, saying for whom; without them (locks that do not reach across hosts)
 both build, the first complete folder wins and is never replaced; a waiter gives up with one line."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import os
 import pytest
 
 from allam.config import ConfigError
-from allam.data import cache_lock, shards
+from allam import cache_lock
+from allam.data import shards
 from test_data import corpus, sources, tok  # noqa: F401  (fixtures)
 
 FORK = mp.get_context("fork")
@@ -77,7 +78,7 @@ def test_with_working_locks_one_builds_and_the_other_waits_saying_for_whom(tok, 
     (first, second), got = _run({"started": started, "slow_s": 1.5}, {}, jobs=jobs, info=info, stagger=started)
     assert got[first][0] is not None and got[second][0] is not None, got
     assert got[first][0]["built_by"] == got[second][0]["built_by"] == f"host {cache_lock.HOST} pid {first}"
-    waited = [line for line in got[second][1] if line.startswith("data: waiting for")]
+    waited = [line for line in got[second][1] if line.startswith("cache: waiting for")]
     assert waited and f"host {cache_lock.HOST} pid {first} since" in waited[0] and "data.cache_wait_s" in waited[0]
     assert not any("docs read" in line for line in got[second][1])  # it built nothing
     assert _leftovers(tmp_path / "cache") == []
@@ -109,7 +110,7 @@ def test_a_waiter_gives_up_after_cache_wait_s_with_one_line(tmp_path):
     line = str(err.value)
     assert "\n" not in line and line.startswith("data.cache_wait_s=0.3: waited")
     assert f"host {cache_lock.HOST} pid {os.getpid()} since" in line and str(path) + ".lock" in line
-    assert len(said) == 1 and said[0].startswith(f"data: waiting for host {cache_lock.HOST} pid {os.getpid()}")
+    assert len(said) == 1 and said[0].startswith(f"cache: waiting for host {cache_lock.HOST} pid {os.getpid()}")
     with cache_lock.building(path, "the shards of source src", wait_s=0.3):  # released: taken at once
         pass
 
@@ -139,3 +140,57 @@ def test_publish_keeps_a_complete_folder_checks_it_and_replaces_a_damaged_one(tm
     (path / "data").write_text("damaged")
     assert cache_lock.publish(folder("t4", "v4"), path, complete=complete, same=same, what="src")
     assert (path / "data").read_text() == "v4" and _leftovers(tmp_path) == []
+
+
+def _tokenizer_builder(cache, out, started=None):
+    """One process building the small English tokenizer: reports (its pid, its log lines)."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from allam.config import TokenizerConfig
+    from allam.data.demo import demo_texts
+    from allam.tokenizer import build_tokenizer, spm as spm_util
+
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logging.getLogger("allam").addHandler(Keep())
+    logging.getLogger("allam").setLevel(logging.INFO)
+    if started is not None:  # hold the build long enough for the other process to arrive
+        real = spm_util.train_bpe
+
+        def slow(*a, **k):
+            started.set()
+            import time
+
+            time.sleep(1.5)
+            return real(*a, **k)
+
+        spm_util.train_bpe = slow
+    cfg = OmegaConf.merge(OmegaConf.structured(TokenizerConfig), {"english_vocab_size": 1024, "training_words": 20000})
+    try:
+        build_tokenizer(cfg, cache_dir=cache, texts=lambda lang: demo_texts(lang, "train"))
+        out.put((os.getpid(), lines))
+    except BaseException as exc:
+        out.put((os.getpid(), [f"{type(exc).__name__}: {exc}"]))
+
+
+def test_a_tokenizer_is_trained_once_when_ranks_ask_at_the_same_time(tmp_path):
+    out, started = FORK.Queue(), FORK.Event()
+    first = FORK.Process(target=_tokenizer_builder, args=(tmp_path, out, started))
+    first.start()
+    assert started.wait(120)  # the first one holds the lock and trains
+    second = FORK.Process(target=_tokenizer_builder, args=(tmp_path, out))
+    second.start()
+    got = dict(out.get(timeout=180) for _ in range(2))
+    first.join(60)
+    second.join(60)
+    assert any("built in" in line for line in got[first.pid]), got[first.pid]
+    assert not any("built in" in line for line in got[second.pid]), got[second.pid]  # it trained nothing
+    assert any(line.startswith(f"cache: waiting for host {cache_lock.HOST} pid {first.pid}") and "training tokenizer" in line
+               for line in got[second.pid]), got[second.pid]
+    assert any("cached at" in line for line in got[second.pid])

@@ -254,8 +254,8 @@ class DataConfig:
     allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota
     seed: int = 1234
     allow_fingerprint_change: bool = False  # resume even if the data fingerprint differs from the checkpoint's
-    # a rank waiting for another process (this host or another) to build a source's shards gives up
-    # after this many seconds, with one line naming the holder (allam/data/cache_lock.py)
+    # a rank waiting for another process (this host or another) to train a tokenizer or build a
+    # source's shards gives up after this many seconds, with one line naming the holder (allam/cache_lock.py)
     cache_wait_s: float = 21600.0
 
 

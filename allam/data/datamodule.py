@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from allam import cache_lock
 from allam.config import ConfigError, mix_stages
-from allam.data import cache_lock
 from allam.data.blend import Blend, SourceInfo
 from allam.data.fingerprint import check_fingerprint, data_fingerprint
 from allam.data.mix import check_repeats, format_mix_table, mix_report

@@ -12,7 +12,7 @@ flight, so an arbitrarily large corpus never needs to fit in memory), and append
 files in order, with exact-duplicate removal by hash. A progress bar shows documents and tokens.
 Folders are written under a temporary name and renamed when complete; a file lock keeps
 concurrent ranks from building the same folder twice, and where locks do not reach across hosts
-the first complete folder wins (:mod:`allam.data.cache_lock`). ``meta.json`` records each file's size and
+the first complete folder wins (:mod:`allam.cache_lock`). ``meta.json`` records each file's size and
 the SHA-256 of its first and last MiB; a cached folder is verified against them (and against its
 token counts) before use, and a damaged one is named and rebuilt.
 """
@@ -32,8 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from allam import cache_lock
 from allam.config import ConfigError
-from allam.data import cache_lock
 from allam.data.cleaning import Cleaner, doc_hash
 from allam.data.shard_writer import ShardWriter, batches, check_script
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_values
@@ -295,7 +295,7 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
           log=print, wait_s: float = cache_lock.WAIT_S, wait_log=None) -> dict[str, SourceShards]:
     """Loads every source's shards, building the missing ones. Returns {name: SourceShards}.
     A source another process is building is waited for, at most `wait_s` seconds, saying so
-    through `wait_log` (default `log`; see :mod:`allam.data.cache_lock`)."""
+    through `wait_log` (default `log`; see :mod:`allam.cache_lock`)."""
     out: dict[str, SourceShards] = {}
     todo = []
     for job in jobs:

@@ -60,9 +60,11 @@ def init_checkpoint(init) -> str | None:
 def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
     """The configured tokenizer (or `tokenizer_cfg`, a variant of it); any it must train learns
     from the configured sources' training text."""
+    from allam import cache_lock
     from allam.data.sources import SourceTexts
     from allam.tokenizer import build_tokenizer as build
 
+    cache_lock.wait_default = float(cfg.data.get("cache_wait_s", cache_lock.WAIT_S))  # a rank waiting for another's build
     return build(
         tokenizer_cfg if tokenizer_cfg is not None else cfg.tokenizer,
         cache_dir=cache_dir(cfg) / "tokenizers",

@@ -74,29 +74,31 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
     options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
                "num_new_tokens": n}
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
-    if hf_folder.is_complete(folder):
+
+    def build() -> None:
+        t0 = time.perf_counter()
+        read = text.read()
+        try:
+            merged, stats = bytelevel.expand(base_json, read.lines, n)
+        except ValueError as e:
+            raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
+        if stats.added < n:
+            raise ConfigError(f"tokenizer.num_new_tokens={n}: the Arabic training text ({read.words['ar']} words) supports only "
+                              f"{stats.added} new tokens over {base.name} (no pair occurs twice after that)")
+        english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_arabic(t)]
+        try:
+            checked = bytelevel.check_expansion(base_json, merged, english, sample_lines(read.lines))
+        except RuntimeError as e:
+            raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
+        conf_path = base.path / "tokenizer_config.json"
+        conf = {k: v for k, v in json.loads(conf_path.read_text()).items()
+                if k.endswith("_token") or k in ("add_bos_token", "add_eos_token")} if conf_path.is_file() else {}
+        meta = {**options, "base": base.name, "training_words": read.words, "stats": stats.__dict__, "checked": checked,
+                "train_seconds": round(time.perf_counter() - t0, 2)}
+        hf_folder.write_json_folder(merged, conf, folder, {"name": name, **meta})
+        log.info("tokenizer %s: %d Arabic tokens (%d merges) appended to %s in %.1fs", name, stats.added, stats.merges,
+                 base.name, time.perf_counter() - t0)
+
+    if not hf_folder.build_once(folder, f"training tokenizer {name}", build):
         log.info("tokenizer %s: cached at %s", name, folder)
-        return load_bundle(folder, name, base=base)
-    t0 = time.perf_counter()
-    read = text.read()
-    try:
-        merged, stats = bytelevel.expand(base_json, read.lines, n)
-    except ValueError as e:
-        raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
-    if stats.added < n:
-        raise ConfigError(f"tokenizer.num_new_tokens={n}: the Arabic training text ({read.words['ar']} words) supports only "
-                          f"{stats.added} new tokens over {base.name} (no pair occurs twice after that)")
-    english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_arabic(t)]
-    try:
-        checked = bytelevel.check_expansion(base_json, merged, english, sample_lines(read.lines))
-    except RuntimeError as e:
-        raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
-    conf_path = base.path / "tokenizer_config.json"
-    conf = {k: v for k, v in json.loads(conf_path.read_text()).items()
-            if k.endswith("_token") or k in ("add_bos_token", "add_eos_token")} if conf_path.is_file() else {}
-    meta = {**options, "base": base.name, "training_words": read.words, "stats": stats.__dict__, "checked": checked,
-            "train_seconds": round(time.perf_counter() - t0, 2)}
-    hf_folder.write_json_folder(merged, conf, folder, {"name": name, **meta})
-    log.info("tokenizer %s: %d Arabic tokens (%d merges) appended to %s in %.1fs", name, stats.added, stats.merges,
-             base.name, time.perf_counter() - t0)
     return load_bundle(folder, name, base=base)

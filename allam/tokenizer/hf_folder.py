@@ -176,6 +176,22 @@ def damage(folder: Path) -> str | None:
     return None
 
 
+def build_once(folder: Path, what: str, build) -> bool:
+    """Runs ``build()`` (which publishes `folder`) unless the folder is complete; True when it
+    built. Processes sharing the cache take turns (:func:`allam.cache_lock.building`): one trains,
+    the others wait, saying for whom, then find the folder complete and load it, so a tokenizer is
+    trained once however many ranks ask for it at the same time."""
+    from allam import cache_lock
+
+    if is_complete(folder):
+        return False
+    with cache_lock.building(Path(folder), what, log=log.warning):
+        if is_complete(folder):
+            return False
+        build()
+        return True
+
+
 def is_complete(folder: Path) -> bool:
     """A built, intact folder (:func:`damage`). A folder that exists but is damaged is named in a
     warning and removed (moved aside first, so no process loads half of it), so the caller builds

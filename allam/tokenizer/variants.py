@@ -58,9 +58,8 @@ def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: Tr
     """A SentencePiece BPE trained from scratch with Llama-2's settings, cached by fingerprint."""
     options = {"kind": kind, "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
     folder = Path(cache_dir) / f"{name}-{fingerprint(options, text.fingerprint)}"
-    if hf_folder.is_complete(folder):
-        log.info("tokenizer %s: cached at %s", name, folder)
-    else:
+
+    def build() -> None:
         t0 = time.perf_counter()
         read = text.read()
         try:
@@ -70,6 +69,9 @@ def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: Tr
         meta = {**options, "training_words": read.words, "train_seconds": round(time.perf_counter() - t0, 2)}
         _publish(proto, folder, name, meta, sample_lines(read.lines))
         log.info("tokenizer %s: built in %.1fs at %s", name, time.perf_counter() - t0, folder)
+
+    if not hf_folder.build_once(folder, f"training tokenizer {name}", build):
+        log.info("tokenizer %s: cached at %s", name, folder)
     return load_bundle(folder, name)
 
 
@@ -186,9 +188,8 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
     name = f"{base.name}+ar{n}"
     options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
-    if hf_folder.is_complete(folder):
-        log.info("tokenizer %s: cached at %s", name, folder)
-    else:
+
+    def build() -> None:
         t0 = time.perf_counter()
         read = text.read()
         if base.sp_model_path is None:  # a rebuilt proto: check it on real Arabic text too
@@ -207,6 +208,9 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
         }
         _publish(merged, folder, name, meta, sample_lines(read.lines))
         log.info("tokenizer %s: %d Arabic pieces appended to %s in %.1fs", name, stats.added, base.name, time.perf_counter() - t0)
+
+    if not hf_folder.build_once(folder, f"training tokenizer {name}", build):
+        log.info("tokenizer %s: cached at %s", name, folder)
     return load_bundle(folder, name, base=base)
 
 

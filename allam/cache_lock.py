@@ -32,6 +32,7 @@ from allam.config import ConfigError
 HOST = socket.gethostname()
 WAIT_S = 6 * 3600.0  # data.cache_wait_s's default: longer than any one source's build on one node
 SAY_EVERY_S = 60.0  # how often a waiter says what it waits for
+wait_default = WAIT_S  # what `building` waits when not told: the run's data.cache_wait_s (set by the tasks)
 
 
 def unique_name(path: Path, tag: str) -> Path:
@@ -46,11 +47,13 @@ def _holder(fh) -> str:
 
 
 @contextlib.contextmanager
-def building(path: Path, what: str, *, wait_s: float = WAIT_S, log: Callable[[str], None] = print,
+def building(path: Path, what: str, *, wait_s: Optional[float] = None, log: Callable[[str], None] = print,
              say_every_s: float = SAY_EVERY_S, poll_s: float = 0.5) -> Iterator[None]:
     """Holds ``<path>.lock`` while the caller checks and builds `path`. A waiter says whom it waits
     for (the holder writes its host, process and start time into the lock file) when the wait
-    starts and every `say_every_s`, and raises ConfigError after `wait_s` seconds."""
+    starts and every `say_every_s`, and raises ConfigError after `wait_s` seconds (default:
+    :data:`wait_default`)."""
+    wait_s = float(wait_default if wait_s is None else wait_s)
     lock = Path(str(path) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as fh:
@@ -67,7 +70,7 @@ def building(path: Path, what: str, *, wait_s: float = WAIT_S, log: Callable[[st
                         f"data.cache_wait_s={wait_s:g}: waited {waited:.0f} s for {_holder(fh)} to finish {what} "
                         f"({path}); if that process is gone, delete {lock} and run again, or raise data.cache_wait_s")
                 if said is None or waited - said >= say_every_s:
-                    log(f"data: waiting for {_holder(fh)} to finish {what} ({path}): {waited:.0f} s so far, "
+                    log(f"cache: waiting for {_holder(fh)} to finish {what} ({path}): {waited:.0f} s so far, "
                         f"giving up after {wait_s:.0f} s (data.cache_wait_s)")
                     said = waited
                 time.sleep(poll_s)
@@ -106,7 +109,7 @@ def publish(tmp: Path, path: Path, *, complete: Callable[[Path], bool], same: Ca
                 raise ConfigError(f"{what}: another builder published {path} first and its result differs from "
                                   f"this one's ({why}); the cache key should make them equal: report this")
             shutil.rmtree(tmp, ignore_errors=True)
-            log(f"data: {what}: another builder finished {path.name} first; this build matches it and is dropped")
+            log(f"cache: {what}: another builder finished {path.name} first; this build matches it and is dropped")
             return False
         aside = unique_name(path, "damaged")
         try:
