@@ -578,3 +578,43 @@ def test_dedup_benchmark_keeps_what_the_baseline_keeps(monkeypatch, capsys):
     assert [r["docs"] for r in result["rows"]] == [20000, 60000]
     assert all(0 < r["kept"] < r["docs"] and r["seconds"] > 0 for r in result["rows"])
     assert "exponent" in result and "baseline_exponent" in result
+
+
+def test_progress_in_a_log_file_is_plain_lines_with_bytes_rate_and_eta():
+    import io
+
+    from allam.data.progress import Progress
+
+    log = io.StringIO()  # not a terminal
+    p = Progress("tokenize src", 4_000_000, every_s=0.0, stream=log)
+    p.read[0] = 1_000_000
+    p.update(10, 1234)
+    p.read[0] = 4_000_000
+    p.update(30, 5678)
+    p.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 3
+    assert lines[0].startswith("tokenize src: 1.0 MB of 4.0 MB (25%), ") and "/s, ETA " in lines[0]
+    assert lines[0].endswith("10 docs, 1,234 tokens")
+    assert "4.0 MB of 4.0 MB (100%)" in lines[-1] and "ETA 0s" in lines[-1] and lines[-1].endswith("40 docs, 5,678 tokens")
+    quiet = io.StringIO()
+    q = Progress("tokenize other", None, every_s=3600.0, stream=quiet)  # size unknown: documents only
+    q.update(5, 50)
+    q.close()
+    assert quiet.getvalue().startswith("tokenize other: 5 docs, 50 tokens in ")
+
+
+def test_a_build_reports_every_byte_of_its_files(tok, corpus, tmp_path, capsys):
+    """Text, JSONL and parquet sources: the last progress line of each reaches its files' total."""
+    from allam.data.progress import human_bytes
+    from allam.data.sources import source_bytes
+
+    srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_nat", "ar_tr", "en_pq", "en_glob")}
+    dm = AllamDataModule(data_cfg(srcs), tok, seq_len=32, cache_dir=tmp_path / "cache", train_batches=10,
+                         workers=1, progress=True)
+    dm.prepare()
+    err = capsys.readouterr().err  # not a terminal under pytest: plain lines
+    for name, src in srcs.items():
+        total = source_bytes(name, OmegaConf.merge(OmegaConf.structured(SourceConfig), src))
+        last = [line for line in err.splitlines() if line.startswith(f"tokenize {name}: ")][-1]
+        assert f"{human_bytes(total)} of {human_bytes(total)} (100%)" in last, last

@@ -62,8 +62,7 @@ class ShardWriter:
             stats[split]["bytes"] += int(nbytes[sel].sum())
             if split == "val":
                 self.val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
-        self.bar.update(n)
-        self.bar.set_postfix_str(f"{stats['train']['tokens'] + stats['val']['tokens']:,} tokens", refresh=False)
+        self.bar.update(n, stats["train"]["tokens"] + stats["val"]["tokens"])
         check_script(self.job, stats, final=False)
 
     def close(self, bad_utf8: int) -> dict:

@@ -9,7 +9,8 @@ changed tokenizer or cleaning option builds a new folder and an unchanged one is
 Building streams the source: documents are read in order in the main process, cleaned and
 tokenized in batches by a pool of forked workers (all cores; a bounded number of batches in
 flight, so an arbitrarily large corpus never needs to fit in memory), and appended to the shard
-files in order, with exact-duplicate removal by hash. A progress bar shows documents and tokens.
+files in order, with exact-duplicate removal by hash. Progress (:mod:`allam.data.progress`) shows
+the bytes read of the total, the rate, the time left, documents and tokens.
 Folders are written under a temporary name and renamed when complete; a file lock keeps
 concurrent ranks from building the same folder twice, and where locks do not reach across hosts
 the first complete folder wins (:mod:`allam.cache_lock`). ``meta.json`` records each file's size and
@@ -36,7 +37,7 @@ from allam import cache_lock
 from allam.config import ConfigError
 from allam.data.cleaning import Cleaner, doc_hash
 from allam.data.shard_writer import ShardWriter, batches, check_script
-from allam.data.sources import content_fingerprint, read_documents, reader_key, source_values
+from allam.data.sources import content_fingerprint, read_documents, reader_key, source_bytes, source_values
 
 FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
 
@@ -333,17 +334,17 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
 
 def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: int, progress: bool,
                log) -> SourceShards:
-    from tqdm.auto import tqdm
+    from allam.data.progress import Progress
 
     t0 = time.perf_counter()
     tmp = cache_lock.unique_name(job.path, "tmp")
     tmp.mkdir(parents=True)
     bad = [0]
-    bar = tqdm(desc=f"tokenize {job.name}", unit=" docs", disable=not progress, mininterval=0.5, leave=True)
+    bar = Progress(f"tokenize {job.name}", source_bytes(job.name, job.src), enabled=progress)
     writer = None
     try:
         writer = ShardWriter(job, tmp, bar)
-        docs = read_documents(job.name, job.src, job.parallel_pairs, bad)
+        docs = read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read)
         inflight: collections.deque = collections.deque()
         window = 2 * (workers if pool is not None else 1) + 2  # batches in flight: two per worker
         for texts, pairs, splits in batches(docs):

@@ -145,12 +145,14 @@ def content_fingerprint(name: str, src: Any) -> str:
 
 
 # --------------------------------------------------------------------------- readers
-def _lines(path: Path, skip_bad: bool, bad: list[int]) -> Iterator[str]:
+def _lines(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None) -> Iterator[str]:
     """Decoded lines of a file; a non-UTF-8 line raises BadUtf8 with its byte offset, or is
-    skipped and counted in bad[0] when skip_bad."""
+    skipped and counted in bad[0] when skip_bad. read[0] (when given) counts the bytes read."""
     offset = 0
     with open(path, "rb") as fh:
         for raw in fh:
+            if read is not None:
+                read[0] += len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -174,18 +176,18 @@ def _chaptered(texts: Iterator[tuple[str, Optional[str]]]) -> Iterator[RawDoc]:
         yield RawDoc(text, chapter, pair if split == "train" else None, split)
 
 
-def _read_text(files: list[Path], skip_bad: bool, bad: list[int]) -> Iterator[tuple[str, Optional[str]]]:
+def _read_text(files: list[Path], skip_bad: bool, bad: list[int], read=None) -> Iterator[tuple[str, Optional[str]]]:
     for f in files:
-        for line in _lines(f, skip_bad, bad):
+        for line in _lines(f, skip_bad, bad, read):
             line = line.strip()
             if line:
                 yield line, None
 
 
-def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int]):
+def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None):
     """(line number, parsed row) of every non-blank line of the JSONL file `f`; a line that is not
     JSON is one line of error naming `name`, the file and the line."""
-    for lineno, line in enumerate(_lines(f, skip_bad, bad), 1):
+    for lineno, line in enumerate(_lines(f, skip_bad, bad, read), 1):
         if not line.strip():
             continue
         try:
@@ -194,9 +196,10 @@ def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int]):
             raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg})") from None
 
 
-def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int]):
+def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int],
+                read=None):
     for f in files:
-        for lineno, row in json_rows(name, f, skip_bad, bad):
+        for lineno, row in json_rows(name, f, skip_bad, bad, read):
             if not isinstance(row, dict) or field not in row:
                 raise ConfigError(f"data.sources.{name}.text_field={field}: missing in {f} line {lineno}")
             text = row[field]
@@ -215,7 +218,8 @@ def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[s
             yield text, pair
 
 
-def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int]):
+def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int],
+                  read=None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -231,7 +235,10 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
             if c not in names:
                 raise ConfigError(f"data.sources.{name}.text_field={c}: no such column in {f} (columns: {', '.join(names)})")
         offset = 0
+        start, size, rows = (read[0] if read is not None else 0), f.stat().st_size, max(pf.metadata.num_rows, 1)
         for batch in pf.iter_batches(columns=cols, batch_size=4096):
+            if read is not None:  # the file's bytes in proportion to its rows read
+                read[0] = start + size * min(offset + batch.num_rows, rows) // rows
             arrays = []
             for c in cols:
                 col = batch.column(c)
@@ -310,8 +317,18 @@ def _demo_docs(name: str, key: str, pairs: bool) -> Iterator[RawDoc]:
         yield RawDoc(doc.text, doc.unit, None, doc.split)
 
 
-def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) -> Iterator[RawDoc]:
-    """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows.
+def source_bytes(name: str, src: Any) -> Optional[int]:
+    """The total size of a file source's files (what read_documents' byte count reaches); None for
+    demo and Hugging Face sources."""
+    if src["loader"] in ("demo", "hf"):
+        return None
+    return sum(p.stat().st_size for p in resolve_files(name, src))
+
+
+def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
+                   read: Optional[list[int]] = None) -> Iterator[RawDoc]:
+    """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows; read[0]
+    (when given) the bytes of the source's files read so far (:func:`source_bytes` is their total).
 
     Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
     (file and byte offset) or a lone surrogate escape in a JSONL line (file and line) unless the
@@ -336,11 +353,11 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int]) ->
     files = resolve_files(name, src)
     _say_skipped(name, src, files)
     if loader == "text":
-        gen = _read_text(files, skip, bad)
+        gen = _read_text(files, skip, bad, read)
     elif loader == "jsonl":
-        gen = _read_jsonl(name, files, field, pair_field, skip, bad)
+        gen = _read_jsonl(name, files, field, pair_field, skip, bad, read)
     elif loader == "parquet":
-        gen = _read_parquet(name, files, field, pair_field, skip, bad)
+        gen = _read_parquet(name, files, field, pair_field, skip, bad, read)
     else:
         raise ConfigError(f"data.sources.{name}.loader={loader}: allowed: demo, text, jsonl, parquet, hf")
     return _guard(name, src, _chaptered(gen))
