@@ -618,3 +618,23 @@ def test_a_build_reports_every_byte_of_its_files(tok, corpus, tmp_path, capsys):
         total = source_bytes(name, OmegaConf.merge(OmegaConf.structured(SourceConfig), src))
         last = [line for line in err.splitlines() if line.startswith(f"tokenize {name}: ")][-1]
         assert f"{human_bytes(total)} of {human_bytes(total)} (100%)" in last, last
+
+
+def test_a_source_changing_while_being_prepared_is_one_line_and_nothing_is_cached(tok, tmp_path, monkeypatch):
+    from allam.data import sources as S
+
+    f = tmp_path / "moving.txt"
+    f.write_text("\n".join(_docs(EN_WORDS, 200, 3)) + "\n", encoding="utf-8")
+    srcs = {"moving": {"lang": "en", "loader": "text", "path": str(f)}}
+    real = S._read_text
+
+    def read_then_append(*a, **k):  # another writer appends to the file while it is read
+        yield from real(*a, **k)
+        with open(f, "a", encoding="utf-8") as fh:
+            fh.write("one more line written during the build\n")
+
+    monkeypatch.setattr(S, "_read_text", read_then_append)
+    dm = make_dm(tok, tmp_path / "cache", srcs, ar_ratio=0.0)
+    with pytest.raises(ConfigError, match=r"^data.sources.moving: its files changed while being prepared .*nothing was written"):
+        dm.prepare()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no shard folder, no temporary one

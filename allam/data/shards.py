@@ -360,6 +360,9 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
             writer.add(s, r.get())
         bar.close()
         stats = writer.close(bad[0])
+        if content_fingerprint(job.name, job.src) != job.content:  # never publish shards of a moving source
+            raise ConfigError(f"data.sources.{job.name}: its files changed while being prepared "
+                              f"({job.src['path']}); nothing was written to the cache; run again once they are final")
         check_script(job, stats, final=True)
         if stats["docs_read"] == 0 and bad[0] == 0:
             raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {job.src['path'] or job.name})")
