@@ -133,7 +133,7 @@ def test_source_field_roles_cover_every_field():
     from allam.config import SourceConfig, source_defaults, source_fields
 
     reader, cleaning = source_fields("reader"), source_fields("cleaning")
-    assert set(reader) == {"loader", "path", "text_field", "split", "skip_bad_utf8"}
+    assert set(reader) == {"loader", "path", "text_field", "split", "skip_bad_utf8", "skip_bad_json"}
     assert set(cleaning) == {"lang", "nfc", "strip_diacritics", "strip_tatweel", "strip_bidi", "min_chars",
                              "max_wrong_script", "dedup"}
     assert not set(reader) & set(cleaning)

@@ -469,8 +469,21 @@ def test_hf_dataset_from_disk(tok, corpus, tmp_path):
 def test_bad_jsonl_line_names_file_and_line(tok, corpus, tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text(json.dumps({"text": "the sea and the sun " * 3}) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"data.sources.e: .*x.jsonl line 2 is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"data.sources.e: .*x.jsonl line 2 is not valid JSON .*skip_bad_json=true"):
         make_dm(tok, tmp_path / "c", _one(corpus, e={"lang": "en", "loader": "jsonl", "path": str(f)})).prepare()
+
+
+def test_skip_bad_json_counts_and_names_the_lines(tok, corpus, tmp_path, capsys):
+    f = tmp_path / "x.jsonl"
+    good = [json.dumps({"text": " ".join(_docs(EN_WORDS, 1, i)[0].split()[:20])}) for i in range(60)]
+    f.write_text("\n".join(good[:10] + ["{not json"] + good[10:40] + ["[1, 2", "also not"] + good[40:]) + "\n",
+                 encoding="utf-8")
+    dm = make_dm(tok, tmp_path / "c", _one(corpus, e={"lang": "en", "loader": "jsonl", "path": str(f), "skip_bad_json": True}))
+    dm.prepare()
+    meta = dm.shards["e"].meta
+    assert meta["drops"]["bad_json"] == 3 and meta["docs_read"] == 60
+    out = capsys.readouterr().out
+    assert f"data: e: skipped 3 lines that are not JSON (skip_bad_json): {f} line 11, {f} line 42, {f} line 43" in out
 
 
 def test_stage_switch_in_delivered_batches(tok, corpus, tmp_path):

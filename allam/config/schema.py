@@ -212,6 +212,9 @@ class SourceConfig:
     dedup: bool = field(default=True, metadata=CLEANING)
     # False: a non-UTF-8 file is an error naming file and byte offset
     skip_bad_utf8: bool = field(default=False, metadata=READER)
+    # False: a JSONL line that is not JSON is an error naming file and line; True: skipped, counted
+    # (drops.bad_json) and the first few named in the log
+    skip_bad_json: bool = field(default=False, metadata=READER)
     # translated jsonl/parquet/hf sources: field with the English original (parallel_pairs)
     pair_field: Optional[str] = field(default=None, metadata={"role": "pairs"})
 

@@ -28,7 +28,7 @@ import numpy as np
 from allam.config import source_defaults, source_fields
 from allam.data.arabic import marks_pattern, script_counts_batch
 
-DROP_STEPS = ("bad_utf8", "empty", "too_short", "wrong_script", "duplicate")
+DROP_STEPS = ("bad_utf8", "bad_json", "empty", "too_short", "wrong_script", "duplicate")
 
 # the cleaner's options: SourceConfig's fields with role "cleaning" (lang included: the script
 # check depends on it). A new option added there reaches the cleaner, the shard cache key and the

@@ -65,13 +65,14 @@ class ShardWriter:
         self.bar.update(n, stats["train"]["tokens"] + stats["val"]["tokens"])
         check_script(self.job, stats, final=False)
 
-    def close(self, bad_utf8: int) -> dict:
+    def close(self, bad_utf8: int, bad_json: int = 0) -> dict:
         """Closes the files, writes ``val_docs.npy`` and returns the final counts."""
         for fh in self.files.values():
             fh.close()
         np.save(self.folder / "val_docs.npy",
                 np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
         self.stats["drops"]["bad_utf8"] = bad_utf8
+        self.stats["drops"]["bad_json"] = bad_json
         return self.stats
 
     def abort(self) -> None:

@@ -339,12 +339,12 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
     t0 = time.perf_counter()
     tmp = cache_lock.unique_name(job.path, "tmp")
     tmp.mkdir(parents=True)
-    bad = [0]
+    bad, bad_json = [0], []
     bar = Progress(f"tokenize {job.name}", source_bytes(job.name, job.src), enabled=progress)
     writer = None
     try:
         writer = ShardWriter(job, tmp, bar)
-        docs = read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read)
+        docs = read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read, bad_json)
         inflight: collections.deque = collections.deque()
         window = 2 * (workers if pool is not None else 1) + 2  # batches in flight: two per worker
         for texts, pairs, splits in batches(docs):
@@ -359,12 +359,15 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
             s, r = inflight.popleft()
             writer.add(s, r.get())
         bar.close()
-        stats = writer.close(bad[0])
+        stats = writer.close(bad[0], len(bad_json))
+        if bad_json:
+            shown = ", ".join(f"{f} line {n}" for f, n in bad_json[:3]) + (f" and {len(bad_json) - 3} more" if len(bad_json) > 3 else "")
+            log(f"data: {job.name}: skipped {len(bad_json):,} lines that are not JSON (skip_bad_json): {shown}")
         if content_fingerprint(job.name, job.src) != job.content:  # never publish shards of a moving source
             raise ConfigError(f"data.sources.{job.name}: its files changed while being prepared "
                               f"({job.src['path']}); nothing was written to the cache; run again once they are final")
         check_script(job, stats, final=True)
-        if stats["docs_read"] == 0 and bad[0] == 0:
+        if stats["docs_read"] == 0 and bad[0] == 0 and not bad_json:
             raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {job.src['path'] or job.name})")
         if stats["train"]["tokens"] == 0:
             d = ", ".join(f"{k}={v}" for k, v in stats["drops"].items() if v)

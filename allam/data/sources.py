@@ -184,22 +184,28 @@ def _read_text(files: list[Path], skip_bad: bool, bad: list[int], read=None) -> 
                 yield line, None
 
 
-def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None):
+def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None,
+              bad_json: Optional[list] = None):
     """(line number, parsed row) of every non-blank line of the JSONL file `f`; a line that is not
-    JSON is one line of error naming `name`, the file and the line."""
+    JSON is one line of error naming `name`, the file and the line, or, when `bad_json` is a list,
+    skipped with its (file, line) appended there."""
     for lineno, line in enumerate(_lines(f, skip_bad, bad, read), 1):
         if not line.strip():
             continue
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg})") from None
+            if bad_json is not None:
+                bad_json.append((str(f), lineno))
+                continue
+            raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg}); "
+                              f"data.sources.{name}.skip_bad_json=true skips and counts such lines") from None
 
 
 def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int],
-                read=None):
+                read=None, bad_json=None):
     for f in files:
-        for lineno, row in json_rows(name, f, skip_bad, bad, read):
+        for lineno, row in json_rows(name, f, skip_bad, bad, read, bad_json):
             if not isinstance(row, dict) or field not in row:
                 raise ConfigError(f"data.sources.{name}.text_field={field}: missing in {f} line {lineno}")
             text = row[field]
@@ -326,9 +332,10 @@ def source_bytes(name: str, src: Any) -> Optional[int]:
 
 
 def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
-                   read: Optional[list[int]] = None) -> Iterator[RawDoc]:
+                   read: Optional[list[int]] = None, bad_json: Optional[list] = None) -> Iterator[RawDoc]:
     """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows; read[0]
-    (when given) the bytes of the source's files read so far (:func:`source_bytes` is their total).
+    (when given) the bytes of the source's files read so far (:func:`source_bytes` is their total);
+    with the source's ``skip_bad_json``, `bad_json` collects the (file, line) of JSONL lines skipped.
 
     Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
     (file and byte offset) or a lone surrogate escape in a JSONL line (file and line) unless the
@@ -355,7 +362,8 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
     if loader == "text":
         gen = _read_text(files, skip, bad, read)
     elif loader == "jsonl":
-        gen = _read_jsonl(name, files, field, pair_field, skip, bad, read)
+        gen = _read_jsonl(name, files, field, pair_field, skip, bad, read,
+                          bad_json if src.get("skip_bad_json") else None)
     elif loader == "parquet":
         gen = _read_parquet(name, files, field, pair_field, skip, bad, read)
     else:
