@@ -5,7 +5,6 @@ uninterrupted run, and per-layer compilation gives all decoder layers one compil
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import os
 import shutil
@@ -153,34 +152,45 @@ def test_a_resumed_logger_replaces_only_the_rows_it_logs_again(tmp_path):
 
 
 # --------------------------------------------------------------------------- trainer.compile
-@pytest.mark.parametrize("checkpointing, graphs, width", [("none", 1, 16), ("selective", 2, 24)])
-def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs, width):
+_COMPILE_COUNT = """
+import json, sys
+import torch, torch._dynamo as dynamo
+from torch._dynamo.testing import CompileCounter
+from transformers import LlamaConfig, LlamaForCausalLM
+from allam.model.speed import apply_activation_checkpointing, compile_layers
+
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                     num_attention_heads=2, max_position_embeddings=32)).train()
+names = list(model.state_dict())
+apply_activation_checkpointing(model, sys.argv[1])
+counter = CompileCounter()  # a Dynamo backend that counts the graphs it is given and runs them eagerly
+compile_layers(model, backend=counter)
+ids = torch.randint(0, 64, (2, 8))
+for _ in range(2):  # a second step compiles nothing new
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
+print(json.dumps({"frames": counter.frame_count, "graph_breaks": dict(dynamo.utils.counters["graph_break"]),
+                  "names_kept": list(model.state_dict()) == names,
+                  "counters": {k: dict(v) for k, v in dynamo.utils.counters.items() if v}}, default=str))
+"""
+
+
+@pytest.mark.parametrize("checkpointing, graphs", [("none", 1), ("selective", 2)])
+def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
     """README *Speed*: the decoder layers share one compiled graph (Dynamo traces the first layer's
     forward, the others reuse it: parameters are inputs), with no graph break; under selective
-    activation checkpointing the checkpointed and the plain layers have one graph each."""
-    import torch._dynamo as dynamo
-    from torch._dynamo.testing import CompileCounter
-    from transformers import LlamaConfig, LlamaForCausalLM
+    activation checkpointing the checkpointed and the plain layers have one graph each. In a fresh
+    process: Dynamo's caches are process-wide and Hugging Face's layers share one forward code
+    object, so graphs compiled by earlier tests in the same worker could stand in (CI once counted 1)."""
+    import subprocess
+    import sys
 
-    from allam.model.speed import apply_activation_checkpointing, compile_layers
+    from allam.config import ROOT
 
-    torch.manual_seed(0)
-    # each case its own width: a graph cached for another model of the same shapes (Hugging Face's layers
-    # share one forward code object) can never stand in for this one's
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=width, intermediate_size=2 * width,
-                                         num_hidden_layers=4, num_attention_heads=2, max_position_embeddings=32)).train()
-    names = list(model.state_dict())
-    apply_activation_checkpointing(model, checkpointing)
-    counter = CompileCounter()  # a Dynamo backend that counts the graphs it is given and runs them eagerly
-    gc.collect()  # models of earlier tests, whose cached graphs reset() drops
-    dynamo.reset()
-    dynamo.utils.counters.clear()
-    compile_layers(model, backend=counter)
-    ids = torch.randint(0, 64, (2, 8))
-    for _ in range(2):  # a second step compiles nothing new
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
-    seen = {k: dict(v) for k, v in dynamo.utils.counters.items() if v}  # what Dynamo did, should this fail
-    assert counter.frame_count == graphs, seen
-    assert not dynamo.utils.counters["graph_break"]
-    assert list(model.state_dict()) == names
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_COUNT, checkpointing], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["frames"] == graphs, got
+    assert not got["graph_breaks"] and got["names_kept"], got
 
