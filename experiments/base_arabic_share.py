@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from reproduce import ROOT, finished, run_cell  # the claims suite's runner (same folder)
+
+from allam import results as R  # noqa: E402  (importable once reproduce has put the project on sys.path)
+
 FILLS = ("subtoken_mean", "random", "mean")
 
 
 def run(args: list[str], folder: Path) -> dict:
-    if not (folder / "results.json").is_file() or json.loads((folder / "results.json").read_text()).get(
-            "status") != "finished":
-        cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={folder}", "trainer.progress_bar=false"]
-        print("[run]", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((folder / "results.json").read_text())
+    """The results of ``run.py <args>`` in `folder`, run unless it finished there (log: <folder>.log)."""
+    if not finished(folder):
+        print("[run]", " ".join(args), flush=True)
+        if run_cell([*args, f"hydra.run.dir={folder}", "trainer.progress_bar=false"], Path(f"{folder}.log")):
+            raise SystemExit(f"failed: {folder} (see {folder}.log)")
+    return R.read(folder / R.FILENAME)
 
 
 def main() -> None:

@@ -13,37 +13,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from reproduce import ROOT, competence_args, evaluated, finished, run_cell  # the claims suite's runner
+
+from allam import results as R  # noqa: E402  (importable once reproduce has put the project on sys.path)
+
 KEYS = ("start.val.sft.loss", "val.sft.loss", "start.val.dpo.reward_accuracy", "val.dpo.reward_accuracy",
         "start.val.dpo.margin", "val.dpo.margin", "start.val.dpo.loss", "val.dpo.loss", "train.steps", "wall_seconds")
 
 
-def finished(folder: Path) -> dict | None:
-    f = folder / "results.json"
-    if f.is_file():
-        res = json.loads(f.read_text())
-        if res.get("status", "finished") == "finished":
-            return res
-    return None
+def run(args: list[str], folder: Path, done) -> dict:
+    """The results of ``run.py <args>`` in `folder`, run unless ``done(folder)`` (log: <folder>.log)."""
+    if not done(folder):
+        print("[run]", " ".join(args), flush=True)
+        if run_cell([*args, f"hydra.run.dir={folder}"], Path(f"{folder}.log")) or not done(folder):
+            raise SystemExit(f"failed: {folder} (see {folder}.log)")
+    return R.read(folder / R.FILENAME) or {}
 
 
-def run(args: list[str], folder: Path, progress: bool = True) -> dict | None:
-    res = finished(folder)
-    if res is None:
-        cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={folder}"]
-        cmd += ["trainer.progress_bar=false"] if progress else []
-        print("[run]", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        res = finished(folder)
-    return res
-
-
-def competence(model: Path, folder: Path, items: int) -> dict:
-    res = run(["task=eval", f"ckpt={model}", "eval=competence", f"eval.limit={items}", "eval.batch_size=32"], folder)
+def competence(model_run: Path, items: int) -> dict:
+    """The competence accuracies of a run's final model, scored into <run>/eval_competence."""
+    args = competence_args(model_run, items)[:-1]  # its last argument is the run directory, which run() adds
+    res = run(args, model_run / "eval_competence", evaluated)
     return {k: v for k, v in res.items() if k.startswith("eval.") and k.rsplit(".", 1)[-1] in ("acc", "acc_stderr")}
 
 
@@ -55,18 +47,16 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     start = a.out / "start"
-    if not (start / "hf" / "config.json").is_file():
-        run(["task=export", f"ckpt={a.start}"], start, progress=False)
-    sft = a.out / "sft"
-    sft_res = run(["experiment=sft_toy", f"init.checkpoint={start / 'hf'}"], sft)
-    dpo = a.out / "dpo"
-    dpo_res = run(["experiment=dpo_toy", f"init.checkpoint={sft / 'hf'}"], dpo)
+    run(["task=export", f"ckpt={a.start}"], start, lambda d: (d / "hf" / "config.json").is_file())
+    sft, dpo = a.out / "sft", a.out / "dpo"
+    sft_res = run(["experiment=sft_toy", f"init.checkpoint={start / 'hf'}", "trainer.progress_bar=false"], sft, finished)
+    dpo_res = run(["experiment=dpo_toy", f"init.checkpoint={sft / 'hf'}", "trainer.progress_bar=false"], dpo, finished)
     table = {
         "start": str(a.start),
-        "sft": {k: sft_res.get(k) for k in KEYS if k in sft_res},
-        "dpo": {k: dpo_res.get(k) for k in KEYS if k in dpo_res},
-        "competence": {name: competence(folder / "hf", a.out / f"eval_{name}", a.items)
-                       for name, folder in (("start", start), ("sft", sft), ("dpo", dpo))},
+        "sft": {k: sft_res[k] for k in KEYS if k in sft_res},
+        "dpo": {k: dpo_res[k] for k in KEYS if k in dpo_res},
+        "competence": {"start": competence(a.start, a.items), "sft": competence(sft, a.items),
+                       "dpo": competence(dpo, a.items)},
     }
     print(json.dumps(table, indent=1))
     if a.json:

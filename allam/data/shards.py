@@ -293,10 +293,10 @@ def _pool(workers: int):
 
 # --------------------------------------------------------------------------- building
 def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = None, progress: bool = True,
-          log=print, wait_s: float = cache_lock.WAIT_S, wait_log=None) -> dict[str, SourceShards]:
+          log=print, wait_s: Optional[float] = None, wait_log=None) -> dict[str, SourceShards]:
     """Loads every source's shards, building the missing ones. Returns {name: SourceShards}.
-    A source another process is building is waited for, at most `wait_s` seconds, saying so
-    through `wait_log` (default `log`; see :mod:`allam.cache_lock`)."""
+    A source another process is building is waited for, at most `wait_s` seconds (default
+    :data:`allam.cache_lock.wait_default`), saying so through `wait_log` (default `log`)."""
     out: dict[str, SourceShards] = {}
     todo = []
     for job in jobs:
@@ -363,7 +363,8 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
         if bad_json:
             shown = ", ".join(f"{f} line {n}" for f, n in bad_json[:3]) + (f" and {len(bad_json) - 3} more" if len(bad_json) > 3 else "")
             log(f"data: {job.name}: skipped {len(bad_json):,} lines that are not JSON (skip_bad_json): {shown}")
-        if content_fingerprint(job.name, job.src) != job.content:  # never publish shards of a moving source
+        # never publish shards of files that changed while read (package files and saved datasets do not)
+        if job.src["loader"] not in ("demo", "hf") and content_fingerprint(job.name, job.src) != job.content:
             raise ConfigError(f"data.sources.{job.name}: its files changed while being prepared "
                               f"({job.src['path']}); nothing was written to the cache; run again once they are final")
         check_script(job, stats, final=True)

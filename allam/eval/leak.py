@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -49,6 +48,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from allam import cache_lock
 from allam.data import arabic, demo
 from allam.data.arabic import strip_arabic_marks
 from allam.data.sources import file_identity
@@ -159,7 +159,7 @@ class Index:
         return Overlap(len(ws), len(hits), int(hits.sum()), covered)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}.npz")
+        tmp = Path(f"{cache_lock.unique_name(path, 'tmp')}.npz")  # np.savez adds .npz to any other name
         np.savez(tmp, grams=self.grams, short=self.short, meta=np.array([self.docs, self.total_words]))
         tmp.replace(path)
 
@@ -205,11 +205,9 @@ def training_index(cache_dir: Path | str | None = None) -> Index:
     fp = corpus_fingerprint()
     if fp in _INDEXES:
         return _INDEXES[fp]
-    from filelock import FileLock
-
     path = Path(cache_dir or default_cache_dir()) / "leak_index" / f"{fp}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.with_suffix(".lock"))):  # one builder; a process that waited reads its result
+    with cache_lock.building(path, "the leak index", log=log.warning):  # one builder; a waiter reads its result
         if path.is_file():
             index = Index.load(path)
         else:

@@ -203,7 +203,9 @@ def is_complete(folder: Path) -> bool:
     if why is None:
         return True
     log.warning("tokenizer cache %s is damaged (%s); building it again", folder, why)
-    aside = folder.parent / f".{folder.name}.damaged-{os.getpid()}"
+    from allam import cache_lock
+
+    aside = cache_lock.unique_name(folder.parent / f".{folder.name}", "damaged")
     try:
         os.replace(folder, aside)
     except OSError:  # another process moved it first

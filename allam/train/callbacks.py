@@ -59,11 +59,11 @@ def batch_positions(batch) -> int:
     return int(batch.shape[0] * (batch.shape[1] - 1))
 
 
-def batch_padding(batch) -> int:
+def batch_padding(batch):
     """Padding positions of a micro-batch: the zeros of a post-training batch's ``*attention_mask``
-    (a packed block has none)."""
+    (a packed block has none), as a tensor on the batch's device (read without a sync per step)."""
     if isinstance(batch, dict):
-        return int(sum((v == 0).sum().item() for k, v in batch.items() if k.endswith("attention_mask")))
+        return sum((v == 0).sum() for k, v in batch.items() if k.endswith("attention_mask"))
     return 0
 
 
@@ -85,7 +85,7 @@ class Throughput(L.Callback):
         self.peak_override = peak_override
         self.log_every = max(1, log_every)
         self.tokens = 0
-        self.padding = 0  # padded positions among self.tokens
+        self._padding = 0  # padded positions among self.tokens: an int, or a device tensor summed without syncing
         self.train_seconds = 0.0
         self.peak = 0.0
         self.peak_source = ""
@@ -109,7 +109,7 @@ class Throughput(L.Callback):
         now = time.perf_counter()
         n = batch_positions(batch) * trainer.world_size
         self.tokens += n
-        self.padding += batch_padding(batch) * trainer.world_size
+        self._padding = self._padding + batch_padding(batch) * trainer.world_size
         self._window_tokens += n
         self.train_seconds += now - self._t_last
         self._t_last = now
@@ -172,9 +172,13 @@ class Throughput(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = int(state_dict.get("tokens", 0))
-        self.padding = int(state_dict.get("padding", 0))
+        self._padding = int(state_dict.get("padding", 0))
         self._tokens_at_start = self.tokens
         self.curve = list(state_dict.get("curve", []))
+
+    @property
+    def padding(self) -> int:
+        return int(self._padding)
 
     @property
     def tokens_this_run(self) -> int:
