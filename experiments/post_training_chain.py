@@ -20,7 +20,8 @@ from reproduce import ROOT, competence_args, evaluated, finished, run_cell  # th
 from allam import results as R  # noqa: E402  (importable once reproduce has put the project on sys.path)
 
 KEYS = ("start.val.sft.loss", "val.sft.loss", "start.val.dpo.reward_accuracy", "val.dpo.reward_accuracy",
-        "start.val.dpo.margin", "val.dpo.margin", "start.val.dpo.loss", "val.dpo.loss", "train.steps", "wall_seconds")
+        "start.val.dpo.margin", "val.dpo.margin", "start.val.dpo.loss", "val.dpo.loss", "train.steps", "train.tokens",
+        "train.padding", "wall_seconds")
 
 
 def run(args: list[str], folder: Path, done) -> dict:
