@@ -153,7 +153,7 @@ def test_a_resumed_logger_replaces_only_the_rows_it_logs_again(tmp_path):
 
 # --------------------------------------------------------------------------- trainer.compile
 _COMPILE_COUNT = """
-import json, sys
+import copy, json, sys
 import torch, torch._dynamo as dynamo
 from torch._dynamo.testing import CompileCounter
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -162,15 +162,18 @@ from allam.model.speed import apply_activation_checkpointing, compile_layers
 torch.manual_seed(0)
 model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
                                      num_attention_heads=2, max_position_embeddings=32)).train()
+eager = copy.deepcopy(model)
 names = list(model.state_dict())
 apply_activation_checkpointing(model, sys.argv[1])
 counter = CompileCounter()  # a Dynamo backend that counts the graphs it is given and runs them eagerly
 compile_layers(model, backend=counter)
 ids = torch.randint(0, 64, (2, 8))
-for _ in range(2):  # a second step compiles nothing new
-    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
+for m in (model, model, eager):  # a second step compiles nothing new; the eager copy gives the reference
+    m(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
+grads = {n: p.grad for n, p in eager.named_parameters()}
+same = all(torch.allclose(p.grad, 2 * grads[n], atol=1e-6, rtol=1e-5) for n, p in model.named_parameters())
 print(json.dumps({"frames": counter.frame_count, "graph_breaks": dict(dynamo.utils.counters["graph_break"]),
-                  "names_kept": list(model.state_dict()) == names,
+                  "names_kept": list(model.state_dict()) == names, "grads_match_eager": same,
                   "counters": {k: dict(v) for k, v in dynamo.utils.counters.items() if v}}, default=str))
 """
 
@@ -179,9 +182,11 @@ print(json.dumps({"frames": counter.frame_count, "graph_breaks": dict(dynamo.uti
 def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
     """README *Speed*: the decoder layers share one compiled graph (Dynamo traces the first layer's
     forward, the others reuse it: parameters are inputs), with no graph break; under selective
-    activation checkpointing the checkpointed and the plain layers have one graph each. In a fresh
-    process: Dynamo's caches are process-wide and Hugging Face's layers share one forward code
-    object, so graphs compiled by earlier tests in the same worker could stand in (CI once counted 1)."""
+    activation checkpointing the checkpointed and the plain layers have one graph each, and the
+    gradients equal the eager model's. CI counted 1 under selective checkpointing when transformers
+    5.25 brought the ``kernels`` package (a graph break at its global; see ``compile_layers``). In a
+    fresh process: Dynamo's caches are process-wide and Hugging Face's layers share one forward code
+    object, so graphs compiled by earlier tests in the same worker could stand in."""
     import subprocess
     import sys
 
@@ -193,4 +198,5 @@ def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["frames"] == graphs, got
     assert not got["graph_breaks"] and got["names_kept"], got
+    assert got["grads_match_eager"], got  # two compiled (and recomputed) steps accumulate twice the eager gradient
 

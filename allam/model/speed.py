@@ -74,8 +74,15 @@ def apply_activation_checkpointing(model: torch.nn.Module, mode: str) -> list[in
 
 
 def compile_layers(model: torch.nn.Module, **compile_kwargs) -> None:
-    """torch.compile each decoder layer's forward in place (idempotent)."""
+    """torch.compile each decoder layer's forward in place (idempotent).
+
+    Traced with Dynamo's ``skip_fwd_side_effects_in_bwd_under_checkpoint`` on, for these calls
+    only: with the ``kernels`` package present (a dependency of transformers from 5.25),
+    Hugging Face's attention sets and resets a global around its forward. Inside a checkpointed
+    layer Dynamo cannot replay that in the recompute and breaks the graph; the pair leaves the
+    global as it found it, so there is nothing to replay."""
     for layer in model.model.layers:
         if not getattr(layer, "_allam_compiled", False):
-            layer.forward = torch.compile(layer.forward, **compile_kwargs)
+            compiled = torch.compile(layer.forward, **compile_kwargs)
+            layer.forward = torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True)(compiled)
             layer._allam_compiled = True
