@@ -651,3 +651,61 @@ def test_a_source_changing_while_being_prepared_is_one_line_and_nothing_is_cache
     with pytest.raises(ConfigError, match=r"^data.sources.moving: its files changed while being prepared .*nothing was written"):
         dm.prepare()
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no shard folder, no temporary one
+
+
+# --------------------------------------------------------------------------- the validation hold-out
+def test_hold_out_fraction_spreads_chapters_and_keeps_the_default_rule():
+    from fractions import Fraction
+
+    from allam.data.sources import chapter_is_val
+
+    assert [c for c in range(200) if chapter_is_val(c, Fraction(1, 20))] == [c for c in range(200) if c % 20 == 1]
+    assert [c for c in range(40) if chapter_is_val(c, Fraction(1, 10))] == [1, 11, 21, 31]
+    held = [c for c in range(10_000) if chapter_is_val(c, Fraction(3, 1000))]
+    assert len(held) == 30 and held[0] == 1 and max(b - a for a, b in zip(held, held[1:])) <= 334  # evenly spread
+    assert not any(chapter_is_val(c, Fraction(0)) for c in range(100))
+
+
+def test_hold_out_fraction_and_cap_decide_the_prepared_val_docs(tok, corpus, tmp_path):
+    """Issue 21: a text source of 600 documents (12 chapters): at val_fraction 0.25 chapters 1, 5
+    and 9 are validation; a cap of one byte keeps only the first; the default keeps chapter 1 and
+    the cache key of before the setting existed."""
+    from allam.data.sources import HOLD_OUT_RULE, reader_key, source_values
+
+    f = tmp_path / "en.txt"
+    docs = _docs(EN_WORDS, 600, 31)
+    f.write_text("\n".join(docs) + "\n", encoding="utf-8")
+    src = {"lang": "en", "loader": "text", "path": str(f)}
+    got = {}
+    for label, extra in {"default": {}, "quarter": {"val_fraction": 0.25},
+                         "capped": {"val_fraction": 0.25, "val_max_bytes": 1}}.items():
+        dm = make_dm(tok, tmp_path / "c", _one(corpus, e={**src, **extra}))
+        dm.prepare()
+        got[label] = dm.shards["e"].meta["val"]
+    assert got["default"]["docs"] == 50 and got["quarter"]["docs"] == 150 and got["capped"]["docs"] == 50
+    chapter1 = sum(len(d.encode()) for d in docs[50:100])
+    assert got["capped"]["bytes"] == got["default"]["bytes"] and got["capped"]["bytes"] <= chapter1
+    from allam.data.sources import source_texts  # what tokenizers train on: the same training side
+    assert len(list(source_texts({"e": {**src, "val_fraction": 0.25}}, "en", "val"))) == 150
+    assert len(list(source_texts({"e": {**src, "val_fraction": 0.25}}, "en", "train"))) == 450
+    assert reader_key(source_values(src))["hold_out"] == HOLD_OUT_RULE
+    assert reader_key(source_values({**src, "val_fraction": 0.25}))["hold_out"] != HOLD_OUT_RULE
+
+
+def test_validate_shares_the_language_cap_and_refuses_it_on_demo_sources(make_cfg, tmp_path):
+    from allam.config import ConfigError, validate
+
+    cfg = make_cfg("data.val_fraction=0.01", "data.val_cap_bytes=1000000",
+                   f"+data.sources.f1={{lang: en, loader: text, path: {tmp_path}/a.txt}}",
+                   f"+data.sources.f2={{lang: en, loader: text, path: {tmp_path}/b.txt, val_fraction: 0.1}}",
+                   f"+data.sources.f3={{lang: ar, loader: text, path: {tmp_path}/c.txt}}")
+    validate(cfg)
+    s = cfg.data.sources
+    assert (s.f1.val_fraction, s.f1.val_max_bytes) == (0.01, 500_000)  # English's cap over its two file sources
+    assert (s.f2.val_fraction, s.f2.val_max_bytes) == (0.1, 500_000)  # its own fraction stays
+    assert (s.f3.val_fraction, s.f3.val_max_bytes) == (0.01, 1_000_000)
+    assert s.bible_en.val_fraction is None and s.bible_en.val_max_bytes is None  # demo books stay
+    with pytest.raises(ConfigError, match=r"data.sources.bible_en.val_fraction=0.1: a demo source keeps its held-out books"):
+        validate(make_cfg("++data.sources.bible_en.val_fraction=0.1"))
+    with pytest.raises(ConfigError, match=r"data.val_fraction=1.0: must be below 1"):
+        validate(make_cfg("data.val_fraction=1.0"))

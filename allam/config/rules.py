@@ -69,6 +69,37 @@ def source(name: str, node: Any, sources: tuple[str, ...] = ()) -> DictConfig:
     return merged
 
 
+def hold_out(data) -> None:
+    """Fill each file and hf source's ``val_fraction`` and ``val_max_bytes`` left unset from
+    ``data.val_fraction`` and ``data.val_cap_bytes`` (a language's cap shared equally among its file
+    and hf sources); a demo source that sets either is an error (it keeps its held-out books)."""
+    _unit("data.val_fraction", data.val_fraction)
+    if float(data.val_fraction) >= 1:
+        _fail("data.val_fraction", data.val_fraction, "must be below 1 (1 would leave nothing to train on)")
+    _positive("data.val_cap_bytes", data.val_cap_bytes, allow_zero=True)
+    files: dict[str, list[str]] = {}
+    for name in data.sources:
+        src = data.sources[name]
+        if src.loader == "demo":
+            for key in ("val_fraction", "val_max_bytes"):
+                if src[key] is not None:
+                    _fail(f"data.sources.{name}.{key}", src[key], "a demo source keeps its held-out books "
+                          "(the evaluation tasks are built from them); the hold-out settings are for file and hf sources")
+            continue
+        _unit(f"data.sources.{name}.val_fraction", src.val_fraction)
+        if src.val_fraction is not None and float(src.val_fraction) >= 1:
+            _fail(f"data.sources.{name}.val_fraction", src.val_fraction, "must be below 1 (1 would leave nothing to train on)")
+        _positive(f"data.sources.{name}.val_max_bytes", src.val_max_bytes, allow_zero=True)
+        files.setdefault(str(src.lang), []).append(name)
+    for names in files.values():
+        for name in names:
+            src = data.sources[name]
+            if src.val_fraction is None:
+                src.val_fraction = float(data.val_fraction)
+            if src.val_max_bytes is None and data.val_cap_bytes is not None:
+                src.val_max_bytes = int(data.val_cap_bytes) // len(names)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the mix, checked: its token budget (None: to the end), Arabic share and
@@ -235,6 +266,7 @@ def validate(cfg: DictConfig) -> None:
     complete = tuple(n for n in d.sources if isinstance(d.sources[n], (dict, DictConfig)) and "lang" in d.sources[n])
     for name in list(d.sources):
         d.sources[name] = source(name, d.sources[name], complete)
+    hold_out(d)
     stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
     generation(cfg)

@@ -184,6 +184,7 @@ class TokenizerConfig:
 
 READER = {"role": "reader"}  # decides which documents a source yields (with its content)
 CLEANING = {"role": "cleaning"}  # decides how each document is cleaned
+HOLD_OUT = {"role": "hold_out"}  # decides which documents are validation text
 
 
 @dataclass
@@ -217,6 +218,10 @@ class SourceConfig:
     skip_bad_json: bool = field(default=False, metadata=READER)
     # translated jsonl/parquet/hf sources: field with the English original (parallel_pairs)
     pair_field: Optional[str] = field(default=None, metadata={"role": "pairs"})
+    # validation hold-out of a file or hf source (None: data.val_fraction and the source's part of
+    # data.val_cap_bytes, filled in by validate); demo sources keep their held-out books
+    val_fraction: Optional[float] = field(default=None, metadata=HOLD_OUT)
+    val_max_bytes: Optional[int] = field(default=None, metadata=HOLD_OUT)
 
 
 def source_fields(role: str) -> tuple[str, ...]:
@@ -254,6 +259,13 @@ class DataConfig:
     # held-out text scored per language, as whole documents chosen by bytes, so runs with different
     # tokenizers are scored on the same text (0: all held-out text)
     val_bytes: int = 65536
+    # the hold-out of file and hf sources: this fraction of their chapters (50 documents each) is
+    # validation text, never trained on (0.05: the second chapter of every 20) ...
+    val_fraction: float = 0.05
+    # ... until a language's held-out raw bytes reach this cap (None: no cap), shared equally among
+    # its file and hf sources; later chapters train. At ALLaM's 3T tokens 5% would hold out 150B.
+    # Demo sources keep their held-out books (the evaluation tasks are built from them).
+    val_cap_bytes: Optional[int] = None
     allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota
     seed: int = 1234
     allow_fingerprint_change: bool = False  # resume even if the data fingerprint differs from the checkpoint's

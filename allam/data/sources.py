@@ -11,12 +11,18 @@ A source is a `data.sources.<name>` entry (:class:`allam.config.SourceConfig`). 
 - ``hf``: a Hugging Face ``datasets`` dataset by hub name or local path (a folder written by
   ``save_to_disk`` or any folder/file ``load_dataset`` reads), split ``split`` (default train).
 
-Hold-out rule (fixed): validation text is whole units. Demo corpora carry their own units
-(surah, hadith book, Bible book; a unit whose number is a multiple of 20 is validation). File and
-``hf`` sources are cut into chapters of ``CHAPTER_DOCS`` (50) consecutive documents, numbered from
-0 in reading order; chapter ``c`` is validation when ``c % 20 == 1`` (the second chapter of every
-twenty: 5% of the text, decided while streaming, and any source of more than 50 documents has
-validation text while a source of one chapter still trains).
+Hold-out rule: validation text is whole units. Demo corpora carry their own units (surah, hadith
+book, Bible book; a unit whose number is a multiple of 20 is validation; fixed, as the evaluation
+tasks are built from those books). File and ``hf`` sources are cut into chapters of
+``CHAPTER_DOCS`` (50) consecutive documents, numbered from 0 in reading order, and a fraction
+``f`` of them is validation (the source's ``val_fraction``, by default ``data.val_fraction``,
+0.05): chapter ``c`` is validation when ``floor((c + k) f) > floor((c + k - 1) f)`` with
+``k = ceil(1/f) - 1``, which spreads them evenly and makes the second chapter the first held out
+(at 0.05: ``c % 20 == 1``, the second of every twenty). It is decided while streaming; any source
+of more than 50 documents has validation text while a source of one chapter still trains. With
+``val_max_bytes`` (a language's ``data.val_cap_bytes`` shared equally among its file and hf
+sources) a chapter is held out only while the source's held-out raw bytes are below the cap, so
+the hold-out passes the cap by less than one chapter; later chapters train.
 
 Translated sources with ``data.parallel_pairs=true`` emit each *training* document as an aligned
 pair "English original, blank line, Arabic translation" in one sequence (demo: verse/hadith
@@ -30,9 +36,11 @@ import glob as globlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -120,9 +128,18 @@ def file_identity(p: Path) -> list:
 HOLD_OUT_RULE = f"demo:unit%{VAL_EVERY}==0;files:chapter({CHAPTER_DOCS})%{VAL_EVERY}==1"
 
 
+def hold_out_rule(src: Any) -> str:
+    """The hold-out rule a source is read under: :data:`HOLD_OUT_RULE` at the defaults (so caches
+    built before the rule was configurable stay valid), with the fraction and cap appended otherwise."""
+    fraction, cap = _fraction(src.get("val_fraction")), src.get("val_max_bytes")
+    if src["loader"] == "demo" or (fraction == Fraction(1, VAL_EVERY) and cap is None):
+        return HOLD_OUT_RULE
+    return f"{HOLD_OUT_RULE};files:fraction={fraction};cap_bytes={cap}"
+
+
 def reader_key(src: Any) -> dict:
     """What decides which text a source yields, besides its content: the reader's fields and the hold-out rule."""
-    return {"reader": {k: src[k] for k in source_fields("reader")}, "hold_out": HOLD_OUT_RULE}
+    return {"reader": {k: src[k] for k in source_fields("reader")}, "hold_out": hold_out_rule(src)}
 
 
 def content_fingerprint(name: str, src: Any) -> str:
@@ -165,14 +182,28 @@ def _lines(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]]
             yield line
 
 
-def chapter_split(chapter: int) -> str:
-    return "val" if chapter % VAL_EVERY == 1 else "train"
+def _fraction(value: Optional[float]) -> Fraction:
+    """A hold-out fraction as an exact rational (None: data.val_fraction's default, 1/20)."""
+    return Fraction(1, VAL_EVERY) if value is None else Fraction(str(value)).limit_denominator(10**6)
 
 
-def _chaptered(texts: Iterator[tuple[str, Optional[str]]]) -> Iterator[RawDoc]:
+def chapter_is_val(chapter: int, fraction: Fraction) -> bool:
+    """Whether chapter `chapter` is held out at `fraction` (the module docstring's rule)."""
+    if fraction <= 0:
+        return False
+    k = math.ceil(1 / fraction) - 1
+    return math.floor((chapter + k) * fraction) > math.floor((chapter + k - 1) * fraction)
+
+
+def _chaptered(texts: Iterator[tuple[str, Optional[str]]], src: Any) -> Iterator[RawDoc]:
+    fraction, cap = _fraction(src.get("val_fraction")), src.get("val_max_bytes")
+    held, split = 0, "train"
     for i, (text, pair) in enumerate(texts):
         chapter = i // CHAPTER_DOCS
-        split = chapter_split(chapter)
+        if i % CHAPTER_DOCS == 0:  # a chapter is held out whole, or not at all
+            split = "val" if chapter_is_val(chapter, fraction) and (cap is None or held < cap) else "train"
+        if split == "val":
+            held += len(text.encode("utf-8"))
         yield RawDoc(text, chapter, pair if split == "train" else None, split)
 
 
@@ -356,7 +387,7 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
             f"data.sources.{name}.pair_field=None: data.parallel_pairs=true needs the field holding the English original"
         )
     if loader == "hf":
-        return _guard(name, src, _chaptered(_read_hf(name, src, field, pair_field)))
+        return _guard(name, src, _chaptered(_read_hf(name, src, field, pair_field), src))
     files = resolve_files(name, src)
     _say_skipped(name, src, files)
     if loader == "text":
@@ -368,7 +399,7 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
         gen = _read_parquet(name, files, field, pair_field, skip, bad, read)
     else:
         raise ConfigError(f"data.sources.{name}.loader={loader}: allowed: demo, text, jsonl, parquet, hf")
-    return _guard(name, src, _chaptered(gen))
+    return _guard(name, src, _chaptered(gen, src))
 
 
 def _say_skipped(name: str, src: Any, files: list[Path]) -> None:
