@@ -205,7 +205,8 @@ def test_select_pieces_skips_known_non_arabic_and_unreachable():
 # --------------------------------------------------------------------------- bilingual
 def test_bilingual_is_trained_on_both_languages(bilingual, english, heldout):
     assert bilingual.name == "bilingual2048" and len(bilingual.tokenizer) == 2048 and bilingual.base is None
-    assert bilingual.meta["training_words"] == {"ar": 60_000, "en": 60_000}
+    # half of tokenizer.training_words per language, sampled in whole lines of up to 64 words
+    assert all(60_000 - 64 < bilingual.meta["training_words"][lang] <= 60_000 for lang in ("ar", "en"))
     assert tokens_per_word(bilingual.tokenizer, heldout["ar"]) < tokens_per_word(english.tokenizer, heldout["ar"]) / 2
 
 
@@ -354,3 +355,26 @@ def test_issue_targets(tmp_path_factory, heldout):
     assert tokens_per_word(base32k.tokenizer, ar) / tokens_per_word(exp32k.tokenizer, ar) >= 2.5
     for exp, base in ((exp8k, base8k), (exp32k, base32k)):
         assert exp.tokenizer(en)["input_ids"] == base.tokenizer(en)["input_ids"]
+
+
+def test_training_text_is_a_bounded_seeded_sample_in_reading_order():
+    """Issue 21: tokenizer text is a seeded sample of the whole stream, bounded by
+    tokenizer.training_words, kept in reading order; text under the cap is kept whole."""
+    from allam.tokenizer.spm import WORDS_PER_LINE, TrainingText
+
+    docs = [" ".join(f"w{d}_{i}" for i in range(100)) for d in range(500)]  # 50,000 words, 1,000 lines
+    whole = TrainingText()
+    assert whole.add("en", iter(docs), max_words=10**6) == 50_000 and len(whole.lines) == 1000
+    assert whole.lines[:2] == [" ".join(docs[0].split()[:WORDS_PER_LINE]), " ".join(docs[0].split()[WORDS_PER_LINE:])]
+    order = {line: i for i, line in enumerate(whole.lines)}
+
+    a, b, other = TrainingText(seed=1), TrainingText(seed=1), TrainingText(seed=2)
+    kept = a.add("en", iter(docs), max_words=5_000)
+    b.add("en", iter(docs), max_words=5_000)
+    other.add("en", iter(docs), max_words=5_000)
+    assert 4_900 <= kept <= 5_000 and a.seen["en"] == 50_000
+    assert a.lines == b.lines and a.fingerprint == b.fingerprint  # seeded
+    assert a.lines != other.lines
+    idx = [order[line] for line in a.lines]
+    assert idx == sorted(idx)  # reading order
+    assert min(idx) < 100 and max(idx) > 900  # drawn from the whole stream, not its first 5,000 words

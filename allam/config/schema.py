@@ -178,7 +178,10 @@ class TokenizerConfig:
     base_ar_share: float = 0.0  # english8k: Arabic share of its training words (0: English only; english_base: 0.01)
     num_new_tokens: int = 16000  # expanded: Arabic pieces appended to the base
     vocab_size: int = 64000  # bilingual: size of the from-scratch tokenizer
-    training_words: Optional[int] = None  # cap on words of training text read (None: all)
+    # words of training text per language the tokenizer learns from: a seeded sample, streamed in
+    # bounded memory, of the language's whole training text (allam.tokenizer.spm.TrainingText;
+    # bilingual: half per language); text below the cap is used whole. None: all of it, in memory.
+    training_words: Optional[int] = 100_000_000
     seed: int = 0
 
 

@@ -99,8 +99,8 @@ class TrainingTexts:
     one (allam.data.sources.SourceTexts: the sources' content fingerprints), so a cache hit
     reads no corpus; otherwise from the text itself."""
 
-    def __init__(self, texts: Texts, plan: list[tuple[str, int | None]], empty: Callable[[str], str]):
-        self._texts, self.plan, self._empty = texts, plan, empty
+    def __init__(self, texts: Texts, plan: list[tuple[str, int | None]], empty: Callable[[str], str], seed: int = 0):
+        self._texts, self.plan, self._empty, self.seed = texts, plan, empty, int(seed)
         self._read: spm_util.TrainingText | None = None
 
     @property
@@ -108,11 +108,11 @@ class TrainingTexts:
         key = getattr(self._texts, "key", None)
         if key is None:
             return self.read().fingerprint
-        return hashlib.sha256(json.dumps([[lang, cap, key(lang)] for lang, cap in self.plan]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([[lang, cap, key(lang), self.seed] for lang, cap in self.plan]).encode()).hexdigest()
 
     def read(self) -> spm_util.TrainingText:
         if self._read is None:
-            text = spm_util.TrainingText()
+            text = spm_util.TrainingText(self.seed)
             for lang, cap in self.plan:
                 if text.add(lang, self._texts(lang), cap) == 0:
                     raise ConfigError(self._empty(lang))

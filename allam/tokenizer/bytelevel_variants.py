@@ -69,7 +69,7 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
     continued from the base's own segmentations, appended after its last merge."""
     base_json = json.dumps(bytelevel.pin_specials(spec), ensure_ascii=False)
     text = TrainingTexts(texts, [("ar", cfg.training_words)],
-                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
+                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)", seed=cfg.seed)
     name = f"{base.name}+ar{n}"
     options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
                "num_new_tokens": n}

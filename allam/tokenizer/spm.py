@@ -6,14 +6,16 @@ normalization (identity), extra whitespace kept, and the ids unk=0, bos=1, eos=2
 settings are :data:`LLAMA2_TRAINER_OPTIONS`; every tokenizer this project trains uses them.
 
 Training reads sentences from memory (no temporary text file) and is deterministic: the
-trainer sees every line in a fixed order (no sampling) and the SentencePiece random generator
-is seeded anyway.
+trainer sees every line of :class:`TrainingText`'s seeded, bounded sample in reading order (no
+sampling of its own) and the SentencePiece random generator is seeded anyway.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import logging
+import random
 import re
 import time
 from pathlib import Path
@@ -58,33 +60,51 @@ BUILTIN_NORMALIZERS = ("identity", "nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf")
 
 # --------------------------------------------------------------------------- text
 class TrainingText:
-    """Training lines of one or more languages plus a fingerprint of their content."""
+    """Training lines of one or more languages plus a fingerprint of their content.
 
-    def __init__(self) -> None:
+    A language's lines are a bounded, seeded sample of its whole text, read in one stream: each
+    line (a chunk of up to :data:`WORDS_PER_LINE` words of a document) draws a random key, and the
+    lines of the smallest keys are kept while their words fit in ``max_words`` (a heap of at most
+    that many words: memory does not grow with the corpus). Kept lines stay in reading order. Text
+    of fewer words than the cap is kept whole, in order; ``max_words=None`` keeps everything."""
+
+    def __init__(self, seed: int = 0) -> None:
         self.lines: list[str] = []
-        self.words: dict[str, int] = {}
+        self.words: dict[str, int] = {}  # words kept per language
+        self.seen: dict[str, int] = {}  # words read per language
+        self.seed = seed
         self._sha = hashlib.sha256()
 
     def add(self, lang: str, texts: Iterable[str], max_words: int | None = None) -> int:
-        """Appends documents of one language, chunked into lines, up to max_words words."""
+        """Appends a sample of at most max_words words of one language's documents (see the class); returns the words kept."""
         self._sha.update(f"\x00lang={lang}\x00".encode())
-        count = 0
+        rng = random.Random(f"{self.seed}:{lang}")
+        heap: list[tuple[float, int, str, int]] = []  # (-key, index, line, words): the largest key on top
+        kept = seen = index = 0
         bar = tqdm(texts, desc=f"reading {lang} tokenizer text", unit=" docs", mininterval=2.0, leave=False, delay=1.0)
         for doc in bar:
             words = doc.split()
-            if max_words is not None:
-                words = words[: max(0, max_words - count)]
+            seen += len(words)
             for i in range(0, len(words), WORDS_PER_LINE):
-                line = " ".join(words[i : i + WORDS_PER_LINE])
-                self.lines.append(line)
-                self._sha.update(line.encode("utf-8"))
-                self._sha.update(b"\n")
-            count += len(words)
-            if max_words is not None and count >= max_words:
-                break
+                chunk = words[i : i + WORDS_PER_LINE]
+                key = rng.random()
+                index += 1
+                if max_words is not None and kept + len(chunk) > max_words and heap and -heap[0][0] < key:
+                    continue  # a full sample whose largest key is below this one's keeps its lines
+                heapq.heappush(heap, (-key, index, " ".join(chunk), len(chunk)))
+                kept += len(chunk)
+                while max_words is not None and kept > max_words:
+                    kept -= heapq.heappop(heap)[3]
         bar.close()
-        self.words[lang] = self.words.get(lang, 0) + count
-        return count
+        for _, _, line, _ in sorted(heap, key=lambda e: e[1]):
+            self.lines.append(line)
+            self._sha.update(line.encode("utf-8"))
+            self._sha.update(b"\n")
+        self.words[lang] = self.words.get(lang, 0) + kept
+        self.seen[lang] = self.seen.get(lang, 0) + seen
+        if kept < seen:
+            log.info("tokenizer text %s: a seeded sample of %s of %s words (tokenizer.training_words)", lang, f"{kept:,}", f"{seen:,}")
+        return kept
 
     @property
     def fingerprint(self) -> str:

@@ -50,7 +50,7 @@ def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
         from allam.tokenizer.arabic_share import WithArabicShare
 
         texts = WithArabicShare(texts, share)
-    text = TrainingTexts(texts, [("en", cfg.training_words)], lambda _: f"tokenizer.base={cfg.base}: no English training text to train {name} on")
+    text = TrainingTexts(texts, [("en", cfg.training_words)], lambda _: f"tokenizer.base={cfg.base}: no English training text to train {name} on", seed=cfg.seed)
     return _trained_bpe(cfg, cache_dir, name, "english-bpe", size, text, "English BPE", "tokenizer.english_vocab_size")
 
 
@@ -184,7 +184,7 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
             stacklevel=3,
         )
     text = TrainingTexts(texts, [("ar", cfg.training_words)],
-                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)")
+                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)", seed=cfg.seed)
     name = f"{base.name}+ar{n}"
     options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
@@ -265,7 +265,7 @@ def _bilingual(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     name = f"bilingual{size}"
     cap = None if cfg.training_words is None else int(cfg.training_words) // 2
     text = TrainingTexts(texts, [("ar", cap), ("en", cap)],
-                 lambda lang: f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text")
+                 lambda lang: f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text", seed=cfg.seed)
     return _trained_bpe(cfg, cache_dir, name, "bilingual-bpe", size, text, "Arabic+English BPE", "tokenizer.vocab_size")
 
 
