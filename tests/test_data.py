@@ -6,6 +6,7 @@ tmp dirs (no demo corpus, no downloads), so the file runs in well under a minute
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -709,3 +710,20 @@ def test_validate_shares_the_language_cap_and_refuses_it_on_demo_sources(make_cf
         validate(make_cfg("++data.sources.bible_en.val_fraction=0.1"))
     with pytest.raises(ConfigError, match=r"data.val_fraction=1.0: must be below 1"):
         validate(make_cfg("data.val_fraction=1.0"))
+
+
+def test_an_unreadable_file_in_a_glob_is_one_line(tok, corpus, tmp_path):
+    """Issue 21's bad input: a file the system will not read, among a glob's files, stops the build
+    with one line naming the source and the file (not a traceback). As root no permission bit stops
+    a read, so there the file is a link to a /proc file that refuses reads."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(_docs(EN_WORDS, 60, 41)) + "\n", encoding="utf-8")
+    bad = folder / "b.txt"
+    if os.geteuid() == 0:
+        bad.symlink_to("/proc/self/clear_refs")  # a regular file that only takes writes
+    else:
+        bad.write_text("the sea and the sun and the moon\n", encoding="utf-8")
+        bad.chmod(0)
+    with pytest.raises(ConfigError, match=r"^data.sources.e.path: cannot read .*b.txt \(.*\); fix its permissions"):
+        make_dm(tok, tmp_path / "c", _one(corpus, e={"lang": "en", "loader": "text", "path": str(folder / "*.txt")})).prepare()

@@ -123,6 +123,8 @@ def _raw_rows(name: str, src: Any) -> Iterator[tuple[str, str, Any]]:
                 yield str(f), f"{f} line {lineno}", row
         except sources.BadUtf8 as e:
             raise ConfigError(f"data.sources.{name}: {e} (set data.sources.{name}.skip_bad_utf8=true to skip such lines)") from None
+        except sources.Unreadable as e:
+            raise sources.unreadable(name, e.path, e.exc) from None
 
 
 def _check_kind(name: str, file: str, where: str, row: Any, kind: str) -> None:

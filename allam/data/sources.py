@@ -157,14 +157,43 @@ def content_fingerprint(name: str, src: Any) -> str:
     elif loader == "hf":
         entry = {"hf": src["path"], "split": src["split"], "fp": _hf_dataset(name, src)._fingerprint}
     else:
-        entry = {"files": [file_identity(p) for p in resolve_files(name, src)]}
+        entry = {"files": [_readable(name, p, file_identity) for p in resolve_files(name, src)]}
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
+def unreadable(name: str, path: Any, exc: OSError) -> ConfigError:
+    """The one-line error for a file of source `name` that the operating system will not read."""
+    return ConfigError(f"data.sources.{name}.path: cannot read {path} ({exc.strerror or type(exc).__name__}); "
+                       "fix its permissions or remove it from the source's files")
+
+
+def _readable(name: str, path: Path, fn):
+    try:
+        return fn(path)
+    except OSError as e:
+        raise unreadable(name, path, e) from None
+
+
+class Unreadable(Exception):
+    """Raised inside readers for a file that cannot be opened or read; turned into one line naming the source."""
+
+    def __init__(self, path: Path, exc: OSError):
+        super().__init__(str(exc))
+        self.path, self.exc = path, exc
 
 
 # --------------------------------------------------------------------------- readers
 def _lines(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None) -> Iterator[str]:
     """Decoded lines of a file; a non-UTF-8 line raises BadUtf8 with its byte offset, or is
-    skipped and counted in bad[0] when skip_bad. read[0] (when given) counts the bytes read."""
+    skipped and counted in bad[0] when skip_bad; a file the system will not read raises
+    Unreadable. read[0] (when given) counts the bytes read."""
+    try:
+        yield from _decoded(path, skip_bad, bad, read)
+    except OSError as e:
+        raise Unreadable(path, e) from None
+
+
+def _decoded(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]]) -> Iterator[str]:
     offset = 0
     with open(path, "rb") as fh:
         for raw in fh:
@@ -423,6 +452,8 @@ def _guard(name: str, src: Any, docs: Iterator[RawDoc]) -> Iterator[RawDoc]:
         raise ConfigError(
             f"data.sources.{name}: {e} (set data.sources.{name}.skip_bad_utf8=true to skip such documents)"
         ) from None
+    except Unreadable as e:
+        raise unreadable(name, e.path, e.exc) from None
 
 
 
