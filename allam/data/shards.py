@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -34,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from allam import cache_lock
-from allam.config import ConfigError
+from allam.config import ConfigError, RunFailed
 from allam.data.cleaning import Cleaner, doc_hash
 from allam.data.shard_writer import ShardWriter, batches, check_script
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_bytes, source_values
@@ -399,9 +400,14 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
         log(f"data: {job.name}: {meta['docs_read']:,} docs read, {kept:,} kept ({drops} dropped), "
             f"{meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens in {meta['seconds']:.1f}s")
         return load(job)  # type: ignore[return-value]
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(job.path.parent).free / 2**30
+            raise RunFailed(f"data.sources.{job.name}: {exc.strerror or exc} while writing its shards in {job.path.parent} "
+                            f"({free:.1f} GiB free); the unfinished folder was removed and nothing was added to the cache; "
+                            "free space (or point paths.cache_dir at a larger disk) and run the same command again") from None
         raise
