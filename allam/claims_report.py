@@ -177,6 +177,41 @@ def competence_table(by_arm: dict[str, list[dict]], arms: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _seed(e: dict):
+    """The training seed of the run an eval scored (from the training config it records)."""
+    return ((e.get("config") or {}).get("trainer") or {}).get("seed")
+
+
+def competence_paired(by_arm: dict[str, list[dict]], arms: list[str], base: str) -> str:
+    """Per arm against `base`: each competence task's accuracy difference item by item (arm minus
+    base on the same items, the base of the same seed; items of all seeds pooled), with a 95%
+    t-interval and the one-sided p of "arm above base"; "" when no arm has per-item records.
+    A seed's pair counts only when both scored the same items (``items_sha``)."""
+    bases = {_seed(e): e for e in by_arm.get(base, [])}
+    lines = []
+    for arm in arms:
+        if arm == base or not by_arm.get(arm):
+            continue
+        cells, any_test = [], False
+        for task in COMPETENCE_TASKS:
+            diffs: list[int] = []
+            for e in by_arm[arm]:
+                b = bases.get(_seed(e))
+                a_items, b_items = e.get(f"eval.{task}.correct"), (b or {}).get(f"eval.{task}.correct")
+                if not a_items or not b_items or e.get(f"eval.{task}.items_sha") != b.get(f"eval.{task}.items_sha"):
+                    continue
+                diffs += [int(x) - int(y) for x, y in zip(a_items, b_items)]
+            t = S.paired_test(diffs)
+            any_test |= t is not None
+            cells.append("n/a" if t is None else f"{t.mean:+.3f} [{t.ci[0]:+.3f}, {t.ci[1]:+.3f}], p {t.p:.4f}")
+        if any_test:
+            lines.append(f"| `{arm}` − `{base}` | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| difference (items pooled over seeds) | " + " | ".join(f"`{t}`" for t in COMPETENCE_TASKS) + " |",
+                      "|---|" + "---|" * len(COMPETENCE_TASKS), *lines])
+
+
 def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command: str, header: str = "",
                     plots: Optional[dict[int, str]] = None, competence: Optional[dict[str, list[dict]]] = None) -> str:
     """CLAIMS.md: the rule with its worked example, a summary, then per claim its source, what
@@ -217,6 +252,11 @@ def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command:
             out += ["", "*Context: the competence tier* (`eval=competence`, chance 0.25; accuracy, mean over the "
                     "arm's seeds ± the standard error of one seed's accuracy over the items; decides nothing):", "",
                     table]
+            paired = competence_paired(competence or {}, list(dict.fromkeys([BASE, *claim.arms])), BASE)
+            if paired:
+                out += ["", "Item by item against the base (accuracy difference, 95% t-interval over the items, "
+                        "one-sided p of the arm above the base; items repeat word pairs, so these intervals are "
+                        "narrower than the truth on `next_word_*`):", "", paired]
         out += ["", f"**Verdict: {r['verdict']}.**"]
         if claim.number in plots:
             out += ["", f"![claim {claim.number}]({plots[claim.number]})"]

@@ -79,6 +79,9 @@ EVAL_FIELDS: dict[str, str] = {
     "dropped_leak_answer": "dropped: the prompt is clean, the answer (a candidate) overlaps",
     "dropped_leak_group": "dropped: clean, but in a closed group with an overlapping text (the group goes whole)",
     "leak_candidates": "candidate items the leak check looked at",
+    # per item, so two models scored on the same items can be compared item by item (allam/stats.py)
+    "correct": "one character per item scored, in the task's item order: 1 where acc counted it right, else 0",
+    "items_sha": "SHA-256 (first 16 hex digits) of the scored items' ids and choices, in order: equal sha, same items",
 }
 
 # generate.*: what task=generate writes (besides task, run_dir, ckpt, source_run, prompt,

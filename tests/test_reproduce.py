@@ -12,6 +12,7 @@ import pytest
 from allam import claims as C
 from allam import curves as CV
 from allam import claims_report as CR
+from allam import stats as S
 from allam.config import CONF_DIR, ROOT, validate
 
 
@@ -131,6 +132,7 @@ def test_smoke_suite_scores_the_competence_tier_into_claims_md(tmp_path, cache_d
         assert res["source_run"] == str(out / "seed1" / cell) and res["eval.word_order_ar.n"] == 8
     section = md.read_text().split("## Claim 4")[1].split("## Arms")[0]
     assert "Context: the competence tier" in section and section.count("| 1 | 8 | ") == 3
+    assert "Item by item against the base" in section and section.count(f"` − `{C.BASE}` | ") == 2
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert again.returncode == 0 and "[eval]" not in again.stdout and "[run]" not in again.stdout
 
@@ -250,3 +252,24 @@ def test_task_report_refuses_an_arm_of_two_commits_unless_report_mix_commits(mak
         report_task.run(make_cfg("task=report", f"report_dir={root}", out=tmp_path / "report"))
     res = report_task.run(make_cfg("task=report", f"report_dir={root}", "report_mix_commits=true", out=tmp_path / "report2"))
     assert res["claims"] == {"4": C.REPRODUCED}
+
+
+def test_competence_is_compared_item_by_item_with_the_base_of_the_same_seed():
+    """A worked example: arm A beats the base on 2 of 4 items and loses 1 in seed 1, ties in seed 2
+    (difference +1/8 over 8 pooled items); a seed whose items differ (items_sha) is left out."""
+    from allam.claims_report import competence_paired
+
+    def ev(seed, correct, sha="s1"):
+        return {"config": {"trainer": {"seed": seed}}, "eval.word_order_ar.correct": correct,
+                "eval.word_order_ar.items_sha": sha}
+
+    by_arm = {C.BASE: [ev(1, "0010"), ev(2, "1100"), ev(3, "0000")],
+              "A": [ev(1, "1100"), ev(2, "1100"), ev(3, "1111", sha="other")]}
+    table = competence_paired(by_arm, [C.BASE, "A"], C.BASE)
+    row = next(line for line in table.splitlines() if line.startswith("| `A`"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    d = [1, 1, -1, 0, 0, 0, 0, 0]
+    t = S.paired_test(d)
+    assert cells[0] == f"{t.mean:+.3f} [{t.ci[0]:+.3f}, {t.ci[1]:+.3f}], p {t.p:.4f}" and t.mean == 0.125
+    assert cells[1:] == ["n/a"] * 3  # no per-item records of the other tasks
+    assert competence_paired({C.BASE: [ev(1, "0")]}, [C.BASE], C.BASE) == ""

@@ -30,6 +30,11 @@ the choices alone (next word):
   0.25 in the other (``tests/test_competence.py``). Cut at any word instead, the English task
   scored 0.62-0.63 on two small models that score 0.80 on this design.
 In both, each group of four items puts its answers once at each position.
+The standard errors are binomial, over items taken as independent. On ``next_word`` they are not:
+the commonest answers and the words before them recur across groups, so a model's preference for
+one word pair counts many times. A trained model's score is affected little, but a random model
+is at chance only on average over models (two scored 0.17 and 0.41 on ``next_word_en``, 200 items,
+binomial SE 0.03); compare models item by item (``eval.<task>.correct``) rather than by SE.
 
 The functions named ``<task>`` are the lm-evaluation-harness ``custom_dataset`` hooks of the task
 YAML files in ``allam/eval/tasks`` (tag ``allam_competence``).
@@ -49,7 +54,11 @@ from allam.eval import demo_suite, leak
 log = logging.getLogger("allam")
 
 CHOICES = 4
-ITEMS = 400  # items per task
+ITEMS = 400  # next_word: items per task (the groups of the commonest answers)
+# word_order: items per task at most, i.e. every held-out verse that passes the leak check and has
+# enough windows (about 1,000 Arabic, 1,860 English); eval.limit scores the first N, which are the
+# same items for any larger cap (the groups are shuffled before the cut)
+WORD_ORDER_ITEMS = 4000
 DEFAULT_SEED = 1234
 WINDOW = 3  # word_order: words move only inside consecutive windows of this many words
 MIN_WINDOWS = 3  # word_order: verses with at least this many windows to reorder
@@ -172,14 +181,16 @@ def _next_word(verses: list[tuple[str, str]], rng: random.Random, lang: str) -> 
     return items
 
 
-def build(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS,
+def build(task: str, seed: int = DEFAULT_SEED, items: int | None = None,
           index: leak.Index | None = None) -> tuple[list[dict], dict[str, int]]:
-    """The items of one task (up to `items`, whole groups of four) in the demo suite's item format,
-    and the leak counts (``leak_candidates``, ``dropped_leak``: verses left out for overlapping the
-    training text)."""
+    """The items of one task (up to `items`, whole groups of four; None: ITEMS for next_word,
+    WORD_ORDER_ITEMS for word_order) in the demo suite's item format, and the leak counts
+    (``leak_candidates``, ``dropped_leak``: verses left out for overlapping the training text)."""
     if task not in TASKS:
         raise KeyError(f"unknown competence task '{task}'; allowed: {', '.join(TASKS)}")
     kind, lang = task.rsplit("_", 1)
+    if items is None:
+        items = WORD_ORDER_ITEMS if kind == "word_order" else ITEMS
     rng = random.Random(f"{seed}:{task}")
     counts: dict[str, int] = {}
     verses = clean_verses(lang, index if index is not None else leak.training_index(), counts)
@@ -202,7 +213,7 @@ def build(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS,
                  "leak_candidates": counts.get("candidates", 0)}
 
 
-def build_items(task: str, seed: int = DEFAULT_SEED, items: int = ITEMS, index: leak.Index | None = None) -> list[dict]:
+def build_items(task: str, seed: int = DEFAULT_SEED, items: int | None = None, index: leak.Index | None = None) -> list[dict]:
     """:func:`build`'s items; the counts go to ``demo_suite.LEAK_REPORTS[task]``."""
     out, counts = build(task, seed, items, index)
     demo_suite.LEAK_REPORTS[task] = counts

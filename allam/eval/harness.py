@@ -17,6 +17,8 @@ check's counts (``dropped_leak`` and its reasons, ``leak_candidates``; :mod:`all
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -257,7 +259,7 @@ def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None)
             objs = [loaded["groups"][name]] if name in loaded["groups"] else [leaves[name]] if name in leaves \
                 else list(leaves.values())
             res = simple_evaluate(model=lm, tasks=objs, task_manager=tm, num_fewshot=int(shots),
-                                  limit=eval_cfg.limit, bootstrap_iters=STDERR_ITERS, log_samples=False,
+                                  limit=eval_cfg.limit, bootstrap_iters=STDERR_ITERS, log_samples=True,
                                   random_seed=None, numpy_random_seed=None, torch_random_seed=None)
             if res is None:  # not the reporting process (LOCAL_RANK > 0)
                 continue
@@ -268,12 +270,25 @@ def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None)
                 vals.update(chance=sum(chance[t][0] * chance[t][1] for t in members) / max(1, items),
                             max_length=max_length, seconds=seconds)
                 vals.update(_leak_counts(members))
+                vals.update(per_item(res.get("samples", {}).get(task)))
                 out[task] = vals
             if notes.truncated:
                 log.info("eval %s: %d of its scored contexts were left-truncated to fit %d tokens",
                          name, notes.truncated, max_length)
     model.train(was_training)
     return out
+
+
+def per_item(samples: list[dict] | None) -> dict[str, str]:
+    """``correct`` (a 0/1 character per item, in item order) and ``items_sha`` (which items, with
+    their choices) from the harness's logged samples of one task; empty for a group's aggregate."""
+    if not samples:
+        return {}
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    ident = [[s["doc"].get("id", s["doc_id"]) if isinstance(s["doc"], dict) else s["doc_id"], s["doc_hash"]]
+             for s in samples]
+    return {"correct": "".join("1" if s.get("acc") else "0" for s in samples),
+            "items_sha": hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]}
 
 
 def _leak_counts(tasks: list[str]) -> dict[str, int]:
