@@ -110,3 +110,38 @@ def test_report_shows_eval_columns_and_an_accuracy_chart(make_cfg, tmp_path):
     assert (tmp_path / "report" / "report_eval.png").stat().st_size > 1000
     table = (tmp_path / "report" / "report.md").read_text()
     assert "eval.verse_en2ar.acc_norm" in table.splitlines()[0]
+
+
+def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, cache_dir, monkeypatch, make_cfg):
+    """task=prepare builds a new source's shards (and checks the blend) with the run's overrides;
+    the training run's data module with the same overrides then builds no shard: it reads the
+    cache (the data module is what a run prepares in prepare_data)."""
+    from conftest import run_inprocess
+
+    from allam.config import validate
+    from allam.data import shards
+    from allam.tasks import builders
+
+    f = tmp_path / "mine.txt"
+    words = "the sea and the sun rose over the hills while the children ran home to eat".split()
+    f.write_text("\n".join(" ".join(words[i % 7:] + words[: i % 7]) + f" line {i}" for i in range(400)) + "\n",
+                 encoding="utf-8")
+    common = [f"+data.sources.mine={{lang: en, loader: text, path: {f}}}", "model=micro", "trainer.max_steps=1",
+              "logger=none", "export=false", "data.val_bytes=2048"]
+    assert run_inprocess(["task=prepare", *common], cache_dir, tmp_path / "prep") is None
+    res = json.loads((tmp_path / "prep" / "results.json").read_text())
+    mine = res["sources"]["mine"]
+    assert res["task"] == "prepare" and mine["docs_read"] == 400 and mine["val"]["docs"] == 50
+    assert mine["train"]["tokens"] > 0 and res["prepare.train_tokens"] >= mine["train"]["tokens"]
+
+    def no_build(*a, **k):
+        raise AssertionError("the run tokenized a source that task=prepare had built")
+
+    monkeypatch.setattr(shards, "_build_one", no_build)
+    cfg = make_cfg(*common)
+    validate(cfg)
+    dm = builders.build_datamodule(cfg, builders.build_tokenizer(cfg).tokenizer)
+    dm.prepare()
+    assert dm.shards["mine"].meta["train"] == mine["train"] and str(dm.shards["mine"].path) == mine["folder"]
+    err = run_inprocess(["task=prepare", "objective=sft"], cache_dir, tmp_path / "sft")
+    assert err is not None and err.startswith("error: ") and "task=prepare" in err

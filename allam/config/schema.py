@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SEED_KEYS = ("trainer.seed", "init.seed", "data.seed")  # what changes between the seeds of one experiment
 CONF_DIR = ROOT / "conf"
 # what `task=` may name; allam.tasks runs each as the module allam.tasks.<name, "-" as "_">
-TASKS = ("train", "plan", "tokenizer-report", "export", "report", "eval", "generate")
+TASKS = ("train", "plan", "prepare", "tokenizer-report", "export", "report", "eval", "generate")
 
 
 class StrEnum(str, Enum):
@@ -433,7 +433,7 @@ class PathsConfig:
 
 @dataclass
 class AllamConfig:
-    task: str = "train"  # a name from TASKS above (train, plan, tokenizer-report, export, report, eval, generate)
+    task: str = "train"  # a name from TASKS above (train, plan, prepare, tokenizer-report, export, report, eval, generate)
     ckpt: Optional[str] = None  # checkpoint for resume / export; task=eval, generate: also a run dir or Hugging Face folder
     prompt: Optional[str] = None  # task=generate: the text to continue, or the user message under a chat template
     report_dir: Optional[str] = None  # task=report: a folder of runs (e.g. a multirun sweep dir)
