@@ -57,7 +57,7 @@ def test_readme_example_composes(make_cfg):
         ("model.attention=flash", "model.attention=flash: allowed: auto, xformers, sdpa, eager"),
         ("data.batch_size=many", "data.batch_size=many:"),
         ("optim.lr=-1", "optim.lr=-1.0: must be positive"),
-        ("task=evaluate", "task=evaluate: allowed: train, plan, tokenizer-report, export, report"),
+        ("task=evaluate", "task=evaluate: allowed: train, plan, prepare, tokenizer-report, export, report"),
         ("init=llama2", "init.checkpoint=None: init=llama2 needs a checkpoint"),
     ],
 )
