@@ -107,7 +107,7 @@ def test_sft_resume_continues_at_the_same_position(sft_run, tmp_path, cache_dir,
     assert len(tail) == 2 and max(abs(a - b) for a, b in zip(tail, full[2:])) < 1e-5, (tail, full)
 
 
-def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
+def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir, monkeypatch):
     """DPO from the SFT export: step 0's loss is log 2 with reward accuracy and margin 0 (the policy
     is the reference), its logged chosen/rejected log-probabilities equal the export's scored by
     hand, the references are kept in the checkpoint, the run exports a chat model, and task=generate samples from the export through its template."""
@@ -115,10 +115,16 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir):
 
     from allam.train.dpo import dpo_loss, pair_logps
 
+    from allam.train import post
+
     start = sft_run / "hf"
     out = tmp_path / "dpo"
     args = [*DPO, "init=pretrained", f"init.checkpoint={start}", "trainer.max_steps=2", "trainer.checkpoint_every_steps=1"]
+    scored = []  # policy forwards outside training: the start validation reads the references instead
+    monkeypatch.setattr(post, "pair_logps", lambda *a, **k: (scored.append(torch.is_grad_enabled()), pair_logps(*a, **k))[1])
     assert run_inprocess(args, cache_dir, out) is None
+    val_batches = len(list(_datamodule(cache_dir, *args)[0].shared_batches("val")))
+    assert scored.count(False) == val_batches and scored.count(True) == 2  # the final validation; two steps
     # resumed after step 1, the references come from the checkpoint, not from the trained weights: the same step 2
     resumed = tmp_path / "resumed"
     assert run_inprocess([*args, "export=false", f"ckpt={out / 'checkpoints' / 'step1.ckpt'}"], cache_dir, resumed) is None

@@ -43,6 +43,9 @@ class PostTrainingLM(CausalLM):
         self.average = self.loss_type == "ipo"
         self.accumulate = int(accumulate)
         self.reference: dict[str, torch.Tensor] | None = None  # split -> [n, 2] (chosen, rejected), DPO
+        # True from computing the references until the first training step: the policy is the
+        # reference, so a validation then (the start scores) reads the table instead of a forward
+        self._policy_is_reference = False
         self.final_post: dict[str, dict[str, float]] = {}  # {"sft"|"dpo": {metric: value}} of the last validation
         self._step_sum = None
         self._micro = 0
@@ -54,6 +57,7 @@ class PostTrainingLM(CausalLM):
         dm = self.trainer.datamodule
         t0 = time.perf_counter()
         self.reference = {split: self._reference_table(dm, split) for split in ("train", "val")}
+        self._policy_is_reference = True
         if self.trainer.is_global_zero:
             log.info("dpo: reference log-probabilities of %d training and %d held-out pairs in %.0f s (once; kept in "
                      "every checkpoint)", len(dm.train), len(dm.val), time.perf_counter() - t0)
@@ -91,15 +95,22 @@ class PostTrainingLM(CausalLM):
             self.reference = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in checkpoint["dpo_reference"].items()}
 
     def _dpo(self, batch: dict, split: str) -> tuple[torch.Tensor, ...]:
-        """Policy chosen and rejected log-probabilities of a batch, and the reference ones."""
+        """Policy chosen and rejected log-probabilities of a batch, and the reference ones (the
+        reference's again, without a forward, while the policy is still the reference and no
+        gradient is needed: every rank decides alike, so sharded forwards stay in step)."""
+        ref = self.reference[split][batch["index"].clamp_min(0)]
+        if self._policy_is_reference and not torch.is_grad_enabled():
+            ref = ref.to(batch["index"].device, torch.float32)
+            return ref[:, 0], ref[:, 1], ref[:, 0], ref[:, 1]
         pc, pr = pair_logps(self.model, batch, average=self.average)
-        ref = self.reference[split].to(pc.device)[batch["index"].clamp_min(0)]
+        ref = ref.to(pc.device)
         return pc, pr, ref[:, 0], ref[:, 1]
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size
         if self.objective == "dpo":
+            self._policy_is_reference = False  # its first update follows this step
             loss, metrics = dpo_loss(*self._dpo(batch, "train"), beta=self.beta,
                                      label_smoothing=self.label_smoothing, loss_type=self.loss_type)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
