@@ -56,7 +56,9 @@ class ShardWriter:
             if not sel.any():
                 continue
             toks = flat if sel.all() else flat[np.repeat(sel, lens)]
-            toks.tofile(self.files[split])
+            # through Python's buffered file: a full disk raises OSError(ENOSPC) here or at close
+            # (ndarray.tofile raises an OSError without an errno, and can lose a short write silently)
+            self.files[split].write(memoryview(np.ascontiguousarray(toks)).cast("B"))
             stats[split]["docs"] += int(sel.sum())
             stats[split]["tokens"] += int(toks.shape[0])
             stats[split]["bytes"] += int(nbytes[sel].sum())
@@ -77,7 +79,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         for fh in self.files.values():
-            fh.close()
+            try:
+                fh.close()
+            except OSError:  # flushing the buffer of a full disk fails again: the folder is removed anyway
+                pass
 
 
 def check_script(job, stats: dict, final: bool) -> None:

@@ -98,9 +98,10 @@ class PostTrainingLM(CausalLM):
         """Policy chosen and rejected log-probabilities of a batch, and the reference ones (the
         reference's again, without a forward, while the policy is still the reference and no
         gradient is needed: every rank decides alike, so sharded forwards stay in step)."""
-        ref = self.reference[split][batch["index"].clamp_min(0)]
+        index = batch["index"]
+        ref = self.reference[split][index.clamp_min(0).cpu()]  # the table stays on the CPU; the batch may not
         if self._policy_is_reference and not torch.is_grad_enabled():
-            ref = ref.to(batch["index"].device, torch.float32)
+            ref = ref.to(index.device, torch.float32)
             return ref[:, 0], ref[:, 1], ref[:, 0], ref[:, 1]
         pc, pr = pair_logps(self.model, batch, average=self.average)
         ref = ref.to(pc.device)
