@@ -8,8 +8,8 @@ generated text streamed from a seeded generator (never held in memory or written
 
 - ``sample``: :class:`allam.tokenizer.spm.TrainingText` with ``max_words=--cap`` (the sampler
   the tokenizers use): its peak RSS should stay flat as the corpus grows.
-- ``all`` (the baseline): the same class with ``max_words=None``, i.e. what tokenizer training
-  did before the cap had a default: every line held in a Python list.
+- ``all`` (the baseline): the same class with ``max_words=None`` (the earlier default, no cap):
+  every line held, in this sampler's heap rather than the plain list the earlier code used.
 - ``train``: SentencePiece BPE (Llama-2's settings, ``--vocab`` pieces) on a sample of each of
   ``--train-words`` words, for the trainer's bytes per word at the default cap.
 
@@ -94,7 +94,7 @@ def main() -> None:
     Path(fh.name).unlink()
     per_word = [(r["rss_after_train_mb"] - r["rss_before_mb"]) * 2**20 / r["kept_words"] for r in trained]
     print(json.dumps({
-        "benchmark": "tokenizer_sample_rss", "cap_words": args.cap, "vocab": args.vocab,
+        "benchmark": "tokenizer_sample_rss", "args": vars(args), "cap_words": args.cap, "vocab": args.vocab,
         "peak_rss_mb": {mode: {str(r["corpus_words"]): r["rss_after_read_mb"] for r in rows if r["mode"] == mode}
                         for mode in ("sample", "all")},
         "read_s": {mode: {str(r["corpus_words"]): r["read_s"] for r in rows if r["mode"] == mode} for mode in ("sample", "all")},

@@ -665,6 +665,9 @@ def test_hold_out_fraction_spreads_chapters_and_keeps_the_default_rule():
     held = [c for c in range(10_000) if chapter_is_val(c, Fraction(3, 1000))]
     assert len(held) == 30 and held[0] == 1 and max(b - a for a, b in zip(held, held[1:])) <= 334  # evenly spread
     assert not any(chapter_is_val(c, Fraction(0)) for c in range(100))
+    from allam.data.sources import _fraction
+
+    assert _fraction(1e-7) == Fraction(1, 10**7) and chapter_is_val(1, _fraction(1e-7))  # tiny fractions stay exact
 
 
 def test_hold_out_fraction_and_cap_decide_the_prepared_val_docs(tok, corpus, tmp_path):
@@ -710,6 +713,8 @@ def test_validate_shares_the_language_cap_and_refuses_it_on_demo_sources(make_cf
         validate(make_cfg("++data.sources.bible_en.val_fraction=0.1"))
     with pytest.raises(ConfigError, match=r"data.val_fraction=1.0: must be below 1"):
         validate(make_cfg("data.val_fraction=1.0"))
+    with pytest.raises(ConfigError, match=r"tokenizer.training_words=10: must be at least 64"):
+        validate(make_cfg("tokenizer.training_words=10"))
 
 
 def test_an_unreadable_file_in_a_glob_is_one_line(tok, corpus, tmp_path):
@@ -778,3 +783,17 @@ def test_a_full_disk_while_preparing_fails_in_one_line_and_leaves_no_shard(tok, 
     dm = make_dm(tok, cache, srcs)
     dm.prepare()
     assert dm.shards["e"].meta["docs_read"] == 1200
+
+
+def test_a_run_saved_before_the_hold_out_settings_resumes_unchanged():
+    """A checkpoint's config without the hold-out keys (saved before they existed) is not a changed
+    setting while they keep the old rule; a different fraction is."""
+    from allam.tasks.rundir import changed_keys
+
+    old = {"data": {"val_bytes": 100, "sources": {"f": {"lang": "en", "loader": "text"}}}}
+    now = {"data": {"val_bytes": 100, "val_fraction": 0.05, "val_cap_bytes": None,
+                    "sources": {"f": {"lang": "en", "loader": "text", "val_fraction": 0.05, "val_max_bytes": None}}}}
+    assert changed_keys(old, now) == []
+    now["data"]["val_fraction"] = 0.01
+    now["data"]["sources"]["f"]["val_fraction"] = 0.01
+    assert changed_keys(old, now) == ["data.sources.f.val_fraction", "data.val_fraction"]

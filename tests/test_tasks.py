@@ -138,6 +138,9 @@ def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, 
         raise AssertionError("the run tokenized a source that task=prepare had built")
 
     monkeypatch.setattr(shards, "_build_one", no_build)
+    from allam.tokenizer import spm
+
+    monkeypatch.setattr(spm, "train_bpe", no_build)  # nor trains a tokenizer
     cfg = make_cfg(*common)
     validate(cfg)
     dm = builders.build_datamodule(cfg, builders.build_tokenizer(cfg).tokenizer)

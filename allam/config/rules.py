@@ -96,8 +96,9 @@ def hold_out(data) -> None:
             src = data.sources[name]
             if src.val_fraction is None:
                 src.val_fraction = float(data.val_fraction)
-            if src.val_max_bytes is None and data.val_cap_bytes is not None:
-                src.val_max_bytes = int(data.val_cap_bytes) // len(names)
+            if src.val_max_bytes is None and data.val_cap_bytes is not None:  # a positive cap keeps at least 1 byte each
+                cap = int(data.val_cap_bytes)
+                src.val_max_bytes = max(1, cap // len(names)) if cap else 0
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("optim.betas", list(o.betas), "must be two numbers in [0, 1)")
     _unit("optim.min_lr_ratio", o.min_lr_ratio)
     _positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
+    if tok.training_words is not None and int(tok.training_words) < 64:
+        _fail("tokenizer.training_words", tok.training_words, "must be at least 64 (one training line) or null (all)")
     _positive("tokenizer.num_new_tokens", tok.num_new_tokens)
     _positive("tokenizer.vocab_size", tok.vocab_size)
     _positive("tokenizer.english_vocab_size", tok.english_vocab_size)

@@ -114,7 +114,11 @@ def _raw_rows(name: str, src: Any) -> Iterator[tuple[str, str, Any]]:
         if loader == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+            try:
+                pf = pq.ParquetFile(f)
+            except OSError as e:
+                raise sources.unreadable(name, f, e) from None
+            for batch in pf.iter_batches(batch_size=1024):
                 for row in batch.to_pylist():
                     yield str(f), str(f), row
             continue

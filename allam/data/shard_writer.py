@@ -3,6 +3,8 @@ each batch appended to ``train.bin`` / ``val.bin`` in reading order with exact d
 and the counts kept, and the check that the source's declared language matches its script."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from allam.config import ConfigError
@@ -71,8 +73,10 @@ class ShardWriter:
         """Closes the files, writes ``val_docs.npy`` and returns the final counts."""
         for fh in self.files.values():
             fh.close()
-        np.save(self.folder / "val_docs.npy",
-                np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
+        buf = io.BytesIO()  # np.save to a file writes with ndarray.tofile, which can lose bytes on a full disk
+        np.save(buf, np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
+        with open(self.folder / "val_docs.npy", "wb") as fh:
+            fh.write(buf.getbuffer())
         self.stats["drops"]["bad_utf8"] = bad_utf8
         self.stats["drops"]["bad_json"] = bad_json
         return self.stats

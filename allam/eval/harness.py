@@ -282,8 +282,8 @@ def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None)
 def per_item(samples: list[dict] | None) -> dict[str, str]:
     """``correct`` (a 0/1 character per item, in item order) and ``items_sha`` (which items, with
     their choices) from the harness's logged samples of one task; empty for a group's aggregate."""
-    if not samples:
-        return {}
+    if not samples or any("acc" not in s for s in samples) or len({s["doc_id"] for s in samples}) != len(samples):
+        return {}  # no accuracy per item, or an item scored more than once: nothing to pair on
     samples = sorted(samples, key=lambda s: s["doc_id"])
     ident = [[s["doc"].get("id", s["doc_id"]) if isinstance(s["doc"], dict) else s["doc_id"], s["doc_hash"]]
              for s in samples]

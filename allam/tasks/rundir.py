@@ -117,11 +117,25 @@ def _flatten(node, prefix: str = "") -> dict:
     return {prefix[:-1]: node}
 
 
+# keys added after runs were saved, with the value that does what those runs did: a saved config
+# without the key resumes when the current value is this one (a source's key: any source)
+ADDED_KEYS = {"data.val_fraction": (0.05,), "data.val_cap_bytes": (None,),
+              "data.sources.*.val_fraction": (None, 0.05), "data.sources.*.val_max_bytes": (None,)}
+
+
+def _added_with_old_behaviour(key: str, value, saved: dict) -> bool:
+    parts = key.split(".")
+    pattern = "data.sources.*." + parts[-1] if key.startswith("data.sources.") and len(parts) == 4 else key
+    return key not in saved and pattern in ADDED_KEYS and value in ADDED_KEYS[pattern]
+
+
 def changed_keys(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two resolved configs, except those a resume may change."""
+    """Keys whose values differ between two resolved configs, except those a resume may change and
+    keys added since the run was saved that keep its behaviour (:data:`ADDED_KEYS`)."""
     a, b = _flatten(saved), _flatten(current)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+    return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+            and not _added_with_old_behaviour(k, b.get(k), a)]
 
 
 def check_checkpoint_kind(path: Path, sharded: bool) -> None:
