@@ -268,6 +268,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _child_signals() -> None:
+    """A pool child takes the default action on stop signals: a handler inherited from the parent
+    (a training run's stop-at-the-next-step handler) would leave it running, and the parent's
+    pool.terminate() after an error would then wait for it."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+
+
 @contextlib.contextmanager
 def _pool(workers: int):
     """A fork pool whose children run the tokenizer single-threaded (no Rayon after fork)."""
@@ -279,7 +291,7 @@ def _pool(workers: int):
     prev = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the children only
     try:
-        pool = mp.get_context("fork").Pool(workers)
+        pool = mp.get_context("fork").Pool(workers, initializer=_child_signals)
     finally:
         if prev is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
