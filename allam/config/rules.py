@@ -213,6 +213,16 @@ def writable_dir(key: str, path: str) -> None:
         _fail(key, path, f"cannot write there ({exc.strerror or exc}); choose a writable folder")
 
 
+def _prepare(p: Any) -> None:
+    """data.prepare: sizes positive; a task is at least 1 MiB; executor=slurm names its partition."""
+    if p.task_bytes < (1 << 20):
+        _fail("data.prepare.task_bytes", p.task_bytes, "must be at least 1048576 (1 MiB)")
+    for key in ("workers", "slurm_cpus_per_task", "slurm_mem_per_cpu_gb", "slurm_max_parallel"):
+        _positive(f"data.prepare.{key}", p[key])
+    if str(p.executor) == "slurm" and not p.slurm_partition:
+        _fail("data.prepare.slurm_partition", p.slurm_partition, "executor=slurm needs the SLURM partition to submit to")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks a composed config before anything is built (and fills each data source's defaults).
     Raises ConfigError (one line)."""
@@ -232,6 +242,7 @@ def validate(cfg: DictConfig) -> None:
     _positive("data.batch_size", d.batch_size)
     _positive("data.val_bytes", d.val_bytes, allow_zero=True)
     _positive("data.cache_wait_s", d.cache_wait_s)
+    _prepare(d.prepare)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
     _positive("trainer.max_tokens", t.max_tokens)
     _positive("trainer.max_steps", t.max_steps)

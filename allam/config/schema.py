@@ -244,6 +244,31 @@ class StageConfig:
     translated_share: Optional[float] = None
 
 
+class PrepareExecutor(StrEnum):
+    local = "local"
+    slurm = "slurm"
+
+
+@dataclass
+class PrepareConfig:
+    """`data.prepare`: how a large file source's shards are built (allam/data/engine.py)."""
+
+    # local: datatrove's local executor, one task per core; slurm: task=prepare submits job arrays
+    # (a training run that finds shards missing always builds them locally)
+    executor: PrepareExecutor = PrepareExecutor.local
+    # a text/jsonl/parquet source larger than this is split into tasks of about this many bytes
+    # (text and jsonl at line boundaries, parquet by whole files); smaller ones: one process
+    task_bytes: int = 256 << 20
+    workers: Optional[int] = None  # local tasks at once (None: every core this process may use)
+    slurm_partition: Optional[str] = None  # required with executor=slurm
+    slurm_time: str = "24:00:00"  # per task
+    slurm_cpus_per_task: int = 1
+    slurm_mem_per_cpu_gb: int = 4
+    slurm_max_parallel: Optional[int] = None  # tasks of one array running at once (None: no limit)
+    slurm_env_command: Optional[str] = None  # run before each task, e.g. "source /shared/venv/bin/activate"
+    slurm_sbatch_args: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH options, e.g. {account: x}
+
+
 @dataclass
 class DataConfig:
     """Group `data`: sources and the language mix."""
@@ -275,6 +300,7 @@ class DataConfig:
     # a rank waiting for another process (this host or another) to train a tokenizer or build a
     # source's shards gives up after this many seconds, with one line naming the holder (allam/cache_lock.py)
     cache_wait_s: float = 21600.0
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from allam.config import ConfigError, mix_stages
 from allam.data.blend import Blend, SourceInfo
 from allam.data.fingerprint import check_fingerprint, data_fingerprint
 from allam.data.mix import check_repeats, format_mix_table, mix_report
-from allam.data.shards import SourceShards, TokenizerInfo, build, plan_jobs
+from allam.data.shards import SourceShards, TokenizerInfo, build, plan_jobs, submit
 from allam.data.sources import content_fingerprint, source_values
 
 log = logging.getLogger("allam.data")
@@ -207,6 +207,13 @@ class AllamDataModule(L.LightningDataModule):
             self._tok = TokenizerInfo.from_tokenizer(self.tokenizer)
         return self._tok
 
+    def submit(self) -> list[dict]:
+        """``data.prepare.executor=slurm`` (task=prepare): submits the build of every missing file
+        source as SLURM jobs (:func:`allam.data.shards.submit`) and returns what was submitted."""
+        tok = self._tokenizer_info()
+        jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir)
+        return submit(jobs, tok, self.cfg.prepare)
+
     def prepare(self) -> None:
         """Pre-tokenizes (or reuses the cache), builds the blend and prints the target-vs-realized
         table. Idempotent; raises ConfigError (one line) on bad input before any training."""
@@ -216,8 +223,11 @@ class AllamDataModule(L.LightningDataModule):
         tok = self._tokenizer_info()
         jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir)
         say = print if _is_rank_zero() else (lambda *a, **k: None)
-        self.shards = build(jobs, tok, workers=self.workers, progress=self.progress and _is_rank_zero(), log=say,
-                            wait_s=float(self.cfg.get("cache_wait_s", cache_lock.WAIT_S)), wait_log=print)
+        prep = self.cfg.get("prepare") or {}
+        workers = self.workers if self.workers is not None else prep.get("workers")
+        self.shards = build(jobs, tok, workers=workers, progress=self.progress and _is_rank_zero(), log=say,
+                            wait_s=float(self.cfg.get("cache_wait_s", cache_lock.WAIT_S)), wait_log=print,
+                            task_bytes=prep.get("task_bytes"))
         self._shard_list = [self.shards[n] for n in self.sources]
         infos = []
         for name, src in self.sources.items():

@@ -4,11 +4,13 @@ and the counts kept, and the check that the source's declared language matches i
 from __future__ import annotations
 
 import io
+import itertools
+from typing import Optional
 
 import numpy as np
 
 from allam.config import ConfigError
-from allam.data.cleaning import DROP_STEPS, HashSet
+from allam.data.cleaning import DROP_STEPS, Cleaner, HashSet, doc_hash
 
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
@@ -46,14 +48,23 @@ class ShardWriter:
     def add(self, splits: list[str], res) -> None:
         """One batch: its documents' splits and what allam.data.shards' worker returned for it."""
         kept, lens, flat, hashes, nbytes, drops = res
-        stats = self.stats
         n = len(splits)
-        stats["docs_read"] += n
+        self.stats["docs_read"] += n
         for k, v in drops.items():
-            stats["drops"][k] += v
-        keep = self.seen.first_seen(hashes) if len(hashes) else np.ones(len(kept), bool)
-        stats["drops"]["duplicate"] += int((~keep).sum())
+            self.stats["drops"][k] += v
         is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
+        self.add_kept(is_val, lens, flat, hashes, nbytes)
+        self.bar.update(n, self.stats["train"]["tokens"] + self.stats["val"]["tokens"])
+        check_script(self.job, self.stats, final=False)
+
+    def add_kept(self, is_val: np.ndarray, lens: np.ndarray, flat: np.ndarray, hashes: np.ndarray,
+                 nbytes: np.ndarray) -> None:
+        """Documents that cleaning kept, in reading order: whether each is held out, its tokens
+        (``lens``, concatenated in ``flat``), its hash (empty: no dedup) and its UTF-8 bytes.
+        Drops those seen before and appends the rest to their split's file."""
+        stats = self.stats
+        keep = self.seen.first_seen(hashes) if len(hashes) else np.ones(len(lens), bool)
+        stats["drops"]["duplicate"] += int((~keep).sum())
         for split, sel in (("train", keep & ~is_val), ("val", keep & is_val)):
             if not sel.any():
                 continue
@@ -66,8 +77,6 @@ class ShardWriter:
             stats[split]["bytes"] += int(nbytes[sel].sum())
             if split == "val":
                 self.val_docs.append(np.stack([lens[sel], nbytes[sel]], axis=1))
-        self.bar.update(n, stats["train"]["tokens"] + stats["val"]["tokens"])
-        check_script(self.job, stats, final=False)
 
     def close(self, bad_utf8: int, bad_json: int = 0) -> dict:
         """Closes the files, writes ``val_docs.npy`` and returns the final counts."""
@@ -102,3 +111,41 @@ def check_script(job, stats: dict, final: bool) -> None:
             f"check the declared language (or raise max_wrong_script)"
         )
 
+
+WORKER: dict = {}  # set before tokenizing (in the parent before forking): tokenizer backend, eos, bos, dtype, cleaners
+
+
+def process_batch(job_idx: int, texts: list[str], pairs: list[Optional[str]]):
+    """Clean and tokenize one batch. Returns kept indices, token counts (with EOS), flat tokens
+    (EOS after each document), hashes, UTF-8 byte counts and drop counts."""
+    cleaner: Cleaner = WORKER["cleaners"][job_idx]
+    cleaned, reasons = cleaner.clean_batch(texts, pairs if any(p is not None for p in pairs) else None)
+    kept = [i for i, c in enumerate(cleaned) if c is not None]
+    out: list[str] = [cleaned[i] for i in kept]  # type: ignore[misc]
+    drops: dict[str, int] = {}
+    for why in reasons:
+        if why is not None:
+            drops[why] = drops.get(why, 0) + 1
+    dtype = np.dtype(WORKER["dtype"])
+    if not out:
+        z = np.zeros(0, np.int64)
+        return np.asarray(kept, np.int64), z, np.zeros(0, dtype), np.zeros(0, np.uint64), z, drops
+    hashes = np.fromiter((doc_hash(t) for t in out), np.uint64, len(out)) if cleaner.dedup else np.zeros(0, np.uint64)
+    nbytes = np.fromiter((len(t.encode("utf-8")) for t in out), np.int64, len(out))
+    backend = WORKER["backend"]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
+    ids = [e.ids for e in encode(out, add_special_tokens=False)]
+    bos = WORKER.get("bos")
+    marks = 1 if bos is None else 2  # [BOS] text EOS
+    lens = np.fromiter(map(len, ids), np.int64, len(ids)) + marks
+    flat = np.empty(int(lens.sum()), dtype)
+    ends = np.cumsum(lens)
+    eos_pos = ends - 1
+    body = np.ones(flat.shape[0], bool)
+    body[eos_pos] = False
+    if bos is not None:
+        body[ends - lens] = False
+        flat[ends - lens] = bos
+    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype, flat.shape[0] - marks * len(ids))
+    flat[eos_pos] = WORKER["eos"]
+    return np.asarray(kept, np.int64), lens, flat, hashes, nbytes, drops

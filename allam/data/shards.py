@@ -23,7 +23,6 @@ import collections
 import contextlib
 import errno
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -36,8 +35,9 @@ import numpy as np
 
 from allam import cache_lock
 from allam.config import ConfigError, RunFailed
-from allam.data.cleaning import Cleaner, doc_hash
-from allam.data.shard_writer import ShardWriter, batches, check_script
+from allam.data import engine
+from allam.data.cleaning import Cleaner
+from allam.data.shard_writer import WORKER, ShardWriter, batches, check_script, process_batch
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_bytes, source_values
 
 FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
@@ -222,45 +222,6 @@ def load(job: ShardJob) -> Optional[SourceShards]:
 
 
 # --------------------------------------------------------------------------- workers
-_W: dict = {}  # set in the parent before forking: tokenizer backend, eos, dtype, cleaners
-
-
-def _process(job_idx: int, texts: list[str], pairs: list[Optional[str]]):
-    """Clean and tokenize one batch. Returns kept indices, token counts (with EOS), flat tokens
-    (EOS after each document), hashes, UTF-8 byte counts and drop counts."""
-    cleaner: Cleaner = _W["cleaners"][job_idx]
-    cleaned, reasons = cleaner.clean_batch(texts, pairs if any(p is not None for p in pairs) else None)
-    kept = [i for i, c in enumerate(cleaned) if c is not None]
-    out: list[str] = [cleaned[i] for i in kept]  # type: ignore[misc]
-    drops: dict[str, int] = {}
-    for why in reasons:
-        if why is not None:
-            drops[why] = drops.get(why, 0) + 1
-    dtype = np.dtype(_W["dtype"])
-    if not out:
-        z = np.zeros(0, np.int64)
-        return np.asarray(kept, np.int64), z, np.zeros(0, dtype), np.zeros(0, np.uint64), z, drops
-    hashes = np.fromiter((doc_hash(t) for t in out), np.uint64, len(out)) if cleaner.dedup else np.zeros(0, np.uint64)
-    nbytes = np.fromiter((len(t.encode("utf-8")) for t in out), np.int64, len(out))
-    backend = _W["backend"]
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
-    ids = [e.ids for e in encode(out, add_special_tokens=False)]
-    bos = _W.get("bos")
-    marks = 1 if bos is None else 2  # [BOS] text EOS
-    lens = np.fromiter(map(len, ids), np.int64, len(ids)) + marks
-    flat = np.empty(int(lens.sum()), dtype)
-    ends = np.cumsum(lens)
-    eos_pos = ends - 1
-    body = np.ones(flat.shape[0], bool)
-    body[eos_pos] = False
-    if bos is not None:
-        body[ends - lens] = False
-        flat[ends - lens] = bos
-    flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype, flat.shape[0] - marks * len(ids))
-    flat[eos_pos] = _W["eos"]
-    return np.asarray(kept, np.int64), lens, flat, hashes, nbytes, drops
-
-
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -306,10 +267,13 @@ def _pool(workers: int):
 
 # --------------------------------------------------------------------------- building
 def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = None, progress: bool = True,
-          log=print, wait_s: Optional[float] = None, wait_log=None) -> dict[str, SourceShards]:
+          log=print, wait_s: Optional[float] = None, wait_log=None,
+          task_bytes: Optional[int] = None) -> dict[str, SourceShards]:
     """Loads every source's shards, building the missing ones. Returns {name: SourceShards}.
     A source another process is building is waited for, at most `wait_s` seconds (default
-    :data:`allam.cache_lock.wait_default`), saying so through `wait_log` (default `log`)."""
+    :data:`allam.cache_lock.wait_default`), saying so through `wait_log` (default `log`).
+    A file source larger than `task_bytes` is built in parallel tasks (:mod:`allam.data.engine`,
+    `workers` at once); the others by this process and a pool of `workers`."""
     out: dict[str, SourceShards] = {}
     todo = []
     for job in jobs:
@@ -321,8 +285,8 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     if not todo:
         return out
     workers = default_workers() if workers is None else workers
-    _W.clear()
-    _W.update(backend=tok.backend, eos=tok.eos_id, bos=tok.bos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
+    WORKER.clear()
+    WORKER.update(backend=tok.backend, eos=tok.eos_id, bos=tok.bos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
     pool_cm = None
     try:
         for i, job in enumerate(todo):
@@ -332,7 +296,10 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
                 shards = None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
                 if why:
                     log(f"data: {job.name}: cached shards {job.path} cannot be used ({why}); rebuilding them")
-                if shards is None:
+                plan = engine.make_plan(job, tok, task_bytes) if shards is None and task_bytes else None
+                if plan is not None:
+                    shards = _build_pieces(plan, workers, progress, log)
+                elif shards is None:
                     if pool_cm is None:
                         pool_cm = _pool(workers)
                         pool = pool_cm.__enter__()
@@ -341,15 +308,63 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     finally:
         if pool_cm is not None:
             pool_cm.__exit__(None, None, None)
-        _W.clear()
+        WORKER.clear()
+    return out
+
+
+def _build_pieces(plan: "engine.Plan", workers: int, progress: bool, log) -> SourceShards:
+    """One source in parallel tasks on this machine: count and tokenize its pieces on datatrove's
+    local executor, then merge them here and publish; the work folder is removed at the end."""
+    from allam.data.progress import Progress
+
+    job = plan.job
+    t0 = time.perf_counter()
+    n = len(plan.pieces)
+    log(f"data: {job.name}: {n} tasks of about {plan.task_bytes / 2**20:,.0f} MiB on {min(workers, n)} processes "
+        f"(datatrove's local executor; work folder {plan.work})")
+    size = source_bytes(job.name, job.src)
+    bar = Progress(f"prepare {job.name} (count, then tokenize)", 2 * size if size else None, enabled=progress)
+    engine.run_local(plan, workers, bar)
+    bar.close()
+    shards = _build_one(0, job, plan.tok, None, 1, False, log, plan=plan, t0=t0)
+    engine.clear_work(plan)
+    return shards
+
+
+def merge_job(plan: "engine.Plan") -> None:
+    """What the merge job of ``executor=slurm`` runs: the parts into the source's folder (unless a
+    complete one is there already); then the work folder keeps only the jobs' logs."""
+    job = plan.job
+    with cache_lock.building(job.path, f"the shards of source {job.name}", log=print):
+        if load(job) is None:
+            _build_one(0, job, plan.tok, None, 1, False, print, plan=plan)
+    engine.clear_work(plan, keep_logs=True)
+
+
+def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> list[dict]:
+    """executor=slurm: submits the stages of every missing file source (:func:`engine.submit_slurm`)
+    and returns what was submitted; demo and hf sources, which are read by one process, are built here."""
+    out = []
+    for job in jobs:
+        if load(job) is not None:
+            continue
+        plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
+        if plan is None:
+            build([job], tok, progress=True, log=log)
+            continue
+        sub = engine.submit_slurm(plan, merge_job, cfg)
+        log(f"data: {job.name}: submitted {sub['pieces']} count and tokenize tasks and a merge "
+            f"(SLURM jobs {sub['jobs']['count']}, {sub['jobs']['tokenize']}, {sub['jobs']['merge']}); "
+            f"work folder {sub['work']}")
+        out.append(sub)
     return out
 
 
 def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: int, progress: bool,
-               log) -> SourceShards:
+               log, plan: Optional["engine.Plan"] = None, t0: Optional[float] = None) -> SourceShards:
     from allam.data.progress import Progress
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if t0 is None else t0
     tmp = cache_lock.unique_name(job.path, "tmp")
     tmp.mkdir(parents=True)
     bad, bad_json = [0], []
@@ -357,14 +372,16 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
     writer = None
     try:
         writer = ShardWriter(job, tmp, bar)
-        docs = read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read, bad_json)
+        docs = [] if plan is not None else read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read, bad_json)
+        if plan is not None:
+            engine.merge_parts(plan, writer, bad, bad_json)
         inflight: collections.deque = collections.deque()
         window = 2 * (workers if pool is not None else 1) + 2  # batches in flight: two per worker
         for texts, pairs, splits in batches(docs):
             if pool is None:
-                writer.add(splits, _process(job_idx, texts, pairs))
+                writer.add(splits, process_batch(job_idx, texts, pairs))
                 continue
-            inflight.append((splits, pool.apply_async(_process, (job_idx, texts, pairs))))
+            inflight.append((splits, pool.apply_async(process_batch, (job_idx, texts, pairs))))
             while len(inflight) >= window:
                 s, r = inflight.popleft()
                 writer.add(s, r.get())

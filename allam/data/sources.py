@@ -53,6 +53,28 @@ _EXTENSIONS = {"text": (".txt",), "jsonl": (".jsonl", ".json"), "parquet": (".pa
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON escape can put one in a str; UTF-8 never decodes to one
 
 
+@dataclass(frozen=True)
+class Span:
+    """A part of one file a reader reads: bytes [start, end) (end None: to the end), starting at a
+    line boundary; ``first_line`` is the number of lines before ``start`` (for line numbers in messages)."""
+
+    path: Path
+    start: int = 0
+    end: Optional[int] = None
+    first_line: int = 0
+
+
+@dataclass
+class Piece:
+    """One task's share of a source (:mod:`allam.data.engine`): its spans, in reading order, the
+    source-wide index of its first document, and the last held-out chapter the plan allows
+    (None: no cap), so a piece read alone splits its documents as reading the whole source would."""
+
+    spans: list
+    first_doc: int = 0
+    last_val: Optional[int] = None
+
+
 @dataclass
 class RawDoc:
     """One document as read, before cleaning, with its split under the hold-out rule."""
@@ -139,6 +161,15 @@ def _readable(name: str, path: Path, fn):
         raise unreadable(name, path, e) from None
 
 
+class AtLine(ConfigError):
+    """A one-line error about line `line` of file `path`; ``template`` is the message with ``{line}``
+    in place of the number (a task reading part of a file learns the line's number in the file later)."""
+
+    def __init__(self, template: str, path: Any, line: int):
+        super().__init__(template.replace("{line}", str(line)))
+        self.template, self.path, self.line = template, str(path), line
+
+
 class Unreadable(Exception):
     """Raised inside readers for a file that cannot be opened or read; turned into one line naming the source."""
 
@@ -148,27 +179,32 @@ class Unreadable(Exception):
 
 
 # --------------------------------------------------------------------------- readers
-def _lines(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None) -> Iterator[str]:
-    """Decoded lines of a file; a non-UTF-8 line raises BadUtf8 with its byte offset, or is
-    skipped and counted in bad[0] when skip_bad; a file the system will not read raises
-    Unreadable. read[0] (when given) counts the bytes read."""
+def _lines(span, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None) -> Iterator[str]:
+    """Decoded lines of a file (a Path) or of a :class:`Span` of one; a non-UTF-8 line raises
+    BadUtf8 with its byte offset, or is skipped and counted in bad[0] when skip_bad; a file the
+    system will not read raises Unreadable. read[0] (when given) counts the bytes read."""
+    span = span if isinstance(span, Span) else Span(Path(span))
     try:
-        yield from _decoded(path, skip_bad, bad, read)
+        yield from _decoded(span, skip_bad, bad, read)
     except OSError as e:
-        raise Unreadable(path, e) from None
+        raise Unreadable(span.path, e) from None
 
 
-def _decoded(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]]) -> Iterator[str]:
-    offset = 0
-    with open(path, "rb") as fh:
+def _decoded(span: Span, skip_bad: bool, bad: list[int], read: Optional[list[int]]) -> Iterator[str]:
+    offset, end = span.start, span.end
+    with open(span.path, "rb") as fh:
+        if offset:
+            fh.seek(offset)
         for raw in fh:
+            if end is not None and offset >= end:
+                break
             if read is not None:
                 read[0] += len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 if not skip_bad:
-                    raise BadUtf8(str(path), offset + e.start) from None
+                    raise BadUtf8(str(span.path), offset + e.start) from None
                 bad[0] += 1
                 offset += len(raw)
                 continue
@@ -176,19 +212,26 @@ def _decoded(path: Path, skip_bad: bool, bad: list[int], read: Optional[list[int
             yield line
 
 
-def _chaptered(texts: Iterator[tuple[str, Optional[str]]], src: Any) -> Iterator[RawDoc]:
+def _chaptered(texts: Iterator[tuple[str, Optional[str]]], src: Any, piece: Optional[Piece] = None) -> Iterator[RawDoc]:
+    """Documents with their splits. Reading a whole source, the cap is applied while streaming; a
+    :class:`Piece` carries where it starts and the last held-out chapter its plan allows."""
     fraction, cap = _fraction(src.get("val_fraction")), src.get("val_max_bytes")
+    first = piece.first_doc if piece is not None else 0
     held, split = 0, "train"
-    for i, (text, pair) in enumerate(texts):
+    for i, (text, pair) in enumerate(texts, first):
         chapter = i // CHAPTER_DOCS
-        if i % CHAPTER_DOCS == 0:  # a chapter is held out whole, or not at all
-            split = "val" if chapter_is_val(chapter, fraction) and (cap is None or held < cap) else "train"
+        if i % CHAPTER_DOCS == 0 or i == first:  # a chapter is held out whole, or not at all
+            if piece is not None:
+                allowed = cap is None or (piece.last_val is not None and chapter <= piece.last_val)
+            else:
+                allowed = cap is None or held < cap
+            split = "val" if chapter_is_val(chapter, fraction) and allowed else "train"
         if split == "val":
             held += len(text.encode("utf-8"))
         yield RawDoc(text, chapter, pair if split == "train" else None, split)
 
 
-def _read_text(files: list[Path], skip_bad: bool, bad: list[int], read=None) -> Iterator[tuple[str, Optional[str]]]:
+def _read_text(files: list, skip_bad: bool, bad: list[int], read=None) -> Iterator[tuple[str, Optional[str]]]:
     for f in files:
         for line in _lines(f, skip_bad, bad, read):
             line = line.strip()
@@ -196,12 +239,14 @@ def _read_text(files: list[Path], skip_bad: bool, bad: list[int], read=None) -> 
                 yield line, None
 
 
-def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None,
+def json_rows(name: str, f, skip_bad: bool, bad: list[int], read: Optional[list[int]] = None,
               bad_json: Optional[list] = None):
-    """(line number, parsed row) of every non-blank line of the JSONL file `f`; a line that is not
-    JSON is one line of error naming `name`, the file and the line, or, when `bad_json` is a list,
-    skipped with its (file, line) appended there."""
-    for lineno, line in enumerate(_lines(f, skip_bad, bad, read), 1):
+    """(line number, parsed row) of every non-blank line of the JSONL file `f` (a Path or a
+    :class:`Span`); a line that is not JSON is one line of error naming `name`, the file and the
+    line, or, when `bad_json` is a list, skipped with its (file, line) appended there."""
+    span = f if isinstance(f, Span) else Span(Path(f))
+    f = span.path
+    for lineno, line in enumerate(_lines(span, skip_bad, bad, read), span.first_line + 1):
         if not line.strip():
             continue
         try:
@@ -210,16 +255,17 @@ def json_rows(name: str, f: Path, skip_bad: bool, bad: list[int], read: Optional
             if bad_json is not None:
                 bad_json.append((str(f), lineno))
                 continue
-            raise ConfigError(f"data.sources.{name}: {f} line {lineno} is not valid JSON ({e.msg}); "
-                              f"data.sources.{name}.skip_bad_json=true skips and counts such lines") from None
+            raise AtLine(f"data.sources.{name}: {f} line {{line}} is not valid JSON ({e.msg}); "
+                         f"data.sources.{name}.skip_bad_json=true skips and counts such lines", f, lineno) from None
 
 
-def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int],
+def _read_jsonl(name: str, files: list, field: str, pair_field: Optional[str], skip_bad: bool, bad: list[int],
                 read=None, bad_json=None):
-    for f in files:
-        for lineno, row in json_rows(name, f, skip_bad, bad, read, bad_json):
+    for span in files:
+        f = span.path if isinstance(span, Span) else span
+        for lineno, row in json_rows(name, span, skip_bad, bad, read, bad_json):
             if not isinstance(row, dict) or field not in row:
-                raise ConfigError(f"data.sources.{name}.text_field={field}: missing in {f} line {lineno}")
+                raise AtLine(f"data.sources.{name}.text_field={field}: missing in {f} line {{line}}", f, lineno)
             text = row[field]
             if text is None:
                 continue
@@ -230,9 +276,10 @@ def _read_jsonl(name: str, files: list[Path], field: str, pair_field: Optional[s
                 if skip_bad:
                     bad[0] += 1
                     continue
-                raise ConfigError(
-                    f"data.sources.{name}: {f} line {lineno} has a lone surrogate (\\u{ord(bad_char.group()):04x}), "
-                    f"which is not Unicode text (set data.sources.{name}.skip_bad_utf8=true to skip such documents)")
+                raise AtLine(
+                    f"data.sources.{name}: {f} line {{line}} has a lone surrogate (\\u{ord(bad_char.group()):04x}), "
+                    f"which is not Unicode text (set data.sources.{name}.skip_bad_utf8=true to skip such documents)",
+                    f, lineno)
             yield text, pair
 
 
@@ -243,6 +290,7 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
 
     cols = [field] + ([pair_field] if pair_field else [])
     for f in files:
+        f = f.path if isinstance(f, Span) else f  # parquet pieces are whole files
         try:
             pf = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -344,43 +392,57 @@ def source_bytes(name: str, src: Any) -> Optional[int]:
 
 
 def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
-                   read: Optional[list[int]] = None, bad_json: Optional[list] = None) -> Iterator[RawDoc]:
+                   read: Optional[list[int]] = None, bad_json: Optional[list] = None,
+                   piece: Optional[Piece] = None) -> Iterator[RawDoc]:
     """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows; read[0]
     (when given) the bytes of the source's files read so far (:func:`source_bytes` is their total);
     with the source's ``skip_bad_json``, `bad_json` collects the (file, line) of JSONL lines skipped.
+    With `piece`, only that part of a file source (:class:`Piece`), split as in the whole source.
 
     Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
     (file and byte offset) or a lone surrogate escape in a JSONL line (file and line) unless the
     source sets skip_bad_utf8 (then such documents are skipped and counted in bad[0]).
     """
     loader = src["loader"]
-    skip = bool(src["skip_bad_utf8"])
-    field = src["text_field"]
     pairs = parallel_pairs and src["kind"] == "translated"
-    pair_field = src["pair_field"] if pairs else None
     if loader == "demo":
         key = src["path"] or name
         if key not in demo.DEMO_SOURCES:
             raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
         return _demo_docs(name, key, pairs)
+    texts = read_texts(name, src, parallel_pairs, bad, read, bad_json, piece.spans if piece is not None else None)
+    return _guard(name, src, _chaptered(texts, src, piece))
+
+
+def read_texts(name: str, src: Any, parallel_pairs: bool, bad: list[int], read: Optional[list[int]] = None,
+               bad_json: Optional[list] = None, spans: Optional[list] = None) -> Iterator[tuple[str, Optional[str]]]:
+    """(text, English original or None) of every document of a file or hf source, in reading order,
+    before the hold-out rule; `spans` (:class:`Span`) limits it to those parts of its files."""
+    loader = src["loader"]
+    skip = bool(src["skip_bad_utf8"])
+    field = src["text_field"]
+    pairs = parallel_pairs and src["kind"] == "translated"
+    pair_field = src["pair_field"] if pairs else None
     if pairs and not pair_field:
         raise ConfigError(
             f"data.sources.{name}.pair_field=None: data.parallel_pairs=true needs the field holding the English original"
         )
     if loader == "hf":
-        return _guard(name, src, _chaptered(_read_hf(name, src, field, pair_field), src))
-    files = resolve_files(name, src)
-    _say_skipped(name, src, files)
+        return _guard(name, src, _read_hf(name, src, field, pair_field))
+    if spans is None:
+        files = resolve_files(name, src)
+        _say_skipped(name, src, files)
+    else:
+        files = spans
     if loader == "text":
         gen = _read_text(files, skip, bad, read)
     elif loader == "jsonl":
-        gen = _read_jsonl(name, files, field, pair_field, skip, bad, read,
-                          bad_json if src.get("skip_bad_json") else None)
+        gen = _read_jsonl(name, files, field, pair_field, skip, bad, read, bad_json if src.get("skip_bad_json") else None)
     elif loader == "parquet":
         gen = _read_parquet(name, files, field, pair_field, skip, bad, read)
     else:
         raise ConfigError(f"data.sources.{name}.loader={loader}: allowed: demo, text, jsonl, parquet, hf")
-    return _guard(name, src, _chaptered(gen, src))
+    return _guard(name, src, gen)
 
 
 def _say_skipped(name: str, src: Any, files: list[Path]) -> None:
@@ -397,7 +459,7 @@ def _say_skipped(name: str, src: Any, files: list[Path]) -> None:
                                         name, len(others), folder, exts, shown)
 
 
-def _guard(name: str, src: Any, docs: Iterator[RawDoc]) -> Iterator[RawDoc]:
+def _guard(name: str, src: Any, docs: Iterator) -> Iterator:
     try:
         yield from docs
     except BadUtf8 as e:

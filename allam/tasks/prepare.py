@@ -9,6 +9,11 @@ it is not cached), the sources and cleaning, the mix and the budget (the blend i
 source too small for the budget fails here, not in the run). The run then finds the tokenizer and
 every source's shards in ``paths.cache_dir`` by fingerprint and tokenizes nothing. results.json
 records each source's shard folder, documents, tokens, bytes and drops.
+
+With ``data.prepare.executor=slurm`` it submits each missing file source's build as SLURM job
+arrays (count, tokenize, merge; :mod:`allam.data.engine`) and returns; results.json records the job
+ids and work folders. Run the same command again once the merge jobs have finished: it then finds
+every source in the cache and checks the blend.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ def run(cfg: DictConfig) -> dict:
     out = run_dir(cfg)
     bundle = build_tokenizer(cfg)
     dm = build_datamodule(cfg, bundle.tokenizer)
+    if str(cfg.data.prepare.executor) == "slurm":
+        return _submitted(cfg, out, bundle, dm.submit(), t0)
     dm.prepare()
     sources = {}
     for name, sh in dm.shards.items():
@@ -52,5 +59,24 @@ def run(cfg: DictConfig) -> dict:
     print(f"prepared {len(sources)} sources: {results['prepare.train_tokens']:,} training and "
           f"{results['prepare.val_tokens']:,} validation tokens with tokenizer {bundle.name} "
           f"in {results['wall_seconds']:.1f}s; a run with the same overrides reads them from the cache")
+    print(f"results: {R.write(out, results)}")
+    return results
+
+
+def _submitted(cfg: DictConfig, out, bundle, jobs: list[dict], t0: float) -> dict:
+    results = {
+        "task": "prepare",
+        "run_dir": str(out),
+        "choices": group_choices(cfg),
+        "tokenizer": bundle.name,
+        "tokenizer_folder": str(bundle.path),
+        "submitted": jobs,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    if jobs:
+        print(f"submitted the builds of {len(jobs)} sources to SLURM; once their merge jobs finish, run the same "
+              "command again to check the blend (a training run with the same overrides then reads the cache)")
+    else:
+        print("every source is in the cache already; run with data.prepare.executor=local to check the blend")
     print(f"results: {R.write(out, results)}")
     return results

@@ -28,7 +28,7 @@ RESUME_MAY_CHANGE = (
     "trainer.max_tokens", "trainer.max_steps", "trainer.val_every_steps", "trainer.checkpoint_every_steps",
     "trainer.log_every_n_steps", "trainer.progress_bar", "trainer.devices", "trainer.num_nodes",
     "trainer.strategy", "trainer.name", "trainer.compile", "trainer.peak_tflops", "trainer.deterministic",
-    "trainer.accelerator", "data.batch_size", "data.num_workers", "data.allow_fingerprint_change", "data.cache_wait_s",
+    "trainer.accelerator", "data.batch_size", "data.num_workers", "data.allow_fingerprint_change", "data.cache_wait_s", "data.prepare.",
     "trainer.accumulate_grad_batches", "model.attention", "model.activation_checkpointing",
     "trainer.cross_entropy", "trainer.cross_entropy_chunk", "train.nonfinite", "train.max_nonfinite_skips",
 )

@@ -1,0 +1,151 @@
+"""A large source built in parallel tasks on datatrove's executors (allam/data/engine.py) makes the
+same shard folder, byte for byte, as one process reading the whole source: pieces cut at line
+boundaries, the hold-out (fraction and cap) decided source-wide, dedup across pieces, bad lines
+named with their line in the file, and a SLURM array's scripts run here one index at a time."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from allam.config import ConfigError
+from allam.data import engine, shards
+from allam.data.sources import source_values
+from test_data import AR_WORDS, EN_WORDS, _docs, tok  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _corpus(d: Path) -> dict:
+    """A jsonl source (duplicates far apart, skipped bad lines, a capped hold-out) and a text glob of
+    two files with blank lines: each a few pieces at 6,000-byte tasks."""
+    rng = random.Random(3)
+    ar = _docs(AR_WORDS, 400, 20, length=12)
+    with open(d / "ar.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(900):
+            fh.write(json.dumps({"text": ar[i % 400] if i % 3 else rng.choice(ar)}, ensure_ascii=False) + "\n")
+            if i % 250 == 9:
+                fh.write("{not json\n")
+    for k in range(2):
+        (d / f"en{k}.txt").write_text("\n\n".join(_docs(EN_WORDS, 150, 30 + k, length=10)) + "\n", encoding="utf-8")
+    return {
+        "ar": {"lang": "ar", "kind": "natural", "loader": "jsonl", "path": str(d / "ar.jsonl"), "skip_bad_json": True,
+               "val_fraction": 0.2, "val_max_bytes": 4000},
+        "en": {"lang": "en", "kind": "natural", "loader": "text", "path": str(d / "en*.txt"), "val_fraction": 0.1},
+    }
+
+
+def _build(sources: dict, info, cache: Path, task_bytes=None, workers=2, log=None):
+    jobs = shards.plan_jobs(sources, False, info, cache)
+    return shards.build(jobs, info, workers=workers, progress=False, task_bytes=task_bytes, log=log or (lambda *a: None))
+
+
+def test_pieces_cover_every_byte_once_and_start_at_lines(tmp_path):
+    srcs = _corpus(tmp_path)
+    for name in ("ar", "en"):
+        src = source_values(srcs[name])
+        pieces = engine.plan_pieces(name, src, 6000)
+        assert len(pieces) >= 3
+        by_file: dict = {}
+        for piece in pieces:
+            for span in piece:
+                data = span.path.read_bytes()
+                assert span.start == 0 or data[span.start - 1:span.start] == b"\n"
+                by_file.setdefault(span.path, []).append(data[span.start:span.end])
+        assert {p: b"".join(parts) for p, parts in by_file.items()} == {p: p.read_bytes() for p in by_file}
+    assert engine.plan_pieces("ar", source_values(srcs["ar"]), 1 << 30) == [[engine.Span(tmp_path / "ar.jsonl")]]
+
+
+def test_tasks_make_the_folder_one_process_makes(tok, tmp_path):  # noqa: F811
+    srcs = _corpus(tmp_path)
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    one = _build(srcs, info, tmp_path / "one")
+    lines = []
+    many = _build(srcs, info, tmp_path / "many", task_bytes=6000, log=lines.append)
+    assert sum("tasks of about" in ln for ln in lines) == 2  # both sources went through the engine
+    assert any("skipped 4 lines that are not JSON" in ln and "line 11" in ln for ln in lines)  # line numbers in the file
+    for name in srcs:
+        a, b = one[name], many[name]
+        assert a.meta["val"]["docs"] > 0 and (name == "en" or a.meta["drops"]["duplicate"] > 0)
+        for f in shards.SHARD_FILES:
+            assert (a.path / f).read_bytes() == (b.path / f).read_bytes(), (name, f)
+        for k in ("train", "val", "docs_read", "drops", "key", "files"):
+            assert a.meta[k] == b.meta[k], (name, k)
+        assert not b.path.with_name(b.path.name + ".work").exists()  # the work folder is removed
+    assert one["ar"].meta["val"]["bytes"] < 4000 + 50 * 200  # the cap held (less than one chapter over)
+
+
+def test_a_bad_line_in_a_later_task_is_one_line_naming_its_line_in_the_file(tok, tmp_path):  # noqa: F811
+    f = tmp_path / "bad.jsonl"
+    rows = [json.dumps({"text": t}, ensure_ascii=False) for t in _docs(AR_WORDS, 600, 40, length=12)]
+    rows[517] = '{"text": "broken'
+    f.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    srcs = {"ar": {"lang": "ar", "kind": "natural", "loader": "jsonl", "path": str(f)}}
+    with pytest.raises(ConfigError, match=r"^data\.sources\.ar: .*bad\.jsonl line 518 is not valid JSON") as exc:
+        _build(srcs, info, tmp_path / "cache", task_bytes=8000)
+    assert "\n" not in str(exc.value)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []  # nothing left
+
+
+def _fake_slurm(bin_dir: Path, log: Path) -> None:
+    """`sbatch` that records each script and answers a job id; `scontrol show hostnames` this host;
+    `srun` runs its command here."""
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"""#!/bin/bash
+n=$(($(ls {log} 2>/dev/null | wc -l) + 1)); cp "${{@: -1}}" {log}/$n.sh; echo "$@" > {log}/$n.args; echo "Submitted batch job $((100 + n))"
+""")
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nhostname\n")
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == -* ]]; do [[ "$1" == -n ]] && shift; shift; done; exec "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    log.mkdir()
+
+
+@pytest.mark.slow
+def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path):  # noqa: F811
+    """task=prepare data.prepare.executor=slurm submits count, tokenize and merge jobs; running each
+    array index as SLURM would (the scripts it wrote, SLURM_ARRAY_TASK_ID set) builds the folder
+    that one process builds, and the same command then finds it in the cache."""
+    srcs = _corpus(tmp_path)
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    one = _build({"ar": srcs["ar"]}, info, tmp_path / "one")["ar"]
+    bin_dir, log = tmp_path / "bin", tmp_path / "sbatch"
+    _fake_slurm(bin_dir, log)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    from omegaconf import OmegaConf
+
+    class Cfg:  # data.prepare's slurm keys
+        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
+        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+
+    jobs = shards.plan_jobs({"ar": srcs["ar"]}, False, info, tmp_path / "cache")
+    old = os.environ["PATH"]
+    os.environ["PATH"] = env["PATH"]
+    try:
+        sub = shards.submit(jobs, info, Cfg, log=lambda *a: None)
+    finally:
+        os.environ["PATH"] = old
+    assert len(sub) == 1 and sub[0]["pieces"] >= 3
+    scripts = [s for s in sorted(log.glob("*.sh"), key=lambda p: int(p.stem)) if "merge_stats" not in s.read_text()]
+    stages = [s.read_text().split("#SBATCH --job-name=")[1].split("\n")[0] for s in scripts]
+    assert stages == ["allam-count-ar", "allam-tokenize-ar", "allam-merge-ar"]
+    assert f"#SBATCH --array=0-{sub[0]['pieces'] - 1}" in scripts[1].read_text()
+    assert "--dependency=afterok:101" in (log / (scripts[1].stem + ".args")).read_text()  # tokenize after count
+    for stage, script in zip(stages, scripts):
+        tasks = 1 if stage.startswith("allam-merge") else sub[0]["pieces"]
+        for i in range(tasks):
+            subprocess.run(["bash", str(script)], check=True, capture_output=True, cwd=tmp_path,
+                           env={**env, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "1"})
+    built = shards.load(jobs[0])
+    assert built is not None
+    for f in shards.SHARD_FILES:
+        assert (built.path / f).read_bytes() == (one.path / f).read_bytes()
+    assert sorted(p.name for p in Path(sub[0]["work"]).iterdir()) == ["logs", "slurm"]  # the parts are gone
+    assert shards.submit(jobs, info, Cfg) == []  # in the cache: nothing to submit
