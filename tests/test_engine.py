@@ -94,6 +94,37 @@ def test_a_bad_line_in_a_later_task_is_one_line_naming_its_line_in_the_file(tok,
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []  # nothing left
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.prepare.executor=slurm", r"^data\.prepare\.slurm_partition=None: executor=slurm needs the SLURM partition"),
+    ("data.prepare.task_bytes=4096", r"^data\.prepare\.task_bytes=4096: must be at least 1048576"),
+    ("data.prepare.workers=0", r"^data\.prepare\.workers=0: must be positive"),
+])
+def test_prepare_settings_are_checked_at_compose_time(make_cfg, override, message):
+    from allam.config import validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(override))
+
+
+def test_a_run_cut_off_after_its_tasks_resumes_without_redoing_them(tok, tmp_path):  # noqa: F811
+    """datatrove's completion marks: run again, the local executor skips the finished tasks (their
+    parts are not rewritten) and the merge makes the folder one process makes."""
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    job = shards.plan_jobs(srcs, False, info, tmp_path / "cache")[0]
+    plan = engine.make_plan(job, info, 6000, workers=2)
+    logs = engine.logs_folder([plan])
+    engine.run_local([plan], 2, logs)  # the run is cut off here, before its merge
+    parts = {p: p.stat().st_mtime_ns for p in (plan.work / "parts").glob("*/tokens.bin")}
+    assert len(parts) == len(plan.pieces)
+    again = engine.make_plan(job, info, 6000, workers=2)  # the same plan: the work folder is kept
+    engine.run_local([again], 2, engine.logs_folder([again]))
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts
+    built = _build(srcs, info, tmp_path / "cache", task_bytes=6000)["ar"]
+    one = _build(srcs, info, tmp_path / "one")["ar"]
+    assert (built.path / "train.bin").read_bytes() == (one.path / "train.bin").read_bytes()
+
+
 def _fake_slurm(bin_dir: Path, log: Path) -> None:
     """`sbatch` that records each script and answers a job id; `scontrol show hostnames` this host;
     `srun` runs its command here."""
@@ -149,3 +180,62 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
         assert (built.path / f).read_bytes() == (one.path / f).read_bytes()
     assert sorted(p.name for p in Path(sub[0]["work"]).iterdir()) == ["logs", "slurm"]  # the parts are gone
     assert shards.submit(jobs, info, Cfg) == []  # in the cache: nothing to submit
+
+
+def _build_under_a_stop_handler(srcs, info, cache, q):  # noqa: F811
+    """A training run's stop handler (SIGTERM: stop at the next step) is installed when its data
+    module builds shards; its pool children inherit it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *a: None)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        _build(srcs, info, cache, workers=2)
+        q.put("built")
+    except ConfigError as exc:
+        q.put(str(exc))
+
+
+def test_a_bad_line_ends_the_pool_promptly_under_a_stop_handler(tok, tmp_path):  # noqa: F811
+    """The pool's children take the default action on SIGTERM, so pool.terminate() after an error
+    returns at once (a handler inherited through fork kept them alive and the error waited 300 s)."""
+    import multiprocessing as mp
+
+    f = tmp_path / "late.jsonl"
+    rows = [json.dumps({"text": t}, ensure_ascii=False) for t in _docs(AR_WORDS, 3000, 41, length=12)]
+    f.write_text("\n".join(rows + ["{broken"]) + "\n", encoding="utf-8")
+    srcs = {"ar": {"lang": "ar", "kind": "natural", "loader": "jsonl", "path": str(f)}}
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_build_under_a_stop_handler, args=(srcs, shards.TokenizerInfo.from_tokenizer(tok),
+                                                               tmp_path / "cache", q))
+    p.start()
+    p.join(60)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive, "the build hung after its error"
+    assert "line 3001 is not valid JSON" in q.get(timeout=5)
+
+
+def test_dedup_across_sources_of_a_language_drops_what_an_earlier_source_kept(tok, tmp_path):  # noqa: F811
+    """data.dedup_across_sources: the second Arabic source drops the documents the first kept (also
+    built in pieces); the English source is untouched; without it the sources dedup on their own."""
+    ar = _docs(AR_WORDS, 300, 50, length=12)
+    for name, rows in (("a", ar[:200]), ("b", ar[100:300] * 2)):  # b: 100 of a's documents, and itself twice
+        (tmp_path / f"{name}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "e.txt").write_text("\n".join(_docs(EN_WORDS, 100, 51)) + "\n", encoding="utf-8")
+    srcs = {n: {"lang": lang, "kind": "natural", "loader": "text", "path": str(tmp_path / f"{n}.txt"), "val_fraction": 0.0}
+            for n, lang in (("a", "ar"), ("b", "ar"), ("e", "en"))}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    alone = _build(srcs, info, tmp_path / "alone")
+    jobs = shards.plan_jobs(srcs, False, info, tmp_path / "across", dedup_across=True)
+    assert [j.name for j in jobs[1].after] == ["a"] and jobs[2].after == []
+    across = shards.build(jobs, info, workers=2, progress=False, log=lambda *a: None)
+    assert alone["b"].meta["train"]["docs"] == 200 and alone["b"].meta["drops"]["duplicate"] == 200
+    assert across["b"].meta["train"]["docs"] == 100 and across["b"].meta["drops"]["duplicate"] == 300
+    assert across["a"].meta["train"] == alone["a"].meta["train"] and across["e"].meta["train"] == alone["e"].meta["train"]
+    pieces = shards.plan_jobs(srcs, False, info, tmp_path / "pieces", dedup_across=True)
+    built = shards.build(pieces, info, workers=2, progress=False, log=lambda *a: None, task_bytes=4000)
+    for name in srcs:
+        assert (built[name].path / "train.bin").read_bytes() == (across[name].path / "train.bin").read_bytes()

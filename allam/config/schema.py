@@ -257,7 +257,8 @@ class PrepareConfig:
     # (a training run that finds shards missing always builds them locally)
     executor: PrepareExecutor = PrepareExecutor.local
     # a text/jsonl/parquet source larger than this is split into tasks of about this many bytes
-    # (text and jsonl at line boundaries, parquet by whole files); smaller ones: one process
+    # (text and jsonl at line boundaries, parquet by whole files; on one machine smaller, about 4
+    # per process, at least 16 MiB); smaller sources: one process and a pool
     task_bytes: int = 256 << 20
     workers: Optional[int] = None  # local tasks at once (None: every core this process may use)
     slurm_partition: Optional[str] = None  # required with executor=slurm
@@ -295,6 +296,9 @@ class DataConfig:
     # Demo sources keep their held-out books (the evaluation tasks are built from them).
     val_cap_bytes: Optional[int] = None
     allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota
+    # exact dedup across the sources of one language too: a source (with dedup on) drops the
+    # documents kept by the sources before it in data.sources (false: each source on its own)
+    dedup_across_sources: bool = False
     seed: int = 1234
     allow_fingerprint_change: bool = False  # resume even if the data fingerprint differs from the checkpoint's
     # a rank waiting for another process (this host or another) to train a tokenizer or build a

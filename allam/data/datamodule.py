@@ -211,7 +211,8 @@ class AllamDataModule(L.LightningDataModule):
         """``data.prepare.executor=slurm`` (task=prepare): submits the build of every missing file
         source as SLURM jobs (:func:`allam.data.shards.submit`) and returns what was submitted."""
         tok = self._tokenizer_info()
-        jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir)
+        jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir,
+                         bool(self.cfg.get("dedup_across_sources", False)))
         return submit(jobs, tok, self.cfg.prepare)
 
     def prepare(self) -> None:
@@ -221,7 +222,8 @@ class AllamDataModule(L.LightningDataModule):
             return
         t0 = time.perf_counter()
         tok = self._tokenizer_info()
-        jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir)
+        jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir,
+                         bool(self.cfg.get("dedup_across_sources", False)))
         say = print if _is_rank_zero() else (lambda *a, **k: None)
         prep = self.cfg.get("prepare") or {}
         workers = self.workers if self.workers is not None else prep.get("workers")

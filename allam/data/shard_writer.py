@@ -42,6 +42,7 @@ class ShardWriter:
         self.stats = {"docs_read": 0, "drops": {k: 0 for k in DROP_STEPS},
                       "train": {"docs": 0, "tokens": 0, "bytes": 0}, "val": {"docs": 0, "tokens": 0, "bytes": 0}}
         self.seen = HashSet()
+        self.kept_hashes: list[np.ndarray] = []  # written as hashes.npy when the job shares them
         self.val_docs: list[np.ndarray] = []
         self.files = {"train": open(folder / "train.bin", "wb"), "val": open(folder / "val.bin", "wb")}
 
@@ -65,6 +66,8 @@ class ShardWriter:
         stats = self.stats
         keep = self.seen.first_seen(hashes) if len(hashes) else np.ones(len(lens), bool)
         stats["drops"]["duplicate"] += int((~keep).sum())
+        if getattr(self.job, "share_hashes", False):
+            self.kept_hashes.append(hashes[keep])
         for split, sel in (("train", keep & ~is_val), ("val", keep & is_val)):
             if not sel.any():
                 continue
@@ -86,6 +89,11 @@ class ShardWriter:
         np.save(buf, np.concatenate(self.val_docs) if self.val_docs else np.zeros((0, 2), np.int64))
         with open(self.folder / "val_docs.npy", "wb") as fh:
             fh.write(buf.getbuffer())
+        if getattr(self.job, "share_hashes", False):
+            buf = io.BytesIO()
+            np.save(buf, np.concatenate(self.kept_hashes) if self.kept_hashes else np.zeros(0, np.uint64))
+            with open(self.folder / "hashes.npy", "wb") as fh:
+                fh.write(buf.getbuffer())
         self.stats["drops"]["bad_utf8"] = bad_utf8
         self.stats["drops"]["bad_json"] = bad_json
         return self.stats

@@ -120,6 +120,14 @@ class ShardJob:
     content: str = ""
     key: str = ""
     path: Optional[Path] = None
+    # data.dedup_across_sources: the earlier sources of this language whose kept documents this one
+    # drops as duplicates; such a source also records its own kept hashes (hashes.npy) for the later ones
+    after: list = field(default_factory=list)
+    share_hashes: bool = False
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return SHARD_FILES + (("hashes.npy",) if self.share_hashes else ())
 
 
 def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
@@ -134,14 +142,22 @@ def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
         "tokenizer": tok.hash,
         "dtype": tok.dtype,
     }
+    if job.share_hashes:  # only then: the keys of every other cache stay as they were
+        entry["dedup_after"] = [j.key for j in job.after]
     return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def plan_jobs(sources: dict, parallel_pairs: bool, tok: TokenizerInfo, cache_dir: Path) -> list[ShardJob]:
+def plan_jobs(sources: dict, parallel_pairs: bool, tok: TokenizerInfo, cache_dir: Path,
+              dedup_across: bool = False) -> list[ShardJob]:
+    """One job per source, in config order. With `dedup_across` (``data.dedup_across_sources``),
+    a source with dedup on also drops the documents kept by the earlier such sources of its language."""
     jobs = []
     for name, src in sources.items():
         src = source_values(src)
         job = ShardJob(name, src, parallel_pairs, Cleaner.from_source(src))
+        if dedup_across and job.cleaner.dedup:
+            job.share_hashes = True
+            job.after = [j for j in jobs if j.share_hashes and j.src["lang"] == src["lang"]]
         job.content = content_fingerprint(name, src)
         job.key = cache_key(job, tok)
         job.path = Path(cache_dir) / f"{name}-{job.key}"
@@ -189,7 +205,7 @@ def verify(job: ShardJob) -> tuple[Optional[dict], Optional[str]]:
     except (KeyError, TypeError, ValueError) as exc:
         return None, f"meta.json lacks or garbles {exc}"
     records = meta.get("files") or {}
-    for name in SHARD_FILES:
+    for name in job.files:
         f = job.path / name
         if not f.exists():
             return None, f"{name} is missing"
@@ -209,8 +225,8 @@ def _differs(mine: Path, theirs: Path) -> Optional[str]:
         for k in ("tokens", "docs"):
             if a[split][k] != b[split][k]:
                 return f"{split} {k}: {a[split][k]:,} here, {b[split][k]:,} in {b.get('built_by', 'the other build')}"
-    for name in SHARD_FILES:
-        if a["files"][name] != b["files"][name]:
+    for name in a["files"]:
+        if a["files"][name] != b["files"].get(name):
             return f"{name}: {a['files'][name]} here, {b['files'][name]} there"
     return None
 
@@ -285,6 +301,15 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     if not todo:
         return out
     workers = default_workers() if workers is None else workers
+    big = [j for j in todo if task_bytes and engine.splits(j, task_bytes)]
+    if big and len(todo) > 1 and any(j.after for j in todo):  # each source needs the earlier ones' hashes: one at a time, in order
+        for job in todo:
+            out.update(build([job], tok, workers=workers, progress=progress, log=log, wait_s=wait_s,
+                             wait_log=wait_log, task_bytes=task_bytes))
+        return out
+    if big:
+        out.update(_build_big(big, tok, task_bytes, workers, progress, log, wait_s, wait_log))
+        todo = [j for j in todo if j.name not in out]
     WORKER.clear()
     WORKER.update(backend=tok.backend, eos=tok.eos_id, bos=tok.bos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
     pool_cm = None
@@ -292,14 +317,8 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
         for i, job in enumerate(todo):
             with cache_lock.building(job.path, f"the shards of source {job.name}", wait_s=wait_s,
                                     log=wait_log or log):
-                meta, why = verify(job)  # another rank may have built it meanwhile
-                shards = None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
-                if why:
-                    log(f"data: {job.name}: cached shards {job.path} cannot be used ({why}); rebuilding them")
-                plan = engine.make_plan(job, tok, task_bytes) if shards is None and task_bytes else None
-                if plan is not None:
-                    shards = _build_pieces(plan, workers, progress, log)
-                elif shards is None:
+                shards = _cached(job, log)  # another rank may have built it meanwhile
+                if shards is None:
                     if pool_cm is None:
                         pool_cm = _pool(workers)
                         pool = pool_cm.__enter__()
@@ -312,23 +331,60 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     return out
 
 
-def _build_pieces(plan: "engine.Plan", workers: int, progress: bool, log) -> SourceShards:
-    """One source in parallel tasks on this machine: count and tokenize its pieces on datatrove's
-    local executor, then merge them here and publish; the work folder is removed at the end."""
+def _cached(job: ShardJob, log) -> Optional[SourceShards]:
+    """The job's shards when a complete folder is there (built meanwhile by another process)."""
+    meta, why = verify(job)
+    if why:
+        log(f"data: {job.name}: cached shards {job.path} cannot be used ({why}); rebuilding them")
+    return None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
+
+
+def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, workers: int, progress: bool, log,
+               wait_s, wait_log) -> dict[str, SourceShards]:
+    """Sources larger than `task_bytes`, together: their locks held (taken in path order), their
+    pieces counted and tokenized by one local executor run, then each merged and published here.
+    Returns those built (a source whose files do not split is left to the caller)."""
     from allam.data.progress import Progress
 
-    job = plan.job
-    t0 = time.perf_counter()
-    n = len(plan.pieces)
-    log(f"data: {job.name}: {n} tasks of about {plan.task_bytes / 2**20:,.0f} MiB on {min(workers, n)} processes "
-        f"(datatrove's local executor; work folder {plan.work})")
-    size = source_bytes(job.name, job.src)
-    bar = Progress(f"prepare {job.name} (count, then tokenize)", 2 * size if size else None, enabled=progress)
-    engine.run_local(plan, workers, bar)
-    bar.close()
-    shards = _build_one(0, job, plan.tok, None, 1, False, log, plan=plan, t0=t0)
-    engine.clear_work(plan)
-    return shards
+    out: dict[str, SourceShards] = {}
+    with contextlib.ExitStack() as locks:
+        plans = []
+        for job in sorted(jobs, key=lambda j: str(j.path)):
+            locks.enter_context(cache_lock.building(job.path, f"the shards of source {job.name}", wait_s=wait_s,
+                                                    log=wait_log or log))
+            shards = _cached(job, log)
+            if shards is not None:
+                out[job.name] = shards
+                continue
+            plan = engine.make_plan(job, tok, task_bytes, workers=workers)
+            if plan is not None:
+                plans.append(plan)
+        if not plans:
+            return out
+        t0 = time.perf_counter()
+        n = sum(len(p.pieces) for p in plans)
+        logs = engine.logs_folder(plans)
+        for plan in plans:
+            log(f"data: {plan.job.name}: {len(plan.pieces)} tasks of about {plan.task_bytes / 2**20:,.1f} MiB "
+                f"(datatrove's local executor, {min(workers, n)} processes; work folder {plan.work})")
+        size = sum(source_bytes(p.job.name, p.job.src) or 0 for p in plans)
+        names = ", ".join(p.job.name for p in plans)
+        bar = Progress(f"prepare {names} (count, then tokenize)", 2 * size or None, enabled=progress)
+        try:
+            engine.run_local(plans, workers, logs, bar)
+        except (ConfigError, RunFailed):  # bad input: the fixed source starts afresh (a cut-off run resumes)
+            shutil.rmtree(logs, ignore_errors=True)
+            raise
+        finally:
+            bar.close()
+        log(f"data: {names}: {n} tasks counted and tokenized in {time.perf_counter() - t0:.1f}s")
+        for plan in plans:
+            t1 = time.perf_counter()
+            out[plan.job.name] = _build_one(0, plan.job, plan.tok, None, 1, False, log, plan=plan, t0=t0)
+            log(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
+            engine.clear_work(plan)
+        shutil.rmtree(logs, ignore_errors=True)
+    return out
 
 
 def merge_job(plan: "engine.Plan") -> None:
@@ -372,6 +428,8 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
     writer = None
     try:
         writer = ShardWriter(job, tmp, bar)
+        for prior in job.after:  # data.dedup_across_sources: what the earlier sources kept
+            writer.seen.first_seen(np.load(prior.path / "hashes.npy"))
         docs = [] if plan is not None else read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read, bad_json)
         if plan is not None:
             engine.merge_parts(plan, writer, bad, bad_json)
@@ -418,7 +476,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
             "seconds": round(time.perf_counter() - t0, 3),
             "built_by": f"host {cache_lock.HOST} pid {os.getpid()}",
             **stats,
-            "files": {f: file_record(tmp / f) for f in SHARD_FILES},
+            "files": {f: file_record(tmp / f) for f in job.files},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if not cache_lock.publish(tmp, job.path, complete=lambda p: verify(job)[0] is not None, same=_differs,
