@@ -182,7 +182,7 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
     assert shards.submit(jobs, info, Cfg) == []  # in the cache: nothing to submit
 
 
-def _build_under_a_stop_handler(srcs, info, cache, q):  # noqa: F811
+def _build_under_a_stop_handler(srcs, info, cache, q, task_bytes):  # noqa: F811
     """A training run's stop handler (SIGTERM: stop at the next step) is installed when its data
     module builds shards; its pool children inherit it."""
     import signal
@@ -190,15 +190,17 @@ def _build_under_a_stop_handler(srcs, info, cache, q):  # noqa: F811
     signal.signal(signal.SIGTERM, lambda *a: None)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        _build(srcs, info, cache, workers=2)
+        _build(srcs, info, cache, workers=2, task_bytes=task_bytes)
         q.put("built")
     except ConfigError as exc:
         q.put(str(exc))
 
 
-def test_a_bad_line_ends_the_pool_promptly_under_a_stop_handler(tok, tmp_path):  # noqa: F811
-    """The pool's children take the default action on SIGTERM, so pool.terminate() after an error
-    returns at once (a handler inherited through fork kept them alive and the error waited 300 s)."""
+@pytest.mark.parametrize("task_bytes", [None, 40000], ids=["pool", "engine"])
+def test_a_bad_line_ends_the_pool_promptly_under_a_stop_handler(tok, tmp_path, task_bytes):  # noqa: F811
+    """The pool's (and datatrove's) processes take the default action on SIGTERM, so terminating
+    them after an error returns at once (a handler inherited through fork kept them alive: the
+    pool's error waited 300 s, datatrove's pool never returned)."""
     import multiprocessing as mp
 
     f = tmp_path / "late.jsonl"
@@ -208,7 +210,7 @@ def test_a_bad_line_ends_the_pool_promptly_under_a_stop_handler(tok, tmp_path): 
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_build_under_a_stop_handler, args=(srcs, shards.TokenizerInfo.from_tokenizer(tok),
-                                                               tmp_path / "cache", q))
+                                                               tmp_path / "cache", q, task_bytes))
     p.start()
     p.join(60)
     alive = p.is_alive()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -482,6 +483,7 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     logger.remove()  # the executor's own lines (tasks done, stats) go to its logs, warnings to the terminal
     sink = logger.add(sys.stderr, level="WARNING")
+    saved = _default_stop_signals()
     try:
         for stage in ("count", "tokenize"):
             step = _Stage(plans, stage, forked=True)
@@ -493,6 +495,8 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
             for plan in plans:
                 _raise_task_error(plan)
     finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
         logger.remove(sink)
         logger.add(sys.stderr)
         if prev is None:
@@ -504,6 +508,20 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
             watcher.join()
             bar.read[0], docs, tokens = _progress_sums(plans)
             bar.docs, bar.tokens = docs, tokens
+
+
+def _default_stop_signals() -> dict:
+    """Stop signals at their default action while the executor forks its processes, which inherit
+    them: a handler of this process (a training run's stop-at-the-next-step) would keep a worker
+    alive through the pool's terminate, and the build would never return. Returns what to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {}
+    for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            saved[sig] = signal.signal(sig, signal.SIG_DFL)
+    return saved
 
 
 def logs_folder(plans: list[Plan]) -> Path:

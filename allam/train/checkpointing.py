@@ -59,7 +59,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def disk_full(exc: OSError, path: Path) -> "RunFailed":
+def disk_full(exc: OSError, path: Path) -> Exception:
     """The one-line failure for a checkpoint write that ran out of space (the write was undone; the
     checkpoints written before are whole)."""
     from allam.config import RunFailed
