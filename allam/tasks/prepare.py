@@ -46,11 +46,7 @@ def run(cfg: DictConfig) -> dict:
         sources[name] = {"folder": str(sh.path), "lang": m["lang"], "kind": m["kind"], "docs_read": m["docs_read"],
                          "train": m["train"], "val": m["val"], "drops": m["drops"], "seconds": m["seconds"]}
     results = {
-        "task": "prepare",
-        "run_dir": str(out),
-        "choices": group_choices(cfg),
-        "tokenizer": bundle.name,
-        "tokenizer_folder": str(bundle.path),
+        **_header(cfg, out, bundle),
         "sources": sources,
         "prepare.train_tokens": sum(s["train"]["tokens"] for s in sources.values()),
         "prepare.val_tokens": sum(s["val"]["tokens"] for s in sources.values()),
@@ -63,13 +59,14 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
+def _header(cfg: DictConfig, out, bundle) -> dict:
+    return {"task": "prepare", "run_dir": str(out), "choices": group_choices(cfg), "tokenizer": bundle.name,
+            "tokenizer_folder": str(bundle.path)}
+
+
 def _submitted(cfg: DictConfig, out, bundle, jobs: list[dict], t0: float) -> dict:
     results = {
-        "task": "prepare",
-        "run_dir": str(out),
-        "choices": group_choices(cfg),
-        "tokenizer": bundle.name,
-        "tokenizer_folder": str(bundle.path),
+        **_header(cfg, out, bundle),
         "submitted": jobs,
         "wall_seconds": time.perf_counter() - t0,
     }
