@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from allam.config import ConfigError
-from allam.data import engine, shards
+from allam.data import engine, engine_run, shards
 from allam.data.sources import source_values
 from test_data import AR_WORDS, EN_WORDS, _docs, tok  # noqa: F401  (fixtures)
 
@@ -113,12 +113,12 @@ def test_a_run_cut_off_after_its_tasks_resumes_without_redoing_them(tok, tmp_pat
     info = shards.TokenizerInfo.from_tokenizer(tok)
     job = shards.plan_jobs(srcs, False, info, tmp_path / "cache")[0]
     plan = engine.make_plan(job, info, 6000, workers=2)
-    logs = engine.logs_folder([plan])
-    engine.run_local([plan], 2, logs)  # the run is cut off here, before its merge
+    logs = engine_run.logs_folder([plan])
+    engine_run.run_local([plan], 2, logs)  # the run is cut off here, before its merge
     parts = {p: p.stat().st_mtime_ns for p in (plan.work / "parts").glob("*/tokens.bin")}
     assert len(parts) == len(plan.pieces)
     again = engine.make_plan(job, info, 6000, workers=2)  # the same plan: the work folder is kept
-    engine.run_local([again], 2, engine.logs_folder([again]))
+    engine_run.run_local([again], 2, engine_run.logs_folder([again]))
     assert {p: p.stat().st_mtime_ns for p in parts} == parts
     built = _build(srcs, info, tmp_path / "cache", task_bytes=6000)["ar"]
     one = _build(srcs, info, tmp_path / "one")["ar"]

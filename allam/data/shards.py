@@ -35,7 +35,7 @@ import numpy as np
 
 from allam import cache_lock
 from allam.config import ConfigError, RunFailed
-from allam.data import engine
+from allam.data import engine, engine_run
 from allam.data.cleaning import Cleaner
 from allam.data.shard_writer import WORKER, ShardWriter, batches, check_script, process_batch
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_bytes, source_values
@@ -363,7 +363,7 @@ def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, worker
             return out
         t0 = time.perf_counter()
         n = sum(len(p.pieces) for p in plans)
-        logs = engine.logs_folder(plans)
+        logs = engine_run.logs_folder(plans)
         for plan in plans:
             log(f"data: {plan.job.name}: {len(plan.pieces)} tasks of about {plan.task_bytes / 2**20:,.1f} MiB "
                 f"(datatrove's local executor, {min(workers, n)} processes; work folder {plan.work})")
@@ -371,7 +371,7 @@ def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, worker
         names = ", ".join(p.job.name for p in plans)
         bar = Progress(f"prepare {names} (count, then tokenize)", 2 * size or None, enabled=progress)
         try:
-            engine.run_local(plans, workers, logs, bar)
+            engine_run.run_local(plans, workers, logs, bar)
         except (ConfigError, RunFailed):  # bad input: the fixed source starts afresh (a cut-off run resumes)
             shutil.rmtree(logs, ignore_errors=True)
             raise
@@ -398,7 +398,7 @@ def merge_job(plan: "engine.Plan") -> None:
 
 
 def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> list[dict]:
-    """executor=slurm: submits the stages of every missing file source (:func:`engine.submit_slurm`)
+    """executor=slurm: submits the stages of every missing file source (:func:`engine_run.submit_slurm`)
     and returns what was submitted; demo and hf sources, which are read by one process, are built here."""
     out = []
     for job in jobs:
@@ -408,7 +408,7 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
         if plan is None:
             build([job], tok, progress=True, log=log)
             continue
-        sub = engine.submit_slurm(plan, merge_job, cfg)
+        sub = engine_run.submit_slurm(plan, merge_job, cfg)
         log(f"data: {job.name}: submitted {sub['pieces']} count and tokenize tasks and a merge "
             f"(SLURM jobs {sub['jobs']['count']}, {sub['jobs']['tokenize']}, {sub['jobs']['merge']}); "
             f"work folder {sub['work']}")

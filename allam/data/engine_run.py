@@ -1,0 +1,229 @@
+"""Running a build's stages (:mod:`allam.data.engine`) on datatrove's executors: locally, one task
+per process, or as SLURM job arrays; a task's bad input comes back to the caller as one line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from allam.data.engine import Plan, _write_json, count_piece, tokenize_piece
+
+
+def _executor_classes():
+    """datatrove's executors, with every task's own log at ERROR on the terminal (all of it stays in
+    the task's log file under the work folder): datatrove shows the first local rank's INFO lines."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    class Local(LocalPipelineExecutor):
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            import sys
+
+            from loguru import logger
+
+            try:
+                return super()._run_for_rank(rank, local_rank + 1, node_rank)
+            finally:  # datatrove puts back its INFO terminal sink after each task
+                logger.remove()
+                logger.add(sys.stderr, level="WARNING")
+
+    return Local, SlurmPipelineExecutor
+
+
+_FORKED: dict = {}  # steps of this process's local executor runs, by id (inherited by its forked workers)
+
+
+def _forked_stage(key: int) -> "_Stage":
+    return _FORKED[key]
+
+
+class _Stage:
+    """A datatrove pipeline step running one stage for the task's rank: the tasks are the pieces of
+    `plans` one after the other (one executor runs several sources' pieces, so no core waits
+    while one source's last piece runs)."""
+
+    def __init__(self, plans: list[Plan], stage: str, forked: bool = False):
+        self.plans, self.stage, self.forked = plans, stage, forked
+        if forked:
+            _FORKED[id(self)] = self
+
+    def __reduce__(self):
+        # the local executor forks its workers, which inherit this step: pickling only its key saves
+        # every task from deserializing the tokenizer (about 0.2 s for a 32,000-piece model)
+        if self.forked:
+            return _forked_stage, (id(self),)
+        return _Stage, (self.plans, self.stage)
+
+    def __repr__(self) -> str:
+        names = ", ".join(p.job.name for p in self.plans)
+        return f"allam {self.stage} of data.sources {names} ({sum(len(p.pieces) for p in self.plans)} pieces)"
+
+    def task(self, rank: int) -> tuple[Plan, int]:
+        for plan in self.plans:
+            if rank < len(plan.pieces):
+                return plan, rank
+            rank -= len(plan.pieces)
+        raise IndexError(rank)
+
+    def __call__(self, data=None, rank: int = 0, world_size: int = 1):
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one task per core: no tokenizer threads
+        plan, rank = self.task(rank) if self.stage != "merge" else (self.plans[0], 0)
+        if self.stage != "count":
+            _raise_task_error(plan, remove=False)  # a stage after a failed one (SLURM) stops with its message
+        try:
+            if self.stage == "count":
+                count_piece(plan, rank)
+            elif self.stage == "tokenize":
+                tokenize_piece(plan, rank)
+            else:
+                plan.extra["merge"](plan)
+        except Exception as exc:  # bad input: recorded for one line in the parent (datatrove would log a traceback)
+            from allam.config import ConfigError, RunFailed
+
+            if not isinstance(exc, (ConfigError, RunFailed)):
+                raise
+            from allam.data.sources import AtLine
+
+            record = {"kind": type(exc).__name__, "message": str(exc), "rank": rank}
+            if isinstance(exc, AtLine) and self.stage == "count":  # counted from the piece's start: made whole later
+                record.update(template=exc.template, path=exc.path, line=exc.line)
+            (plan.work / "errors").mkdir(exist_ok=True)
+            _write_json(plan.work / "errors" / f"{self.stage}-{rank:05d}.json", record)
+        return None
+
+
+def _raise_task_error(plan: Plan, remove: bool = True) -> None:
+    """Raises the first recorded task error as one line (`remove`: and drops the work folder, so the
+    fixed source starts from a fresh plan)."""
+    from allam.config import ConfigError, RunFailed
+
+    errs = sorted((plan.work / "errors").glob("*.json")) if (plan.work / "errors").exists() else []
+    if errs:
+        e = min((json.loads(f.read_text(encoding="utf-8")) for f in errs), key=lambda r: r["rank"])  # the first piece's
+        if "template" in e:  # a line counted from its piece's start: add the lines of the file's earlier pieces
+            before = 0
+            for rank in range(e["rank"]):
+                f = plan.work / "counts" / f"{rank:05d}.json"
+                lines = json.loads(f.read_text(encoding="utf-8"))["lines"] if f.exists() else []
+                before += sum(n for s, n in zip(plan.pieces[rank], lines) if str(s.path) == e["path"])
+            e["message"] = e["template"].replace("{line}", str(e["line"] + before))
+        if remove:
+            shutil.rmtree(plan.work, ignore_errors=True)
+        raise (RunFailed if e["kind"] == "RunFailed" else ConfigError)(e["message"])
+
+
+# --------------------------------------------------------------------------- executors
+def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
+    """Stages 1 and 2 of every plan on datatrove's local executor: `workers` tasks at once, one per
+    process; datatrove's logs and completion marks go to `logs` (a resumed build skips the tasks
+    it completed). `bar` (an allam.data.progress.Progress) shows the bytes the tasks have read in
+    both passes. A task's bad input is raised here as one line."""
+    import sys
+
+    from loguru import logger
+
+    Local, _ = _executor_classes()
+    n = sum(len(p.pieces) for p in plans)
+    workers = max(1, min(workers, n))
+    stop = threading.Event()
+    watcher = None
+    if bar is not None:
+        def watch():
+            while not stop.wait(1.0):
+                bar.read[0], docs, tokens = _progress_sums(plans)
+                bar.update(docs - bar.docs, tokens)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    prev = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    logger.remove()  # the executor's own lines (tasks done, stats) go to its logs, warnings to the terminal
+    sink = logger.add(sys.stderr, level="WARNING")
+    saved = _default_stop_signals()
+    try:
+        for stage in ("count", "tokenize"):
+            step = _Stage(plans, stage, forked=True)
+            ex = Local(pipeline=[step], tasks=n, workers=workers, logging_dir=str(logs / stage), start_method="fork")
+            try:
+                ex.run()
+            finally:
+                _FORKED.pop(id(step), None)
+            for plan in plans:
+                _raise_task_error(plan)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        logger.remove(sink)
+        logger.add(sys.stderr)
+        if prev is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = prev
+        stop.set()
+        if watcher is not None:
+            watcher.join()
+            bar.read[0], docs, tokens = _progress_sums(plans)
+            bar.docs, bar.tokens = docs, tokens
+
+
+def _default_stop_signals() -> dict:
+    """Stop signals at their default action while the executor forks its processes, which inherit
+    them: a handler of this process (a training run's stop-at-the-next-step) would keep a worker
+    alive through the pool's terminate, and the build would never return. Returns what to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {}
+    for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            saved[sig] = signal.signal(sig, signal.SIG_DFL)
+    return saved
+
+
+def logs_folder(plans: list[Plan]) -> Path:
+    """Where datatrove keeps one local run's logs and completion marks: named by the plans (their
+    sources, keys and pieces), so a mark is only ever read by the same tasks."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([p.describe() for p in plans], sort_keys=True).encode()).hexdigest()[:16]
+    return plans[0].work.parent / f".prepare-{key}.logs"
+
+
+def _progress_sums(plans: list[Plan]) -> tuple[int, int, int]:
+    """Bytes read by every task of both stages, and the documents and tokens tokenized so far."""
+    total = [0, 0, 0]
+    for f in (f for p in plans if (p.work / "progress").exists() for f in (p.work / "progress").iterdir()):
+        try:
+            vals = [int(x) for x in f.read_text().split()]
+        except (OSError, ValueError):  # being rewritten: counted at the next look
+            continue
+        for i, v in enumerate(vals[:3]):
+            total[i] += v
+    return total[0], total[1], total[2]
+
+
+def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
+    """Submits the three stages as SLURM jobs (count and tokenize arrays of one task per piece, then
+    a one-task merge), each depending on the one before. `merge(plan)` is what the merge job runs.
+    Returns the job ids and the work folder."""
+    _, SlurmPipelineExecutor = _executor_classes()
+    n = len(plan.pieces)
+    plan.extra["merge"] = merge
+    common = dict(time=cfg.slurm_time, partition=cfg.slurm_partition, cpus_per_task=cfg.slurm_cpus_per_task,
+                  mem_per_cpu_gb=cfg.slurm_mem_per_cpu_gb, env_command=cfg.slurm_env_command,
+                  workers=cfg.slurm_max_parallel or -1, sbatch_args=dict(cfg.slurm_sbatch_args or {}),
+                  slurm_logs_folder=str(plan.work / "slurm"), requeue_signals=None)
+    count = SlurmPipelineExecutor(pipeline=[_Stage([plan], "count")], tasks=n, job_name=f"allam-count-{plan.job.name}",
+                                  logging_dir=str(plan.work / "logs" / "count"), **common)
+    tokenize = SlurmPipelineExecutor(pipeline=[_Stage([plan], "tokenize")], tasks=n, depends=count,
+                                     job_name=f"allam-tokenize-{plan.job.name}",
+                                     logging_dir=str(plan.work / "logs" / "tokenize"), **common)
+    merge_ex = SlurmPipelineExecutor(pipeline=[_Stage([plan], "merge")], tasks=1, depends=tokenize,
+                                     job_name=f"allam-merge-{plan.job.name}",
+                                     logging_dir=str(plan.work / "logs" / "merge"), **common)
+    merge_ex.run()  # launches its dependencies first
+    return {"source": plan.job.name, "pieces": n, "work": str(plan.work),
+            "jobs": {"count": count.job_id, "tokenize": tokenize.job_id, "merge": merge_ex.job_id}}
