@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from allam.results import FILENAME, REPORT_METRICS, eval_tasks
+from allam.config.langs import lang_name
+from allam.results import FILENAME, eval_tasks, languages, report_metrics
 
 IGNORED_PREFIXES = ("paths.", "ckpt", "trainer.progress_bar", "report_dir", "eval.", "task")
 EVAL_COLUMNS = ("acc", "acc_norm")  # eval.<task>.<column> in the table
@@ -104,7 +105,7 @@ def all_eval_tasks(runs: list[dict]) -> list[str]:
 
 def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     axes = differing_keys(runs)
-    metrics = [m for m in REPORT_METRICS if any(m in r for r in runs)]
+    metrics = [m for m in report_metrics(runs) if any(m in r for r in runs)]
     metrics += [f"eval.{t}.{c}" for t in all_eval_tasks(runs) for c in EVAL_COLUMNS if any(f"eval.{t}.{c}" in r for r in runs)]
     header = ["run", "status", *axes, *metrics]
     rows = []
@@ -131,13 +132,17 @@ def plot(runs: list[dict], rows: list[list[str]], path: Path) -> None:
 
     labels = [row[0] for row in rows]  # run folder names: experiment names or Hydra's override_dirname
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(runs) + 2), 4.5))
-    width = 0.4
+    langs = languages(*runs) or ["ar", "en"]
+    width = 0.8 / len(langs)
     values = []
-    for i, (lang, color) in enumerate((("ar", "tab:blue"), ("en", "tab:orange"))):
+    colors = {"ar": "tab:blue", "en": "tab:orange"}
+    spare = iter(["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
+    for i, lang in enumerate(langs):
         vals = [r.get(f"val.{lang}.bpb") or 0.0 for r in runs]
         values += [v for v in vals if v > 0]
-        xs = [j + (i - 0.5) * width for j in range(len(runs))]
-        bars = ax.bar(xs, vals, width, label={"ar": "Arabic", "en": "English"}[lang], color=color)
+        xs = [j + (i - (len(langs) - 1) / 2) * width for j in range(len(runs))]
+        color = colors.get(lang) or next(spare, None)
+        bars = ax.bar(xs, vals, width, label=lang_name(lang), color=color)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     if values and max(values) / min(values) > 10:
         ax.set_yscale("log")

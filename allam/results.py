@@ -8,6 +8,7 @@ only ``task == "train"`` files.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -108,6 +109,21 @@ REPORT_METRICS = (
     "train.tokens",
     "train.tokens_per_second",
 )
+_VAL_LANG = re.compile(r"^val\.([a-z]{2,3})\.bpb$")
+
+
+def languages(*results: dict) -> list[str]:
+    """The languages scored in these results (keys val.<code>.bpb): the targets in the order
+    first seen, then English (so an Arabic run lists ar, en)."""
+    seen = dict.fromkeys(m.group(1) for r in results for k in r if (m := _VAL_LANG.match(k)))
+    return [c for c in seen if c != "en"] + [c for c in seen if c == "en"]
+
+
+def report_metrics(runs: list[dict]) -> list[str]:
+    """:data:`REPORT_METRICS` with every language of ``runs`` in place of the Arabic/English pair."""
+    langs = languages(*runs) or ["ar", "en"]
+    out = [f"val.{c}.bpb" for c in langs] + ["delta.val.en.bpb"] + [f"val.{c}.loss" for c in langs]
+    return out + [m for m in REPORT_METRICS if not m.startswith(("val.", "delta."))]
 
 
 def validation_keys(final: dict[str, dict], start: dict[str, dict] | None = None) -> dict[str, Any]:
@@ -254,7 +270,7 @@ def print_summary(results: dict, path: Path) -> None:
     print()
     print(f"tokens seen      {f('train.tokens', '{:,}')} in {f('train.seconds', '{:.1f}')} s "
           f"({f('train.tokens_per_second', '{:,.0f}')} tokens/s)")
-    for lang in ("ar", "en"):
+    for lang in languages(results):
         if f"val.{lang}.loss" in results:
             line = f"val {lang}           loss {f(f'val.{lang}.loss')}  bits/byte {f(f'val.{lang}.bpb')}"
             if f"start.val.{lang}.bpb" in results:

@@ -133,7 +133,7 @@ def test_a_field_of_an_existing_source_is_overridden(make_cfg):
     assert cfg.data.sources.tafsir_ar.weight == 1.0 and cfg.data.sources.tafsir_ar.strip_tatweel is False
     assert cfg.data.sources.tafsir_ar.path == "tafsir_ar"  # the rest of the source is kept
     # a source name that does not exist says so, and names the sources
-    with pytest.raises(ConfigError, match=r"^data\.sources\.tafsr_ar\.lang: missing; allowed: ar, en \('tafsr_ar' is "
+    with pytest.raises(ConfigError, match=r"^data\.sources\.tafsr_ar\.lang: missing; allowed: a language code such as ar, en, hi \('tafsr_ar' is "
                                           r"none of the sources tafsir_ar, hadith_ar, bible_ar, hadith_en, bible_en"):
         validate(make_cfg(*compose_overrides(["data.sources.tafsr_ar.weight=1"])))
     assert compose_overrides(["data.ar_ratio=0.3", "+data.sources.x={lang: ar}", "data.sources.a.colour=1"]) == \

@@ -107,10 +107,10 @@ def test_a_source_is_added_from_the_command_line(make_cfg, tmp_path):
     cfg = make_cfg(f"+data.sources.news_ar={{lang: ar, loader: jsonl, path: '{corpus}', strip_diacritics: true}}")
     validate(cfg)
     src = cfg.data.sources.news_ar
-    assert src.lang.value == "ar" and src.loader == "jsonl" and src.strip_diacritics and src.min_chars == 20
+    assert src.lang == "ar" and src.loader == "jsonl" and src.strip_diacritics and src.min_chars == 20
     with pytest.raises(ConfigError, match=r"^data.sources.bad.colour: no such key; allowed: lang, kind"):
         validate(make_cfg("+data.sources.bad={lang: ar, colour: red}"))
-    with pytest.raises(ConfigError, match=r"^data.sources.bad.lang: missing; allowed: ar, en"):
+    with pytest.raises(ConfigError, match=r"^data.sources.bad.lang: missing; allowed: a language code such as ar, en, hi"):
         validate(make_cfg("+data.sources.bad={loader: text}"))
 
 

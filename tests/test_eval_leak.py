@@ -59,6 +59,7 @@ def test_planted_overlap_is_dropped_from_a_closed_suite(monkeypatch, tmp_path):
                # the same text in a held-out unit is not training text: ignored
                demo.Document(other["choices"][other["gold"]], "bible_ar", "ar", "translated", 40, "40:1")]
     monkeypatch.setattr(demo, "DEMO_SOURCES", {"bible_ar": lambda: iter(planted)})
+    monkeypatch.setattr(demo, "ARABIC_DEMO", ("bible_ar",))
     monkeypatch.setenv("ALLAM_CACHE", str(tmp_path))
     monkeypatch.setattr(leak, "_INDEXES", {})
     index = leak.training_index()

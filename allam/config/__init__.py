@@ -1,7 +1,7 @@
 """The config: typed schemas (:mod:`.schema`), the rules a config must satisfy (:mod:`.rules`),
 quantities derived from it (:mod:`.derived`) and one-line errors (:mod:`.errors`)."""
 from allam.config.errors import ConfigError, RunFailed, explain_compose_error, group_choices
-from allam.config.rules import Stage, mix_stages, to_dict, validate
+from allam.config.rules import Stage, mix_languages, mix_stages, mix_targets, to_dict, validate
 from allam.config.schema import (
     Arch,
     is_pretrained,
@@ -12,7 +12,6 @@ from allam.config.schema import (
     DataConfig,
     InitConfig,
     InitName,
-    Lang,
     LoggerConfig,
     LoggerName,
     ModelConfig,
@@ -37,9 +36,9 @@ from allam.config.schema import (
 )
 
 __all__ = [
-    "CONF_DIR", "ROOT", "AllamConfig", "Arch", "Attention", "ConfigError", "RunFailed", "DataConfig", "InitConfig", "InitName", "Lang",
+    "CONF_DIR", "ROOT", "AllamConfig", "Arch", "Attention", "ConfigError", "RunFailed", "DataConfig", "InitConfig", "InitName",
     "LoggerConfig", "LoggerName", "ModelConfig", "NewEmbeddings", "NonFinite", "OptimConfig", "OptimName", "PathsConfig",
     "Resume", "RunConfig", "Schedule", "SourceConfig", "SourceKind", "Stage", "StageConfig", "StrEnum", "TokenizerConfig",
-    "TokenizerVariant", "TrainConfig", "TrainerConfig", "explain_compose_error", "group_choices", "is_pretrained", "mix_stages",
+    "TokenizerVariant", "TrainConfig", "TrainerConfig", "explain_compose_error", "group_choices", "is_pretrained", "mix_languages", "mix_stages", "mix_targets",
     "source_defaults", "source_fields", "to_dict", "validate",
 ]

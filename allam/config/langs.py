@@ -51,11 +51,10 @@ class Script:
     blocks: Ranges
     core: Optional[Ranges] = None
     letters: Optional[Ranges] = None
-    # text in it may use the joiners U+200C/U+200D inside words (Indic conjuncts, Persian
-    # half-spaces): cleaning keeps them; the bidi-mark stripping of Arabic never applies
+    # the joiners U+200C/U+200D shape its conjuncts (Indic scripts): cleaning keeps one between two
+    # characters of the script and drops stray ones (at a word's edge, next to another script,
+    # repeated). Elsewhere joiners are left as they are (Persian's ZWNJ half-space, emoji).
     joiners: bool = False
-    # the script's own marks a source may strip (Arabic: diacritics and tatweel)
-    strippable_marks: bool = False
 
     def contains(self, ch: str) -> bool:
         o = ord(ch)
@@ -66,7 +65,7 @@ SCRIPTS: dict[str, Script] = {s.name: s for s in (
     Script("Latin", ((0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF)), letters=_LATIN_LETTERS),
     # Arabic, Supplement, Extended-B/-A, Presentation Forms-A/-B; byte-level keys on the main block
     Script("Arabic", ((0x0600, 0x06FF), (0x0750, 0x077F), (0x0870, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
-           core=((0x0600, 0x06FF),), letters=_AR_LETTERS, joiners=True, strippable_marks=True),
+           core=((0x0600, 0x06FF),), letters=_AR_LETTERS),
     Script("Cyrillic", ((0x0400, 0x052F),)),
     Script("Greek", ((0x0370, 0x03FF), (0x1F00, 0x1FFF))),
     Script("Hebrew", ((0x0590, 0x05FF),)),
@@ -94,6 +93,10 @@ class Language:
     scripts: tuple[str, ...]
     # the Arabic marks (diacritics, tatweel, bidi) a source of this language may strip
     arabic_marks: bool = field(default=False)
+
+    def joiner_blocks(self) -> Ranges:
+        """The blocks of this language's scripts whose joiners cleaning tidies (Indic scripts)."""
+        return tuple(r for s in self.script_objs() if s.joiners for r in s.blocks)
 
     def script_objs(self) -> tuple[Script, ...]:
         return tuple(SCRIPTS[s] for s in self.scripts)

@@ -13,7 +13,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from allam.config.errors import ConfigError
-from allam.config.schema import TASKS, AllamConfig, Lang, is_pretrained, SourceConfig, SourceKind, TokenizerVariant
+from allam.config.langs import BASE_LANG, lang_name, language
+from allam.config.schema import TASKS, AllamConfig, is_pretrained, SourceConfig, SourceKind, TokenizerVariant
 
 LOADERS = ("demo", "text", "jsonl", "parquet", "hf")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -54,11 +55,12 @@ def source(name: str, node: Any, sources: tuple[str, ...] = ()) -> DictConfig:
         others = [n for n in sources if n != name]
         hint = (f" ('{name}' is none of the sources {', '.join(others)}; a new one needs lang, loader and path)"
                 if others else "")
-        raise ConfigError(f"{key}.lang: missing; allowed: ar, en{hint}")
+        raise ConfigError(f"{key}.lang: missing; allowed: a language code such as ar, en, hi{hint}")
     except ValidationError as exc:
         field_name = getattr(exc, "key", None) or "?"
         first = str(exc).strip().splitlines()[0]
         _fail(f"{key}.{field_name}", exc.__dict__.get("value", "?"), first)
+    language(merged.lang, f"{key}.lang")
     if merged.loader not in LOADERS:
         _fail(f"{key}.loader", merged.loader, "allowed: " + ", ".join(LOADERS))
     _unit(f"{key}.max_wrong_script", merged.max_wrong_script)
@@ -103,53 +105,138 @@ def hold_out(data) -> None:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the mix, checked: its token budget (None: to the end), Arabic share and
-    translated share of the Arabic (None: by size); `key` prefixes its error messages."""
+    """One stage of the mix, checked: its token budget (None: to the end), each language's share
+    of its tokens (in split order, summing to 1), the translated share of each target language's
+    tokens (None: by size); `key` prefixes its error messages."""
 
     tokens: Optional[int]
-    ar_ratio: float
+    shares: tuple[tuple[str, float], ...]
     translated_share: Optional[float]
     key: str
 
+    def __post_init__(self):
+        if isinstance(self.shares, (int, float)):  # Stage(tokens, ar_ratio, ...): Arabic and English
+            object.__setattr__(self, "shares", (("ar", float(self.shares)), (BASE_LANG, 1.0 - float(self.shares))))
+
+    @property
+    def ar_ratio(self) -> float:
+        """The Arabic share (0 when Arabic is not in the mix)."""
+        return dict(self.shares).get("ar", 0.0)
+
+    def langs(self) -> list[str]:
+        return [code for code, _ in self.shares]
+
+
+SHARE_SUM_TOL = 1e-6
+
+
+def _shares(mix, ar_ratio: float, key: str) -> tuple[tuple[str, float], ...]:
+    """A stage's shares from its ``mix`` table, or ``{ar: ar_ratio, en: the rest}`` when the
+    table is empty. Explicit shares come in table order and the null one (the rest) last."""
+    if not mix:
+        _unit(f"{key}.ar_ratio", ar_ratio)
+        return (("ar", float(ar_ratio)), (BASE_LANG, 1.0 - float(ar_ratio)))
+    if float(ar_ratio) != 0.45:
+        _fail(f"{key}.ar_ratio", ar_ratio, f"applies only when {key}.mix is empty; with {key}.mix set the "
+              f"Arabic share is {key}.mix.ar")
+    entries = [(str(code), share) for code, share in mix.items()]
+    for code, share in entries:
+        language(code, f"{key}.mix")  # data.mix=xx: unknown language code
+        _unit(f"{key}.mix.{code}", share)
+    rest = [code for code, share in entries if share is None]
+    if len(rest) > 1:
+        _fail(f"{key}.mix", _table(entries), f"{', '.join(rest)} are null; at most one language takes the rest")
+    given = sum(float(share) for _, share in entries if share is not None)
+    out = [(code, float(share)) for code, share in entries if share is not None]
+    if rest:
+        if given > 1 + SHARE_SUM_TOL:
+            _fail(f"{key}.mix", _table(entries), f"the given shares sum to {given:.6g}, above 1, leaving "
+                  f"nothing for {rest[0]}")
+        out.append((rest[0], max(0.0, 1.0 - given)))
+    elif abs(given - 1.0) > SHARE_SUM_TOL:
+        _fail(f"{key}.mix", _table(entries), f"the shares sum to {given:.6g}; they must sum to 1 (or set one "
+              "language to null: it takes the rest)")
+    return tuple(out)
+
+
+def _table(entries) -> str:
+    return "{" + ",".join(f"{c}:{'null' if v is None else v}" for c, v in entries) + "}"
+
 
 def mix_stages(data) -> list[Stage]:
-    """The stages of ``data`` (one stage from ``ar_ratio``/``translated_share`` when
+    """The stages of ``data`` (one stage from ``mix``/``ar_ratio``/``translated_share`` when
     ``data.stages`` is empty), after checking every mix rule:
 
-    - ratios are fractions; only the last stage may leave ``tokens`` unset; tokens are positive;
-    - a stage that asks for Arabic (English) has an Arabic (English) source to draw from;
-    - a stage that fixes ``translated_share`` has translated (natural) Arabic sources to draw from.
+    - shares are fractions summing to 1 (or one null takes the rest); codes are known languages;
+      ``ar_ratio`` is left alone when a ``mix`` table is given;
+    - only the last stage may leave ``tokens`` unset; tokens are positive;
+    - a language with a share above 0 has a source to draw from, and every source's language has
+      a share in every stage;
+    - a stage that fixes ``translated_share`` has translated (natural) sources of each target
+      language it draws from.
 
     Source existence is checked when ``data.sources`` is not empty (plan needs no sources).
     """
     raw = list(data.stages or [])
     if not raw:
-        stages = [Stage(None, float(data.ar_ratio), _opt(data.translated_share), "data")]
+        stages = [Stage(None, _shares(data.get("mix"), data.ar_ratio, "data"), _opt(data.translated_share), "data")]
     else:
-        stages = [Stage(st.tokens, float(st.ar_ratio), _opt(st.translated_share), f"data.stages.{i}")
-                  for i, st in enumerate(raw)]
-    sources = [data.sources[name] for name in data.sources]
-    langs = {str(s["lang"]) for s in sources}
-    ar_kinds = {str(s.get("kind", SourceKind.natural)) for s in sources if str(s["lang"]) == Lang.ar}
+        stages = [Stage(st.tokens, _shares(st.get("mix"), st.ar_ratio, f"data.stages.{i}"), _opt(st.translated_share),
+                        f"data.stages.{i}") for i, st in enumerate(raw)]
+    names = list(data.sources)
+    sources = [data.sources[name] for name in names]
+    kinds: dict[str, set[str]] = {}
+    for s in sources:
+        kinds.setdefault(str(s["lang"]), set()).add(str(s.get("kind", SourceKind.natural)))
     for i, st in enumerate(stages):
-        _unit(f"{st.key}.ar_ratio", st.ar_ratio)
         _unit(f"{st.key}.translated_share", st.translated_share)
         if st.tokens is None and i != len(stages) - 1:
             _fail(f"{st.key}.tokens", None, "only the last stage may leave tokens unset")
         _positive(f"{st.key}.tokens", st.tokens)
         if not sources:
             continue
-        if st.ar_ratio > 0 and Lang.ar not in langs:
-            _fail(f"{st.key}.ar_ratio", st.ar_ratio, "is above 0 but data.sources has no Arabic source")
-        if st.ar_ratio < 1 and Lang.en not in langs:
-            _fail(f"{st.key}.ar_ratio", st.ar_ratio, "is below 1 but data.sources has no English source")
+        shares = dict(st.shares)
+        from_ratio = not (raw[i].get("mix") if raw else data.get("mix"))
+        for name, s in zip(names, sources):
+            if str(s["lang"]) not in shares:
+                _fail(f"data.sources.{name}.lang", s["lang"], f"{st.key}.mix gives {lang_name(str(s['lang']))} no share; "
+                      f"add {st.key}.mix.{s['lang']}=<share> (or remove the source)")
+        for code, share in st.shares:
+            if code not in kinds and share > 0:
+                if from_ratio:
+                    side = "above 0" if code == "ar" else "below 1"
+                    _fail(f"{st.key}.ar_ratio", st.ar_ratio, f"is {side} but data.sources has no {lang_name(code)} source")
+                _fail(f"{st.key}.mix.{code}", share, f"is above 0 but data.sources has no {lang_name(code)} source")
         tau = st.translated_share
-        if tau is not None and st.ar_ratio > 0:
-            if tau > 0 and SourceKind.translated not in ar_kinds:
-                _fail(f"{st.key}.translated_share", tau, "is above 0 but no Arabic source has kind=translated")
-            if tau < 1 and SourceKind.natural not in ar_kinds:
-                _fail(f"{st.key}.translated_share", tau, "is below 1 but every Arabic source has kind=translated")
+        if tau is None:
+            continue
+        for code, share in st.shares:
+            if code == BASE_LANG or share <= 0 or code not in kinds:
+                continue
+            if tau > 0 and SourceKind.translated not in kinds[code]:
+                _fail(f"{st.key}.translated_share", tau, f"is above 0 but no {lang_name(code)} source has kind=translated")
+            if tau < 1 and SourceKind.natural not in kinds[code]:
+                _fail(f"{st.key}.translated_share", tau, f"is below 1 but every {lang_name(code)} source has kind=translated")
     return stages
+
+
+def mix_languages(data) -> list[str]:
+    """Every language of the mix in split order (the first stage's order, then any later stage's
+    new ones), then the languages of sources the mix does not name."""
+    out: dict[str, None] = {}
+    for st in mix_stages(data):
+        out.update(dict.fromkeys(st.langs()))
+    out.update(dict.fromkeys(str(data.sources[n]["lang"]) for n in data.sources))
+    return list(out)
+
+
+def mix_targets(data) -> list[str]:
+    """The target languages (every language but English) with a share above 0 in some stage, in
+    split order: the languages whose text trains an expanded vocabulary's new pieces."""
+    out: dict[str, None] = {}
+    for st in mix_stages(data):
+        out.update(dict.fromkeys(code for code, share in st.shares if share > 0 and code != BASE_LANG))
+    return list(out)
 
 
 def stage_budget(stages: list[Stage], data, model, trainer) -> None:

@@ -78,11 +78,6 @@ class TokenizerVariant(StrEnum):
     bilingual = "bilingual"
 
 
-class Lang(StrEnum):
-    ar = "ar"
-    en = "en"
-
-
 class SourceKind(StrEnum):
     natural = "natural"
     translated = "translated"
@@ -199,7 +194,9 @@ class SourceConfig:
     cleaner are derived from these roles (:func:`source_fields`), so a new option is one edit here.
     """
 
-    lang: Lang = field(default=MISSING, metadata=CLEANING)  # the cleaner's script checks depend on it
+    # ISO 639-1 code of a language in allam/config/langs.py (ar, en, hi, fa, ko, ...); the cleaner's
+    # script checks depend on it
+    lang: str = field(default=MISSING, metadata=CLEANING)
     kind: SourceKind = SourceKind.natural
     loader: str = field(default="demo", metadata=READER)
     path: Optional[str] = field(default=None, metadata=READER)  # demo source name, file path / glob, or HF dataset name
@@ -242,6 +239,7 @@ class StageConfig:
     tokens: Optional[int] = None  # None: until the end of training (last stage only)
     ar_ratio: float = 0.45
     translated_share: Optional[float] = None
+    mix: dict[str, Optional[float]] = field(default_factory=dict)  # as data.mix, for this stage
 
 
 class PrepareExecutor(StrEnum):
@@ -279,9 +277,15 @@ class DataConfig:
     # (`+data.sources.NAME={lang: ar, loader: jsonl, path: ...}`); validate() checks each entry
     # against SourceConfig and fills its defaults.
     sources: dict[str, Any] = field(default_factory=dict)
-    ar_ratio: float = 0.45  # fraction of training tokens that are Arabic
-    translated_share: Optional[float] = None  # fraction of Arabic tokens from translated sources; None: by size
-    stages: list[StageConfig] = field(default_factory=list)  # empty: one stage with ar_ratio/translated_share
+    ar_ratio: float = 0.45  # fraction of training tokens that are Arabic (when data.mix is empty)
+    # share of training tokens per language, e.g. {hi: 0.45, en: null}: null (at most one) takes
+    # the rest, else the shares sum to 1; empty: {ar: ar_ratio, en: the rest}. Sweep one share with
+    # data.mix.hi=0.3, or the whole table with data.mix={ar:0.3,hi:0.2,en:null}
+    mix: dict[str, Optional[float]] = field(default_factory=dict)
+    # fraction of each target language's tokens (every language but English) from translated
+    # sources; None: by size
+    translated_share: Optional[float] = None
+    stages: list[StageConfig] = field(default_factory=list)  # empty: one stage with mix/ar_ratio/translated_share
     parallel_pairs: bool = False  # emit translated documents as aligned English+Arabic pairs
     batch_size: int = 8  # sequences per device per step
     num_workers: int = 0

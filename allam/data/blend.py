@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from allam.config import ConfigError, Stage
+from allam.config.langs import BASE_LANG, lang_name
 
 _SHIFT = 32
 _ONE = 1 << _SHIFT
@@ -125,33 +126,44 @@ def _group_weights(sources: Sequence[SourceInfo], members: list[int], what: str)
     return [float(w) for w in given]  # type: ignore[arg-type]
 
 
+def _lang_node(sources: Sequence[SourceInfo], members: list[int], code: str, tau: Optional[float]):
+    """A language's subtree: English (the base language) one chain by weight; a target language
+    split into translated and natural sources by ``tau`` (None: by size), each a chain."""
+    name = lang_name(code)
+    if code == BASE_LANG:
+        return _chain(members, _group_weights(sources, members, name))
+    tr = [i for i in members if sources[i].kind == "translated"]
+    nat = [i for i in members if sources[i].kind != "translated"]
+    if tau is None:
+        size_all = sum(sources[i].blocks for i in members)
+        tau = sum(sources[i].blocks for i in tr) / size_all if size_all else 0.0
+    tr_node = _chain(tr, _group_weights(sources, tr, f"{name} translated")) if tr else None
+    nat_node = _chain(nat, _group_weights(sources, nat, f"{name} natural")) if nat else None
+    if tr_node is None or nat_node is None:
+        return tr_node or nat_node
+    return Split(tau, tr_node, nat_node)
+
+
+def _chain_nodes(nodes: list, shares: list[float], total: float = 1.0):
+    """A chain of splits over language subtrees by share (the first split is at the first share
+    itself, so Arabic/English splits at exactly ``ar_ratio``)."""
+    if len(nodes) == 1:
+        return nodes[0]
+    p = shares[0] / total if total > 0 else 1.0 / len(nodes)
+    return Split(p, nodes[0], _chain_nodes(nodes[1:], shares[1:], sum(shares[1:])))
+
+
 def build_tree(sources: Sequence[SourceInfo], stage: Stage):
-    """The split tree of one stage (checked by allam.config.mix_stages)."""
-    a = float(stage.ar_ratio)
-    ar = [i for i, s in enumerate(sources) if s.lang == "ar"]
-    en = [i for i, s in enumerate(sources) if s.lang == "en"]
-    ar_node = en_node = None
-    if ar:
-        tr = [i for i in ar if sources[i].kind == "translated"]
-        nat = [i for i in ar if sources[i].kind != "translated"]
-        tau = stage.translated_share
-        if tau is None:
-            size_tr = sum(sources[i].blocks for i in tr)
-            size_all = sum(sources[i].blocks for i in ar)
-            tau = size_tr / size_all if size_all else 0.0
-        tr_node = _chain(tr, _group_weights(sources, tr, "Arabic translated")) if tr else None
-        nat_node = _chain(nat, _group_weights(sources, nat, "Arabic natural")) if nat else None
-        if tr_node is None or nat_node is None:
-            ar_node = tr_node or nat_node
-        else:
-            ar_node = Split(tau, tr_node, nat_node)
-    if en:
-        en_node = _chain(en, _group_weights(sources, en, "English"))
-    if ar_node is None:
-        return en_node
-    if en_node is None:
-        return ar_node
-    return Split(a, ar_node, en_node)
+    """The split tree of one stage (checked by allam.config.mix_stages): a chain of splits over the
+    stage's languages in order (Arabic then English: one split at ``ar_ratio``), each language's
+    subtree below it."""
+    nodes, weights = [], []
+    for code, share in stage.shares:
+        members = [i for i, s in enumerate(sources) if s.lang == code]
+        if members:
+            nodes.append(_lang_node(sources, members, code, stage.translated_share))
+            weights.append(float(share))
+    return _chain_nodes(nodes, weights) if nodes else None
 
 
 # --------------------------------------------------------------------------- permutation

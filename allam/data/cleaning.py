@@ -4,12 +4,16 @@ Steps, in order (options are fields of :class:`allam.config.SourceConfig`):
 
 1. ``nfc``: Unicode NFC normalization (transforms, never drops).
 2. ``strip_diacritics`` / ``strip_tatweel`` / ``strip_bidi``: Arabic marks (transform; applied to
-   the Arabic side of a parallel pair only), then whitespace runs collapse to one space.
+   the Arabic-script side of a parallel pair only, for languages written in Arabic script), then
+   whitespace runs collapse to one space. In Indic scripts (allam/config/langs.py: ``joiners``)
+   a zero-width joiner or non-joiner between two characters of the script stays (it shapes a
+   conjunct) and stray ones go (at a word's edge, next to another script, repeated).
 3. ``empty``: nothing left after the transforms (dropped).
 4. ``too_short``: fewer than ``min_chars`` characters (dropped).
-5. ``wrong_script``: letters of the other script (Latin in an ``ar`` source, Arabic in an ``en``
-   source) are more than ``max_wrong_script`` of all Arabic + Latin letters (dropped; a document
-   with no letters at all counts as all-wrong). ``max_wrong_script=1`` disables the step.
+5. ``wrong_script``: letters of other scripts (any script of allam/config/langs.py that is not
+   one of the source language's: Latin in an ``ar`` source, Arabic or Devanagari in an ``en``
+   source) are more than ``max_wrong_script`` of all its letters (dropped; a document with no
+   letters at all counts as all-wrong). ``max_wrong_script=1`` disables the step.
 6. ``duplicate``: exact duplicate (hash of the cleaned text) of an earlier document of the same
    source (dropped; applied by the shard builder, which sees the whole source in order, with
    :func:`doc_hash` and :class:`HashSet`).
@@ -21,12 +25,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Any, Optional
 
 import numpy as np
 
 from allam.config import source_defaults, source_fields
-from allam.data.arabic import marks_pattern, script_counts_batch
+from allam.config.langs import language, script_letters_batch
+from allam.data.arabic import marks_pattern
 
 DROP_STEPS = ("bad_utf8", "bad_json", "empty", "too_short", "wrong_script", "duplicate")
 
@@ -101,6 +107,26 @@ class HashSet:
         return keep
 
 
+_JOINERS = "\u200c\u200d"
+
+
+@lru_cache(maxsize=None)
+def _joiner_pattern(blocks: tuple) -> Optional[re.Pattern]:
+    """Runs of joiners, each with the characters on both sides when they belong to ``blocks``."""
+    if not blocks:
+        return None
+    cls = "".join(f"\\u{lo:04x}-\\u{hi:04x}" if hi <= 0xFFFF else "" for lo, hi in blocks)
+    return re.compile(f"(?P<a>[{cls}])?[{_JOINERS}]+(?P<b>[{cls}])?")
+
+
+def _tidy_joiners(m: re.Match) -> str:
+    """One joiner (the first) between two characters of the script; none anywhere else."""
+    inner = m.group(0)[1:] if m.group("a") else m.group(0)
+    inner = inner[:-1] if m.group("b") else inner
+    keep = inner[0] if m.group("a") and m.group("b") else ""
+    return (m.group("a") or "") + keep + (m.group("b") or "")
+
+
 class Cleaner:
     """The cleaning of one source: ``Cleaner(lang="ar", min_chars=5)`` or ``Cleaner.from_source(src)``.
 
@@ -150,11 +176,13 @@ class Cleaner:
     def _marks(self) -> Optional[re.Pattern]:
         return marks_pattern(self.strip_diacritics, self.strip_tatweel, self.strip_bidi)
 
-    def _transform(self, text: str, marks: Optional[re.Pattern]) -> str:
+    def _transform(self, text: str, marks: Optional[re.Pattern], joiners: Optional[re.Pattern] = None) -> str:
         if self.nfc:
             text = unicodedata.normalize("NFC", text)
         if marks is not None:
             text = marks.sub("", text)
+        if joiners is not None:
+            text = joiners.sub(_tidy_joiners, text)
         return " ".join(text.split())
 
     def clean_batch(self, texts: list[str], pairs: Optional[list[Optional[str]]] = None
@@ -166,9 +194,11 @@ class Cleaner:
         "original, blank line, translation"; the checks look at the translated side only.
         """
         marks = self._marks()
-        own = marks if self.lang == "ar" else None
-        other = marks if self.lang != "ar" else None
-        out: list[Optional[str]] = [self._transform(t, own) for t in texts]
+        lang = language(self.lang)
+        own = marks if lang.arabic_marks else None
+        other = marks if not lang.arabic_marks else None
+        joiners = _joiner_pattern(lang.joiner_blocks())
+        out: list[Optional[str]] = [self._transform(t, own, joiners) for t in texts]
         why: list[Optional[str]] = [None] * len(texts)
         for i, t in enumerate(out):
             if not t:
@@ -177,9 +207,8 @@ class Cleaner:
                 why[i] = "too_short"
         if self.max_wrong_script < 1.0:
             idx = [i for i in range(len(out)) if why[i] is None]
-            ar, la = script_counts_batch([out[i] for i in idx])  # type: ignore[misc]
-            wrong = la if self.lang == "ar" else ar
-            total = ar + la
+            right, wrong = script_letters_batch([out[i] for i in idx], self.lang)  # type: ignore[misc]
+            total = right + wrong
             for j, i in enumerate(idx):
                 if total[j] == 0 or wrong[j] > self.max_wrong_script * total[j]:
                     why[i] = "wrong_script"

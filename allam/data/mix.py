@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from allam.config import ConfigError
+from allam.config.langs import BASE_LANG, lang_name
 from allam.data.blend import Blend
 from allam.data.shards import SourceShards
 
@@ -41,13 +42,23 @@ def mix_report(blend: Blend, shards: Sequence[SourceShards], *, total: int, batc
             "cache": str(sh.path),
         }
     ar_blocks = sum(v["blocks"] for v in sources.values() if v["lang"] == "ar")
+    langs = list(dict.fromkeys([c for st in blend.stages for c in st.langs()] + [v["lang"] for v in sources.values()]))
+    languages = {}
+    for code in langs:
+        mine = [v for v in sources.values() if v["lang"] == code]
+        blocks = sum(v["blocks"] for v in mine)
+        languages[code] = {"target_share": sum(v["target_share"] for v in mine),
+                           "realized_share": blocks / total if total else 0.0, "blocks": blocks}
     stages = []
     for s, (lo, hi) in enumerate(blend.stage_ranges(total)):
         st = blend.stages[s]
-        stages.append({"tokens": st.tokens, "ar_ratio": st.ar_ratio, "translated_share": st.translated_share,
+        stages.append({"tokens": st.tokens, "ar_ratio": st.ar_ratio, "shares": dict(st.shares),
+                       "translated_share": st.translated_share,
                        "start_block": lo, "end_block": hi, "start_token": lo * seq_len,
                        "blocks": hi - lo, "ar_blocks": sum(counts[s].get(i, 0) for i, sh in enumerate(shards)
-                                                            if sh.lang == "ar")})
+                                                            if sh.lang == "ar"),
+                       "lang_blocks": {c: sum(counts[s].get(i, 0) for i, sh in enumerate(shards) if sh.lang == c)
+                                       for c in st.langs()}})
     return {
         "seq_len": seq_len,
         "block_tokens": seq_len + 1,
@@ -57,6 +68,7 @@ def mix_report(blend: Blend, shards: Sequence[SourceShards], *, total: int, batc
         "tokens": total * seq_len,
         "target_ar_ratio": (sum(v["target_share"] for v in sources.values() if v["lang"] == "ar")),
         "realized_ar_ratio": ar_blocks / total if total else 0.0,
+        "languages": languages,
         "stages": stages,
         "sources": sources,
         "validation": validation,
@@ -88,8 +100,10 @@ def format_mix_table(r: dict) -> str:
     if n_st > 1:
         for i, s in enumerate(r["stages"]):
             tr = "by size" if s["translated_share"] is None else f"{s['translated_share']:.3f}"
+            shares = (f"ar_ratio {s['ar_ratio']:.3f}" if list(s.get("shares", {"ar": 0, "en": 0})) == ["ar", "en"]
+                      else "mix " + ", ".join(f"{c} {v:.3f}" for c, v in s["shares"].items()))
             lines.append(f"  stage {i}: blocks {s['start_block']:,}-{s['end_block']:,} (from token {s['start_token']:,}), "
-                         f"ar_ratio {s['ar_ratio']:.3f}, translated_share {tr}")
+                         f"{shares}, translated_share {tr}")
     hdr = (f"  {'source':<16}{'lang':<5}{'kind':<11}{'target tok':>14}{'realized tok':>14}{'target':>8}{'real':>8}"
            f"{'epochs':>8}{'avail tok':>13}  docs kept/read (dropped)")
     lines.append(hdr)
@@ -100,5 +114,9 @@ def format_mix_table(r: dict) -> str:
             f"{v['target_share']:>8.3f}{v['realized_share']:>8.3f}{v['epochs']:>8.2f}{v['train_tokens']:>13,}"
             f"  {v['docs_kept']:,}/{v['docs_read']:,}" + (f" ({drops})" if drops else "")
         )
-    lines.append(f"  {'arabic share':<32}{'':>14}{'':>14}{r['target_ar_ratio']:>8.3f}{r['realized_ar_ratio']:>8.3f}")
+    langs = r.get("languages") or {"ar": {"target_share": r["target_ar_ratio"], "realized_share": r["realized_ar_ratio"]}}
+    for code, v in langs.items():
+        if code != BASE_LANG or len(langs) > 2:
+            lines.append(f"  {lang_name(code).lower() + ' share':<32}{'':>14}{'':>14}{v['target_share']:>8.3f}"
+                         f"{v['realized_share']:>8.3f}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from allam.config import ConfigError
+from allam.config.langs import language
 from allam.data.cleaning import DROP_STEPS, Cleaner, HashSet, doc_hash
 
 BATCH_DOCS = 256
@@ -112,10 +113,10 @@ def check_script(job, stats: dict, final: bool) -> None:
     read = stats["docs_read"]
     wrong = stats["drops"]["wrong_script"]
     if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
-        lang = job.src["lang"]
-        other = "Latin" if lang == "ar" else "Arabic"
+        lang = language(job.src["lang"])
+        other = "Latin" if lang.code == "ar" else "Arabic" if lang.code == "en" else f"not {'/'.join(lang.scripts)}"
         raise ConfigError(
-            f"data.sources.{job.name}.lang={lang}: {wrong:,} of {read:,} documents are mostly {other} script; "
+            f"data.sources.{job.name}.lang={lang.code}: {wrong:,} of {read:,} documents are mostly {other} script; "
             f"check the declared language (or raise max_wrong_script)"
         )
 

@@ -170,21 +170,24 @@ class Index:
 
 
 # --------------------------------------------------------------------------- the demo corpora
-def training_documents() -> Iterator[demo.Document]:
-    """Every training-split document of every demo source."""
-    for name in demo.DEMO_SOURCES:
+def training_documents(sources: tuple[str, ...] | None = None) -> Iterator[demo.Document]:
+    """Every training-split document of these demo sources (default: the Arabic demo's)."""
+    for name in sources or demo.ARABIC_DEMO:
         yield from demo.demo_documents(name, "train")
 
 
-def corpus_fingerprint() -> str:
+def corpus_fingerprint(sources: tuple[str, ...] | None = None) -> str:
     """Changes with the corpus package files (name, size, content sample), the demo and Arabic-text code, the
     hold-out rule and this module's normalization and gram sizes."""
-    files = sorted({str(demo.package_file(*spec)) for specs in demo.DEMO_FILES.values() for spec in specs})
+    sources = tuple(sources or demo.ARABIC_DEMO)
+    files = sorted({str(demo.package_file(*spec)) for name in sources for spec in demo.DEMO_FILES[name]})
     entry = {
         "files": [file_identity(Path(f)) for f in files],
         "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic))).hexdigest(),
         "val_every": demo.VAL_EVERY, "normalization": NORMALIZATION, "n": [N, MIN_WORDS],
     }
+    if sources != ("tafsir_ar", "hadith_ar", "bible_ar", "hadith_en", "bible_en"):  # the Arabic demo's index keeps its name
+        entry["sources"] = list(sources)
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -198,11 +201,11 @@ def default_cache_dir() -> Path:
 _INDEXES: dict[str, Index] = {}
 
 
-def training_index(cache_dir: Path | str | None = None) -> Index:
+def training_index(cache_dir: Path | str | None = None, sources: tuple[str, ...] | None = None) -> Index:
     """The index of the demo corpora's training text: from memory, else from
     ``<cache_dir>/leak_index/<fingerprint>.npz``, else built (one pass over the 3.6M training words:
     30 s to 2 minutes on 2 shared cores) and written there."""
-    fp = corpus_fingerprint()
+    fp = corpus_fingerprint(sources)
     if fp in _INDEXES:
         return _INDEXES[fp]
     path = Path(cache_dir or default_cache_dir()) / "leak_index" / f"{fp}.npz"
@@ -212,7 +215,7 @@ def training_index(cache_dir: Path | str | None = None) -> Index:
             index = Index.load(path)
         else:
             t0 = time.perf_counter()
-            index = Index.build(d.text for d in training_documents())
+            index = Index.build(d.text for d in training_documents(sources))
             index.save(path)
             log.info("leak index: %d training documents, %d words, %d distinct %d-grams, built in %.1f s -> %s",
                      index.docs, index.total_words, len(index.grams), N, time.perf_counter() - t0, path)
@@ -221,14 +224,15 @@ def training_index(cache_dir: Path | str | None = None) -> Index:
 
 
 # --------------------------------------------------------------------------- the measurement
-def overlap_report(index: Index, val_bytes: int = 65536) -> list[dict]:
+def overlap_report(index: Index, val_bytes: int = 65536, sources: tuple[str, ...] | None = None) -> list[dict]:
     """Per held-out demo source, and per language for the validation documents a run scores (every
     k-th held-out document so that about `val_bytes` bytes remain, as data.val_bytes picks them,
     sources in the demo config's order): documents, those with any shared N-gram, those with at
     least half their N-grams shared, those that leak by the rule."""
     rows = []
     by_lang: dict[str, list[tuple[int, Overlap]]] = {}
-    for name, lang in demo.DEMO_LANG.items():
+    for name in sources or demo.ARABIC_DEMO:
+        lang = demo.DEMO_LANG[name]
         found = [(len(d.text.encode("utf-8")), index.check(d.text)) for d in demo.demo_documents(name, "val")]
         by_lang.setdefault(lang, []).extend(found)
         rows.append(_row(name, [o for _, o in found]))
@@ -245,8 +249,11 @@ def _row(name: str, found: list[Overlap]) -> dict:
             "leaked": sum(o.leaked for o in found)}
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m allam.eval.leak [LANG]: the Arabic demo, or the bible_LANG preset's sources
+    import sys
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    chosen = demo.preset_sources(sys.argv[1]) if len(sys.argv) > 1 else None
     print(f"{'held out':<22} {'documents':>9} {'any shared':>10} {'half grams':>10} {'leaked':>7}")
-    for r in overlap_report(training_index()):
+    for r in overlap_report(training_index(sources=chosen), sources=chosen):
         print(f"{r['held_out']:<22} {r['documents']:>9} {r['any_shared']:>10} {r['half_grams_shared']:>10} {r['leaked']:>7}")

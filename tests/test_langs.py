@@ -1,0 +1,183 @@
+"""Languages as data: codes checked at compose time, the per-language mix table, the N-language
+blend, per-script cleaning, presets for other target languages, and a three-language data run
+that reports each language's realized share.
+
+The data test uses a tiny byte-level BPE and tiny corpora written to tmp dirs (no demo corpus), so
+the file runs in seconds."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from allam.config import ConfigError, DataConfig, SourceConfig, Stage, mix_languages, mix_stages, mix_targets, validate
+from allam.config.langs import LANGUAGES, SCRIPTS, byte_prefixes, language, script_letters_batch
+from allam.data.blend import Blend, SourceInfo
+from allam.data.cleaning import Cleaner
+
+AR = "كتاب قلم بيت مدرسة علم نور ماء شمس قمر بحر جبل طريق مدينة سماء أرض شجرة".split()
+HI = "किताब कलम घर स्कूल ज्ञान प्रकाश पानी सूरज चाँद समुद्र पहाड़ सड़क शहर आकाश धरती पेड़".split()
+EN = "the of and book house school light water sun moon sea mountain road city sky earth".split()
+
+
+def _docs(words, n, seed, length=24):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(length)) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- the table
+def test_every_language_names_known_scripts_and_codes_are_checked():
+    for code, lang in LANGUAGES.items():
+        assert lang.code == code and lang.scripts and all(s in SCRIPTS for s in lang.scripts)
+    assert language("hi").name == "Hindi" and language("fa").scripts == ("Arabic",)
+    with pytest.raises(ConfigError, match=r"^data\.sources\.x\.lang=xx: unknown language code; known: .*\bhi\b"):
+        language("xx", "data.sources.x.lang")
+    # Arabic's byte-level prefixes are its block's lead bytes, as they have always been; Devanagari's
+    # are two-byte prefixes that no other script shares; Latin-script languages have none
+    assert byte_prefixes(("ar",)) == frozenset(bytes([b]) for b in range(0xD8, 0xDC))
+    hi = byte_prefixes(("hi",))
+    assert hi == {b"\xe0\xa4", b"\xe0\xa5"} and not hi & byte_prefixes(("bn",))
+    assert byte_prefixes(("sw",)) == frozenset()
+
+
+def test_letters_are_counted_per_script():
+    own, other = script_letters_batch(["नमस्ते दुनिया", "hello दुनिया", "مرحبا", ""], "hi")
+    assert own[0] > 0 and other[0] == 0
+    assert own[1] > 0 and other[1] == 5
+    assert own[2] == 0 and other[2] == 5
+    assert own[3] == other[3] == 0
+
+
+# --------------------------------------------------------------------------- the mix table
+def _data(make_cfg, *overrides):
+    cfg = make_cfg(*overrides)
+    validate(cfg)
+    return cfg.data
+
+
+def test_the_mix_table_and_its_one_line_refusals(make_cfg):
+    # the default: Arabic and English from ar_ratio, as always
+    (st,) = mix_stages(_data(make_cfg, "data.ar_ratio=0.3"))
+    assert st.shares == (("ar", 0.3), ("en", 0.7)) and st.ar_ratio == 0.3
+    # a preset with its own table; one share is one override (null takes the rest)
+    data = _data(make_cfg, "data=bible_hi", "data.mix.hi=0.3")
+    (st,) = mix_stages(data)
+    assert st.shares == (("hi", 0.3), ("en", pytest.approx(0.7)))
+    assert mix_languages(data) == ["hi", "en"] and mix_targets(data) == ["hi"]
+    data = _data(make_cfg, "data=trilingual")
+    assert dict(mix_stages(data)[0].shares) == {"ar": 0.3, "hi": 0.2, "en": pytest.approx(0.5)}
+    assert mix_languages(data) == ["ar", "hi", "en"] and mix_targets(data) == ["ar", "hi"]
+    bad = {
+        r"^data\.mix=\{hi:0\.4,en:0\.5\}: the shares sum to 0\.9; they must sum to 1": ["data=bible_hi", "data.mix={hi:0.4,en:0.5}"],
+        r"^data\.mix=\{hi:null,en:null\}: hi, en are null; at most one language takes the rest": ["data=bible_hi", "data.mix={hi:null,en:null}"],
+        r"^data\.mix=\{ar:0\.7,hi:0\.5,en:null\}: the given shares sum to 1\.2, above 1": ["data=trilingual", "data.mix={ar:0.7,hi:0.5,en:null}"],
+        r"^data\.mix=xx: unknown language code": ["data=bible_hi", "+data.mix.xx=0.1"],
+        r"^data\.mix\.hi=1\.5: must be a fraction": ["data=bible_hi", "data.mix.hi=1.5"],
+        r"^data\.ar_ratio=0\.3: applies only when data\.mix is empty; .*data\.mix\.ar": ["data=trilingual", "data.ar_ratio=0.3"],
+        r"^data\.sources\.bible_hi\.lang=hi: data\.mix gives Hindi no share; add data\.mix\.hi=<share>":
+            ["+data.sources.bible_hi={lang: hi, kind: translated, loader: demo, path: bible_hi}"],
+        r"^data\.mix\.ko=0\.2: is above 0 but data\.sources has no Korean source": ["data=bible_hi", "+data.mix.ko=0.2"],
+        r"^data\.sources\.bible_hi\.lang=xx: unknown language code": ["data=bible_hi", "data.sources.bible_hi.lang=xx"],
+        r"^data\.translated_share=0\.5: is below 1 but every Hindi source has kind=translated":
+            ["data=bible_hi", "data.translated_share=0.5"],
+    }
+    for pattern, overrides in bad.items():
+        with pytest.raises(ConfigError, match=pattern):
+            validate(make_cfg(*overrides))
+
+
+@pytest.mark.parametrize("preset,code", [("bible_hi", "hi"), ("bible_fa", "fa"), ("bible_ko", "ko"), ("bible_ru", "ru")])
+def test_each_preset_composes_with_the_expanded_tokenizer(make_cfg, preset, code):
+    cfg = make_cfg(f"data={preset}", "tokenizer=expanded", "init=pretrained", "init.checkpoint=/some/base/hf")
+    validate(cfg)
+    assert mix_targets(cfg.data) == [code] and cfg.data.sources[f"bible_{code}"].lang == code
+
+
+# --------------------------------------------------------------------------- the blend
+SRC = [SourceInfo("a1", "ar", "natural", 300), SourceInfo("a2", "ar", "translated", 500),
+       SourceInfo("h1", "hi", "translated", 400), SourceInfo("e1", "en", "natural", 1000),
+       SourceInfo("e2", "en", "natural", 30)]
+
+
+def test_an_arabic_english_table_blends_exactly_as_ar_ratio():
+    two = [s for s in SRC if s.lang != "hi"]
+    old = Blend(two, [Stage(None, 0.45, None, "data")], 64, seed=3)
+    new = Blend(two, [Stage(None, (("ar", 0.45), ("en", 0.55)), None, "data")], 64, seed=3)
+    g = np.arange(20_000)
+    assert all(np.array_equal(a, b) for a, b in zip(old.blocks(g), new.blocks(g)))
+
+
+def test_three_languages_each_within_the_stated_bound_on_every_window():
+    """A language k splits down the chain is within k blocks of its share on every window."""
+    shares = (("ar", 0.3), ("hi", 0.2), ("en", 0.5))
+    blend = Blend(SRC, [Stage(None, shares, None, "data")], 64, seed=0)
+    src, _ = blend.blocks(np.arange(20_000))
+    langs = np.array([SRC[i].lang for i in src])
+    for depth, (code, share) in enumerate(shares, start=1):
+        x = (langs == code).astype(np.float64)
+        cs = np.concatenate([[0], np.cumsum(x)])
+        for n in (7, 64, 1000, 20_000):
+            assert np.abs(cs[n:] - cs[:-n] - share * n).max() < min(depth, 2), (code, n)
+
+
+# --------------------------------------------------------------------------- cleaning per script
+def test_indic_joiners_are_tidied_and_other_scripts_left_alone():
+    hi = Cleaner(lang="hi", min_chars=1)
+    assert hi.clean("परमेश्\u200dवर")[0] == "परमेश्\u200dवर"  # a conjunct's joiner stays
+    assert hi.clean("\u200dपरमेश्\u200d\u200c\u200dवर\u200d")[0] == "परमेश्\u200dवर"  # stray and repeated ones go
+    assert hi.clean("नमस्ते दुनिया\u200d hello")[0] == "नमस्ते दुनिया hello"
+    fa = Cleaner(lang="fa", min_chars=1)
+    assert fa.clean("می\u200cخواهم")[0] == "می\u200cخواهم"  # Persian's half-space is a word's own
+    assert Cleaner(lang="en", min_chars=1).clean("family 👨\u200d👩\u200d👧 photo")[0] == "family 👨\u200d👩\u200d👧 photo"
+    # the wrong-script check knows every script: English text declared Hindi is dropped, Hindi kept
+    out, why = hi.clean_batch(["the book of the sea and the sun", "किताब कलम घर स्कूल"])
+    assert why == ["wrong_script", None] and out[1]
+
+
+# --------------------------------------------------------------------------- a three-language run
+@pytest.fixture(scope="module")
+def tri_tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_docs(AR, 100, 0) + _docs(HI, 100, 1) + _docs(EN, 100, 2), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", bos_token="<s>")
+
+
+def test_a_three_language_run_reports_each_share_within_the_bound(tri_tok, tmp_path: Path, capsys):
+    from allam.data.datamodule import AllamDataModule
+
+    srcs = {}
+    for code, words, seed in (("ar", AR, 10), ("hi", HI, 11), ("en", EN, 12)):
+        path = tmp_path / f"{code}.txt"
+        path.write_text("\n".join(_docs(words, 300, seed)) + "\n", encoding="utf-8")
+        srcs[code] = {"lang": code, "loader": "text", "path": str(path)}
+    srcs["wrong"] = {"lang": "hi", "loader": "text", "path": str(tmp_path / "en.txt")}
+    cfg = OmegaConf.structured(DataConfig)
+    cfg.sources = {k: OmegaConf.merge(OmegaConf.structured(SourceConfig), v) for k, v in srcs.items() if k != "wrong"}
+    cfg = OmegaConf.merge(cfg, OmegaConf.create({"batch_size": 4, "val_bytes": 0, "mix": {"ar": 0.3, "hi": 0.2, "en": None}}))
+    dm = AllamDataModule(cfg, tri_tok, seq_len=32, cache_dir=tmp_path / "cache", train_batches=250, workers=1, progress=False)
+    dm.prepare()
+    table = capsys.readouterr().out
+    assert "arabic share" in table and "hindi share" in table
+    assert dm.val_languages == ["ar", "hi", "en"]
+    rep = dm.mix_report()
+    total = rep["blocks"]
+    assert total == 1000
+    for depth, (code, share) in enumerate((("ar", 0.3), ("hi", 0.2), ("en", 0.5)), start=1):
+        lang = rep["languages"][code]
+        assert lang["target_share"] == pytest.approx(share)
+        assert abs(lang["realized_share"] - share) * total < depth  # within the blend's stated bound
+    # English text declared Hindi: one line naming the source, counted
+    cfg.sources["wrong"] = OmegaConf.merge(OmegaConf.structured(SourceConfig), srcs["wrong"])
+    dm = AllamDataModule(cfg, tri_tok, seq_len=32, cache_dir=tmp_path / "cache", train_batches=10, workers=1, progress=False)
+    with pytest.raises(ConfigError, match=r"^data\.sources\.wrong\.lang=hi: 300 of 300 documents are mostly not Devanagari script"):
+        dm.prepare()
