@@ -19,6 +19,14 @@ Expansion (:func:`expand`), the procedure that keeps a byte-level base intact:
    base's highest id, so base and special-token ids keep their meaning. Every special token is
    written into the model's vocabulary at its own id (``tokenizers`` renumbers an added token
    that the model does not know when the file is loaded).
+
+Other target languages: "Arabic lead byte" generalizes to the targets' byte prefixes
+(allam.config.langs.byte_prefixes: every byte but the last of each character of their scripts'
+core blocks; one byte for Arabic, two for a three-byte script such as Devanagari or Hangul). A
+prefix starts with a UTF-8 lead byte, which never occurs inside another character, so bytes
+holding a prefix are the start of a character of one of the 64-code-point runs it leads. A merge
+``(a, b)`` is a candidate only when ``a + b`` holds a whole prefix (in either side or across the
+join): it can then fire only on text holding such a character (:class:`TargetBytes`).
 """
 from __future__ import annotations
 
@@ -30,11 +38,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 # bytes 0xD8-0xDB lead every UTF-8 character of U+0600-U+06FF (the Arabic block); in the
 # byte-to-unicode alphabet of byte-level BPE they are these four characters
 ARABIC_LEAD_CHARS = frozenset(chr(b) for b in range(0xD8, 0xDC))
+ARABIC = ("ar",)
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -221,6 +230,60 @@ def pin_specials(spec: dict) -> dict:
     return spec
 
 
+# --------------------------------------------------------------------------- target bytes
+class TargetBytes:
+    """The targets' byte prefixes and the tests expansion keys on (see the module docstring).
+
+    ``prefixes`` are in the byte-to-unicode alphabet (for Arabic: :data:`ARABIC_LEAD_CHARS`);
+    ``chars`` are the characters whose UTF-8 starts with one of them, so text (not byte pieces)
+    is tested with one set lookup per character."""
+
+    def __init__(self, prefixes: Iterable[bytes]):
+        raw = frozenset(prefixes)
+        if not raw:
+            raise ValueError("no byte prefixes (a Latin-script target has none)")
+        self.prefixes = frozenset(to_alphabet(p) for p in raw)
+        self.lengths = sorted({len(p) for p in self.prefixes})
+        self.width = self.lengths[-1]
+        self.singles = frozenset(p for p in self.prefixes if len(p) == 1)
+        chars = set()
+        for p in raw:  # a prefix leads the 64 characters that differ in their last byte only
+            for last in range(0x80, 0xC0):
+                try:
+                    chars.add((p + bytes([last])).decode("utf-8"))
+                except UnicodeDecodeError:  # e.g. a surrogate's encoding
+                    pass
+        self.chars = frozenset(chars)
+        self._held: dict[str, bool] = {}
+
+    def holds(self, symbol: str) -> bool:
+        """Whether the byte piece ``symbol`` (in the alphabet) holds a whole prefix; cached."""
+        held = self._held.get(symbol)
+        if held is None:
+            held = not self.singles.isdisjoint(symbol) or any(
+                symbol[i : i + n] in self.prefixes for n in self.lengths if n > 1 for i in range(len(symbol) - n + 1))
+            self._held[symbol] = held
+        return held
+
+    def pair_holds(self, a: str, b: str) -> bool:
+        """Whether ``a + b`` holds a whole prefix: in a side, or across the join."""
+        if self.holds(a) or self.holds(b):
+            return True
+        k = self.width - 1
+        return k > 0 and self.holds(a[-k:] + b[:k])
+
+    def in_text(self, text: str) -> bool:
+        """Whether ``text`` holds a character that starts with a prefix."""
+        return not self.chars.isdisjoint(text)
+
+
+@lru_cache(maxsize=None)
+def target_bytes(targets: tuple[str, ...] = ARABIC) -> TargetBytes:
+    from allam.config.langs import byte_prefixes
+
+    return TargetBytes(byte_prefixes(tuple(targets)))
+
+
 # --------------------------------------------------------------------------- expansion
 @dataclass
 class ByteLevelStats:
@@ -234,23 +297,32 @@ class ByteLevelStats:
     notes: list[str] = field(default_factory=list)
 
 
-def arabic_pretokens(tokenizer, texts: Iterable[str]) -> Counter:
-    """Pre-tokens (in the byte alphabet) that hold an Arabic letter, with their counts, as the
-    base tokenizer's own normalizer and pre-tokenizer cut ``texts``."""
+def target_pretokens(tokenizer, texts: Iterable[str], targets: Sequence[str] = ARABIC) -> Counter:
+    """Pre-tokens (in the byte alphabet) that hold a prefix of the targets, with their counts, as
+    the base tokenizer's own normalizer and pre-tokenizer cut ``texts``."""
+    tb = target_bytes(tuple(targets))
     norm, pre = tokenizer.normalizer, tokenizer.pre_tokenizer
     counts: Counter = Counter()
     for text in texts:
         if norm is not None:
             text = norm.normalize_str(text)
-        counts.update(p for p, _ in pre.pre_tokenize_str(text) if not ARABIC_LEAD_CHARS.isdisjoint(p))
+        if tb.in_text(text):
+            counts.update(p for p, _ in pre.pre_tokenize_str(text) if tb.holds(p))
     return counts
 
 
+def arabic_pretokens(tokenizer, texts: Iterable[str]) -> Counter:
+    """Pre-tokens that hold an Arabic letter (:func:`target_pretokens` for Arabic)."""
+    return target_pretokens(tokenizer, texts, ARABIC)
+
+
 def continue_bpe(words: list[tuple[list[str], int]], ids: dict[str, int], known_pairs: set, num_new: int,
-                 first_id: int, min_count: int = 2) -> tuple[list[tuple[str, str]], dict[str, int], int]:
+                 first_id: int, min_count: int = 2, targets: Sequence[str] = ARABIC
+                 ) -> tuple[list[tuple[str, str]], dict[str, int], int]:
     """BPE training continued from the segmentations ``words`` (symbols, count), merging only
-    pairs with an Arabic lead byte. Returns the merges in order, the new tokens' ids, and the
-    count of the last merge."""
+    pairs that hold a prefix of the targets (an Arabic lead byte). Returns the merges in order,
+    the new tokens' ids, and the count of the last merge."""
+    holds = target_bytes(tuple(targets)).pair_holds
     ids = dict(ids)
     symbols = [list(w) for w, _ in words]
     freq = [c for _, c in words]
@@ -258,7 +330,7 @@ def continue_bpe(words: list[tuple[list[str], int]], ids: dict[str, int], known_
     where: dict[tuple[str, str], set[int]] = {}
 
     def allowed(a: str, b: str) -> bool:
-        return not (ARABIC_LEAD_CHARS.isdisjoint(a) and ARABIC_LEAD_CHARS.isdisjoint(b)) and (a, b) not in known_pairs
+        return holds(a, b) and (a, b) not in known_pairs
 
     def pairs_of(seq: list[str]):
         return [(seq[i], seq[i + 1]) for i in range(len(seq) - 1) if allowed(seq[i], seq[i + 1])]
@@ -316,9 +388,11 @@ def continue_bpe(words: list[tuple[list[str], int]], ids: dict[str, int], known_
     return merges, new, last
 
 
-def expand(base_json: str, arabic_texts: Iterable[str], num_new: int) -> tuple[str, ByteLevelStats]:
-    """The base tokenizer.json with up to ``num_new`` Arabic tokens and their merges appended (see
-    the module docstring). ``stats.added`` may fall short when the text runs out of repeated pairs."""
+def expand(base_json: str, arabic_texts: Iterable[str], num_new: int,
+           targets: Sequence[str] = ARABIC) -> tuple[str, ByteLevelStats]:
+    """The base tokenizer.json with up to ``num_new`` tokens of the targets (Arabic) and their
+    merges appended (see the module docstring). ``stats.added`` may fall short when the text runs
+    out of repeated pairs."""
     from tokenizers import Tokenizer
 
     spec = pin_specials(json.loads(base_json))
@@ -330,12 +404,12 @@ def expand(base_json: str, arabic_texts: Iterable[str], num_new: int) -> tuple[s
     if sorted(vocab.values()) != list(range(top + 1)):
         raise ValueError(f"the base's ids are not 0..{top} without gaps; new ids could not follow them")
     stats = ByteLevelStats(requested=num_new, first_new_id=top + 1)
-    counts = arabic_pretokens(base, arabic_texts)
+    counts = target_pretokens(base, arabic_texts, targets)
     stats.arabic_words, stats.arabic_occurrences = len(counts), sum(counts.values())
     model = base.model
     words = [([t.value for t in model.tokenize(w)], c) for w, c in counts.most_common()]
     old_merges = _merges(spec)
-    merges, new, last = continue_bpe(words, vocab, set(old_merges), num_new, top + 1)
+    merges, new, last = continue_bpe(words, vocab, set(old_merges), num_new, top + 1, targets=targets)
     stats.added, stats.merges, stats.stopped_at_count = len(new), len(merges), last
     vocab.update(new)
     as_lists = isinstance(spec["model"]["merges"][0], list) if spec["model"].get("merges") else True
@@ -343,11 +417,12 @@ def expand(base_json: str, arabic_texts: Iterable[str], num_new: int) -> tuple[s
     return json.dumps(spec, ensure_ascii=False), stats
 
 
-def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], arabic: Iterable[str]) -> dict:
+def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], arabic: Iterable[str],
+                    targets: Sequence[str] = ARABIC) -> dict:
     """Checks an expansion: base ids (special tokens included) unchanged, every English text
-    without Arabic letters after the base's normalizer encoded token for token as the base does,
-    Arabic and English decoded back to the (normalized) text.
-    Returns counts; raises RuntimeError naming the first failure."""
+    without characters of the targets (Arabic letters) after the base's normalizer encoded token
+    for token as the base does, target (``arabic``) and English text decoded back to the
+    (normalized) text. Returns counts; raises RuntimeError naming the first failure."""
     from tokenizers import Tokenizer
 
     a, b = Tokenizer.from_str(base_json), Tokenizer.from_str(expanded_json)
@@ -359,7 +434,8 @@ def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], 
     # a normalizer such as NFKC can turn symbols in English text (U+FDFA) into Arabic letters: such
     # a text holds Arabic after normalization, and the new merges may rightly apply to it
     norm = a.normalizer.normalize_str if a.normalizer is not None else (lambda t: t)
-    arabic_after_norm = [not ARABIC_LEAD_CHARS.isdisjoint(to_alphabet(norm(t).encode())) for t in english]
+    tb = target_bytes(tuple(targets))
+    arabic_after_norm = [tb.in_text(norm(t)) for t in english]
     with_arabic = [t for t, has in zip(english, arabic_after_norm) if has]
     english = [t for t, has in zip(english, arabic_after_norm) if not has]
     ea = a.encode_batch(english, add_special_tokens=False)
@@ -371,5 +447,6 @@ def check_expansion(base_json: str, expanded_json: str, english: Iterable[str], 
         norm = b.normalizer.normalize_str(text) if b.normalizer is not None else text
         if b.decode(enc.ids, skip_special_tokens=False) != norm:
             raise RuntimeError(f"decode(encode(x)) != x for {text[:60]!r}")
-    return {"english_docs_identical": len(english), "english_docs_with_arabic_letters": len(with_arabic),
+    what = "arabic" if tuple(targets) == ARABIC else "target"
+    return {"english_docs_identical": len(english), f"english_docs_with_{what}_letters": len(with_arabic),
             "round_trips": len(arabic) + min(200, len(english))}
