@@ -1,10 +1,12 @@
-"""Tokenizers: load a base tokenizer, expand it with Arabic pieces, train a bilingual one, fertility.
+"""Tokenizers: load a base tokenizer, expand it with pieces of the target languages (Arabic by
+default), train a bilingual one, fertility.
 
 Public API:
-    TokenizerBundle, build_tokenizer(cfg, *, cache_dir, texts, init_checkpoint=None, local_files_only=False)
+    TokenizerBundle, build_tokenizer(cfg, *, cache_dir, texts, init_checkpoint=None, local_files_only=False,
+                                     targets=("ar",))
     export_tokenizer(bundle, out_dir) -> Path                   (copy the folder into a model export)
     token_byte_lengths(tokenizer) -> np.ndarray
-    fertility_report(variants, out_dir, texts) -> dict          (allam.tokenizer.fertility)
+    fertility_report(variants, out_dir, texts, *, max_words=None, langs=("ar", "en")) -> dict
 
 Tokenizer code reads no corpus: the caller passes the text (``texts(lang)`` yields "ar" / "en"
 text; allam.data.sources.SourceTexts over the configured sources).

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 from transformers import PreTrainedTokenizerBase
 
 from allam.config import ConfigError
+from allam.config.langs import lang_name
 from allam.tokenizer import hf_folder
 from allam.tokenizer import spm as spm_util
 from allam.tokenizer.chat_template import set_chat_template, write_chat_template
@@ -118,3 +119,11 @@ class TrainingTexts:
                     raise ConfigError(self._empty(lang))
             self._read = text
         return self._read
+
+
+def target_plan(targets: tuple[str, ...], training_words) -> tuple[list, str, str]:
+    """For an expansion's target languages: the :class:`TrainingTexts` plan (``training_words``
+    split evenly between them), their names ("Arabic", "Arabic+Persian") and the tag that names
+    the tokenizer ("ar", "ar-fa")."""
+    cap = training_words if len(targets) == 1 or training_words is None else int(training_words) // len(targets)
+    return [(c, cap) for c in targets], "+".join(lang_name(c) for c in targets), "-".join(targets)

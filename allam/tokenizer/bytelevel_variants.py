@@ -9,11 +9,14 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 from allam.config import ConfigError
+from allam.config.langs import lang_name
 from allam.tokenizer import bytelevel, hf_folder
-from allam.tokenizer.bundle import Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines
-from allam.tokenizer.expand import has_arabic
+from allam.tokenizer.bundle import (Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines,
+                                    target_plan)
+from allam.tokenizer.expand import target_test
 
 log = logging.getLogger("allam.tokenizer.variants")
 
@@ -64,30 +67,37 @@ def byte_level_spec(base: TokenizerBundle) -> dict | None:
     return spec if bytelevel.is_byte_level(spec) else None
 
 
-def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path, texts: Texts, n: int) -> TokenizerBundle:
-    """ALLaM's expansion of the byte-level base `base` (its tokenizer.json `spec`): Arabic merges
-    continued from the base's own segmentations, appended after its last merge."""
+def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path, texts: Texts, n: int,
+                        targets: Sequence[str] = ("ar",)) -> TokenizerBundle:
+    """ALLaM's expansion of the byte-level base `base` (its tokenizer.json `spec`): merges of the
+    targets (Arabic) continued from the base's own segmentations, appended after its last merge."""
+    targets = tuple(targets)
     base_json = json.dumps(bytelevel.pin_specials(spec), ensure_ascii=False)
-    text = TrainingTexts(texts, [("ar", cfg.training_words)],
-                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)", seed=cfg.seed)
-    name = f"{base.name}+ar{n}"
+    plan, names, tag = target_plan(targets, cfg.training_words)
+    text = TrainingTexts(texts, plan, lambda lang: f"tokenizer.variant=expanded: no {lang_name(lang)} training text "
+                         f"(the {lang_name(lang)} sources yielded nothing)", seed=cfg.seed)
+    name = f"{base.name}+{tag}{n}"
     options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
                "num_new_tokens": n}
+    if targets != bytelevel.ARABIC:
+        options["targets"] = list(targets)
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
 
     def build() -> None:
         t0 = time.perf_counter()
         read = text.read()
         try:
-            merged, stats = bytelevel.expand(base_json, read.lines, n)
+            merged, stats = bytelevel.expand(base_json, read.lines, n, targets)
         except ValueError as e:
             raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
         if stats.added < n:
-            raise ConfigError(f"tokenizer.num_new_tokens={n}: the Arabic training text ({read.words['ar']} words) supports only "
+            words = sum(read.words[c] for c in targets)
+            raise ConfigError(f"tokenizer.num_new_tokens={n}: the {names} training text ({words} words) supports only "
                               f"{stats.added} new tokens over {base.name} (no pair occurs twice after that)")
-        english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_arabic(t)]
+        has_target = target_test(targets)
+        english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_target(t)]
         try:
-            checked = bytelevel.check_expansion(base_json, merged, english, sample_lines(read.lines))
+            checked = bytelevel.check_expansion(base_json, merged, english, sample_lines(read.lines), targets)
         except RuntimeError as e:
             raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
         conf_path = base.path / "tokenizer_config.json"
@@ -96,7 +106,7 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
         meta = {**options, "base": base.name, "training_words": read.words, "stats": stats.__dict__, "checked": checked,
                 "train_seconds": round(time.perf_counter() - t0, 2)}
         hf_folder.write_json_folder(merged, conf, folder, {"name": name, **meta})
-        log.info("tokenizer %s: %d Arabic tokens (%d merges) appended to %s in %.1fs", name, stats.added, stats.merges,
+        log.info("tokenizer %s: %d %s tokens (%d merges) appended to %s in %.1fs", name, stats.added, names, stats.merges,
                  base.name, time.perf_counter() - t0)
 
     if not hf_folder.build_once(folder, f"training tokenizer {name}", build):

@@ -1,8 +1,10 @@
 """Vocabulary expansion: append Arabic BPE pieces to a SentencePiece BPE base (the ALLaM recipe).
 
 An Arabic-only SentencePiece BPE is trained on the Arabic training text with the base model's own
-pre-tokenization settings. Its pieces are appended to the base ModelProto; base pieces keep their
-ids, scores and types, and the normalizer is the base's.
+pre-tokenization settings. Any other target language works the same way: "Arabic" below stands
+for the targets' scripts (:func:`target_test`; allam.config.langs), whose text trains the model.
+Its pieces are appended to the base ModelProto; base pieces keep their ids, scores and types, and
+the normalizer is the base's.
 
 Which pieces are appended (exactly ``num_new`` of them):
 - only pieces that contain an Arabic-script character. English (or any text without Arabic
@@ -32,10 +34,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence
 
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from allam.config.langs import language
 from allam.tokenizer.spm import NormalPiece
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,26 @@ def is_arabic_char(ch: str) -> bool:
 
 def has_arabic(text: str) -> bool:
     return any(is_arabic_char(ch) for ch in text)
+
+
+def target_ranges(targets: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """The Unicode blocks of the targets' non-Latin scripts (for ("ar",): :data:`ARABIC_RANGES`)."""
+    out: list[tuple[int, int]] = []
+    for code in targets:
+        for script in language(code).script_objs():
+            if script.name != "Latin":
+                out += [r for r in script.blocks if r not in out]
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def target_test(targets: tuple[str, ...]) -> Callable[[str], bool]:
+    """``has(text)``: whether ``text`` holds a character of the targets' scripts (see
+    :func:`target_ranges`); ``has_arabic`` itself for ("ar",)."""
+    ranges = target_ranges(targets)
+    if ranges == ARABIC_RANGES:
+        return has_arabic
+    return lambda text: any(lo <= ord(ch) <= hi for ch in text for lo, hi in ranges)
 
 
 @dataclass
@@ -73,8 +98,10 @@ def _score_step(start: float, count: int) -> float:
     return step
 
 
-def select_pieces(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int) -> tuple[list[str], ExpansionStats]:
-    """The Arabic model's pieces to append to ``base``, in id order (see module docstring)."""
+def select_pieces(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int,
+                  keep: Callable[[str], bool] = has_arabic) -> tuple[list[str], ExpansionStats]:
+    """The Arabic model's pieces to append to ``base``, in id order (see module docstring);
+    ``keep(piece)``: whether a piece holds a target-script character."""
     stats = ExpansionStats(requested=num_new)
     vocab = {p.piece for p in base.pieces}
     ranked = sorted(
@@ -86,7 +113,7 @@ def select_pieces(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: i
         s = p.piece
         if s in vocab:
             stats.already_in_base += 1
-        elif not has_arabic(s):
+        elif not keep(s):
             stats.without_arabic += 1
         elif len(s) == 1:
             chars.append(s)
@@ -126,8 +153,9 @@ def append_pieces(base: sp_pb2.ModelProto, pieces: list[str], stats: ExpansionSt
     return merged
 
 
-def expand(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int) -> tuple[sp_pb2.ModelProto, ExpansionStats]:
+def expand(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int,
+           keep: Callable[[str], bool] = has_arabic) -> tuple[sp_pb2.ModelProto, ExpansionStats]:
     """Appends ``num_new`` Arabic pieces of ``arabic`` to ``base``. ``stats.added`` may fall short
     when the Arabic model has too few usable pieces; the caller decides what that means."""
-    pieces, stats = select_pieces(base, arabic, num_new)
+    pieces, stats = select_pieces(base, arabic, num_new, keep)
     return append_pieces(base, pieces, stats), stats

@@ -15,13 +15,15 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from allam.config import ConfigError
+from allam.config.langs import BASE_LANG, lang_name, language
 from allam.tokenizer import expand as expand_mod
 from allam.tokenizer import hf_folder
 from allam.tokenizer import spm as spm_util
-from allam.tokenizer.bundle import Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines
+from allam.tokenizer.bundle import (Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines,
+                                    target_plan)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,11 @@ def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     return _trained_bpe(cfg, cache_dir, name, "english-bpe", size, text, "English BPE", "tokenizer.english_vocab_size")
 
 
-def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: TrainingTexts, what: str, key: str) -> TokenizerBundle:
-    """A SentencePiece BPE trained from scratch with Llama-2's settings, cached by fingerprint."""
-    options = {"kind": kind, "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS}
+def _trained_bpe(cfg, cache_dir: Path, name: str, kind: str, size: int, text: TrainingTexts, what: str, key: str,
+                 extra: dict | None = None) -> TokenizerBundle:
+    """A SentencePiece BPE trained from scratch with Llama-2's settings, cached by fingerprint
+    (``extra``: more options that change the result)."""
+    options = {"kind": kind, "vocab_size": size, "seed": int(cfg.seed), "trainer": spm_util.LLAMA2_TRAINER_OPTIONS, **(extra or {})}
     folder = Path(cache_dir) / f"{name}-{fingerprint(options, text.fingerprint)}"
 
     def build() -> None:
@@ -162,8 +166,32 @@ def resolve_base(
     return _external(spec, cache_dir, "tokenizer.base", local_files_only)
 
 
+# --------------------------------------------------------------------------- targets
+ARABIC = ("ar",)
+
+
+def check_targets(targets: Sequence[str], variant: str) -> tuple[str, ...]:
+    """The target language codes, checked: known, not English, and (for an expansion) written in
+    a script of their own. Raises ConfigError (one line)."""
+    codes = tuple(dict.fromkeys(str(c) for c in targets))
+    if not codes:
+        raise ConfigError(f"tokenizer.variant={variant}: no target language (the languages besides {BASE_LANG})")
+    for code in codes:
+        language(code, "lang")
+        if code == BASE_LANG:
+            raise ConfigError(f"lang={code}: {lang_name(code)} is the base language, not a target of tokenizer.variant={variant}")
+    latin = [c for c in codes if all(s == "Latin" for s in language(c).scripts)]
+    if variant == "expanded" and latin:
+        raise ConfigError(
+            f"tokenizer.variant=expanded: {', '.join(f'{c} ({lang_name(c)})' for c in latin)} is written in Latin script, "
+            "whose new pieces would be made of English letters and change how English encodes; "
+            "use tokenizer=base or tokenizer=bilingual"
+        )
+    return codes
+
+
 # --------------------------------------------------------------------------- expanded
-def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> TokenizerBundle:
+def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts, targets: tuple[str, ...] = ARABIC) -> TokenizerBundle:
     n = int(cfg.num_new_tokens)
     if n <= 0:
         raise ConfigError(f"tokenizer.num_new_tokens={n}: must be positive")
@@ -172,21 +200,24 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
 
         spec = byte_level_spec(base)
         if spec is not None:
-            return expanded_byte_level(cfg, base, spec, cache_dir, texts, n)
+            return expanded_byte_level(cfg, base, spec, cache_dir, texts, n, targets)
+    plan, names, tag = target_plan(targets, cfg.training_words)
     base_proto = _base_proto(cfg, base)
     if not spm_util.is_bpe(base_proto):
         kind = spm_util.sp_pb2.TrainerSpec.ModelType.Name(base_proto.trainer_spec.model_type)
         raise ConfigError(f"tokenizer.base={cfg.base}: expansion needs a SentencePiece BPE model; {base.name} is {kind}")
     if not spm_util.has_byte_fallback(base_proto):
         warnings.warn(
-            f"base tokenizer {base.name} has no byte fallback: characters outside its vocabulary and the new Arabic "
+            f"base tokenizer {base.name} has no byte fallback: characters outside its vocabulary and the new {names} "
             "pieces encode as <unk> and cannot be decoded back, so decode(encode(x)) == x holds only for covered text",
             stacklevel=3,
         )
-    text = TrainingTexts(texts, [("ar", cfg.training_words)],
-                 lambda _: "tokenizer.variant=expanded: no Arabic training text (the Arabic sources yielded nothing)", seed=cfg.seed)
-    name = f"{base.name}+ar{n}"
+    text = TrainingTexts(texts, plan, lambda lang: f"tokenizer.variant=expanded: no {lang_name(lang)} training text "
+                         f"(the {lang_name(lang)} sources yielded nothing)", seed=cfg.seed)
+    name = f"{base.name}+{tag}{n}"
     options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
+    if targets != ARABIC:
+        options["targets"] = list(targets)
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
 
     def build() -> None:
@@ -197,7 +228,7 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
                 hf_folder.check_equal(base.tokenizer, base_proto, sample_lines(read.lines), base.name)
             except RuntimeError as e:
                 raise ConfigError(f"tokenizer.base={cfg.base}: cannot rebuild a SentencePiece model from its tokenizer.json ({e})") from None
-        merged, stats, arabic_size = _train_and_merge(cfg, base_proto, base.name, read, n)
+        merged, stats, arabic_size = _train_and_merge(cfg, base_proto, base.name, read, n, targets)
         meta = {
             **options,
             "base": base.name,
@@ -207,7 +238,7 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts) -> Toke
             "train_seconds": round(time.perf_counter() - t0, 2),
         }
         _publish(merged, folder, name, meta, sample_lines(read.lines))
-        log.info("tokenizer %s: %d Arabic pieces appended to %s in %.1fs", name, stats.added, base.name, time.perf_counter() - t0)
+        log.info("tokenizer %s: %d %s pieces appended to %s in %.1fs", name, stats.added, names, base.name, time.perf_counter() - t0)
 
     if not hf_folder.build_once(folder, f"training tokenizer {name}", build):
         log.info("tokenizer %s: cached at %s", name, folder)
@@ -235,38 +266,52 @@ def _base_proto(cfg, base: TokenizerBundle):
     )
 
 
-def _train_and_merge(cfg, base_proto, base_name: str, text: spm_util.TrainingText, n: int):
-    """Trains the Arabic BPE large enough that ``n`` usable new pieces remain after selection."""
+def _train_and_merge(cfg, base_proto, base_name: str, text: spm_util.TrainingText, n: int, targets: tuple[str, ...] = ARABIC):
+    """Trains the targets' (Arabic) BPE large enough that ``n`` usable new pieces remain after selection."""
     overrides = spm_util.trainer_overrides_like(base_proto)
     overrides["byte_fallback"] = False  # its byte pieces would never be appended; save the slots
-    base_arabic = sum(expand_mod.has_arabic(p.piece) for p in base_proto.pieces)
+    keep = expand_mod.target_test(targets)
+    names = "+".join(lang_name(c) for c in targets)
+    base_arabic = sum(keep(p.piece) for p in base_proto.pieces)
     size = n + base_arabic + n // 20 + 256
     for attempt in range(4):
-        arabic = spm_util.train_bpe(
-            text.lines, size, seed=cfg.seed, hard_vocab_limit=False, what=f"Arabic BPE for {base_name} (try {attempt + 1})", **overrides
-        )
-        merged, stats = expand_mod.expand(base_proto, arabic, n)
+        try:
+            arabic = spm_util.train_bpe(
+                text.lines, size, seed=cfg.seed, hard_vocab_limit=False, what=f"{names} BPE for {base_name} (try {attempt + 1})", **overrides
+            )
+        except ValueError as e:  # a script of many characters (Han) needs room for each of them first
+            m = re.search(r"use at least (\d+)", str(e))
+            if m is None or attempt == 3:
+                raise
+            size = int(m.group(1)) + n + n // 20 + 256
+            continue
+        merged, stats = expand_mod.expand(base_proto, arabic, n, keep)
         if stats.added == n:
             return merged, stats, len(arabic.pieces)
         if len(arabic.pieces) < size:  # the text ran out of merges
+            words = sum(text.words[c] for c in targets)
             raise ConfigError(
-                f"tokenizer.num_new_tokens={n}: the Arabic training text ({text.words['ar']} words) supports only "
+                f"tokenizer.num_new_tokens={n}: the {names} training text ({words} words) supports only "
                 f"{stats.added} new pieces over {base_name}"
             )
         size += 2 * (n - stats.added) + n // 10
-    raise ConfigError(f"tokenizer.num_new_tokens={n}: could not find {n} new Arabic pieces over {base_name} (got {stats.added})")
+    raise ConfigError(f"tokenizer.num_new_tokens={n}: could not find {n} new {names} pieces over {base_name} (got {stats.added})")
 
 
 # --------------------------------------------------------------------------- bilingual
-def _bilingual(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
+def _bilingual(cfg, cache_dir: Path, texts: Texts, targets: tuple[str, ...] = ARABIC) -> TokenizerBundle:
+    """A BPE trained from scratch on the targets and English, ``training_words`` split evenly."""
     size = int(cfg.vocab_size)
     if size <= 0:
         raise ConfigError(f"tokenizer.vocab_size={size}: must be positive")
-    name = f"bilingual{size}"
-    cap = None if cfg.training_words is None else int(cfg.training_words) // 2
-    text = TrainingTexts(texts, [("ar", cap), ("en", cap)],
-                 lambda lang: f"tokenizer.variant=bilingual: no {'Arabic' if lang == 'ar' else 'English'} training text", seed=cfg.seed)
-    return _trained_bpe(cfg, cache_dir, name, "bilingual-bpe", size, text, "Arabic+English BPE", "tokenizer.vocab_size")
+    langs = targets + (BASE_LANG,)
+    name = f"bilingual{size}" if targets == ARABIC else f"bilingual-{'-'.join(targets)}{size}"
+    cap = None if cfg.training_words is None else int(cfg.training_words) // len(langs)
+    text = TrainingTexts(texts, [(c, cap) for c in langs],
+                 lambda lang: f"tokenizer.variant=bilingual: no {lang_name(lang)} training text", seed=cfg.seed)
+    extra = {} if targets == ARABIC else {"targets": list(targets)}
+    return _trained_bpe(cfg, cache_dir, name, "bilingual-bpe", size, text, "+".join(lang_name(c) for c in langs) + " BPE",
+                        "tokenizer.vocab_size", extra)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -277,24 +322,30 @@ def build_tokenizer(
     texts: Texts,
     init_checkpoint: str | None = None,
     local_files_only: bool = False,
+    targets: Sequence[str] = ARABIC,
 ) -> TokenizerBundle:
     """The tokenizer the ``tokenizer`` config group asks for (see TokenizerConfig in allam.config).
 
     ``texts(lang)`` yields training text of "ar" / "en" (read only when a tokenizer must be
     trained; allam.data.sources.SourceTexts gives the configured sources' training split).
+    ``targets``: the language codes (not English; allam.config.langs) whose text trains the new
+    pieces of ``expanded`` and, with English, ``bilingual``; ("ar",) keeps every name and cache
+    folder as before. An expansion for a Latin-script target is refused (ConfigError).
     ``init_checkpoint`` is the init=llama2 checkpoint, whose own tokenizer ``tokenizer.base=auto``
     selects. Raises ConfigError (one line) for a config that cannot work.
     """
     cache_dir = Path(cache_dir)
     variant = str(cfg.variant)
-    if variant == "bilingual":
-        return _bilingual(cfg, cache_dir, texts)
-    if variant not in ("base", "expanded"):
+    if variant not in ("base", "expanded", "bilingual"):
         raise ConfigError(f"tokenizer.variant={variant}: allowed: base, expanded, bilingual")
+    if variant != "base":
+        targets = check_targets(targets, variant)
+    if variant == "bilingual":
+        return _bilingual(cfg, cache_dir, texts, targets)
     base = resolve_base(cfg, cache_dir=cache_dir, init_checkpoint=init_checkpoint, texts=texts, local_files_only=local_files_only)
     if variant == "base":
         return base
-    return _expanded(cfg, base, cache_dir, texts)
+    return _expanded(cfg, base, cache_dir, texts, targets)
 
 
 def resolve_base_size(spec: str, local_files_only: bool = False) -> int:
