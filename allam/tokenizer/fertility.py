@@ -1,4 +1,5 @@
-"""The fertility report: tokenizer variants measured on held-out Arabic and English text.
+"""The fertility report: tokenizer variants measured on held-out text of each language (Arabic and
+English unless told otherwise).
 
 The caller passes the text (``texts(lang)``; the tasks pass the configured sources' held-out
 split, allam.data.sources.SourceTexts): tokenizer code reads no corpus itself.
@@ -16,12 +17,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from allam.config.langs import BASE_LANG, lang_name
 from allam.tokenizer.bundle import TokenizerBundle
 
 log = logging.getLogger(__name__)
 
 LANGS = ("ar", "en")
-LANG_NAMES = {"ar": "Arabic", "en": "English"}
+
+
+def _langs(results: dict) -> list[str]:
+    """The report's languages, in the order measured."""
+    return list(results["heldout_words"])
 
 
 def fertility(tokenizer, docs: Sequence[str], batch: int = 256) -> dict:
@@ -52,19 +58,21 @@ def fertility(tokenizer, docs: Sequence[str], batch: int = 256) -> dict:
 
 
 def format_table(results: dict) -> str:
+    langs = _langs(results)
     head = f"{'tokenizer':<28}{'vocab':>8}" + "".join(
-        f"{LANG_NAMES[l] + ' tok/word':>18}{'chars/tok':>11}{'>3 pieces':>11}" for l in LANGS
+        f"{lang_name(l) + ' tok/word':>18}{'chars/tok':>11}{'>3 pieces':>11}" for l in langs
     )
     lines = [head, "-" * len(head)]
     for name, r in results["variants"].items():
         row = f"{name:<28}{r['vocab_size']:>8}"
-        for l in LANGS:
+        for l in langs:
             f = r[l]
             row += f"{f['tokens_per_word']:>18.3f}{f['chars_per_token']:>11.2f}{f['words_over_3_pieces']:>10.1%} "
         lines.append(row.rstrip())
     for name, r in results["variants"].items():
-        for base, ratio in r.get("arabic_reduction_vs", {}).items():
-            lines.append(f"{name}: Arabic tokens/word {ratio:.2f}x fewer than {base}")
+        for lang, vs in r.get("reduction_vs", {}).items():
+            for base, ratio in vs.items():
+                lines.append(f"{name}: {lang_name(lang)} tokens/word {ratio:.2f}x fewer than {base}")
     return "\n".join(lines)
 
 
@@ -77,12 +85,13 @@ def _plot(results: dict, path: Path) -> None:
     names = list(results["variants"])
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(names) + 3), 4))
     metrics = (("tokens_per_word", "tokens per word"), ("words_over_3_pieces", "share of words in >3 pieces"))
-    width = 0.8 / len(LANGS)
+    langs = _langs(results)
+    width = 0.8 / len(langs)
     for ax, (key, title) in zip(axes, metrics):
-        for k, lang in enumerate(LANGS):
+        for k, lang in enumerate(langs):
             vals = [results["variants"][n][lang][key] for n in names]
-            xs = [i + (k - (len(LANGS) - 1) / 2) * width for i in range(len(names))]
-            bars = ax.bar(xs, vals, width, label=LANG_NAMES[lang])
+            xs = [i + (k - (len(langs) - 1) / 2) * width for i in range(len(names))]
+            bars = ax.bar(xs, vals, width, label=lang_name(lang))
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_title(title + " (held-out)")
@@ -98,18 +107,21 @@ def fertility_report(
     texts: Callable[[str], Iterable[str]],
     *,
     max_words: int | None = None,
+    langs: Sequence[str] = LANGS,
 ) -> dict:
-    """Fertility of each variant on held-out text ``texts(lang)`` ("ar" and "en").
+    """Fertility of each variant on held-out text ``texts(lang)`` of each of ``langs``.
 
     Prints the table, writes ``tokenizer_report.json`` and ``tokenizer_report.png`` into
     ``out_dir`` and returns the JSON content. The base of an expanded variant is added when it
-    is not in ``variants``; each expanded variant gets ``arabic_reduction_vs``: its Arabic
-    tokens-per-word reduction factor against every base in the report.
+    is not in ``variants``; each expanded variant gets ``reduction_vs`` (per language but
+    English: its tokens-per-word reduction factor against every base in the report) and, with
+    Arabic among ``langs``, ``arabic_reduction_vs`` (the Arabic entry).
     """
+    langs = tuple(dict.fromkeys(langs))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     docs = {}
-    for lang in LANGS:
+    for lang in langs:
         kept, n = [], 0
         for d in texts(lang):
             kept.append(d)
@@ -119,22 +131,26 @@ def fertility_report(
         docs[lang] = kept
     names = {b.name for b in variants}
     variants = list(variants) + [b.base for b in variants if b.base is not None and b.base.name not in names]
-    results: dict = {"heldout_words": {l: sum(len(d.split()) for d in docs[l]) for l in LANGS}, "variants": {}}
+    results: dict = {"heldout_words": {l: sum(len(d.split()) for d in docs[l]) for l in langs}, "variants": {}}
     for b in variants:
         log.info("fertility of %s ...", b.name)
         results["variants"][b.name] = {
             "vocab_size": len(b.tokenizer),
             "path": str(b.path),
             "base": b.base.name if b.base is not None else None,
-            **{l: fertility(b.tokenizer, docs[l]) for l in LANGS},
+            **{l: fertility(b.tokenizer, docs[l]) for l in langs},
         }
-    ar = {n: r["ar"]["tokens_per_word"] for n, r in results["variants"].items()}
     bases = {r["base"] for r in results["variants"].values() if r["base"]}
+    tpw = {n: {l: r[l]["tokens_per_word"] for l in langs} for n, r in results["variants"].items()}
     for b in variants:
         if b.base is None:
             continue
-        refs = {b.base.name} | {n for n in bases if n in ar}
-        results["variants"][b.name]["arabic_reduction_vs"] = {n: ar[n] / ar[b.name] for n in sorted(refs) if n in ar and n != b.name}
+        refs = sorted(({b.base.name} | bases) & set(results["variants"]) - {b.name})
+        entry = results["variants"][b.name]
+        reduction = {l: {n: tpw[n][l] / tpw[b.name][l] for n in refs} for l in langs if l != BASE_LANG}
+        if "ar" in reduction:
+            entry["arabic_reduction_vs"] = reduction["ar"]
+        entry["reduction_vs"] = reduction
     (out_dir / "tokenizer_report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     _plot(results, out_dir / "tokenizer_report.png")
     print(format_table(results))
