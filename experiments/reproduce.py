@@ -5,6 +5,7 @@
     python experiments/reproduce.py --full          # 4x the tokens, 5 seeds: stronger verdicts
     python experiments/reproduce.py --smoke         # a tiny model for a few steps (tests the machinery)
     python experiments/reproduce.py --claims 1,4 --seeds 2
+    python experiments/reproduce.py --lang hi       # claims 2-4 re-tested on Hindi (data=bible_hi)
 
 Each cell is one ``python run.py experiment=<cell> ...`` into ``<out>/seed<S>/<cell>``; the English
 base (``claims_english_base``) runs once per seed and every adapted cell of that seed starts from
@@ -82,11 +83,22 @@ def stages(english_tokens: int, ar_ratio: float = 0.45, first_ar_ratio: float = 
             f"{{tokens:null,ar_ratio:{ar_ratio}}}]")
 
 
-def cell_overrides(cell: str, budget: Budget, seed_dir: Path) -> list[str] | None:
+def language_overrides(cell: str, lang: str) -> list[str]:
+    """The overrides that move a cell to another target language: its data preset, and for the
+    English base that language's 1% share in place of Arabic's (data and tokenizer text)."""
+    if lang == "ar":
+        return []
+    out = [f"data=bible_{lang}"]
+    if cell == C.BASE:
+        out += ["data.ar_ratio=0.45", f"data.mix.{lang}=0.01", "tokenizer.base_ar_share=0.0", f"+tokenizer.base_mix.{lang}=0.01"]
+    return out
+
+
+def cell_overrides(cell: str, budget: Budget, seed_dir: Path, lang: str = "ar") -> list[str] | None:
     """run.py arguments of one cell at this budget (None: a cell it depends on has no results)."""
     seed = int(seed_dir.name.removeprefix("seed"))
     args = [f"experiment={cell}", f"hydra.run.dir={seed_dir / cell}", "trainer.progress_bar=false",
-            *[f"{k}={seed}" for k in C.SEED_KEYS], *budget.overrides]
+            *[f"{k}={seed}" for k in C.SEED_KEYS], *budget.overrides, *language_overrides(cell, lang)]
     if cell == C.BASE:
         return [*args, f"trainer.max_tokens={budget.base_tokens}", f"trainer.val_every_steps={budget.base_val_every_steps}",
                 f"trainer.checkpoint_every_steps={budget.base_val_every_steps}"]
@@ -146,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--full", action="store_true", help="4x the tokens, 5 seeds (hours on 2 cores)")
     size.add_argument("--smoke", action="store_true", help="a tiny model for a few steps (the machinery only)")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: 3; --full 5; --smoke 2)")
-    p.add_argument("--claims", help="comma-separated claim numbers (default: all)")
+    p.add_argument("--claims", help="comma-separated claim numbers (default: all; with --lang: 2,3,4)")
+    p.add_argument("--lang", default="ar", help="target language (default ar); another code re-tests claims 2-4 on "
+                   "its Bible preset (conf/data/bible_<code>.yaml) into outputs/claims_<code> and CLAIMS_<CODE>.md")
     p.add_argument("--out", type=Path, help="runs folder (default: outputs/claims[_full|_smoke])")
     p.add_argument("--claims-md", type=Path, help="CLAIMS.md to write (default: experiments/CLAIMS.md; "
                    "--full: experiments/CLAIMS_full.md; --smoke: <out>/CLAIMS.md)")
@@ -161,8 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = BUDGETS["full" if a.full else "smoke" if a.smoke else "default"]
     seeds = a.seeds or budget.seeds
     numbers = [int(x) for x in a.claims.split(",")] if a.claims else None
-    claims = C.claims_by_number(numbers)
-    suffix = "" if budget.name == "default" else f"_{budget.name}"
+    if a.lang != "ar":
+        numbers = numbers or list(C.TRANSFERABLE)
+        other = [n for n in numbers if n not in C.TRANSFERABLE]
+        if other or not (ROOT / "conf" / "data" / f"bible_{a.lang}.yaml").is_file():
+            print(f"error: --lang {a.lang}: claims {','.join(map(str, C.TRANSFERABLE))} on a language with a data preset "
+                  f"(conf/data/bible_<code>.yaml); asked for claims {a.claims or 'default'}", file=sys.stderr)
+            return 2
+    claims = C.claims_by_number(numbers, a.lang)
+    suffix = ("" if budget.name == "default" else f"_{budget.name}") + ("" if a.lang == "ar" else f"_{a.lang}")
     out = (a.out or ROOT / f"outputs/claims{suffix}").resolve()
     md = a.claims_md or (out / "CLAIMS.md" if a.smoke else ROOT / f"experiments/CLAIMS{suffix.upper()}.md")
     cells = cells_for(claims)
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 if finished(run_dir):
                     print(f"[skip] seed {seed} {cell}: finished", flush=True)
                     continue
-                args = cell_overrides(cell, budget, seed_dir)
+                args = cell_overrides(cell, budget, seed_dir, a.lang)
                 if args is None:
                     print(f"[skip] seed {seed} {cell}: a cell it depends on has no results", flush=True)
                     failed.append(f"seed{seed}/{cell}")
@@ -191,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if rc != 0:
                     failed.append(f"seed{seed}/{cell}")
-        if budget.competence_items and not a.no_competence:
+        if budget.competence_items and not a.no_competence and a.lang == "ar":  # the competence tier is Arabic's
             for seed in range(1, min(seeds, budget.competence_seeds or seeds) + 1):
                 for cell in competence_cells(claims, cells):
                     run_dir = out / f"seed{seed}" / cell
@@ -213,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = R.collect_runs(out)
     wall = sum(r.get("wall_seconds") or 0 for r in runs)
     tokens = sum(r.get("train.tokens_this_run") or 0 for r in runs)
-    command = "python experiments/reproduce.py" + {"default": "", "full": " --full", "smoke": " --smoke"}[budget.name]
+    command = ("python experiments/reproduce.py" + {"default": "", "full": " --full", "smoke": " --smoke"}[budget.name]
+               + ("" if a.lang == "ar" else f" --lang {a.lang}"))
     header = (f"Budget `{budget.name}`: English base {budget.base_tokens:,} tokens per seed, every other cell "
               f"{budget.tokens:,} tokens (the matched-FLOPs scratch cell: the base's + the adapted run's FLOPs), "
               f"validation every {budget.val_every_steps} steps; seeds requested {seeds}; {len(runs)} runs, "
@@ -221,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" ({' '.join(budget.overrides)})" if budget.overrides else "") + ".")
     try:
         rep = CR.run_claims_report(out, md.parent / f"{md.stem.lower()}_plots", numbers, command, header, md,
-                                  mix_commits=a.mix_commits)
+                                  mix_commits=a.mix_commits, lang=a.lang)
     except ConfigError as e:  # e.g. an arm mixing commits: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

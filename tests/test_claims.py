@@ -251,7 +251,7 @@ def test_english_base_text_with_arabic_share_and_its_tokenizer(tmp_path):
     from omegaconf import OmegaConf
 
     from allam.tokenizer import expand
-    from allam.tokenizer.arabic_share import WithArabicShare
+    from allam.tokenizer.target_share import WithTargetShare
     from allam.tokenizer.variants import build_tokenizer
 
     rng = random.Random(0)
@@ -268,14 +268,18 @@ def test_english_base_text_with_arabic_share_and_its_tokenizer(tmp_path):
         def key(self, lang):
             return lang
 
-    mixed = WithArabicShare(Texts(), 0.05)
+    mixed = WithTargetShare(Texts(), {"ar": 0.05}, "tokenizer.base_ar_share")
     docs = list(mixed("en"))
     ar_words = sum(len(d.split()) for d in docs if expand.has_arabic(d))
     assert ar_words / sum(len(d.split()) for d in docs) == pytest.approx(0.05, abs=0.01)
     assert mixed.key("en") != Texts().key("en") and mixed.key("ar") == "ar"
-    assert not hasattr(WithArabicShare(lambda lang: iter(en), 0.05), "key")  # no key to extend
+    assert not hasattr(WithTargetShare(lambda lang: iter(en), {"ar": 0.05}), "key")  # no key to extend
     with pytest.raises(C.ConfigError, match=r"tokenizer.base_ar_share=0.7: must be in \[0, 0.5\)"):
-        WithArabicShare(Texts(), 0.7)
+        WithTargetShare(Texts(), {"ar": 0.7}, "tokenizer.base_ar_share")
+    with pytest.raises(C.ConfigError, match=r"tokenizer.base_mix=\{ar:0.3,hi:0.3\}: must be in \[0, 0.5\)"):
+        WithTargetShare(Texts(), {"ar": 0.3, "hi": 0.3})
+    two = list(WithTargetShare(Texts(), {"ar": 0.03, "hi": 0.02})("en"))
+    assert sum(len(d.split()) for d in two if expand.has_arabic(d)) / sum(len(d.split()) for d in two) == pytest.approx(0.05, abs=0.01)
 
     def arabic_pieces(share):
         cfg = OmegaConf.create(dict(variant="base", base="english8k", english_vocab_size=600, base_ar_share=share,

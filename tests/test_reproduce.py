@@ -273,3 +273,22 @@ def test_competence_is_compared_item_by_item_with_the_base_of_the_same_seed():
     assert cells[0] == f"{t.mean:+.3f} [{t.ci[0]:+.3f}, {t.ci[1]:+.3f}], p {t.p:.4f}" and t.mean == 0.125
     assert cells[1:] == ["n/a"] * 3  # no per-item records of the other tasks
     assert competence_paired({C.BASE: [ev(1, "0")]}, [C.BASE], C.BASE) == ""
+
+
+def test_claims_re_tested_on_another_language(tmp_path, capsys):
+    """--lang hi: claims 2-4 read Hindi's metrics and the cells run on data=bible_hi, the English
+    base with a 1% Hindi share in place of Arabic's; other claims or a language without a preset
+    are one line."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import reproduce
+
+    (claim,) = C.claims_by_number([3], "hi")
+    assert {c.metric for c in claim.comparisons} == {"start.val.en.bpb", "val.hi.bpb", "start.val.hi.bpb"}
+    assert "Hindi" in claim.title and "Arabic" not in claim.compared and "Arabic" in claim.paper
+    assert reproduce.main(["--lang", "hi", "--dry-run", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run]")]
+    assert len(lines) == 6 and all("data=bible_hi" in ln for ln in lines)
+    assert "data.mix.hi=0.01" in lines[0] and "+tokenizer.base_mix.hi=0.01" in lines[0] and "claims_english_base" in lines[0]
+    assert reproduce.main(["--lang", "hi", "--claims", "5", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert reproduce.main(["--lang", "sw", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert "error: --lang sw" in capsys.readouterr().err

@@ -171,6 +171,8 @@ class TokenizerConfig:
     base: str = "auto"
     english_vocab_size: int = 8192  # size of the offline english8k base
     base_ar_share: float = 0.0  # english8k: Arabic share of its training words (0: English only; english_base: 0.01)
+    # english8k: share of its training words per other language, e.g. {hi: 0.01} (empty: {ar: base_ar_share})
+    base_mix: dict[str, float] = field(default_factory=dict)
     num_new_tokens: int = 16000  # expanded: Arabic pieces appended to the base
     vocab_size: int = 64000  # bilingual: size of the from-scratch tokenizer
     # words of training text per language the tokenizer learns from: a seeded sample, streamed in

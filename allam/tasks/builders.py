@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from allam.config import is_pretrained, to_dict
+from allam.config import is_pretrained, mix_targets, to_dict
 from allam.config.rules import writable_dir
 from allam.config.derived import compute_dtype, device_type, total_steps, world_size
 
@@ -71,7 +71,14 @@ def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
         init_checkpoint=init_checkpoint(cfg.init),
         texts=SourceTexts(cfg.data.sources, "train"),
         local_files_only=cfg.init.local_files_only,
+        targets=tokenizer_targets(cfg),
     )
+
+
+def tokenizer_targets(cfg: DictConfig) -> tuple[str, ...]:
+    """The languages whose text trains an expanded or bilingual vocabulary's new pieces: the mix's
+    target languages with a share (Arabic when there is none, e.g. an English-only base's data)."""
+    return tuple(mix_targets(cfg.data)) or ("ar",)
 
 
 def saved_run_tokenizer(cfg: DictConfig):

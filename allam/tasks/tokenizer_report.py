@@ -12,7 +12,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from allam import results as R
-from allam.config import validate
+from allam.config import mix_languages, validate
 from allam.tasks.builders import build_tokenizer, group_choices, run_dir
 
 VARIANTS = (
@@ -38,7 +38,9 @@ def run(cfg: DictConfig) -> dict:
         bundle = build_tokenizer(cfg, OmegaConf.merge(cfg.tokenizer, spec))
         if bundle.name not in {b.name for b in bundles}:
             bundles.append(bundle)
-    report = fertility_report(bundles, run_dir(cfg), SourceTexts(cfg.data.sources, "val"))
+    present = {str(cfg.data.sources[n].lang) for n in cfg.data.sources}
+    langs = [code for code in mix_languages(cfg.data) if code in present]
+    report = fertility_report(bundles, run_dir(cfg), SourceTexts(cfg.data.sources, "val"), langs=langs)
     results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report}
     print(f"results: {R.write(run_dir(cfg), results)}")
     return results

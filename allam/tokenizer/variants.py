@@ -47,11 +47,12 @@ def _publish(proto, folder: Path, name: str, meta: dict, check_texts: Iterable[s
 def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     size = int(cfg.english_vocab_size)
     name = f"english{size // 1024}k" if size % 1024 == 0 else f"english{size}"
-    share = float(cfg.get("base_ar_share", 0.0) or 0.0)
-    if share:
-        from allam.tokenizer.arabic_share import WithArabicShare
+    table = dict(cfg.get("base_mix") or {})
+    shares = table or {"ar": float(cfg.get("base_ar_share", 0.0) or 0.0)}
+    if any(float(v) != 0.0 for v in shares.values()):
+        from allam.tokenizer.target_share import WithTargetShare
 
-        texts = WithArabicShare(texts, share)
+        texts = WithTargetShare(texts, shares, "tokenizer.base_mix" if table else "tokenizer.base_ar_share")
     text = TrainingTexts(texts, [("en", cfg.training_words)], lambda _: f"tokenizer.base={cfg.base}: no English training text to train {name} on", seed=cfg.seed)
     return _trained_bpe(cfg, cache_dir, name, "english-bpe", size, text, "English BPE", "tokenizer.english_vocab_size")
 
