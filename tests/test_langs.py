@@ -181,3 +181,13 @@ def test_a_three_language_run_reports_each_share_within_the_bound(tri_tok, tmp_p
     dm = AllamDataModule(cfg, tri_tok, seq_len=32, cache_dir=tmp_path / "cache", train_batches=10, workers=1, progress=False)
     with pytest.raises(ConfigError, match=r"^data\.sources\.wrong\.lang=hi: 300 of 300 documents are mostly not Devanagari script"):
         dm.prepare()
+
+
+def test_a_bible_preset_pairs_its_own_language_with_english():
+    """data.parallel_pairs on bible_hi: each training chapter is paired with the same English chapter."""
+    from allam.config.langs import language as lang_of
+    from allam.data import sources
+
+    docs = sources._demo_docs("bible_hi", "bible_hi", True)
+    train = next(d for d in docs if d.split == "train")
+    assert lang_of("hi").has_script_char(train.text) and train.pair and train.pair.startswith("In the beginning God")

@@ -8,9 +8,12 @@ form (O(1) per position, no stored index, so it scales to any run length):
 - language: position ``i`` of a stage is Arabic when ``floor((i+1)·a + ½) > floor(i·a + ½)``,
   ``a = ar_ratio``. Over *every* window of N consecutive blocks the number of Arabic blocks is
   ``floor`` or ``ceil`` of ``a·N`` (it differs from the target by less than one block), and
-  every prefix is within half a block.
-- kind: the same split of the Arabic blocks (in order) by ``translated_share``; so within the
-  Arabic blocks of any window, the translated count is within one block of its share.
+  every prefix is within half a block. With more languages (``data.mix``) the languages form a
+  chain of such splits in the mix's order (the first at its share, the next at its share of the
+  rest, ...): the language k splits down the chain is within k blocks of its share on every
+  window (Arabic then English: one split, exactly as above).
+- kind: the same split of a target language's blocks (in order) by ``translated_share``; so
+  within them, in any window, the translated count is within one block of its share.
 - source: within a (language, kind) group (all English sources form one group), a chain of
   splits by weight (``weight`` if given, else the source's size in blocks).
 

@@ -241,10 +241,11 @@ def demo_texts(lang: str, split: str = "train") -> Iterator[str]:
                 yield doc.text
 
 
-def parallel_pairs(collection: str, split: str | None = None) -> Iterator[tuple[str, str, Document]]:
-    """Aligned (english, arabic, arabic_doc) pairs: collection is "bible" or "hadith"."""
+def parallel_pairs(collection: str, split: str | None = None, lang: str = "ar") -> Iterator[tuple[str, str, Document]]:
+    """Aligned (english, translation, translation_doc) pairs: collection is "bible" or "hadith"
+    (Arabic only); ``lang`` the translation's language (a Bible of :data:`BIBLES`)."""
     en = {d.key: d for d in demo_documents(f"{collection}_en", split)}
-    for ar in demo_documents(f"{collection}_ar", split):
+    for ar in demo_documents(f"{collection}_{lang}", split):
         if ar.key in en:
             yield en[ar.key].text, ar.text, ar
 

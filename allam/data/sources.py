@@ -373,10 +373,10 @@ def _read_hf(name: str, src: Any, field: str, pair_field: Optional[str]):
 
 def _demo_docs(name: str, key: str, pairs: bool) -> Iterator[RawDoc]:
     if pairs and demo.DEMO_KIND.get(key) == "translated":
-        collection = key.rsplit("_", 1)[0]
+        collection, lang = key.rsplit("_", 1)
         for doc in demo.demo_documents(key, "val"):
             yield RawDoc(doc.text, doc.unit, None, "val")
-        for en, ar, doc in demo.parallel_pairs(collection, "train"):
+        for en, ar, doc in demo.parallel_pairs(collection, "train", lang):
             yield RawDoc(ar, doc.unit, en, "train")
         return
     for doc in demo.demo_documents(key):
