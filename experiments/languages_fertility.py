@@ -35,7 +35,9 @@ def report(code: str, out: Path, new_tokens: int) -> dict:
         t = time.perf_counter()
         subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         print(f"{code}: report in {time.perf_counter() - t:.0f} s", flush=True)
-    return json.loads(path.read_text())
+    rep = json.loads(path.read_text())
+    rep["skipped"] = (json.loads((run_dir / "results.json").read_text()).get("skipped") or {})
+    return rep
 
 
 def summarize(code: str, rep: dict) -> dict:
@@ -54,7 +56,7 @@ def summarize(code: str, rep: dict) -> dict:
             "en_tokens_per_word": [b["en"]["tokens_per_word"], v["en"]["tokens_per_word"]],
             "en_identical_tokens": b["en"]["tokens"] == v["en"]["tokens"],
         }
-    return {"heldout_words": rep.get("heldout_words"), "bases": rows}
+    return {"heldout_words": rep.get("heldout_words"), "bases": rows, "skipped": rep["skipped"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             before, after = row[f"{code}_tokens_per_word"]
             print(f"{code:<5}{base:<12}{before:>16.2f} -> {after:<6.2f} ({row[f'{code}_reduction']:.2f}x)"
                   f"{row['en_tokens_per_word'][0]:>14.3f}{str(row['en_identical_tokens']):>10}")
+    for code, r in result["languages"].items():
+        for what, why in r["skipped"].items():
+            print(f"{code}: skipped {what}: {why}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if all(row["en_identical_tokens"] for r in result["languages"].values() for row in r["bases"].values()) else 1

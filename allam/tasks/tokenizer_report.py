@@ -12,7 +12,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from allam import results as R
-from allam.config import mix_languages, validate
+from allam.config import ConfigError, mix_languages, validate
 from allam.tasks.builders import build_tokenizer, group_choices, run_dir
 
 VARIANTS = (
@@ -34,13 +34,20 @@ def run(cfg: DictConfig) -> dict:
     bundles = [build_tokenizer(cfg)]
     from allam.tokenizer.bytelevel import SHIPPED
 
+    skipped = {}
     for spec in VARIANTS + tuple(v for v in BYTE_LEVEL if SHIPPED[v["base"]].path() is not None):
-        bundle = build_tokenizer(cfg, OmegaConf.merge(cfg.tokenizer, spec))
+        try:
+            bundle = build_tokenizer(cfg, OmegaConf.merge(cfg.tokenizer, spec))
+        except ConfigError as e:  # a comparison that cannot be built here (e.g. a base already holding the language)
+            what = " ".join(f"{k}={v}" for k, v in spec.items())
+            skipped[what] = str(e)
+            print(f"tokenizer-report: skipped {what}: {e}")
+            continue
         if bundle.name not in {b.name for b in bundles}:
             bundles.append(bundle)
     present = {str(cfg.data.sources[n].lang) for n in cfg.data.sources}
     langs = [code for code in mix_languages(cfg.data) if code in present]
     report = fertility_report(bundles, run_dir(cfg), SourceTexts(cfg.data.sources, "val"), langs=langs)
-    results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report}
+    results = {"task": "tokenizer-report", "choices": group_choices(cfg), "tokenizers": report, "skipped": skipped}
     print(f"results: {R.write(run_dir(cfg), results)}")
     return results
