@@ -190,7 +190,8 @@ def test_eval_one_line_errors(make_cfg, tmp_path):
 
     with pytest.raises(Exception) as exc, initialize_config_dir(str(CONF_DIR), version_base=None):
         compose("config", overrides=["task=eval", "eval=nope"])
-    assert explain_compose_error(exc.value) == "eval=nope: no such choice; allowed: competence, demo, paper"
+    assert explain_compose_error(exc.value) == ("eval=nope: no such choice; allowed: competence, competence_fa, competence_hi, "
+                                                "competence_ko, competence_ru, demo, paper")
     for ckpt, says in ((None, "ckpt=None: task=eval needs"), (tmp_path / "nope", "no such file or folder"),
                        (tmp_path, "neither a run directory")):
         with pytest.raises(ConfigError, match=says) as err:

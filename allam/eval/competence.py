@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import re
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 
@@ -67,10 +67,48 @@ MIN_CONTEXT = 4  # next_word: at least this many words of the verse before the a
 # next_word: the answer follows the word before it at least this often in the training books, and
 # in at least this share of that word's occurrences there (a word pair the model can have learned)
 PAIR_MIN_COUNT, PAIR_MIN_SHARE = 3, 0.1
-VERSION = {"ar": "svd", "en": "web"}
-TASKS = ("word_order_ar", "word_order_en", "next_word_ar", "next_word_en")
-PUNCT = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # a token's leading punctuation, word, trailing punctuation
-_WORD = re.compile(r"^\w+$")  # next_word: an answer is one word of letters or digits, no punctuation
+# the target languages with a data preset (conf/data/bible_<code>.yaml) besides Arabic: their tasks
+# read their own Bible (demo.BIBLES) and are leak-checked against that preset's training text
+TARGETS = ("hi", "fa", "ko", "ru")
+LANGS = ("ar", "en", *TARGETS)
+VERSION = {"ar": "svd", "en": "web", **{code: code for code in TARGETS}}  # demo_suite.BIBLE_VERSION keys
+
+
+def suite_tasks(code: str) -> tuple[str, ...]:
+    """The tasks of the suite for target language `code` (conf/eval/competence[_<code>].yaml): its
+    two and the English two."""
+    return (f"word_order_{code}", "word_order_en", f"next_word_{code}", "next_word_en")
+
+
+TASKS = (*suite_tasks("ar"), *(task for code in TARGETS for task in suite_tasks(code) if not task.endswith("_en")))
+# a token's edges lose punctuation, symbols, separators and control/format characters (Unicode
+# categories P, S, Z, C); marks stay, so a Devanagari vowel sign or virama ending a word is kept
+_EDGE = frozenset("PSZC")
+_JOINERS = frozenset("\u200c\u200d")  # ZWNJ, ZWJ: part of a word between two of its characters
+
+
+def split_punct(token: str) -> tuple[str, str, str]:
+    """(leading punctuation, word, trailing punctuation) of a whitespace token."""
+    a, b = 0, len(token)
+    while a < b and unicodedata.category(token[a])[0] in _EDGE:
+        a += 1
+    while b > a and unicodedata.category(token[b - 1])[0] in _EDGE:
+        b -= 1
+    return token[:a], token[a:b], token[b:]
+
+
+def is_word(token: str) -> bool:
+    """next_word: an answer is one word of letters, marks and digits (Unicode categories L, M, N),
+    joiners (ZWNJ, ZWJ) allowed inside it, no punctuation."""
+    return bool(token) and all(unicodedata.category(ch)[0] in "LMN" or (ch in _JOINERS and 0 < i < len(token) - 1)
+                               for i, ch in enumerate(token))
+
+
+def default_index(lang: str) -> leak.Index:
+    """The leak index a task of `lang` checks its verses against: the Arabic demo's training text
+    (Arabic and English), else the training text of the language's data preset
+    (:func:`allam.data.demo.preset_sources`)."""
+    return leak.training_index() if lang in ("ar", "en") else leak.training_index(sources=demo.preset_sources(lang))
 
 
 def clean_verses(lang: str, index: leak.Index, counts: dict[str, int]) -> list[tuple[str, str]]:
@@ -91,7 +129,7 @@ def clean_verses(lang: str, index: leak.Index, counts: dict[str, int]) -> list[t
 
 def bare_words(text: str) -> list[str]:
     """The words of `text` without the punctuation around them (inside a word it stays: "Allah's")."""
-    return [core for _, core, _ in (PUNCT.match(tok).groups() for tok in text.split()) if core]
+    return [core for _, core, _ in map(split_punct, text.split()) if core]
 
 
 def reorderings(words: list[str], rng: random.Random) -> list[str] | None:
@@ -149,7 +187,7 @@ def predictable_cuts(words: list[str], pairs: Counter, left: Counter) -> list[in
     """The positions `i` (after MIN_CONTEXT words) whose word, letters or digits only, follows
     words[i-1] at least PAIR_MIN_COUNT times in the training text and in at least PAIR_MIN_SHARE of
     that word's occurrences there."""
-    return [i for i in range(MIN_CONTEXT, len(words)) if _WORD.match(words[i])
+    return [i for i in range(MIN_CONTEXT, len(words)) if is_word(words[i])
             and (n := pairs[(words[i - 1], words[i])]) >= PAIR_MIN_COUNT and n >= PAIR_MIN_SHARE * left[words[i - 1]]]
 
 
@@ -193,7 +231,7 @@ def build(task: str, seed: int = DEFAULT_SEED, items: int | None = None,
         items = WORD_ORDER_ITEMS if kind == "word_order" else ITEMS
     rng = random.Random(f"{seed}:{task}")
     counts: dict[str, int] = {}
-    verses = clean_verses(lang, index if index is not None else leak.training_index(), counts)
+    verses = clean_verses(lang, index if index is not None else default_index(lang), counts)
     made = _word_order(verses, rng) if kind == "word_order" else _next_word(verses, rng, lang)
     groups = [made[i : i + CHOICES] for i in range(0, len(made) - CHOICES + 1, CHOICES)]
     if kind == "next_word":  # the groups of the commonest answers (words a small model learns first)
@@ -237,3 +275,11 @@ word_order_ar = _hook("word_order_ar")
 word_order_en = _hook("word_order_en")
 next_word_ar = _hook("next_word_ar")
 next_word_en = _hook("next_word_en")
+word_order_hi = _hook("word_order_hi")
+next_word_hi = _hook("next_word_hi")
+word_order_fa = _hook("word_order_fa")
+next_word_fa = _hook("next_word_fa")
+word_order_ko = _hook("word_order_ko")
+next_word_ko = _hook("next_word_ko")
+word_order_ru = _hook("word_order_ru")
+next_word_ru = _hook("next_word_ru")

