@@ -36,6 +36,14 @@ one word pair counts many times. A trained model's score is affected little, but
 is at chance only on average over models (two scored 0.17 and 0.41 on ``next_word_en``, 200 items,
 binomial SE 0.03); compare models item by item (``eval.<task>.correct``) rather than by SE.
 
+The same tasks exist for each target language with a data preset (:data:`TARGETS`: Hindi, Persian,
+Korean, Russian; ``word_order_<code>`` / ``next_word_<code>``, suite ``conf/eval/competence_<code>.yaml``
+with the English two), from the language's own Bible (``demo.BIBLES``), its verses leak-checked
+against the training text of its preset (:func:`default_index`). A word keeps its marks (Unicode
+category M: Devanagari vowel signs, the virama): only punctuation, symbols, separators and format
+characters come off its edges (:func:`split_punct`); on Arabic and English text this is what
+the old rule (``\\W`` at the edges) stripped, so their items are unchanged.
+
 The functions named ``<task>`` are the lm-evaluation-harness ``custom_dataset`` hooks of the task
 YAML files in ``allam/eval/tasks`` (tag ``allam_competence``).
 """
