@@ -141,14 +141,24 @@ COMPETENCE_CLAIMS = (1, 2, 3, 4, 5)  # claims whose section shows the competence
 COMPETENCE_TASKS = ("word_order_ar", "next_word_ar", "word_order_en", "next_word_en")
 
 
-def competence_by_arm(groups: dict[str, list[dict]], evals: list[dict]) -> dict[str, list[dict]]:
+def competence_tasks(lang: str = "ar") -> tuple[str, ...]:
+    """The competence tier's tasks for target language ``lang`` (its two, then English's two)."""
+    return tuple(t.replace("_ar", f"_{lang}") for t in COMPETENCE_TASKS)
+
+
+def competence_suite(lang: str = "ar") -> str:
+    """The eval config (and results.json eval.suite) of that tier: competence, competence_<code>."""
+    return "competence" if lang == "ar" else f"competence_{lang}"
+
+
+def competence_by_arm(groups: dict[str, list[dict]], evals: list[dict], lang: str = "ar") -> dict[str, list[dict]]:
     """Each arm's ``eval=competence`` results (task=eval runs whose source_run is one of the arm's
     training runs; per training run the last in path order, as in the report's table)."""
     arm_of = {str(Path(r["_path"]).resolve().parent): arm for arm, runs in groups.items() for r in runs if r.get("_path")}
     newest: dict[str, dict] = {}
     for e in evals:
         src = e.get("source_run")
-        if e.get("eval.suite") != "competence" or not src or str(Path(src).resolve()) not in arm_of:
+        if e.get("eval.suite") != competence_suite(lang) or not src or str(Path(src).resolve()) not in arm_of:
             continue
         key = str(Path(src).resolve())
         if key not in newest or str(e.get("_path")) > str(newest[key].get("_path")):
@@ -159,23 +169,24 @@ def competence_by_arm(groups: dict[str, list[dict]], evals: list[dict]) -> dict[
     return out
 
 
-def competence_table(by_arm: dict[str, list[dict]], arms: list[str]) -> str:
+def competence_table(by_arm: dict[str, list[dict]], arms: list[str], lang: str = "ar") -> str:
     """Per arm: each competence task's accuracy (mean over the arm's seeds) ± the binomial standard
     error of one seed's accuracy over the task's items (the same items for every seed), the
     seeds and the items per task; "" when no arm has been evaluated."""
     rows = [a for a in arms if by_arm.get(a)]
     if not rows:
         return ""
-    lines = ["| arm | seeds | items | " + " | ".join(f"`{t}`" for t in COMPETENCE_TASKS) + " |",
-             "|---|---|---|" + "---|" * len(COMPETENCE_TASKS)]
+    tasks = competence_tasks(lang)
+    lines = ["| arm | seeds | items | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+             "|---|---|---|" + "---|" * len(tasks)]
     for arm in rows:
         evals = by_arm[arm]
         cells = []
-        for task in COMPETENCE_TASKS:
+        for task in tasks:
             acc = stat([e.get(f"eval.{task}.acc") for e in evals])
             se = stat([e.get(f"eval.{task}.acc_stderr") for e in evals])
             cells.append("n/a" if acc.mean is None else f"{acc.mean:.3f} ± {se.mean:.3f}")
-        items = sorted({int(e[f"eval.{t}.n"]) for e in evals for t in COMPETENCE_TASKS if f"eval.{t}.n" in e})
+        items = sorted({int(e[f"eval.{t}.n"]) for e in evals for t in tasks if f"eval.{t}.n" in e})
         lines.append(f"| `{arm}` | {len(evals)} | {'/'.join(map(str, items)) or 'n/a'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,18 +196,19 @@ def _seed(e: dict):
     return ((e.get("config") or {}).get("trainer") or {}).get("seed")
 
 
-def competence_paired(by_arm: dict[str, list[dict]], arms: list[str], base: str) -> str:
+def competence_paired(by_arm: dict[str, list[dict]], arms: list[str], base: str, lang: str = "ar") -> str:
     """Per arm against `base`: each competence task's accuracy difference item by item (arm minus
     base on the same items, the base of the same seed; items of all seeds pooled), with a 95%
     t-interval and the one-sided p of "arm above base"; "" when no arm has per-item records.
     A seed's pair counts only when both scored the same items (``items_sha``)."""
     bases = {_seed(e): e for e in by_arm.get(base, [])}
+    tasks = competence_tasks(lang)
     lines = []
     for arm in arms:
         if arm == base or not by_arm.get(arm):
             continue
         cells, any_test = [], False
-        for task in COMPETENCE_TASKS:
+        for task in tasks:
             diffs: list[int] = []
             for e in by_arm[arm]:
                 b = bases.get(_seed(e))
@@ -211,8 +223,8 @@ def competence_paired(by_arm: dict[str, list[dict]], arms: list[str], base: str)
             lines.append(f"| `{arm}` − `{base}` | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    return "\n".join(["| difference (items pooled over seeds) | " + " | ".join(f"`{t}`" for t in COMPETENCE_TASKS) + " |",
-                      "|---|" + "---|" * len(COMPETENCE_TASKS), *lines])
+    return "\n".join(["| difference (items pooled over seeds) | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+                      "|---|" + "---|" * len(tasks), *lines])
 
 
 def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command: str, header: str = "",
@@ -251,13 +263,13 @@ def claims_markdown(results: list[dict], groups: dict[str, list[dict]], command:
                        f"{_power_cell(row, deciding)} |")
         if r["missing"]:
             out += ["", "Not run: " + ", ".join(f"`{a}`" for a in r["missing"]) + "."]
-        table = competence_table(competence or {}, list(dict.fromkeys([BASE, *claim.arms]))) \
+        table = competence_table(competence or {}, list(dict.fromkeys([BASE, *claim.arms])), lang) \
             if claim.number in COMPETENCE_CLAIMS else ""
         if table:
-            out += ["", "*Context: the competence tier* (`eval=competence`, chance 0.25; accuracy, mean over the "
+            out += ["", f"*Context: the competence tier* (`eval={competence_suite(lang)}`, chance 0.25; accuracy, mean over the "
                     "arm's seeds ± the standard error of one seed's accuracy over the items; decides nothing):", "",
                     table]
-            paired = competence_paired(competence or {}, list(dict.fromkeys([BASE, *claim.arms])), BASE)
+            paired = competence_paired(competence or {}, list(dict.fromkeys([BASE, *claim.arms])), BASE, lang)
             if paired:
                 out += ["", "Item by item against the base (accuracy difference, 95% t-interval over the items, "
                         "one-sided p of the arm above the base; items repeat word pairs, so these intervals are "
@@ -329,7 +341,7 @@ def run_claims_report(root: Path, out_dir: Path, numbers: Optional[list[int]] = 
     claims = claims_by_number(numbers, lang)
     commits = check_commits(groups, arms_of(claims), mix_commits)
     results = evaluate(claims, groups)
-    competence = competence_by_arm(groups, collect_runs(root, task="eval"))
+    competence = competence_by_arm(groups, collect_runs(root, task="eval"), lang)
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = Path(claims_md) if claims_md else out_dir / "CLAIMS.md"
     plots = {}

@@ -5,7 +5,7 @@
     python experiments/reproduce.py --full          # 4x the tokens, 5 seeds: stronger verdicts
     python experiments/reproduce.py --smoke         # a tiny model for a few steps (tests the machinery)
     python experiments/reproduce.py --claims 1,4 --seeds 2
-    python experiments/reproduce.py --lang hi       # claims 2-4 re-tested on Hindi (data=bible_hi)
+    python experiments/reproduce.py --lang hi       # claims 2-4 re-tested on Hindi (data=bible_hi, eval=competence_hi)
 
 Each cell is one ``python run.py experiment=<cell> ...`` into ``<out>/seed<S>/<cell>``; the English
 base (``claims_english_base``) runs once per seed and every adapted cell of that seed starts from
@@ -129,10 +129,10 @@ def competence_cells(claims: list[C.Claim], cells: list[str]) -> list[str]:
     return [c for c in cells if c in arms or (c == C.BASE and arms)]
 
 
-def competence_args(run_dir: Path, items: int) -> list[str]:
-    """run.py arguments scoring a finished cell's final checkpoint on eval=competence into
-    <run dir>/eval_competence."""
-    return ["task=eval", f"ckpt={run_dir}", "eval=competence", f"eval.limit={items}", "eval.batch_size=32",
+def competence_args(run_dir: Path, items: int, lang: str = "ar") -> list[str]:
+    """run.py arguments scoring a finished cell's final checkpoint on eval=competence (another
+    target language: eval=competence_<code>) into <run dir>/eval_competence."""
+    return ["task=eval", f"ckpt={run_dir}", f"eval={CR.competence_suite(lang)}", f"eval.limit={items}", "eval.batch_size=32",
             f"hydra.run.dir={run_dir / 'eval_competence'}"]
 
 
@@ -141,9 +141,9 @@ def finished(run_dir: Path) -> bool:
     return bool(res) and res.get("status") == "finished"
 
 
-def evaluated(eval_dir: Path) -> bool:
+def evaluated(eval_dir: Path, lang: str = "ar") -> bool:
     res = R.read(eval_dir / R.FILENAME) or {}
-    return res.get("eval.suite") == "competence" and all(f"eval.{t}.acc" in res for t in CR.COMPETENCE_TASKS)
+    return res.get("eval.suite") == CR.competence_suite(lang) and all(f"eval.{t}.acc" in res for t in CR.competence_tasks(lang))
 
 
 def run_cell(args: list[str], log_path: Path) -> int:
@@ -212,13 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if rc != 0:
                     failed.append(f"seed{seed}/{cell}")
-        if budget.competence_items and not a.no_competence and a.lang == "ar":  # the competence tier is Arabic's
+        if budget.competence_items and not a.no_competence:
             for seed in range(1, min(seeds, budget.competence_seeds or seeds) + 1):
                 for cell in competence_cells(claims, cells):
                     run_dir = out / f"seed{seed}" / cell
-                    if not finished(run_dir) or evaluated(run_dir / "eval_competence"):
+                    if not finished(run_dir) or evaluated(run_dir / "eval_competence", a.lang):
                         continue
-                    args = competence_args(run_dir, budget.competence_items)
+                    args = competence_args(run_dir, budget.competence_items, a.lang)
                     print(f"[eval] seed {seed} {cell}: python run.py {' '.join(args)}", flush=True)
                     if a.dry_run:
                         continue

@@ -289,6 +289,8 @@ def test_claims_re_tested_on_another_language(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run]")]
     assert len(lines) == 6 and all("data=bible_hi" in ln for ln in lines)
     assert "data.mix.hi=0.01" in lines[0] and "+tokenizer.base_mix.hi=0.01" in lines[0] and "claims_english_base" in lines[0]
+    assert reproduce.competence_args(tmp_path, 400, "hi")[2] == "eval=competence_hi"
+    assert CR.competence_tasks("hi") == ("word_order_hi", "next_word_hi", "word_order_en", "next_word_en")
     assert reproduce.main(["--lang", "hi", "--claims", "5", "--dry-run", "--out", str(tmp_path)]) == 2
     assert reproduce.main(["--lang", "sw", "--dry-run", "--out", str(tmp_path)]) == 2
     assert "error: --lang sw" in capsys.readouterr().err
