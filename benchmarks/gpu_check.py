@@ -16,7 +16,11 @@ bare GPU machine needs). Each check runs in its own process with a time limit, i
    installed) with sharded checkpoints every 10 steps, a resume from step 10 whose losses must
    repeat the first run's, the run's own export and ``task=export`` of the step-10 checkpoint,
    both loaded back with ``AutoModelForCausalLM``;
-5. ``throughput_7b``: ``--model 7b`` (seq 4096, bf16, AdamW8bit, activation checkpointing in
+5. ``dpo_run``: DPO from that run's export on generated preference pairs (6 steps): the
+   reference log-probabilities are computed once on the device before the first step and read
+   back per batch, so the first step's loss must be log 2 (the policy is the reference) and every
+   loss finite;
+6. ``throughput_7b``: ``--model 7b`` (seq 4096, bf16, AdamW8bit, activation checkpointing in
    every arm), one GPU.
 
 Results come back even if the run is cut off: each check's JSON line is appended (and flushed) to
@@ -75,8 +79,9 @@ PLANS = {
                        "7b": ["--model", "7b", "--arms", "hf_loop,hf_compiled,project"]},
         "fsdp": ["trainer=fsdp", "trainer.devices=1", "model=1b", "model.num_layers=4", "data.batch_size=4",
                  "trainer.compile=true", "model.activation_checkpointing=selective", "tokenizer.english_vocab_size=2048"],
+        "dpo": ["trainer=fsdp", "trainer.devices=1", "data.batch_size=4"],
         "resume_tolerance": 5e-2,  # bf16 kernels need not be bitwise deterministic
-        "caps": {"fallbacks": 120, "attention": 90, "cross_entropy": 90, "throughput_1b": 240, "fsdp": 200,
+        "caps": {"fallbacks": 120, "attention": 90, "cross_entropy": 90, "throughput_1b": 240, "fsdp": 200, "dpo": 150,
                  "throughput_7b": 400},
     },
     "cpu-smoke": {
@@ -88,13 +93,15 @@ PLANS = {
         "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1", *TINY,
                  "data.batch_size=2", "tokenizer.english_vocab_size=512", "data.val_bytes=4000",
                  "model.activation_checkpointing=selective"],
+        "dpo": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1",
+                "data.batch_size=2"],
         "resume_tolerance": 1e-5,
-        "caps": {"attention": 300, "cross_entropy": 300, "throughput_tiny": 300, "fsdp": 300},
+        "caps": {"attention": 300, "cross_entropy": 300, "throughput_tiny": 300, "fsdp": 300, "dpo": 300},
     },
 }
 # the order the checks run in (a deadline cuts the last ones): throughput_7b is the longest
 ORDER = ["packages", "fallbacks", "attention", "cross_entropy", "throughput_1b", "throughput_tiny", "fsdp_run",
-         "throughput_7b"]
+         "dpo_run", "throughput_7b"]
 
 
 def last_json(text: str) -> dict | None:
@@ -214,11 +221,11 @@ class Checks:
         s["skipped"] = [n for n in ORDER if n in s.get("planned", []) and "skipped" in self._result(n, {"skipped": True})]
         s["targets"] = targets(s)
         s["ratios"] = ratios(s)
-        checks = [s[n] for n in ("packages", "fallbacks", "attention", "cross_entropy", "fsdp_run") if n in s]
+        checks = [s[n] for n in ("packages", "fallbacks", "attention", "cross_entropy", "fsdp_run", "dpo_run") if n in s]
         checks += list(s["throughput"].values())
         s["ok"] = (not reason and not s["skipped"] and all("error" not in c and "skipped" not in c for c in checks)
                    and bool(s.get("attention", {}).get("sdpa_vs_eager", {}).get("ok"))
-                   and bool(s.get("fsdp_run", {}).get("ok")))
+                   and bool(s.get("fsdp_run", {}).get("ok")) and bool(s.get("dpo_run", {}).get("ok")))
         s["seconds"] = round(time.monotonic() - self.t0, 1)
         tmp = self.out / "summary.json.tmp"
         tmp.write_text(json.dumps(s, indent=1))
@@ -340,6 +347,45 @@ def fsdp_run(checks: Checks, mode: str, extra: list[str]) -> dict:
     return res
 
 
+# --------------------------------------------------------------------------- the DPO run
+def preference_pairs(corpus: Path, path: Path, pairs: int = 48, seed: int = 0) -> Path:
+    """Generated (prompt, chosen, rejected) rows from the synthetic English text: a line's first 12
+    words, its next 12 words, and 12 words of another line."""
+    rng = random.Random(seed)
+    lines = (corpus / "en.txt").read_text(encoding="utf-8").splitlines()
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(pairs):
+            words, other = lines[i].split(), lines[(i + 1 + rng.randrange(len(lines) - 1)) % len(lines)].split()
+            fh.write(json.dumps({"prompt": " ".join(words[:12]), "chosen": " ".join(words[12:24]),
+                                 "rejected": " ".join(other[12:24])}) + "\n")
+    return path
+
+
+def dpo_run(checks: Checks, mode: str, extra: list[str]) -> dict:
+    """DPO for 6 steps from the FSDP run's export on the device: the first loss is log 2, all finite."""
+    plan, work = PLANS[mode], checks.work
+    start, corpus = work / "first" / "hf", work / "corpus"
+    if not (start / "config.json").is_file():
+        return {"skipped": f"no export at {start} (fsdp_run did not finish)"}
+    train, val = preference_pairs(corpus, work / "pairs_train.jsonl"), preference_pairs(corpus, work / "pairs_val.jsonl", 16, 1)
+    out = work / "dpo"
+    overrides = [*plan["dpo"], *extra, "objective=dpo", "init=pretrained", f"init.checkpoint={start}", "tokenizer=base",
+                 f"objective.train={train}", f"objective.val={val}", "trainer.max_steps=6", "trainer.log_every_n_steps=1",
+                 "trainer.val_every_steps=null", "logger=csv", "export=false", "optim.warmup_steps=2"]
+    step = checks.run_json("dpo", [sys.executable, str(Path(__file__).resolve()), "_task", str(out), str(corpus), *overrides],
+                           plan["caps"]["dpo"])
+    if "error" in step or "skipped" in step:
+        return {"error": f"dpo: {step.get('error') or step.get('skipped')}"}
+    losses = _losses(out)
+    results = json.loads((out / "results.json").read_text())
+    res = {"steps": results.get("train.steps"), "losses": [round(losses[k], 6) for k in sorted(losses)],
+           "first_loss_minus_log2": (losses[min(losses)] - math.log(2)) if losses else None,
+           "val": {k: v for k, v in results.items() if k.startswith("val.dpo.")}}
+    res["ok"] = (res["steps"] == 6 and len(losses) == 6 and all(math.isfinite(v) for v in losses.values())
+                 and abs(res["first_loss_minus_log2"]) < (1e-2 if mode == "gpu" else 1e-5))
+    return res
+
+
 # --------------------------------------------------------------------------- summary
 def targets(summary: dict) -> dict:
     """The issue's targets, true/false (None: not measured in this mode)."""
@@ -405,7 +451,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     checks = Checks(out, work, args.deadline, mode)
-    checks.summary["planned"] = [n for n in ORDER if n == "packages" or n == "fsdp_run"
+    checks.summary["planned"] = [n for n in ORDER if n in ("packages", "fsdp_run", "dpo_run")
                                  or (n == "fallbacks" and plan["fallbacks"] is not None)
                                  or n in ("attention", "cross_entropy")
                                  or n.removeprefix("throughput_") in plan["throughput"]]
@@ -457,6 +503,7 @@ def main() -> None:
         argv = plan["throughput"][name.removeprefix("throughput_")]
         checks.record(name, checks.run_json(name, [py, str(BENCH / "throughput.py"), *argv], caps[name]))
     checks.record("fsdp_run", {**fsdp_run(checks, mode, extra), **named})
+    checks.record("dpo_run", dpo_run(checks, mode, extra))
     if "throughput_7b" in throughput:
         name = "throughput_7b"
         checks.record(name, checks.run_json(name, [py, str(BENCH / "throughput.py"), *plan["throughput"]["7b"]], caps[name]))

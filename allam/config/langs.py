@@ -10,8 +10,10 @@ blocks (Arabic and Latin keep the explicit letter tables the cleaner has always 
 and English results do not move). Its *byte prefixes* are what byte-level expansion keys on: the
 UTF-8 encoding of each code point of its core blocks without the last byte (for a two-byte
 character the lead byte alone: 0xD8-0xDB is the Arabic block, as before). A merge that holds one
-of these prefixes can only fire on text that holds a character of the script, so text without
-such a character encodes as the base did.
+of these prefixes can only fire on text that holds a character starting with it, so text without
+one encodes as the base did. A prefix names 64 code points (a two-byte one of a three-byte
+character), which can reach past the script's block (Hangul's E3 84 also starts Bopomofo): new
+merges may then fire on those neighbours too, and the English-identity check uses the same rule.
 
 English is :data:`BASE_LANG`: the language of the English-centric base the recipe adapts. Every
 other language of a mix is a *target*; ``translated_share`` applies to each target.
