@@ -348,16 +348,16 @@ def fsdp_run(checks: Checks, mode: str, extra: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- the DPO run
-def preference_pairs(corpus: Path, path: Path, pairs: int = 48, seed: int = 0) -> Path:
-    """Generated (prompt, chosen, rejected) rows from the synthetic English text: a line's first 12
-    words, its next 12 words, and 12 words of another line."""
+def preference_pairs(corpus: Path, path: Path, words: int, pairs: int = 48, seed: int = 0) -> Path:
+    """Generated (prompt, chosen, rejected) rows from the synthetic English text: a line's first
+    `words` words, its next `words` words, and `words` words of another line."""
     rng = random.Random(seed)
     lines = (corpus / "en.txt").read_text(encoding="utf-8").splitlines()
     with path.open("w", encoding="utf-8") as fh:
         for i in range(pairs):
-            words, other = lines[i].split(), lines[(i + 1 + rng.randrange(len(lines) - 1)) % len(lines)].split()
-            fh.write(json.dumps({"prompt": " ".join(words[:12]), "chosen": " ".join(words[12:24]),
-                                 "rejected": " ".join(other[12:24])}) + "\n")
+            line, other = lines[i].split(), lines[(i + 1 + rng.randrange(len(lines) - 1)) % len(lines)].split()
+            fh.write(json.dumps({"prompt": " ".join(line[:words]), "chosen": " ".join(line[words:2 * words]),
+                                 "rejected": " ".join(other[words:2 * words])}) + "\n")
     return path
 
 
@@ -367,9 +367,12 @@ def dpo_run(checks: Checks, mode: str, extra: list[str]) -> dict:
     start, corpus = work / "first" / "hf", work / "corpus"
     if not (start / "config.json").is_file():
         return {"skipped": f"no export at {start} (fsdp_run did not finish)"}
-    train, val = preference_pairs(corpus, work / "pairs_train.jsonl"), preference_pairs(corpus, work / "pairs_val.jsonl", 16, 1)
+    words = 12 if mode == "gpu" else 3  # the smoke model's context is 64 tokens
+    train = preference_pairs(corpus, work / "pairs_train.jsonl", words)
+    val = preference_pairs(corpus, work / "pairs_val.jsonl", words, 16, 1)
     out = work / "dpo"
-    overrides = [*plan["dpo"], *extra, "objective=dpo", "init=pretrained", f"init.checkpoint={start}", "tokenizer=base",
+    shape = [o for o in plan["fsdp"] if o.startswith("model") and "activation_checkpointing" not in o]  # the export's
+    overrides = [*shape, *plan["dpo"], *extra, "objective=dpo", "init=pretrained", f"init.checkpoint={start}", "tokenizer=base",
                  f"objective.train={train}", f"objective.val={val}", "trainer.max_steps=6", "trainer.log_every_n_steps=1",
                  "trainer.val_every_steps=null", "logger=csv", "export=false", "optim.warmup_steps=2"]
     step = checks.run_json("dpo", [sys.executable, str(Path(__file__).resolve()), "_task", str(out), str(corpus), *overrides],
