@@ -113,7 +113,10 @@ def test_sentencepiece_expansion_for_script(code, spm_base, cache, heldout):
 
 
 # --------------------------------------------------------------------------- byte-level path
-@pytest.mark.parametrize("code", TARGETS)
+# the fast suite keeps a two-byte-prefix script (Devanagari) and a one-byte one (Persian's Arabic
+# script); Korean, Russian and Japanese (5-6 s each, mostly GPT-2's JSON) run with -m slow, and
+# Russian also in test_two_targets_train_on_both
+@pytest.mark.parametrize("code", [c if c in ("hi", "fa") else pytest.param(c, marks=pytest.mark.slow) for c in TARGETS])
 def test_byte_level_expansion_for_script(code, gpt2_base, cache, heldout):
     exp = build_tokenizer(tcfg(variant="expanded", base="gpt2", num_new_tokens=N_NEW, training_words=None),
                           cache_dir=cache, texts=train_text, targets=(code,))

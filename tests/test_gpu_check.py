@@ -47,7 +47,7 @@ def test_missing_module_without_wheels_fails_loudly_in_json(tmp_path):
     packages = summary["packages"]
     assert set(packages["missing"]) == {"hydra", "omegaconf"} and packages["carried_wheels"] == []
     assert "hydra-core wheel" in packages["error"] and "no wheels were carried" in packages["error"]
-    assert summary["ok"] is False and summary["skipped"] == ["attention", "cross_entropy", "throughput_tiny", "fsdp_run"]
+    assert summary["ok"] is False and summary["skipped"] == ["attention", "cross_entropy", "throughput_tiny", "fsdp_run", "dpo_run"]
     assert _lines(out / "checks.jsonl")[0]["check"] == "packages"
     assert json.loads((out / "summary.json").read_text())["packages"]["missing"] == packages["missing"]
 
