@@ -278,16 +278,6 @@ def _hook(task: str):
     return load
 
 
-# named in allam/eval/tasks/<task>.yaml as `custom_dataset: !function allam.eval.competence.<task>`
-word_order_ar = _hook("word_order_ar")
-word_order_en = _hook("word_order_en")
-next_word_ar = _hook("next_word_ar")
-next_word_en = _hook("next_word_en")
-word_order_hi = _hook("word_order_hi")
-next_word_hi = _hook("next_word_hi")
-word_order_fa = _hook("word_order_fa")
-next_word_fa = _hook("next_word_fa")
-word_order_ko = _hook("word_order_ko")
-next_word_ko = _hook("next_word_ko")
-word_order_ru = _hook("word_order_ru")
-next_word_ru = _hook("next_word_ru")
+# named in allam/eval/tasks/<task>.yaml as `custom_dataset: !function allam.eval.competence.<task>`:
+# word_order_ar, next_word_ar, ..., one module attribute per task of TASKS
+globals().update({task: _hook(task) for task in TASKS})
