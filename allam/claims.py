@@ -237,7 +237,10 @@ def _with_defaults(config: dict, defaults: dict) -> dict:
 def seed_group_key(run: dict) -> str:
     """What a run is apart from its seed: its resolved config (keys it lacks at their schema
     defaults) without the keys above."""
-    config = _with_defaults(json.loads(json.dumps(run.get("config", {}), default=str)), json.loads(_schema_defaults()))
+    from allam.config.saved import without_empty_stage_mix
+
+    config = _with_defaults(without_empty_stage_mix(json.loads(json.dumps(run.get("config", {}), default=str))),
+                            json.loads(_schema_defaults()))
     for dotted in _NOT_ARM:
         *parents, leaf = dotted.split(".")
         node = config

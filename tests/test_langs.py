@@ -81,6 +81,8 @@ def test_the_mix_table_and_its_one_line_refusals(make_cfg):
             ["+data.sources.bible_hi={lang: hi, kind: translated, loader: demo, path: bible_hi}"],
         r"^data\.mix\.ko=0\.2: is above 0 but data\.sources has no Korean source": ["data=bible_hi", "+data.mix.ko=0.2"],
         r"^data\.sources\.bible_hi\.lang=xx: unknown language code": ["data=bible_hi", "data.sources.bible_hi.lang=xx"],
+        r"^data\.mix=\{hi:0\.45,en:null\}: applies only when data\.stages is empty":
+            ["data=bible_hi", "data.stages=[{tokens:1000,mix:{hi:0.0,en:1.0}},{mix:{hi:0.45,en:null}}]"],
         r"^data\.translated_share=0\.5: is below 1 but every Hindi source has kind=translated":
             ["data=bible_hi", "data.translated_share=0.5"],
     }
@@ -102,12 +104,22 @@ SRC = [SourceInfo("a1", "ar", "natural", 300), SourceInfo("a2", "ar", "translate
        SourceInfo("e2", "en", "natural", 30)]
 
 
-def test_an_arabic_english_table_blends_exactly_as_ar_ratio():
+# sha256 of (source, block) for the first 30,000 positions, computed by blend.py as it was before
+# languages became data (commit ed9463c), for the sources of SRC without Hindi, seq_len 64, seed 11
+BEFORE = {"one": "84de75e41aeea173", "tau": "c2cc21e2595d3bb0", "stages": "b567ed96dfdcf7f4", "all_ar": "63ba12c71faad945"}
+
+
+def test_an_arabic_english_mix_blends_exactly_as_before():
+    import hashlib
+
     two = [s for s in SRC if s.lang != "hi"]
-    old = Blend(two, [Stage(None, 0.45, None, "data")], 64, seed=3)
-    new = Blend(two, [Stage(None, (("ar", 0.45), ("en", 0.55)), None, "data")], 64, seed=3)
-    g = np.arange(20_000)
-    assert all(np.array_equal(a, b) for a, b in zip(old.blocks(g), new.blocks(g)))
+    two = [*two[:2], SourceInfo("a3", "ar", "translated", 70), *two[2:]]
+    table = (("ar", 0.45), ("en", 0.55))
+    cases = {"one": [Stage(None, table, None, "data")], "tau": [Stage(None, 0.3, 0.25, "data")],
+             "stages": [Stage(64 * 500, 0.0, None, "s0"), Stage(None, 0.6, 0.5, "s1")], "all_ar": [Stage(None, 1.0, None, "data")]}
+    for name, stages in cases.items():
+        src, block = Blend(two, stages, 64, seed=11).blocks(np.arange(30_000))
+        assert hashlib.sha256(np.stack([src, block]).astype(np.int64).tobytes()).hexdigest()[:16] == BEFORE[name], name
 
 
 def test_three_languages_each_within_the_stated_bound_on_every_window():
@@ -127,6 +139,7 @@ def test_three_languages_each_within_the_stated_bound_on_every_window():
 def test_indic_joiners_are_tidied_and_other_scripts_left_alone():
     hi = Cleaner(lang="hi", min_chars=1)
     assert hi.clean("परमेश्\u200dवर")[0] == "परमेश्\u200dवर"  # a conjunct's joiner stays
+    assert hi.clean("क\u200dख\u200dग")[0] == "क\u200dख\u200dग"  # two joiners one letter apart both stay
     assert hi.clean("\u200dपरमेश्\u200d\u200c\u200dवर\u200d")[0] == "परमेश्\u200dवर"  # stray and repeated ones go
     assert hi.clean("नमस्ते दुनिया\u200d hello")[0] == "नमस्ते दुनिया hello"
     fa = Cleaner(lang="fa", min_chars=1)
@@ -191,3 +204,50 @@ def test_a_bible_preset_pairs_its_own_language_with_english():
     docs = sources._demo_docs("bible_hi", "bible_hi", True)
     train = next(d for d in docs if d.split == "train")
     assert lang_of("hi").has_script_char(train.text) and train.pair and train.pair.startswith("In the beginning God")
+
+
+def test_a_staged_run_saved_before_stage_mix_resumes_and_groups_with_new_runs(make_cfg):
+    """A stage saved before `mix` existed is the same stage: resume sees no change, and the claims
+    report puts old and new seeds in one arm."""
+    import copy
+
+    from allam.claims import seed_group_key
+    from allam.config import to_dict
+    from allam.tasks.rundir import changed_keys
+
+    cfg = make_cfg("experiment=scratch_toy")
+    validate(cfg)
+    current = to_dict(cfg)
+    saved = copy.deepcopy(current)
+    for st in saved["data"]["stages"]:
+        del st["mix"]
+    assert current["data"]["stages"] and changed_keys(saved, current) == []
+    assert seed_group_key({"config": saved}) == seed_group_key({"config": current})
+    moved = copy.deepcopy(current)
+    moved["data"]["stages"][0]["ar_ratio"] = 0.3
+    assert changed_keys(moved, current) == ["data.stages"]  # a real change still counts
+
+
+def test_the_new_pieces_come_from_every_target_with_a_source_whatever_its_share(make_cfg):
+    from allam.tasks.builders import tokenizer_targets
+
+    assert tokenizer_targets(make_cfg("data=trilingual")) == ("ar", "hi")
+    assert tokenizer_targets(make_cfg("data=trilingual", "data.mix.hi=0")) == ("ar", "hi")  # a share sweep keeps one vocabulary
+    assert tokenizer_targets(make_cfg("data=bible_ko")) == ("ko",)
+    assert tokenizer_targets(make_cfg()) == ("ar",)
+
+
+def test_a_language_the_table_lacks_is_added_with_plus_and_said_so_in_one_line():
+    from hydra import compose, initialize_config_dir
+
+    from allam.config import CONF_DIR, explain_compose_error
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        with pytest.raises(Exception) as exc:
+            compose("config", overrides=["data=bible_hi", "data.mix.ko=0.2"])
+        assert explain_compose_error(exc.value).startswith("data.mix.ko: not in the table yet") and "+data.mix.ko=" in \
+            explain_compose_error(exc.value)
+        cfg = compose("config", overrides=["+data.mix={ar:0.3,en:null}"])  # data=demo: a table with +
+        assert dict(mix_stages(cfg.data)[0].shares) == {"ar": 0.3, "en": pytest.approx(0.7)}
+        merged = compose("config", overrides=["data=trilingual", "data.mix={ar:0.5,en:null}"])  # merges: hi stays
+        assert dict(merged.data.mix) == {"ar": 0.5, "hi": 0.2, "en": None}

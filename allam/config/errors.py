@@ -89,6 +89,11 @@ def explain_compose_error(exc: BaseException) -> str:
                     f"(Hydra then sets it only as ++{key}=...; run.py adds the ++ itself); a new source is "
                     f"added with +data.sources.{name}={{lang: ar, loader: jsonl, path: ...}}")
         return (f"{key}: no such key; a source's keys: {', '.join(SourceConfig.__dataclass_fields__)}")
+    table = re.match(r"(data\.mix|data\.stages\.\d+\.mix|tokenizer\.base_mix)\b", key or "")
+    if table and ("not in struct" in detail or "Could not override" in text):  # a share table: keys are languages
+        return (f"{key}: not in the table yet (a language the preset's {table.group(1)} does not name, or no table); "
+                f"add it with +{key}=<value>, e.g. +data.mix.hi=0.2 or +data.mix={{ar:0.3,hi:0.2,en:null}} "
+                "(a table given to an existing one merges into it, language by language)")
     if key and ("not in" in detail or "Could not override" in text or "Key '" in detail):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _allowed_keys(parent)

@@ -208,19 +208,6 @@ def script_letters_batch(texts: Sequence[str], code: str) -> tuple[np.ndarray, n
     return out[0], out[1]
 
 
-def dominant_other_script(texts: Sequence[str], code: str) -> str:
-    """The script (not the language's own) with the most letters in ``texts``: for messages."""
-    table, names = _letter_table()
-    own = {names.index(s) + 1 for s in language(code).scripts}
-    cps = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
-    cls = table[np.minimum(cps, 0xFFFF)]
-    counts = np.bincount(cls, minlength=len(names) + 1)
-    for k in own:
-        counts[k] = 0
-    counts[0] = 0
-    return names[int(counts.argmax()) - 1] if counts.any() else "no"
-
-
 # --------------------------------------------------------------------------- byte-level prefixes
 @lru_cache(maxsize=None)
 def byte_prefixes(codes: tuple[str, ...]) -> frozenset[bytes]:

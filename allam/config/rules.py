@@ -178,6 +178,9 @@ def mix_stages(data) -> list[Stage]:
     Source existence is checked when ``data.sources`` is not empty (plan needs no sources).
     """
     raw = list(data.stages or [])
+    if raw and data.get("mix"):
+        _fail("data.mix", _table(list(data.mix.items())), "applies only when data.stages is empty; with stages set "
+              "each stage's share table, data.stages.<i>.mix")
     if not raw:
         stages = [Stage(None, _shares(data.get("mix"), data.ar_ratio, "data"), _opt(data.translated_share), "data")]
     else:

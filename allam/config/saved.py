@@ -17,3 +17,14 @@ def training_config_for(ckpt: Path) -> DictConfig | None:
         if candidate.exists():
             return OmegaConf.merge(OmegaConf.structured(AllamConfig), OmegaConf.load(candidate))
     return None
+
+
+def without_empty_stage_mix(config: dict) -> dict:
+    """``config`` with each ``data.stages`` item's empty ``mix`` left out: a stage saved before the
+    key existed is the stage it is now (a list item's keys are compared as one value)."""
+    stages = ((config or {}).get("data") or {}).get("stages")
+    if not stages:
+        return config
+    out = {**config, "data": {**config["data"], "stages": [
+        {k: v for k, v in st.items() if not (k == "mix" and not v)} if isinstance(st, dict) else st for st in stages]}}
+    return out

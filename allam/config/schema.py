@@ -281,8 +281,9 @@ class DataConfig:
     sources: dict[str, Any] = field(default_factory=dict)
     ar_ratio: float = 0.45  # fraction of training tokens that are Arabic (when data.mix is empty)
     # share of training tokens per language, e.g. {hi: 0.45, en: null}: null (at most one) takes
-    # the rest, else the shares sum to 1; empty: {ar: ar_ratio, en: the rest}. Sweep one share with
-    # data.mix.hi=0.3, or the whole table with data.mix={ar:0.3,hi:0.2,en:null}
+    # the rest, else the shares sum to 1; empty: {ar: ar_ratio, en: the rest}. A share the table
+    # names is one override (data.mix.hi=0.3); a language it lacks, or a table for data=demo, takes
+    # a + (+data.mix.ko=0.2, +data.mix={ar:0.3,hi:0.2,en:null}); a table merges into one already set
     mix: dict[str, Optional[float]] = field(default_factory=dict)
     # fraction of each target language's tokens (every language but English) from translated
     # sources; None: by size

@@ -112,19 +112,16 @@ _JOINERS = "\u200c\u200d"
 
 @lru_cache(maxsize=None)
 def _joiner_pattern(blocks: tuple) -> Optional[re.Pattern]:
-    """Runs of joiners, each with the characters on both sides when they belong to ``blocks``."""
+    """Runs of joiners; group ``inner`` is set when the run stands between two characters of ``blocks``."""
     if not blocks:
         return None
-    cls = "".join(f"\\u{lo:04x}-\\u{hi:04x}" if hi <= 0xFFFF else "" for lo, hi in blocks)
-    return re.compile(f"(?P<a>[{cls}])?[{_JOINERS}]+(?P<b>[{cls}])?")
+    cls = "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in blocks if hi <= 0xFFFF)
+    return re.compile(f"(?<=[{cls}])(?P<inner>[{_JOINERS}]+)(?=[{cls}])|[{_JOINERS}]+")
 
 
 def _tidy_joiners(m: re.Match) -> str:
     """One joiner (the first) between two characters of the script; none anywhere else."""
-    inner = m.group(0)[1:] if m.group("a") else m.group(0)
-    inner = inner[:-1] if m.group("b") else inner
-    keep = inner[0] if m.group("a") and m.group("b") else ""
-    return (m.group("a") or "") + keep + (m.group("b") or "")
+    return m.group("inner")[0] if m.group("inner") else ""
 
 
 class Cleaner:

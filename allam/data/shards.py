@@ -40,7 +40,9 @@ from allam.data.cleaning import Cleaner
 from allam.data.shard_writer import WORKER, ShardWriter, batches, check_script, process_batch
 from allam.data.sources import content_fingerprint, read_documents, reader_key, source_bytes, source_values
 
-FORMAT_VERSION = 3  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc)
+FORMAT_VERSION = 4  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc); 4: the
+# wrong-script check counts the letters of every script of allam/config/langs.py (shards cleaned by
+# the Arabic/Latin-only check are rebuilt, not reused)
 
 
 # --------------------------------------------------------------------------- tokenizer

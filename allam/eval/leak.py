@@ -249,11 +249,15 @@ def _row(name: str, found: list[Overlap]) -> dict:
             "leaked": sum(o.leaked for o in found)}
 
 
-if __name__ == "__main__":  # python -m allam.eval.leak [LANG]: the Arabic demo, or the bible_LANG preset's sources
+if __name__ == "__main__":  # python -m allam.eval.leak [LANG]: the Arabic demo (ar, the default), or bible_LANG's preset
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    chosen = demo.preset_sources(sys.argv[1]) if len(sys.argv) > 1 else None
+    code = sys.argv[1] if len(sys.argv) > 1 else "ar"
+    try:
+        chosen = None if code == "ar" else demo.preset_sources(code)
+    except KeyError as e:
+        sys.exit(f"error: {e.args[0]}")
     print(f"{'held out':<22} {'documents':>9} {'any shared':>10} {'half grams':>10} {'leaked':>7}")
     for r in overlap_report(training_index(sources=chosen), sources=chosen):
         print(f"{r['held_out']:<22} {r['documents']:>9} {r['any_shared']:>10} {r['half_grams_shared']:>10} {r['leaked']:>7}")

@@ -11,7 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from allam.config import is_pretrained, mix_targets, to_dict
+from allam.config import is_pretrained, to_dict
+from allam.config.langs import targets
 from allam.config.rules import writable_dir
 from allam.config.derived import compute_dtype, device_type, total_steps, world_size
 
@@ -76,9 +77,10 @@ def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
 
 
 def tokenizer_targets(cfg: DictConfig) -> tuple[str, ...]:
-    """The languages whose text trains an expanded or bilingual vocabulary's new pieces: the mix's
-    target languages with a share (Arabic when there is none, e.g. an English-only base's data)."""
-    return tuple(mix_targets(cfg.data)) or ("ar",)
+    """The languages whose text trains an expanded or bilingual vocabulary's new pieces: every
+    language but English with a source, in data.sources' order, whatever its share (so a sweep over
+    the shares keeps one vocabulary); Arabic when there is none, as before."""
+    return tuple(targets(str(cfg.data.sources[n].lang) for n in cfg.data.sources)) or ("ar",)
 
 
 def saved_run_tokenizer(cfg: DictConfig):

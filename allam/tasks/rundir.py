@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from allam.config import ConfigError, Resume
+from allam.config.saved import without_empty_stage_mix
 
 LOCK = ".lock"
 # keys a resume may change: they decide how long to train, where to log and checkpoint, and how
@@ -131,8 +132,9 @@ def _added_with_old_behaviour(key: str, value, saved: dict) -> bool:
 
 def changed_keys(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two resolved configs, except those a resume may change and
-    keys added since the run was saved that keep its behaviour (:data:`ADDED_KEYS`)."""
-    a, b = _flatten(saved), _flatten(current)
+    keys added since the run was saved that keep its behaviour (:data:`ADDED_KEYS`, and a stage's
+    empty ``mix``)."""
+    a, b = _flatten(without_empty_stage_mix(saved)), _flatten(without_empty_stage_mix(current))
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)
             and not _added_with_old_behaviour(k, b.get(k), a)]
