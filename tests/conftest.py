@@ -50,6 +50,21 @@ def make_cfg(tmp_path, cache_dir):
     return _make
 
 
+def tiny_bytelevel_tokenizer(docs: list[str], vocab_size: int):
+    """A byte-level BPE trained on `docs` in the test session (<s> and </s> specials), as a fast
+    Hugging Face tokenizer: for data tests that need real tokens but no shipped vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", bos_token="<s>")
+
+
 def run_inprocess(args, cache_dir: Path, out: Path) -> str | None:
     """run.py's command line, in this process: compose the overrides, validate, run the task.
 

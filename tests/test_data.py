@@ -34,16 +34,9 @@ def _docs(words, n, seed, length=24):
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import tiny_bytelevel_tokenizer
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(_docs(AR_WORDS, 200, 0) + _docs(EN_WORDS, 200, 1), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", bos_token="<s>")
+    return tiny_bytelevel_tokenizer(_docs(AR_WORDS, 200, 0) + _docs(EN_WORDS, 200, 1), 400)
 
 
 @pytest.fixture(scope="session")

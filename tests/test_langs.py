@@ -153,16 +153,9 @@ def test_indic_joiners_are_tidied_and_other_scripts_left_alone():
 # --------------------------------------------------------------------------- a three-language run
 @pytest.fixture(scope="module")
 def tri_tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import tiny_bytelevel_tokenizer
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(_docs(AR, 100, 0) + _docs(HI, 100, 1) + _docs(EN, 100, 2), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", bos_token="<s>")
+    return tiny_bytelevel_tokenizer(_docs(AR, 100, 0) + _docs(HI, 100, 1) + _docs(EN, 100, 2), 500)
 
 
 def test_a_three_language_run_reports_each_share_within_the_bound(tri_tok, tmp_path: Path, capsys):
