@@ -244,3 +244,27 @@ def test_a_language_the_table_lacks_is_added_with_plus_and_said_so_in_one_line()
         assert dict(mix_stages(cfg.data)[0].shares) == {"ar": 0.3, "en": pytest.approx(0.7)}
         merged = compose("config", overrides=["data=trilingual", "data.mix={ar:0.5,en:null}"])  # merges: hi stays
         assert dict(merged.data.mix) == {"ar": 0.5, "hi": 0.2, "en": None}
+
+
+@pytest.mark.slow  # five adaptation runs, 33 s together here; the fast suite composes each preset and runs three languages' data
+@pytest.mark.parametrize("preset", ["bible_hi", "bible_fa", "bible_ko", "bible_ru", "trilingual"])
+def test_each_preset_adapts_an_english_model(preset, tmp_path, cache_dir, english_checkpoint):
+    """`data=<preset> tokenizer=expanded init=pretrained init.checkpoint=<english base>` trains and
+    scores every language of the preset, with each realized share at its target."""
+    import json
+
+    from conftest import run_inprocess
+
+    out = tmp_path / "run"
+    args = [f"data={preset}", "tokenizer=expanded", "tokenizer.num_new_tokens=512", "tokenizer.training_words=60000",
+            "init=pretrained", f"init.checkpoint={english_checkpoint}", "model=micro", "trainer.max_steps=2",
+            "data.val_bytes=4000", "export=false"]
+    assert run_inprocess(args, cache_dir, out) is None
+    res = json.loads((out / "results.json").read_text())
+    langs = res["data"]["languages"]
+    assert set(langs) == set(language_codes(preset)) and all(f"val.{c}.bpb" in res for c in langs)
+    assert all(abs(v["realized_share"] - v["target_share"]) * res["data"]["blocks"] < 3 for v in langs.values())
+
+
+def language_codes(preset: str) -> list[str]:
+    return ["ar", "hi", "en"] if preset == "trilingual" else [preset.removeprefix("bible_"), "en"]
