@@ -7,7 +7,7 @@ SentencePiece bases english8k and mistral7b, the shipped byte-level bases, their
 on the preset's training text exactly as a training run would) and collects, per language and
 base, the target language's and English's tokens per word on the held-out books, before and after
 expansion. English must be identical: the byte-level expansions prove it on every English
-document when they are built (allam.tokenizer.bytelevel.check_expansion); here the SentencePiece
+document when they are built (allam.tokenizer.bytelevel_expand.check_expansion); here the SentencePiece
 ones are checked too, as equal English token counts.
 
     python experiments/languages_fertility.py --json experiments/languages_fertility.json

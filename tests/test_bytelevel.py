@@ -17,6 +17,7 @@ from allam.config import ConfigError, TokenizerConfig
 from allam.data.demo import demo_texts
 from allam.tokenizer import build_tokenizer
 from allam.tokenizer import bytelevel as B
+from allam.tokenizer import bytelevel_expand as X
 
 SMALL = dict(num_new_tokens=1000, training_words=80_000)
 N_NEW = SMALL["num_new_tokens"]
@@ -100,7 +101,7 @@ def test_every_new_merge_needs_an_arabic_lead_byte(cache):
     n_base = len(json.loads((base.path / "tokenizer.json").read_text())["model"]["merges"])
     new = json.loads((exp.path / "tokenizer.json").read_text())["model"]["merges"][n_base:]
     assert len(new) >= N_NEW
-    assert all(not B.ARABIC_LEAD_CHARS.isdisjoint(a + b) for a, b in new)
+    assert all(not X.ARABIC_LEAD_CHARS.isdisjoint(a + b) for a, b in new)
     vocab = exp.tokenizer.get_vocab()
     assert all(a in vocab and b in vocab and a + b in vocab for a, b in new)  # every merge loads
 
@@ -111,10 +112,10 @@ def test_continue_bpe_merges_most_frequent_pair_first():
     a, b, c = B.to_alphabet("ب".encode()), B.to_alphabet("ت".encode()), B.to_alphabet("ث".encode())
     ids = {a: 10, b: 11, c: 12, "x": 1, "y": 2}
     words = [([a, b, c], 5), ([a, b], 3), (["x", "y"], 100), ([c, a], 2)]
-    merges, new, last = B.continue_bpe(words, ids, set(), num_new=3, first_id=20)
+    merges, new, last = X.continue_bpe(words, ids, set(), num_new=3, first_id=20)
     assert merges == [(a, b), (a + b, c), (c, a)]
     assert new == {a + b: 20, a + b + c: 21, c + a: 22} and last == 2
-    merges, new, _ = B.continue_bpe(words, ids, set(), num_new=10, first_id=20, min_count=3)
+    merges, new, _ = X.continue_bpe(words, ids, set(), num_new=10, first_id=20, min_count=3)
     assert merges == [(a, b), (a + b, c)]  # pairs seen fewer than 3 times are not merged
 
 
@@ -125,7 +126,7 @@ def test_special_tokens_outside_the_model_vocab_keep_their_ids(cache):
     base = build_tokenizer(tcfg(base="gpt2"), cache_dir=cache, texts=train_text)
     spec = json.loads((base.path / "tokenizer.json").read_text())
     del spec["model"]["vocab"]["<|endoftext|>"]
-    merged, stats = B.expand(json.dumps(spec), itertools.islice(demo_texts("ar"), 3000), 300)
+    merged, stats = X.expand(json.dumps(spec), itertools.islice(demo_texts("ar"), 3000), 300)
     tok = Tokenizer.from_str(merged)
     assert tok.token_to_id("<|endoftext|>") == 50256 and stats.first_new_id == 50257
     assert stats.added == 300 and tok.get_vocab_size(with_added_tokens=True) == 50257 + 300
@@ -164,6 +165,6 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
 def test_arabic_pretokens_are_cut_by_the_base():
     need("gpt2")
     tok = Tokenizer.from_str(B.shipped_tokenizer_json("gpt2")[0])
-    counts = B.arabic_pretokens(tok, ["قال الله قال", "English only"])
+    counts = X.arabic_pretokens(tok, ["قال الله قال", "English only"])
     assert counts == Counter({B.to_alphabet("قال".encode()): 1, B.to_alphabet(" الله".encode()): 1,
                               B.to_alphabet(" قال".encode()): 1})

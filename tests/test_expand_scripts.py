@@ -16,6 +16,7 @@ from allam.config.langs import byte_prefixes, language
 from allam.data.demo import bible_db
 from allam.tokenizer import build_tokenizer, fertility_report
 from allam.tokenizer import bytelevel as B
+from allam.tokenizer import bytelevel_expand as X
 from allam.tokenizer import expand as expand_mod
 from allam.tokenizer import hf_folder
 from allam.tokenizer import spm as spm_util
@@ -141,7 +142,7 @@ def dev(data: bytes) -> list[str]:
 
 
 def test_arabic_prefixes_are_the_lead_bytes():
-    assert B.target_bytes(("ar",)).prefixes == B.ARABIC_LEAD_CHARS
+    assert X.target_bytes(("ar",)).prefixes == X.ARABIC_LEAD_CHARS
     assert expand_mod.target_ranges(("ar",)) == expand_mod.ARABIC_RANGES
     assert expand_mod.target_test(("ar",)) is expand_mod.has_arabic
     fa = expand_mod.target_test(("fa",))
@@ -152,20 +153,20 @@ def test_a_merge_must_hold_a_whole_prefix():
     """Devanagari's prefixes are two bytes (E0 A4, E0 A5): (E0, A4) holds one across the join;
     (A4, B9) holds none (A4 B9 also ends U+4939, a Han character) and never merges, however often
     it occurs or however low its ids."""
-    tb = B.target_bytes(("hi",))
+    tb = X.target_bytes(("hi",))
     e0, a4, b9 = dev(b"\xe0\xa4\xb9")  # ह
     assert tb.pair_holds(e0, a4) and not tb.pair_holds(a4, b9) and not tb.holds(e0) and not tb.holds(a4 + b9)
     assert tb.pair_holds(B.to_alphabet(b" ") + e0, a4 + b9) and not tb.pair_holds("x", e0)
     ids = {b9: 1, a4: 2, e0: 3}
-    merges, new, _ = B.continue_bpe([([e0, a4, b9], 5), ([a4, b9, a4, b9], 50)], ids, set(), num_new=10,
+    merges, new, _ = X.continue_bpe([([e0, a4, b9], 5), ([a4, b9, a4, b9], 50)], ids, set(), num_new=10,
                                     first_id=10, targets=("hi",))
     assert merges == [(e0, a4), (e0 + a4, b9)] and (a4, b9) not in merges
     # Arabic (one-byte prefixes) is unchanged by the same rule
-    assert not B.target_bytes(("ar",)).pair_holds(a4, b9)
+    assert not X.target_bytes(("ar",)).pair_holds(a4, b9)
 
 
 def test_target_text_is_found_through_its_prefixes():
-    tb = B.target_bytes(("ko",))
+    tb = X.target_bytes(("ko",))
     assert tb.in_text("한국어") and not tb.in_text("English, café, 中文")
     assert all(tb.holds(B.to_alphabet(chr(cp).encode())) for cp in (0xAC00, 0xD7A3, 0x1100))
 

@@ -14,7 +14,7 @@ text; allam.data.sources.SourceTexts over the configured sources).
 Files: spm.py (SentencePiece training with Llama-2's settings), expand.py (appending Arabic
 pieces to a ModelProto), hf_folder.py (Hugging Face folders and their equality check),
 bundle.py (TokenizerBundle and the cache naming every variant shares), variants.py (build_tokenizer:
-resolve, train, expand and cache every variant), bytelevel.py (byte-level BPE bases and their expansion),
+resolve, train, expand and cache every variant), bytelevel.py (byte-level BPE bases), bytelevel_expand.py (their expansion),
 bytelevel_variants.py (their cached folders), byte_lengths.py (bytes per token), fertility.py (the
 fertility report).
 """

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from allam.config import ConfigError
 from allam.config.langs import lang_name
-from allam.tokenizer import bytelevel, hf_folder
+from allam.tokenizer import bytelevel, bytelevel_expand, hf_folder
 from allam.tokenizer.bundle import (Texts, TokenizerBundle, TrainingTexts, fingerprint, load_bundle, safe_name, sample_lines,
                                     target_plan)
 from allam.tokenizer.expand import target_test
@@ -79,7 +79,7 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
     name = f"{base.name}+{tag}{n}"
     options = {"kind": "expanded-byte-level", "base_sha256": hashlib.sha256(base_json.encode()).hexdigest(),
                "num_new_tokens": n}
-    if targets != bytelevel.ARABIC:
+    if targets != bytelevel_expand.ARABIC:
         options["targets"] = list(targets)
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
 
@@ -87,7 +87,7 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
         t0 = time.perf_counter()
         read = text.read()
         try:
-            merged, stats = bytelevel.expand(base_json, read.lines, n, targets)
+            merged, stats = bytelevel_expand.expand(base_json, read.lines, n, targets)
         except ValueError as e:
             raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
         if stats.added < n:
@@ -97,7 +97,7 @@ def expanded_byte_level(cfg, base: TokenizerBundle, spec: dict, cache_dir: Path,
         has_target = target_test(targets)
         english = list(itertools.islice(texts("en"), 2000)) + [t for t in hf_folder.EDGE_CASES if not has_target(t)]
         try:
-            checked = bytelevel.check_expansion(base_json, merged, english, sample_lines(read.lines), targets)
+            checked = bytelevel_expand.check_expansion(base_json, merged, english, sample_lines(read.lines), targets)
         except RuntimeError as e:
             raise ConfigError(f"tokenizer.base={cfg.base}: expansion check failed ({e})") from None
         conf_path = base.path / "tokenizer_config.json"

@@ -40,13 +40,13 @@ from typing import Callable, Sequence
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from allam.config.langs import language
+from allam.config.langs import SCRIPTS, language
 from allam.tokenizer.spm import NormalPiece
 
 log = logging.getLogger(__name__)
 
-# Arabic, Arabic Supplement, Arabic Extended-B/-A, Presentation Forms-A/-B
-ARABIC_RANGES = ((0x0600, 0x06FF), (0x0750, 0x077F), (0x0870, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
+# Arabic, Arabic Supplement, Arabic Extended-B/-A, Presentation Forms-A/-B (the script's blocks)
+ARABIC_RANGES = SCRIPTS["Arabic"].blocks
 
 
 def is_arabic_char(ch: str) -> bool:
