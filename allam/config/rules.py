@@ -235,7 +235,8 @@ def mix_languages(data) -> list[str]:
 
 def mix_targets(data) -> list[str]:
     """The target languages (every language but English) with a share above 0 in some stage, in
-    split order: the languages whose text trains an expanded vocabulary's new pieces."""
+    split order (the expanded vocabulary's new pieces come from every target with a source,
+    whatever its share: allam.tasks.builders.tokenizer_targets)."""
     out: dict[str, None] = {}
     for st in mix_stages(data):
         out.update(dict.fromkeys(code for code, share in st.shares if share > 0 and code != BASE_LANG))
