@@ -682,7 +682,7 @@ def test_hold_out_fraction_and_cap_decide_the_prepared_val_docs(tok, corpus, tmp
     assert got["default"]["docs"] == 50 and got["quarter"]["docs"] == 150 and got["capped"]["docs"] == 50
     chapter1 = sum(len(d.encode()) for d in docs[50:100])
     assert got["capped"]["bytes"] == got["default"]["bytes"] and got["capped"]["bytes"] <= chapter1
-    from allam.data.sources import source_texts  # what tokenizers train on: the same training side
+    from allam.data.source_texts import source_texts  # what tokenizers train on: the same training side
     assert len(list(source_texts({"e": {**src, "val_fraction": 0.25}}, "en", "val"))) == 150
     assert len(list(source_texts({"e": {**src, "val_fraction": 0.25}}, "en", "train"))) == 450
     assert reader_key(source_values(src))["hold_out"] == HOLD_OUT_RULE

@@ -3,7 +3,7 @@
 A source is a `data.sources.<name>` entry (:class:`allam.config.SourceConfig`). Loaders:
 
 - ``demo``: a shipped demo corpus (``path`` names it: tafsir_ar, hadith_ar, bible_ar, hadith_en,
-  bible_en; see :mod:`allam.data.demo`).
+  bible_en, bible_<code> for another language's Bible; see :mod:`allam.data.demo`).
 - ``text``: UTF-8 text files, one document per non-empty line (the Hugging Face ``text`` loader's
   convention). ``path`` is a file, a folder (every ``*.txt`` in it) or a glob.
 - ``jsonl``: one JSON object per line; the document is ``text_field`` (default ``text``).
@@ -468,52 +468,3 @@ def _guard(name: str, src: Any, docs: Iterator) -> Iterator:
         ) from None
     except Unreadable as e:
         raise unreadable(name, e.path, e.exc) from None
-
-
-
-def source_texts(sources: Any, lang: str, split: str = "train", batch: int = 256) -> Iterator[str]:
-    """Cleaned text of one split of every configured source in language `lang`.
-
-    What tokenizers learn from (split "train") and are measured on (split "val"): the same
-    documents, cleaning and hold-out rule as the token shards, so a tokenizer never sees
-    validation text.
-    """
-    from allam.data.cleaning import Cleaner
-
-    for name, src in sources.items():
-        src = source_values(src)
-        if src["lang"] != lang:
-            continue
-        cleaner = Cleaner.from_source(src)
-        pending: list[str] = []
-        for doc in read_documents(name, src, parallel_pairs=False, bad=[0]):
-            if doc.split != split:
-                continue
-            pending.append(doc.text)
-            if len(pending) >= batch:
-                yield from (t for t in cleaner.clean_batch(pending)[0] if t)
-                pending = []
-        if pending:
-            yield from (t for t in cleaner.clean_batch(pending)[0] if t)
-
-
-class SourceTexts:
-    """``texts(lang)`` for tokenizer training, plus ``key(lang)``: a cheap fingerprint of that text
-    (each source's content fingerprint and cleaning options), so a cached tokenizer is found
-    without reading the corpus."""
-
-    def __init__(self, sources: Any, split: str = "train"):
-        self.sources, self.split = sources, split
-
-    def __call__(self, lang: str) -> Iterator[str]:
-        return source_texts(self.sources, lang, self.split)
-
-    def key(self, lang: str) -> str:
-        from allam.data.cleaning import Cleaner
-
-        entries = []
-        for name, src in self.sources.items():
-            src = source_values(src)
-            if src["lang"] == lang:
-                entries.append([name, content_fingerprint(name, src), reader_key(src), Cleaner.from_source(src).options()])
-        return hashlib.sha256(json.dumps([self.split, entries], sort_keys=True, default=str).encode()).hexdigest()

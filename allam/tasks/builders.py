@@ -62,7 +62,7 @@ def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
     """The configured tokenizer (or `tokenizer_cfg`, a variant of it); any it must train learns
     from the configured sources' training text."""
     from allam import cache_lock
-    from allam.data.sources import SourceTexts
+    from allam.data.source_texts import SourceTexts
     from allam.tokenizer import build_tokenizer as build
 
     cache_lock.wait_default = float(cfg.data.get("cache_wait_s", cache_lock.WAIT_S))  # a rank waiting for another's build

@@ -27,7 +27,7 @@ BYTE_LEVEL = tuple({"variant": v, "base": b} for b in ("tekken", "qwen", "gpt2")
 
 
 def run(cfg: DictConfig) -> dict:
-    from allam.data.sources import SourceTexts
+    from allam.data.source_texts import SourceTexts
     from allam.tokenizer import fertility_report
 
     validate(cfg)

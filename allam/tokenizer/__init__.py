@@ -9,7 +9,7 @@ Public API:
     fertility_report(variants, out_dir, texts, *, max_words=None, langs=("ar", "en")) -> dict
 
 Tokenizer code reads no corpus: the caller passes the text (``texts(lang)`` yields "ar" / "en"
-text; allam.data.sources.SourceTexts over the configured sources).
+text; allam.data.source_texts.SourceTexts over the configured sources).
 
 Files: spm.py (SentencePiece training with Llama-2's settings), expand.py (appending Arabic
 pieces to a ModelProto), hf_folder.py (Hugging Face folders and their equality check),

@@ -97,7 +97,7 @@ class TrainingTexts:
     """Training text of some languages, read only when a tokenizer must really be trained.
 
     Its fingerprint (the cache key) comes from ``texts.key(lang)`` when the text source offers
-    one (allam.data.sources.SourceTexts: the sources' content fingerprints), so a cache hit
+    one (allam.data.source_texts.SourceTexts: the sources' content fingerprints), so a cache hit
     reads no corpus; otherwise from the text itself."""
 
     def __init__(self, texts: Texts, plan: list[tuple[str, int | None]], empty: Callable[[str], str], seed: int = 0):

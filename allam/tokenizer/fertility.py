@@ -2,7 +2,7 @@
 English unless told otherwise).
 
 The caller passes the text (``texts(lang)``; the tasks pass the configured sources' held-out
-split, allam.data.sources.SourceTexts): tokenizer code reads no corpus itself.
+split, allam.data.source_texts.SourceTexts): tokenizer code reads no corpus itself.
 
 Per variant and language: tokens per word (whitespace-separated words), characters per token,
 and the share of words split into more than 3 pieces (each word segmented as it appears in

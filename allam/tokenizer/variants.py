@@ -328,7 +328,7 @@ def build_tokenizer(
     """The tokenizer the ``tokenizer`` config group asks for (see TokenizerConfig in allam.config).
 
     ``texts(lang)`` yields training text of "ar" / "en" (read only when a tokenizer must be
-    trained; allam.data.sources.SourceTexts gives the configured sources' training split).
+    trained; allam.data.source_texts.SourceTexts gives the configured sources' training split).
     ``targets``: the language codes (not English; allam.config.langs) whose text trains the new
     pieces of ``expanded`` and, with English, ``bilingual``; ("ar",) keeps every name and cache
     folder as before. An expansion for a Latin-script target is refused (ConfigError).
