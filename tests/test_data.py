@@ -245,7 +245,8 @@ def test_fingerprint_survives_a_touch_and_a_copy_but_not_an_edit(tmp_path):
     touched or copied to another folder keep it; a same-size edit of a sampled byte changes it."""
     import os
 
-    from allam.data import sources as S
+    from allam.data import holdout
+    from allam.data import source_files as S
 
     def fp(path):
         return S.content_fingerprint("e", {"loader": "text", "path": str(path), "lang": "en"})
@@ -255,7 +256,7 @@ def test_fingerprint_survives_a_touch_and_a_copy_but_not_an_edit(tmp_path):
     small.parent.mkdir()
     small.write_text("\n".join(_docs(EN_WORDS, 40, 5)) + "\n", encoding="utf-8")
     big.write_bytes(("\n".join(_docs(EN_WORDS, 12000, 6)) + "\n").encode())
-    assert big.stat().st_size > S.SAMPLE_BLOCKS * S.SAMPLE_BYTES  # sampled, not read whole
+    assert big.stat().st_size > holdout.SAMPLE_BLOCKS * holdout.SAMPLE_BYTES  # sampled, not read whole
     for f in (small, big):
         before = fp(f)
         os.utime(f, (1, 1))  # touch (to another mtime)
@@ -403,7 +404,8 @@ def test_source_fields_have_one_home(tok, corpus, tmp_path):
 
     from allam.config import source_fields
     from allam.data.cleaning import Cleaner
-    from allam.data.sources import reader_key, source_values
+    from allam.data.source_files import reader_key
+    from allam.data.sources import source_values
 
     validated = data_cfg(sources(corpus)).sources["ar_nat"]
     plain = {"lang": "ar", "loader": "text", "path": validated.path, "kind": "natural", "min_chars": None}
@@ -614,7 +616,7 @@ def test_progress_in_a_log_file_is_plain_lines_with_bytes_rate_and_eta():
 def test_a_build_reports_every_byte_of_its_files(tok, corpus, tmp_path, capsys):
     """Text, JSONL and parquet sources: the last progress line of each reaches its files' total."""
     from allam.data.progress import human_bytes
-    from allam.data.sources import source_bytes
+    from allam.data.source_files import source_bytes
 
     srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_nat", "ar_tr", "en_pq", "en_glob")}
     dm = AllamDataModule(data_cfg(srcs), tok, seq_len=32, cache_dir=tmp_path / "cache", train_batches=10,
@@ -667,7 +669,8 @@ def test_hold_out_fraction_and_cap_decide_the_prepared_val_docs(tok, corpus, tmp
     """Issue 21: a text source of 600 documents (12 chapters): at val_fraction 0.25 chapters 1, 5
     and 9 are validation; a cap of one byte keeps only the first; the default keeps chapter 1 and
     the cache key of before the setting existed."""
-    from allam.data.sources import HOLD_OUT_RULE, reader_key, source_values
+    from allam.data.source_files import reader_key
+    from allam.data.sources import HOLD_OUT_RULE, source_values
 
     f = tmp_path / "en.txt"
     docs = _docs(EN_WORDS, 600, 31)

@@ -9,7 +9,7 @@ Row formats (JSONL lines, parquet rows or Hugging Face dataset rows):
 
 Other fields are ignored. A source is a ``data.sources``-style mapping (``loader`` jsonl | parquet
 | hf, ``path``, ``split``, ``skip_bad_utf8``) and its files resolve as pretraining sources do
-(:func:`allam.data.sources.resolve_files`: a file, a folder or a glob); :func:`file_source` makes
+(:func:`allam.data.source_files.resolve_files`: a file, a folder or a glob); :func:`file_source` makes
 one from a path. A preference file given where chat data is expected, or the reverse, is a
 one-line ConfigError naming the file and what was expected; so is a row that is not JSON or lacks
 the kind's fields.
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from allam.config import ConfigError
-from allam.data import sources
+from allam.data import source_files, sources
 
 log = logging.getLogger("allam")
 
@@ -104,20 +104,20 @@ def _raw_rows(name: str, src: Any) -> Iterator[tuple[str, str, Any]]:
     src = sources.source_values(src)
     loader = src["loader"]
     if loader == "hf":
-        ds = sources._hf_dataset(name, src)
+        ds = source_files.hf_dataset(name, src)
         for i, row in enumerate(ds):
             yield str(src["path"]), f"{src['path']} row {i}", row
         return
     if loader not in ("jsonl", "parquet"):
         raise ConfigError(f"data.sources.{name}.loader={loader}: chat and preference data read jsonl, parquet or hf")
-    for f in sources.resolve_files(name, src):
+    for f in source_files.resolve_files(name, src):
         if loader == "parquet":
             import pyarrow.parquet as pq
 
             try:
                 pf = pq.ParquetFile(f)
             except OSError as e:
-                raise sources.unreadable(name, f, e) from None
+                raise source_files.unreadable(name, f, e) from None
             for batch in pf.iter_batches(batch_size=1024):
                 for row in batch.to_pylist():
                     yield str(f), str(f), row
@@ -128,7 +128,7 @@ def _raw_rows(name: str, src: Any) -> Iterator[tuple[str, str, Any]]:
         except sources.BadUtf8 as e:
             raise ConfigError(f"data.sources.{name}: {e} (set data.sources.{name}.skip_bad_utf8=true to skip such lines)") from None
         except sources.Unreadable as e:
-            raise sources.unreadable(name, e.path, e.exc) from None
+            raise source_files.unreadable(name, e.path, e.exc) from None
 
 
 def _check_kind(name: str, file: str, where: str, row: Any, kind: str) -> None:

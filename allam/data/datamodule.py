@@ -33,7 +33,8 @@ from allam.data.blend import Blend, SourceInfo
 from allam.data.fingerprint import check_fingerprint, data_fingerprint
 from allam.data.mix import check_repeats, format_mix_table, mix_report
 from allam.data.shards import SourceShards, TokenizerInfo, build, plan_jobs, submit
-from allam.data.sources import content_fingerprint, source_values
+from allam.data.source_files import content_fingerprint
+from allam.data.sources import source_values
 
 log = logging.getLogger("allam.data")
 

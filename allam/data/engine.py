@@ -35,7 +35,8 @@ import numpy as np
 
 from allam.data.holdout import CHAPTER_DOCS, _fraction, chapter_is_val
 from allam.data.shard_writer import WORKER, batches, process_batch
-from allam.data.sources import Piece, Span, read_documents, read_texts, resolve_files
+from allam.data.source_files import resolve_files
+from allam.data.sources import Piece, Span, read_documents, read_texts
 
 SPLITTABLE = ("text", "jsonl", "parquet")  # demo and hf sources are read by one task
 MERGE_DOCS = 1 << 16  # documents per chunk when a part is replayed

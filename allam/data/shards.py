@@ -38,7 +38,8 @@ from allam.config import ConfigError, RunFailed
 from allam.data import engine, engine_run
 from allam.data.cleaning import Cleaner
 from allam.data.shard_writer import WORKER, ShardWriter, batches, check_script, process_batch
-from allam.data.sources import content_fingerprint, read_documents, reader_key, source_bytes, source_values
+from allam.data.source_files import content_fingerprint, reader_key, source_bytes
+from allam.data.sources import read_documents, source_values
 
 FORMAT_VERSION = 4  # 2: documents are [BOS] text EOS; 3: val_docs.npy (tokens, bytes per held-out doc); 4: the
 # wrong-script check counts the letters of every script of allam/config/langs.py (shards cleaned by

@@ -6,7 +6,8 @@ import hashlib
 import json
 from typing import Any, Iterator
 
-from allam.data.sources import content_fingerprint, read_documents, reader_key, source_values
+from allam.data.source_files import content_fingerprint, reader_key
+from allam.data.sources import read_documents, source_values
 
 
 def source_texts(sources: Any, lang: str, split: str = "train", batch: int = 256) -> Iterator[str]:

@@ -1,4 +1,5 @@
-"""Reading the documents of one configured source, and a cheap fingerprint of its content.
+"""Reading the documents of one configured source. Where its files are and the fingerprint of its
+content are :mod:`allam.data.source_files`.
 
 A source is a `data.sources.<name>` entry (:class:`allam.config.SourceConfig`). Loaders:
 
@@ -32,24 +33,20 @@ sequence counts toward its source's (Arabic, translated) stream in the blend, En
 """
 from __future__ import annotations
 
-import glob as globlib
-import hashlib
 import json
-import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from allam.config import ConfigError, source_defaults, source_fields
-from allam.data import arabic, demo
+from allam.config import ConfigError, source_defaults
+from allam.data import demo
+from allam.data.source_files import hf_dataset, resolve_files, say_skipped, unreadable
 
 from allam.data.holdout import (  # noqa: E402,F401  (re-exported: callers import them from here)
     CHAPTER_DOCS, HOLD_OUT_RULE, SAMPLE_BLOCKS, SAMPLE_BYTES, VAL_EVERY, _fraction, chapter_is_val, file_identity,
     hold_out_rule)
 
-_EXTENSIONS = {"text": (".txt",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON escape can put one in a str; UTF-8 never decodes to one
 
 
@@ -99,66 +96,6 @@ class BadUtf8(Exception):
     def __init__(self, path: str, offset: int):
         super().__init__(f"{path} is not valid UTF-8 at byte offset {offset}")
         self.path, self.offset = path, offset
-
-
-# --------------------------------------------------------------------------- resolving files
-def resolve_files(name: str, src: Any) -> list[Path]:
-    """The files of a file source, sorted; one-line ConfigError when there are none."""
-    loader, path = src["loader"], src["path"]
-    if not path:
-        raise ConfigError(f"data.sources.{name}.path=None: loader={loader} needs a file, folder or glob")
-    p = Path(os.path.expanduser(str(path)))
-    if any(ch in str(path) for ch in "*?["):
-        files = sorted(Path(f) for f in globlib.glob(os.path.expanduser(str(path)), recursive=True) if Path(f).is_file())
-        if not files:
-            raise ConfigError(f"data.sources.{name}.path={path}: the glob matches no file")
-        return files
-    if p.is_dir():
-        exts = _EXTENSIONS.get(loader, ())
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts))
-        if not files:
-            raise ConfigError(f"data.sources.{name}.path={path}: folder has no {'/'.join(exts)} file")
-        return files
-    if not p.exists():
-        raise ConfigError(f"data.sources.{name}.path={path}: no such file")
-    return [p]
-
-
-def reader_key(src: Any) -> dict:
-    """What decides which text a source yields, besides its content: the reader's fields and the hold-out rule."""
-    return {"reader": {k: src[k] for k in source_fields("reader")}, "hold_out": hold_out_rule(src)}
-
-
-def content_fingerprint(name: str, src: Any) -> str:
-    """A cheap hash that changes when the source's content changes: each file's name, size and
-    content sample in reading order (:func:`file_identity`), for demo sources also the code of the
-    demo and Arabic-text modules, for hf the dataset's own fingerprint."""
-    loader = src["loader"]
-    if loader == "demo":
-        key = src["path"] or name
-        if key not in demo.DEMO_SOURCES:
-            raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
-        files = [file_identity(demo.package_file(*spec)) for spec in demo.DEMO_FILES.get(key, [])]
-        code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic))).hexdigest()
-        entry: Any = {"demo": key, "files": files, "code": code}
-    elif loader == "hf":
-        entry = {"hf": src["path"], "split": src["split"], "fp": _hf_dataset(name, src)._fingerprint}
-    else:
-        entry = {"files": [_readable(name, p, file_identity) for p in resolve_files(name, src)]}
-    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
-
-
-def unreadable(name: str, path: Any, exc: OSError) -> ConfigError:
-    """The one-line error for a file of source `name` that the operating system will not read."""
-    return ConfigError(f"data.sources.{name}.path: cannot read {path} ({exc.strerror or type(exc).__name__}); "
-                       "fix its permissions or remove it from the source's files")
-
-
-def _readable(name: str, path: Path, fn):
-    try:
-        return fn(path)
-    except OSError as e:
-        raise unreadable(name, path, e) from None
 
 
 class AtLine(ConfigError):
@@ -329,36 +266,8 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
                     yield str(t), (str(p) if p is not None else None)
 
 
-def _hf_dataset(name: str, src: Any):
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover
-        raise ConfigError(f"data.sources.{name}.loader=hf: needs the `datasets` package (pip install datasets)") from None
-    path = src["path"]
-    if not path:
-        raise ConfigError(f"data.sources.{name}.path=None: loader=hf needs a dataset name or path")
-    split = src["split"] or "train"
-    p = Path(os.path.expanduser(str(path)))
-    try:
-        if p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            ds = datasets.load_from_disk(str(p))
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise ConfigError(f"data.sources.{name}.split={split}: not in {path} (splits: {', '.join(ds)})")
-                ds = ds[split]
-        else:
-            ds = datasets.load_dataset(str(path), split=split)
-    except ConfigError:
-        raise
-    except FileNotFoundError as e:
-        raise ConfigError(f"data.sources.{name}.path={path}: dataset not found ({e})") from None
-    except Exception as e:  # datasets raises many types; keep the message to one line
-        raise ConfigError(f"data.sources.{name}.path={path}: cannot load dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    return ds
-
-
 def _read_hf(name: str, src: Any, field: str, pair_field: Optional[str]):
-    ds = _hf_dataset(name, src)
+    ds = hf_dataset(name, src)
     cols = ds.column_names
     for c in [field] + ([pair_field] if pair_field else []):
         if c not in cols:
@@ -383,19 +292,11 @@ def _demo_docs(name: str, key: str, pairs: bool) -> Iterator[RawDoc]:
         yield RawDoc(doc.text, doc.unit, None, doc.split)
 
 
-def source_bytes(name: str, src: Any) -> Optional[int]:
-    """The total size of a file source's files (what read_documents' byte count reaches); None for
-    demo and Hugging Face sources."""
-    if src["loader"] in ("demo", "hf"):
-        return None
-    return sum(p.stat().st_size for p in resolve_files(name, src))
-
-
 def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
                    read: Optional[list[int]] = None, bad_json: Optional[list] = None,
                    piece: Optional[Piece] = None) -> Iterator[RawDoc]:
     """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows; read[0]
-    (when given) the bytes of the source's files read so far (:func:`source_bytes` is their total);
+    (when given) the bytes of the source's files read so far (:func:`allam.data.source_files.source_bytes` is their total);
     with the source's ``skip_bad_json``, `bad_json` collects the (file, line) of JSONL lines skipped.
     With `piece`, only that part of a file source (:class:`Piece`), split as in the whole source.
 
@@ -431,7 +332,7 @@ def read_texts(name: str, src: Any, parallel_pairs: bool, bad: list[int], read: 
         return _guard(name, src, _read_hf(name, src, field, pair_field))
     if spans is None:
         files = resolve_files(name, src)
-        _say_skipped(name, src, files)
+        say_skipped(name, src, files)
     else:
         files = spans
     if loader == "text":
@@ -443,20 +344,6 @@ def read_texts(name: str, src: Any, parallel_pairs: bool, bad: list[int], read: 
     else:
         raise ConfigError(f"data.sources.{name}.loader={loader}: allowed: demo, text, jsonl, parquet, hf")
     return _guard(name, src, gen)
-
-
-def _say_skipped(name: str, src: Any, files: list[Path]) -> None:
-    """A folder source reads only its loader's file types: one log line names the other files."""
-    folder = Path(os.path.expanduser(str(src["path"])))
-    if any(ch in str(src["path"]) for ch in "*?[") or not folder.is_dir():
-        return
-    read = set(files)
-    others = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() and f not in read)
-    if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        exts = "/".join(_EXTENSIONS.get(src["loader"], ()))
-        logging.getLogger("allam").info("data: %s: skipped %d file(s) in %s that are not %s: %s",
-                                        name, len(others), folder, exts, shown)
 
 
 def _guard(name: str, src: Any, docs: Iterator) -> Iterator:
