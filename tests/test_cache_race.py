@@ -10,7 +10,7 @@ import pytest
 
 from allam.config import ConfigError
 from allam import cache_lock
-from allam.data import shards
+from allam.data import shard_build, shards
 from test_data import corpus, sources, tok  # noqa: F401  (fixtures)
 
 FORK = mp.get_context("fork")
@@ -29,7 +29,7 @@ def _builder(jobs, info, out, started=None, barrier=None, broken_locks=False, sl
         import contextlib
 
         cache_lock.building = lambda *a, **k: contextlib.nullcontext()
-    real_build_one, real_publish = shards._build_one, cache_lock.publish
+    real_build_one, real_publish = shard_build._build_one, cache_lock.publish
 
     def build_one(*a, **k):
         if started is not None:
@@ -44,9 +44,9 @@ def _builder(jobs, info, out, started=None, barrier=None, broken_locks=False, sl
             barrier.wait(timeout=60)  # both builds are finished: publish at once
         return real_publish(*a, **k)
 
-    shards._build_one, cache_lock.publish = build_one, publish
+    shard_build._build_one, cache_lock.publish = build_one, publish
     try:
-        res = shards.build(jobs, info, workers=0, progress=False, log=lines.append, wait_s=60)
+        res = shard_build.build(jobs, info, workers=0, progress=False, log=lines.append, wait_s=60)
         out.put((os.getpid(), res["ar_nat"].meta, lines))
     except BaseException as exc:  # reported, not swallowed
         out.put((os.getpid(), None, [f"{type(exc).__name__}: {exc}"]))
@@ -142,8 +142,10 @@ def test_publish_keeps_a_complete_folder_checks_it_and_replaces_a_damaged_one(tm
     assert (path / "data").read_text() == "v4" and _leftovers(tmp_path) == []
 
 
-def _tokenizer_builder(cache, out, started=None):
-    """One process building the small English tokenizer: reports (its pid, its log lines)."""
+def _tokenizer_builder(cache, out, arrived, started=None):
+    """One process building the small English tokenizer: reports (its pid, its log lines). The one
+    given `started` holds its build until the other says it waits (`arrived`), however slow the
+    machine is."""
     import logging
 
     from omegaconf import OmegaConf
@@ -157,6 +159,8 @@ def _tokenizer_builder(cache, out, started=None):
     class Keep(logging.Handler):
         def emit(self, record):
             lines.append(record.getMessage())
+            if lines[-1].startswith("cache: waiting"):
+                arrived.set()
 
     logging.getLogger("allam").addHandler(Keep())
     logging.getLogger("allam").setLevel(logging.INFO)
@@ -165,9 +169,7 @@ def _tokenizer_builder(cache, out, started=None):
 
         def slow(*a, **k):
             started.set()
-            import time
-
-            time.sleep(1.5)
+            arrived.wait(120)
             return real(*a, **k)
 
         spm_util.train_bpe = slow
@@ -180,11 +182,11 @@ def _tokenizer_builder(cache, out, started=None):
 
 
 def test_a_tokenizer_is_trained_once_when_ranks_ask_at_the_same_time(tmp_path):
-    out, started = FORK.Queue(), FORK.Event()
-    first = FORK.Process(target=_tokenizer_builder, args=(tmp_path, out, started))
+    out, started, arrived = FORK.Queue(), FORK.Event(), FORK.Event()
+    first = FORK.Process(target=_tokenizer_builder, args=(tmp_path, out, arrived, started))
     first.start()
     assert started.wait(120)  # the first one holds the lock and trains
-    second = FORK.Process(target=_tokenizer_builder, args=(tmp_path, out))
+    second = FORK.Process(target=_tokenizer_builder, args=(tmp_path, out, arrived))
     second.start()
     got = dict(out.get(timeout=180) for _ in range(2))
     first.join(60)
