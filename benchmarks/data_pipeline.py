@@ -1,6 +1,6 @@
 """Data pipeline speed, side by side with a named baseline, on the same corpus, in one run.
 
-1. Pre-tokenization: this pipeline (``allam.data.shards.build``: read, clean, dedup, tokenize on
+1. Pre-tokenization: this pipeline (``allam.data.shard_build.build``: read, clean, dedup, tokenize on
    all cores, write memory-mapped shards) against Hugging Face ``datasets.Dataset.map(batched=True)``
    calling the same fast tokenizer (``tokenizer(batch["text"])``; the documents handed to it are
    already in memory, so the baseline is timed on less work than the pipeline). The baseline is
@@ -76,7 +76,8 @@ def data_cfg(sources: dict):
 
 
 def bench_pipeline(tokenizer, sources: dict, cache: Path) -> tuple[float, int]:
-    from allam.data.shards import TokenizerInfo, build, plan_jobs
+    from allam.data.shard_build import build
+    from allam.data.shards import TokenizerInfo, plan_jobs
 
     cfg = data_cfg(sources)
     t0 = time.perf_counter()
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
 
     from transformers import AutoTokenizer
 
-    from allam.data.shards import default_workers
+    from allam.data.shard_build import default_workers
 
     with tempfile.TemporaryDirectory(prefix="allam-bench-") as tmpdir:
         tmp = Path(tmpdir)

@@ -72,7 +72,8 @@ def run_path(path: str, sources: dict, cache: Path, tok_folder: Path, task_bytes
 
     from transformers import AutoTokenizer
 
-    from allam.data.shards import TokenizerInfo, build, default_workers, plan_jobs
+    from allam.data.shard_build import build, default_workers
+    from allam.data.shards import TokenizerInfo, plan_jobs
     from data_pipeline import data_cfg
 
     info = TokenizerInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(tok_folder)))
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
         spec = json.loads(args.child)
         print(json.dumps(run_path(spec["path"], spec["sources"], Path(spec["cache"]), Path(spec["tok"]), spec["task_bytes"])))
         return {}
-    from allam.data.shards import default_workers
+    from allam.data.shard_build import default_workers
     from data_pipeline import mistral_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="allam-prep-", dir=args.tmp))

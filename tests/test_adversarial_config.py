@@ -193,7 +193,7 @@ def _jsonl_source(folder: Path, bad_line: int | None = None, n: int = 120) -> di
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_lone_surrogate_names_the_source_and_line(tiny_tok, tmp_path, workers):
-    from allam.data import shards
+    from allam.data import shard_build, shards
     from allam.data.sources import source_values
 
     info = shards.TokenizerInfo.from_tokenizer(tiny_tok)
@@ -201,20 +201,20 @@ def test_a_lone_surrogate_names_the_source_and_line(tiny_tok, tmp_path, workers)
     jobs = shards.plan_jobs({"news": src}, False, info, tmp_path / "cache")
     with pytest.raises(ConfigError, match=rf"^data\.sources\.news: {tmp_path / 'corpus' / 'en.jsonl'} line 78 has a lone "
                                           r"surrogate \(\\ud800\), .*data\.sources\.news\.skip_bad_utf8=true"):
-        shards.build(jobs, info, workers=workers, progress=False, log=lambda *_: None)
+        shard_build.build(jobs, info, workers=workers, progress=False, log=lambda *_: None)
     jobs = shards.plan_jobs({"news": source_values({**src, "skip_bad_utf8": True})}, False, info, tmp_path / "cache")
-    built = shards.build(jobs, info, workers=workers, progress=False, log=lambda *_: None)
+    built = shard_build.build(jobs, info, workers=workers, progress=False, log=lambda *_: None)
     assert built["news"].meta["drops"]["bad_utf8"] == 1 and built["news"].meta["docs_read"] == 119
 
 
 def _build_news(tok, tmp_path, log):
-    from allam.data import shards
+    from allam.data import shard_build, shards
 
     info = shards.TokenizerInfo.from_tokenizer(tok)
     corpus = tmp_path / "corpus"
     src = _jsonl_source(corpus) if not corpus.exists() else {"lang": "en", "loader": "jsonl", "path": str(corpus / "en.jsonl")}
     jobs = shards.plan_jobs({"news": src}, False, info, tmp_path / "cache")
-    return shards.build(jobs, info, workers=1, progress=False, log=log)["news"]
+    return shard_build.build(jobs, info, workers=1, progress=False, log=log)["news"]
 
 
 @pytest.mark.parametrize("damage", ["meta.json:random", "meta.json:truncated", "train.bin:random", "train.bin:truncated",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from allam.config import ConfigError
-from allam.data import engine, engine_run, shards
+from allam.data import engine, engine_run, shard_build, shards
 from allam.data.sources import source_values
 from test_data import AR_WORDS, EN_WORDS, _docs, tok  # noqa: F401  (fixtures)
 
@@ -43,7 +43,7 @@ def _corpus(d: Path) -> dict:
 
 def _build(sources: dict, info, cache: Path, task_bytes=None, workers=2, log=None):
     jobs = shards.plan_jobs(sources, False, info, cache)
-    return shards.build(jobs, info, workers=workers, progress=False, task_bytes=task_bytes, log=log or (lambda *a: None))
+    return shard_build.build(jobs, info, workers=workers, progress=False, task_bytes=task_bytes, log=log or (lambda *a: None))
 
 
 def test_pieces_cover_every_byte_once_and_start_at_lines(tmp_path):
@@ -160,7 +160,7 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
     old = os.environ["PATH"]
     os.environ["PATH"] = env["PATH"]
     try:
-        sub = shards.submit(jobs, info, Cfg, log=lambda *a: None)
+        sub = shard_build.submit(jobs, info, Cfg, log=lambda *a: None)
     finally:
         os.environ["PATH"] = old
     assert len(sub) == 1 and sub[0]["pieces"] >= 3
@@ -179,7 +179,7 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
     for f in shards.SHARD_FILES:
         assert (built.path / f).read_bytes() == (one.path / f).read_bytes()
     assert sorted(p.name for p in Path(sub[0]["work"]).iterdir()) == ["logs", "slurm"]  # the parts are gone
-    assert shards.submit(jobs, info, Cfg) == []  # in the cache: nothing to submit
+    assert shard_build.submit(jobs, info, Cfg) == []  # in the cache: nothing to submit
 
 
 def _build_under_a_stop_handler(srcs, info, cache, q, task_bytes):  # noqa: F811
@@ -233,11 +233,11 @@ def test_dedup_across_sources_of_a_language_drops_what_an_earlier_source_kept(to
     alone = _build(srcs, info, tmp_path / "alone")
     jobs = shards.plan_jobs(srcs, False, info, tmp_path / "across", dedup_across=True)
     assert [j.name for j in jobs[1].after] == ["a"] and jobs[2].after == []
-    across = shards.build(jobs, info, workers=2, progress=False, log=lambda *a: None)
+    across = shard_build.build(jobs, info, workers=2, progress=False, log=lambda *a: None)
     assert alone["b"].meta["train"]["docs"] == 200 and alone["b"].meta["drops"]["duplicate"] == 200
     assert across["b"].meta["train"]["docs"] == 100 and across["b"].meta["drops"]["duplicate"] == 300
     assert across["a"].meta["train"] == alone["a"].meta["train"] and across["e"].meta["train"] == alone["e"].meta["train"]
     pieces = shards.plan_jobs(srcs, False, info, tmp_path / "pieces", dedup_across=True)
-    built = shards.build(pieces, info, workers=2, progress=False, log=lambda *a: None, task_bytes=4000)
+    built = shard_build.build(pieces, info, workers=2, progress=False, log=lambda *a: None, task_bytes=4000)
     for name in srcs:
         assert (built[name].path / "train.bin").read_bytes() == (across[name].path / "train.bin").read_bytes()

@@ -119,7 +119,7 @@ def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, 
     from conftest import run_inprocess
 
     from allam.config import validate
-    from allam.data import shards
+    from allam.data import shard_build
     from allam.tasks import builders
 
     f = tmp_path / "mine.txt"
@@ -137,7 +137,7 @@ def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, 
     def no_build(*a, **k):
         raise AssertionError("the run tokenized a source that task=prepare had built")
 
-    monkeypatch.setattr(shards, "_build_one", no_build)
+    monkeypatch.setattr(shard_build, "_build_one", no_build)
     from allam.tokenizer import spm
 
     monkeypatch.setattr(spm, "train_bpe", no_build)  # nor trains a tokenizer

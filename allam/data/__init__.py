@@ -1,9 +1,11 @@
 """The data pipeline, one module a stage:
 
-- ``sources``: reading a configured source's documents (and the hold-out rule); ``demo``: the
-  shipped demo corpora;
+- ``sources``: reading a configured source's documents; ``source_files``: its files, size and
+  content fingerprint; ``holdout``: the hold-out rule; ``demo``: the shipped demo corpora;
 - ``cleaning``: the cleaning steps and their drop counts; ``arabic``: Arabic marks and script tables;
-- ``shards``: cleaned, tokenized, cached token shards per source;
+- ``shards``: cleaned, tokenized, cached token shards per source (format, cache key, checks);
+  ``shard_build``: building them (``shard_writer`` the writing, ``engine``/``engine_run`` the
+  parallel tasks of large sources);
 - ``blend``: the exact, seeded mix of sources block by block, by stage;
 - ``datamodule``: the Lightning lifecycle, batches and resume;
 - ``mix``: the mix report (target vs realized) and its table; ``fingerprint``: what decides the

@@ -32,7 +32,8 @@ from allam.config.langs import language
 from allam.data.blend import Blend, SourceInfo
 from allam.data.fingerprint import check_fingerprint, data_fingerprint
 from allam.data.mix import check_repeats, format_mix_table, mix_report
-from allam.data.shards import SourceShards, TokenizerInfo, build, plan_jobs, submit
+from allam.data.shard_build import build, submit
+from allam.data.shards import SourceShards, TokenizerInfo, plan_jobs
 from allam.data.source_files import content_fingerprint
 from allam.data.sources import source_values
 
@@ -210,7 +211,7 @@ class AllamDataModule(L.LightningDataModule):
 
     def submit(self) -> list[dict]:
         """``data.prepare.executor=slurm`` (task=prepare): submits the build of every missing file
-        source as SLURM jobs (:func:`allam.data.shards.submit`) and returns what was submitted."""
+        source as SLURM jobs (:func:`allam.data.shard_build.submit`) and returns what was submitted."""
         tok = self._tokenizer_info()
         jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir,
                          bool(self.cfg.get("dedup_across_sources", False)))

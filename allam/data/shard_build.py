@@ -1,0 +1,297 @@
+"""Building a source's shard folder (:mod:`allam.data.shards` is the format, the cache key and the
+check of a cached folder).
+
+Building streams the source: documents are read in order in the main process, cleaned and
+tokenized in batches by a pool of forked workers (all cores; a bounded number of batches in
+flight, so an arbitrarily large corpus never needs to fit in memory), and appended to the shard
+files in order, with exact-duplicate removal by hash. Progress (:mod:`allam.data.progress`) shows
+the bytes read of the total, the rate, the time left, documents and tokens. A file source larger
+than ``data.prepare.task_bytes`` is built by :mod:`allam.data.engine`'s tasks instead and merged
+here; ``executor=slurm`` submits those tasks (:func:`submit`).
+Folders are written under a temporary name and renamed when complete; a file lock keeps
+concurrent ranks from building the same folder twice, and where locks do not reach across hosts
+the first complete folder wins (:mod:`allam.cache_lock`).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import os
+import shutil
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from allam import cache_lock
+from allam.config import ConfigError, RunFailed
+from allam.data import engine, engine_run
+from allam.data.shard_writer import WORKER, ShardWriter, batches, check_script, process_batch
+from allam.data.shards import FORMAT_VERSION, ShardJob, SourceShards, TokenizerInfo, _differs, file_record, load, verify
+from allam.data.source_files import content_fingerprint, source_bytes
+from allam.data.sources import read_documents
+
+
+# --------------------------------------------------------------------------- workers
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+def _child_signals() -> None:
+    """A pool child takes the default action on stop signals: a handler inherited from the parent
+    (a training run's stop-at-the-next-step handler) would leave it running, and the parent's
+    pool.terminate() after an error would then wait for it."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    """A fork pool whose children run the tokenizer single-threaded (no Rayon after fork)."""
+    if workers <= 1:
+        yield None
+        return
+    import multiprocessing as mp
+
+    prev = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the children only
+    try:
+        pool = mp.get_context("fork").Pool(workers, initializer=_child_signals)
+    finally:
+        if prev is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = prev
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+# --------------------------------------------------------------------------- building
+def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = None, progress: bool = True,
+          log=print, wait_s: Optional[float] = None, wait_log=None,
+          task_bytes: Optional[int] = None) -> dict[str, SourceShards]:
+    """Loads every source's shards, building the missing ones. Returns {name: SourceShards}.
+    A source another process is building is waited for, at most `wait_s` seconds (default
+    :data:`allam.cache_lock.wait_default`), saying so through `wait_log` (default `log`).
+    A file source larger than `task_bytes` is built in parallel tasks (:mod:`allam.data.engine`,
+    `workers` at once); the others by this process and a pool of `workers`."""
+    out: dict[str, SourceShards] = {}
+    todo = []
+    for job in jobs:
+        shards = load(job)
+        if shards is None:
+            todo.append(job)
+        else:
+            out[job.name] = shards
+    if not todo:
+        return out
+    workers = default_workers() if workers is None else workers
+    big = [j for j in todo if task_bytes and engine.splits(j, task_bytes)]
+    if big and len(todo) > 1 and any(j.after for j in todo):  # each source needs the earlier ones' hashes: one at a time, in order
+        for job in todo:
+            out.update(build([job], tok, workers=workers, progress=progress, log=log, wait_s=wait_s,
+                             wait_log=wait_log, task_bytes=task_bytes))
+        return out
+    if big:
+        out.update(_build_big(big, tok, task_bytes, workers, progress, log, wait_s, wait_log))
+        todo = [j for j in todo if j.name not in out]
+    WORKER.clear()
+    WORKER.update(backend=tok.backend, eos=tok.eos_id, bos=tok.bos_id, dtype=tok.dtype, cleaners={i: j.cleaner for i, j in enumerate(todo)})
+    pool_cm = None
+    try:
+        for i, job in enumerate(todo):
+            with cache_lock.building(job.path, f"the shards of source {job.name}", wait_s=wait_s,
+                                    log=wait_log or log):
+                shards = _cached(job, log)  # another rank may have built it meanwhile
+                if shards is None:
+                    if pool_cm is None:
+                        pool_cm = _pool(workers)
+                        pool = pool_cm.__enter__()
+                    shards = _build_one(i, job, tok, pool, workers, progress, log)
+            out[job.name] = shards
+    finally:
+        if pool_cm is not None:
+            pool_cm.__exit__(None, None, None)
+        WORKER.clear()
+    return out
+
+
+def _cached(job: ShardJob, log) -> Optional[SourceShards]:
+    """The job's shards when a complete folder is there (built meanwhile by another process)."""
+    meta, why = verify(job)
+    if why:
+        log(f"data: {job.name}: cached shards {job.path} cannot be used ({why}); rebuilding them")
+    return None if meta is None else SourceShards(job.name, job.src["lang"], job.src["kind"], job.path, meta)
+
+
+def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, workers: int, progress: bool, log,
+               wait_s, wait_log) -> dict[str, SourceShards]:
+    """Sources larger than `task_bytes`, together: their locks held (taken in path order), their
+    pieces counted and tokenized by one local executor run, then each merged and published here.
+    Returns those built (a source whose files do not split is left to the caller)."""
+    from allam.data.progress import Progress
+
+    out: dict[str, SourceShards] = {}
+    with contextlib.ExitStack() as locks:
+        plans = []
+        for job in sorted(jobs, key=lambda j: str(j.path)):
+            locks.enter_context(cache_lock.building(job.path, f"the shards of source {job.name}", wait_s=wait_s,
+                                                    log=wait_log or log))
+            shards = _cached(job, log)
+            if shards is not None:
+                out[job.name] = shards
+                continue
+            plan = engine.make_plan(job, tok, task_bytes, workers=workers)
+            if plan is not None:
+                plans.append(plan)
+        if not plans:
+            return out
+        t0 = time.perf_counter()
+        n = sum(len(p.pieces) for p in plans)
+        logs = engine_run.logs_folder(plans)
+        for plan in plans:
+            log(f"data: {plan.job.name}: {len(plan.pieces)} tasks of about {plan.task_bytes / 2**20:,.1f} MiB "
+                f"(datatrove's local executor, {min(workers, n)} processes; work folder {plan.work})")
+        size = sum(source_bytes(p.job.name, p.job.src) or 0 for p in plans)
+        names = ", ".join(p.job.name for p in plans)
+        bar = Progress(f"prepare {names} (count, then tokenize)", 2 * size or None, enabled=progress)
+        try:
+            engine_run.run_local(plans, workers, logs, bar)
+        except (ConfigError, RunFailed):  # bad input: the fixed source starts afresh (a cut-off run resumes)
+            shutil.rmtree(logs, ignore_errors=True)
+            raise
+        finally:
+            bar.close()
+        log(f"data: {names}: {n} tasks counted and tokenized in {time.perf_counter() - t0:.1f}s")
+        for plan in plans:
+            t1 = time.perf_counter()
+            out[plan.job.name] = _build_one(0, plan.job, plan.tok, None, 1, False, log, plan=plan, t0=t0)
+            log(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
+            engine.clear_work(plan)
+        shutil.rmtree(logs, ignore_errors=True)
+    return out
+
+
+def merge_job(plan: "engine.Plan") -> None:
+    """What the merge job of ``executor=slurm`` runs: the parts into the source's folder (unless a
+    complete one is there already); then the work folder keeps only the jobs' logs."""
+    job = plan.job
+    with cache_lock.building(job.path, f"the shards of source {job.name}", log=print):
+        if load(job) is None:
+            _build_one(0, job, plan.tok, None, 1, False, print, plan=plan)
+    engine.clear_work(plan, keep_logs=True)
+
+
+def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> list[dict]:
+    """executor=slurm: submits the stages of every missing file source (:func:`engine_run.submit_slurm`)
+    and returns what was submitted; demo and hf sources, which are read by one process, are built here."""
+    out = []
+    for job in jobs:
+        if load(job) is not None:
+            continue
+        plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
+        if plan is None:
+            build([job], tok, progress=True, log=log)
+            continue
+        sub = engine_run.submit_slurm(plan, merge_job, cfg)
+        log(f"data: {job.name}: submitted {sub['pieces']} count and tokenize tasks and a merge "
+            f"(SLURM jobs {sub['jobs']['count']}, {sub['jobs']['tokenize']}, {sub['jobs']['merge']}); "
+            f"work folder {sub['work']}")
+        out.append(sub)
+    return out
+
+
+def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: int, progress: bool,
+               log, plan: Optional["engine.Plan"] = None, t0: Optional[float] = None) -> SourceShards:
+    from allam.data.progress import Progress
+
+    t0 = time.perf_counter() if t0 is None else t0
+    tmp = cache_lock.unique_name(job.path, "tmp")
+    tmp.mkdir(parents=True)
+    bad, bad_json = [0], []
+    bar = Progress(f"tokenize {job.name}", source_bytes(job.name, job.src), enabled=progress)
+    writer = None
+    try:
+        writer = ShardWriter(job, tmp, bar)
+        for prior in job.after:  # data.dedup_across_sources: what the earlier sources kept
+            writer.seen.first_seen(np.load(prior.path / "hashes.npy"))
+        docs = [] if plan is not None else read_documents(job.name, job.src, job.parallel_pairs, bad, bar.read, bad_json)
+        if plan is not None:
+            engine.merge_parts(plan, writer, bad, bad_json)
+        inflight: collections.deque = collections.deque()
+        window = 2 * (workers if pool is not None else 1) + 2  # batches in flight: two per worker
+        for texts, pairs, splits in batches(docs):
+            if pool is None:
+                writer.add(splits, process_batch(job_idx, texts, pairs))
+                continue
+            inflight.append((splits, pool.apply_async(process_batch, (job_idx, texts, pairs))))
+            while len(inflight) >= window:
+                s, r = inflight.popleft()
+                writer.add(s, r.get())
+        while inflight:
+            s, r = inflight.popleft()
+            writer.add(s, r.get())
+        bar.close()
+        stats = writer.close(bad[0], len(bad_json))
+        if bad_json:
+            shown = ", ".join(f"{f} line {n}" for f, n in bad_json[:3]) + (f" and {len(bad_json) - 3} more" if len(bad_json) > 3 else "")
+            log(f"data: {job.name}: skipped {len(bad_json):,} lines that are not JSON (skip_bad_json): {shown}")
+        # never publish shards of files that changed while read (package files and saved datasets do not)
+        if job.src["loader"] not in ("demo", "hf") and content_fingerprint(job.name, job.src) != job.content:
+            raise ConfigError(f"data.sources.{job.name}: its files changed while being prepared "
+                              f"({job.src['path']}); nothing was written to the cache; run again once they are final")
+        check_script(job, stats, final=True)
+        if stats["docs_read"] == 0 and bad[0] == 0 and not bad_json:
+            raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {job.src['path'] or job.name})")
+        if stats["train"]["tokens"] == 0:
+            d = ", ".join(f"{k}={v}" for k, v in stats["drops"].items() if v)
+            raise ConfigError(f"data.sources.{job.name}: no training text left ({stats['docs_read']} documents read; dropped: {d or 'none'})")
+        meta = {
+            "format": FORMAT_VERSION,
+            "name": job.name,
+            "key": job.key,
+            "lang": job.src["lang"],
+            "kind": job.src["kind"],
+            "dtype": tok.dtype,
+            "eos": tok.eos_id,
+            "bos": tok.bos_id,
+            "tokenizer": tok.hash,
+            "content": job.content,
+            "cleaning": job.cleaner.options(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "built_by": f"host {cache_lock.HOST} pid {os.getpid()}",
+            **stats,
+            "files": {f: file_record(tmp / f) for f in job.files},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if not cache_lock.publish(tmp, job.path, complete=lambda p: verify(job)[0] is not None, same=_differs,
+                                  what=f"data.sources.{job.name}", log=log):
+            return load(job)  # type: ignore[return-value]
+        kept = meta["train"]["docs"] + meta["val"]["docs"]
+        drops = ", ".join(f"{k} {v:,}" for k, v in meta["drops"].items() if v) or "none"
+        log(f"data: {job.name}: {meta['docs_read']:,} docs read, {kept:,} kept ({drops} dropped), "
+            f"{meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens in {meta['seconds']:.1f}s")
+        return load(job)  # type: ignore[return-value]
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(job.path.parent).free / 2**30
+            raise RunFailed(f"data.sources.{job.name}: {exc.strerror or exc} while writing its shards in {job.path.parent} "
+                            f"({free:.1f} GiB free); the unfinished folder was removed and nothing was added to the cache; "
+                            "free space (or point paths.cache_dir at a larger disk) and run the same command again") from None
+        raise
