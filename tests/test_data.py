@@ -614,11 +614,15 @@ def test_progress_in_a_log_file_is_plain_lines_with_bytes_rate_and_eta():
 
 
 def test_a_build_reports_every_byte_of_its_files(tok, corpus, tmp_path, capsys):
-    """Text, JSONL and parquet sources: the last progress line of each reaches its files' total."""
+    """Text, JSONL, parquet and saved Hugging Face sources: the last progress line of each reaches
+    its files' total (a dataset's Arrow files)."""
     from allam.data.progress import human_bytes
     from allam.data.source_files import source_bytes
 
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": _docs(EN_WORDS, 300, 23)}).save_to_disk(str(tmp_path / "hf"), max_shard_size="20KB")
     srcs = {k: v for k, v in sources(corpus).items() if k in ("ar_nat", "ar_tr", "en_pq", "en_glob")}
+    srcs["en_hf"] = {"lang": "en", "kind": "natural", "loader": "hf", "path": str(tmp_path / "hf")}
     dm = AllamDataModule(data_cfg(srcs), tok, seq_len=32, cache_dir=tmp_path / "cache", train_batches=10,
                          workers=1, progress=True)
     dm.prepare()
@@ -626,7 +630,7 @@ def test_a_build_reports_every_byte_of_its_files(tok, corpus, tmp_path, capsys):
     for name, src in srcs.items():
         total = source_bytes(name, OmegaConf.merge(OmegaConf.structured(SourceConfig), src))
         last = [line for line in err.splitlines() if line.startswith(f"tokenize {name}: ")][-1]
-        assert f"{human_bytes(total)} of {human_bytes(total)} (100%)" in last, last
+        assert total and f"{human_bytes(total)} of {human_bytes(total)} (100%)" in last, last
 
 
 def test_a_source_changing_while_being_prepared_is_one_line_and_nothing_is_cached(tok, tmp_path, monkeypatch):

@@ -81,6 +81,44 @@ def test_tasks_make_the_folder_one_process_makes(tok, tmp_path):  # noqa: F811
     assert one["ar"].meta["val"]["bytes"] < 4000 + 50 * 200  # the cap held (less than one chapter over)
 
 
+def test_a_saved_hf_dataset_is_cut_into_row_ranges_that_make_the_folder_one_process_makes(tok, tmp_path):  # noqa: F811
+    """An hf source (a save_to_disk folder) larger than task_bytes: row ranges cover every row once,
+    and the tasks make the one-process folder byte for byte, with empty rows skipped, duplicates
+    across ranges, a capped hold-out and paired translations (parallel_pairs)."""
+    datasets = pytest.importorskip("datasets")
+    rng = random.Random(5)
+    ar, en = _docs(AR_WORDS, 300, 50, length=12), _docs(EN_WORDS, 300, 51, length=12)
+    rows = [rng.randrange(300) if i % 4 else i % 300 for i in range(1200)]
+    texts = [None if i % 97 == 5 else ar[r] for i, r in enumerate(rows)]
+    path = tmp_path / "hf_ar"
+    datasets.Dataset.from_dict({"ar": texts, "en": [en[r] for r in rows]}).save_to_disk(str(path), max_shard_size="40KB")
+    srcs = {"tr": {"lang": "ar", "kind": "translated", "loader": "hf", "path": str(path), "text_field": "ar",
+                   "pair_field": "en", "val_fraction": 0.2, "val_max_bytes": 6000}}
+    src = source_values(srcs["tr"])
+    pieces = engine.plan_pieces("tr", src, 20000)
+    assert len(pieces) >= 4 and all(len(p) == 1 for p in pieces)
+    ranges = [(p[0].start, p[0].end) for p in pieces]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 1200 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+
+    def build(cache, task_bytes=None):
+        jobs = shards.plan_jobs(srcs, True, info, cache)
+        return shard_build.build(jobs, info, workers=2, progress=False, task_bytes=task_bytes, log=lines.append)["tr"]
+
+    lines: list = []
+    one = build(tmp_path / "one")
+    assert not lines or not any("tasks of about" in ln for ln in lines)
+    many = build(tmp_path / "many", task_bytes=20000)
+    assert any("tr:" in ln and "tasks of about" in ln for ln in lines)  # it went through the engine
+    assert one.meta["docs_read"] == 1200 - sum(t is None for t in texts)
+    assert one.meta["val"]["docs"] > 0 and one.meta["drops"]["duplicate"] > 0
+    for f in shards.SHARD_FILES:
+        assert (one.path / f).read_bytes() == (many.path / f).read_bytes(), f
+    for k in ("train", "val", "docs_read", "drops", "key"):
+        assert one.meta[k] == many.meta[k], k
+
+
 def test_a_bad_line_in_a_later_task_is_one_line_naming_its_line_in_the_file(tok, tmp_path):  # noqa: F811
     f = tmp_path / "bad.jsonl"
     rows = [json.dumps({"text": t}, ensure_ascii=False) for t in _docs(AR_WORDS, 600, 40, length=12)]

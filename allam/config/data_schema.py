@@ -84,14 +84,15 @@ class PrepareExecutor(StrEnum):
 
 @dataclass
 class PrepareConfig:
-    """`data.prepare`: how a large file source's shards are built (allam/data/engine.py)."""
+    """`data.prepare`: how a large file or hf source's shards are built (allam/data/engine.py)."""
 
     # local: datatrove's local executor, one task per core; slurm: task=prepare submits job arrays
     # (a training run that finds shards missing always builds them locally)
     executor: PrepareExecutor = PrepareExecutor.local
-    # a text/jsonl/parquet source larger than this is split into tasks of about this many bytes
-    # (text and jsonl at line boundaries, parquet by whole files; on one machine smaller, about 4
-    # per process, at least 16 MiB); smaller sources: one process and a pool
+    # a text/jsonl/parquet/hf source larger than this is split into tasks of about this many bytes
+    # (text and jsonl at line boundaries, parquet by whole files, hf by row ranges of its Arrow
+    # files; on one machine smaller, about 4 per process, at least 16 MiB); smaller sources: one
+    # process and a pool
     task_bytes: int = 256 << 20
     workers: Optional[int] = None  # local tasks at once (None: every core this process may use)
     slurm_partition: Optional[str] = None  # required with executor=slurm

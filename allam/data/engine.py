@@ -2,6 +2,8 @@
 
 A file source (text, jsonl, parquet) larger than ``data.prepare.task_bytes`` is cut into pieces:
 consecutive byte ranges of its files, each starting at a line boundary (parquet: whole files).
+An ``hf`` source whose dataset lies in Arrow files (a ``save_to_disk`` folder, or a dataset
+``load_dataset`` has cached) is cut into consecutive row ranges of about ``task_bytes`` of those files.
 Three stages then make exactly the folder that reading the source in one process makes:
 
 1. **count** (one task per piece): reads the piece as the source's reader does and records how
@@ -35,10 +37,10 @@ import numpy as np
 
 from allam.data.holdout import CHAPTER_DOCS, _fraction, chapter_is_val
 from allam.data.shard_writer import WORKER, batches, process_batch
-from allam.data.source_files import resolve_files
-from allam.data.sources import Piece, Span, read_documents, read_texts
+from allam.data.source_files import dataset_bytes, hf_dataset, resolve_files, source_bytes
+from allam.data.sources import Piece, Rows, Span, read_documents, read_texts
 
-SPLITTABLE = ("text", "jsonl", "parquet")  # demo and hf sources are read by one task
+SPLITTABLE = ("text", "jsonl", "parquet", "hf")  # demo sources (and hf datasets held in memory) are read by one task
 MERGE_DOCS = 1 << 16  # documents per chunk when a part is replayed
 PIECES_PER_WORKER = 4  # on one machine, a large source is cut into about this many pieces per process ...
 MIN_LOCAL_PIECE = 16 << 20  # ... of at least this many bytes
@@ -59,10 +61,13 @@ def _line_start(path: Path, pos: int, size: int) -> int:
 
 def plan_pieces(name: str, src: Any, task_bytes: int) -> list[list[Span]]:
     """The pieces of a file source, each about `task_bytes` of its files in reading order (text and
-    jsonl files are cut at line boundaries; parquet files are not cut). One piece for a source no
-    larger than `task_bytes`; none for demo and hf sources (not splittable)."""
+    jsonl files are cut at line boundaries; parquet files are not cut), or of an hf source, each
+    one row range (:func:`_row_pieces`). One piece for a source no larger than `task_bytes`; none
+    for demo sources and in-memory datasets (not splittable)."""
     if src["loader"] not in SPLITTABLE:
         return []
+    if src["loader"] == "hf":
+        return _row_pieces(name, src, task_bytes)
     cut = src["loader"] != "parquet"
     pieces: list[list[Span]] = []
     cur: list[Span] = []
@@ -90,6 +95,21 @@ def plan_pieces(name: str, src: Any, task_bytes: int) -> list[list[Span]]:
     return pieces
 
 
+def _row_pieces(name: str, src: Any, task_bytes: int) -> list[list[Rows]]:
+    """Consecutive row ranges of an hf source's dataset, each about `task_bytes` of its Arrow files
+    (rows counted as equal in size); none when the dataset has no files."""
+    ds = hf_dataset(name, src)
+    size, n = dataset_bytes(ds), len(ds)
+    if size is None:
+        return []
+    step = max(1, n * task_bytes // max(size, 1)) if size > task_bytes else max(n, 1)
+    return [[Rows(a, min(a + step, n))] for a in range(0, n, step)] or [[Rows(0, 0)]]
+
+
+def _describe(span: Any) -> list:
+    return ["rows", span.start, span.end] if isinstance(span, Rows) else [str(span.path), span.start, span.end]
+
+
 @dataclass
 class Plan:
     """What every task of one source's build needs (pickled into each task by datatrove)."""
@@ -107,7 +127,7 @@ class Plan:
 
     def describe(self) -> dict:
         return {"source": self.job.name, "key": self.job.key, "task_bytes": self.task_bytes,
-                "pieces": [[[str(s.path), s.start, s.end] for s in p] for p in self.pieces]}
+                "pieces": [[_describe(s) for s in p] for p in self.pieces]}
 
 
 def piece_bytes(size: int, task_bytes: int, workers: Optional[int]) -> int:
@@ -120,17 +140,17 @@ def piece_bytes(size: int, task_bytes: int, workers: Optional[int]) -> int:
 
 
 def splits(job: Any, task_bytes: int) -> bool:
-    """Whether `job` is a file source larger than `task_bytes` (built in pieces)."""
-    return job.src["loader"] in SPLITTABLE and sum(f.stat().st_size for f in resolve_files(job.name, job.src)) > task_bytes
+    """Whether `job` is a file or hf source larger than `task_bytes` (built in pieces)."""
+    return job.src["loader"] in SPLITTABLE and (source_bytes(job.name, job.src) or 0) > task_bytes
 
 
 def make_plan(job: Any, tok: Any, task_bytes: int, min_pieces: int = 2, workers: Optional[int] = None) -> Optional[Plan]:
     """The plan of `job` when it splits into at least `min_pieces` pieces, else None (one process
     builds it); `workers`: the local processes that will run it (:func:`piece_bytes`). Its work
     folder is made (or kept, when it holds this same plan: a resumed build)."""
-    if job.src["loader"] not in SPLITTABLE:
+    size = source_bytes(job.name, job.src) if job.src["loader"] in SPLITTABLE else None
+    if size is None:
         return None
-    size = sum(f.stat().st_size for f in resolve_files(job.name, job.src))
     task_bytes = piece_bytes(size, task_bytes, workers)
     pieces = plan_pieces(job.name, job.src, task_bytes)
     if len(pieces) < max(1, min_pieces):
@@ -217,7 +237,7 @@ def count_piece(plan: Plan, rank: int) -> dict:
         if n % 4096 == 0:
             tick()
     tick(final=True)
-    out = {"docs": n, "lines": [_newlines(s) for s in spans]}
+    out = {"docs": n, "lines": [_newlines(s) if isinstance(s, Span) else 0 for s in spans]}
     (plan.work / "counts").mkdir(exist_ok=True)
     if plan.capped:
         np.save(plan.work / "counts" / f"bytes-{rank:05d}.npy", np.asarray(sizes, np.int64))
@@ -266,8 +286,10 @@ def piece_of(plan: Plan, rank: int, counts: list[dict]) -> Piece:
     lines: dict[str, int] = {}
     for p, c in zip(plan.pieces[:rank], counts[:rank]):
         for s, n in zip(p, c["lines"]):
-            lines[str(s.path)] = lines.get(str(s.path), 0) + n
-    spans = [Span(s.path, s.start, s.end, lines.get(str(s.path), 0)) for s in plan.pieces[rank]]
+            if isinstance(s, Span):
+                lines[str(s.path)] = lines.get(str(s.path), 0) + n
+    spans = [Span(s.path, s.start, s.end, lines.get(str(s.path), 0)) if isinstance(s, Span) else s
+             for s in plan.pieces[rank]]
     return Piece(spans, first_doc, last_val_chapter(plan, counts))
 
 

@@ -5,7 +5,7 @@ Building streams the source: documents are read in order in the main process, cl
 tokenized in batches by a pool of forked workers (all cores; a bounded number of batches in
 flight, so an arbitrarily large corpus never needs to fit in memory), and appended to the shard
 files in order, with exact-duplicate removal by hash. Progress (:mod:`allam.data.progress`) shows
-the bytes read of the total, the rate, the time left, documents and tokens. A file source larger
+the bytes read of the total, the rate, the time left, documents and tokens. A file or hf source larger
 than ``data.prepare.task_bytes`` is built by :mod:`allam.data.engine`'s tasks instead and merged
 here; ``executor=slurm`` submits those tasks (:func:`submit`).
 Folders are written under a temporary name and renamed when complete; a file lock keeps
@@ -85,7 +85,7 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     """Loads every source's shards, building the missing ones. Returns {name: SourceShards}.
     A source another process is building is waited for, at most `wait_s` seconds (default
     :data:`allam.cache_lock.wait_default`), saying so through `wait_log` (default `log`).
-    A file source larger than `task_bytes` is built in parallel tasks (:mod:`allam.data.engine`,
+    A file or hf source larger than `task_bytes` is built in parallel tasks (:mod:`allam.data.engine`,
     `workers` at once); the others by this process and a pool of `workers`."""
     out: dict[str, SourceShards] = {}
     todo = []
@@ -195,8 +195,8 @@ def merge_job(plan: "engine.Plan") -> None:
 
 
 def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> list[dict]:
-    """executor=slurm: submits the stages of every missing file source (:func:`engine_run.submit_slurm`)
-    and returns what was submitted; demo and hf sources, which are read by one process, are built here."""
+    """executor=slurm: submits the stages of every missing file or hf source (:func:`engine_run.submit_slurm`)
+    and returns what was submitted; demo sources and in-memory datasets, which one process reads, are built here."""
     out = []
     for job in jobs:
         if load(job) is not None:

@@ -82,11 +82,21 @@ def _readable(name: str, path: Path, fn):
 
 
 def source_bytes(name: str, src: Any) -> Optional[int]:
-    """The total size of a file source's files (what read_documents' byte count reaches); None for
-    demo and Hugging Face sources."""
-    if src["loader"] in ("demo", "hf"):
+    """The total size of a source's data (what read_documents' byte count reaches): a file source's
+    files, an ``hf`` source's Arrow files (:func:`dataset_bytes`); None for demo sources and a
+    dataset held only in memory."""
+    if src["loader"] == "demo":
         return None
+    if src["loader"] == "hf":
+        return dataset_bytes(hf_dataset(name, src))
     return sum(p.stat().st_size for p in resolve_files(name, src))
+
+
+def dataset_bytes(ds: Any) -> Optional[int]:
+    """The size of the Arrow files a Hugging Face dataset reads (memory-mapped); None when it has
+    none (a dataset made in memory)."""
+    files = [f["filename"] for f in getattr(ds, "cache_files", None) or []]
+    return sum(os.path.getsize(f) for f in files) if files else None
 
 
 def say_skipped(name: str, src: Any, files: list[Path]) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Optional
 
 from allam.config import ConfigError, source_defaults
 from allam.data import demo
-from allam.data.source_files import hf_dataset, resolve_files, say_skipped, unreadable
+from allam.data.source_files import dataset_bytes, hf_dataset, resolve_files, say_skipped, unreadable
 
 from allam.data.holdout import (  # noqa: E402,F401  (re-exported: callers import them from here)
     CHAPTER_DOCS, HOLD_OUT_RULE, SAMPLE_BLOCKS, SAMPLE_BYTES, VAL_EVERY, _fraction, chapter_is_val, file_identity,
@@ -59,6 +59,14 @@ class Span:
     start: int = 0
     end: Optional[int] = None
     first_line: int = 0
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A part of an ``hf`` source a reader reads: rows [start, end) of its dataset split."""
+
+    start: int
+    end: int
 
 
 @dataclass
@@ -266,18 +274,28 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
                     yield str(t), (str(p) if p is not None else None)
 
 
-def _read_hf(name: str, src: Any, field: str, pair_field: Optional[str]):
+def _read_hf(name: str, src: Any, field: str, pair_field: Optional[str], read: Optional[list[int]] = None,
+             spans: Optional[list] = None):
+    """(text, pair) of the dataset's rows in order, or of the :class:`Rows` in `spans`; rows whose
+    text is None are skipped. read[0] advances by the Arrow files' bytes in proportion to the rows read."""
     ds = hf_dataset(name, src)
     cols = ds.column_names
     for c in [field] + ([pair_field] if pair_field else []):
         if c not in cols:
             raise ConfigError(f"data.sources.{name}.text_field={c}: no such column (columns: {', '.join(cols)})")
-    for batch in ds.iter(batch_size=1024):
-        texts = batch[field]
-        pairs = batch[pair_field] if pair_field else [None] * len(texts)
-        for t, p in zip(texts, pairs):
-            if t is not None:
-                yield str(t), (str(p) if p is not None else None)
+    n, total = len(ds), dataset_bytes(ds) or 0
+    for part in spans if spans is not None else [Rows(0, n)]:
+        rows = ds if (part.start, part.end) == (0, n) else ds.select(range(part.start, part.end))
+        at = part.start
+        for batch in rows.iter(batch_size=1024):
+            texts = batch[field]
+            if read is not None and n:  # telescoping, so a source's pieces add up to its total
+                read[0] += total * (at + len(texts)) // n - total * at // n
+            at += len(texts)
+            pairs = batch[pair_field] if pair_field else [None] * len(texts)
+            for t, p in zip(texts, pairs):
+                if t is not None:
+                    yield str(t), (str(p) if p is not None else None)
 
 
 def _demo_docs(name: str, key: str, pairs: bool) -> Iterator[RawDoc]:
@@ -318,7 +336,7 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
 def read_texts(name: str, src: Any, parallel_pairs: bool, bad: list[int], read: Optional[list[int]] = None,
                bad_json: Optional[list] = None, spans: Optional[list] = None) -> Iterator[tuple[str, Optional[str]]]:
     """(text, English original or None) of every document of a file or hf source, in reading order,
-    before the hold-out rule; `spans` (:class:`Span`) limits it to those parts of its files."""
+    before the hold-out rule; `spans` (:class:`Span`, or :class:`Rows` for hf) limits it to those parts."""
     loader = src["loader"]
     skip = bool(src["skip_bad_utf8"])
     field = src["text_field"]
@@ -329,7 +347,7 @@ def read_texts(name: str, src: Any, parallel_pairs: bool, bad: list[int], read: 
             f"data.sources.{name}.pair_field=None: data.parallel_pairs=true needs the field holding the English original"
         )
     if loader == "hf":
-        return _guard(name, src, _read_hf(name, src, field, pair_field))
+        return _guard(name, src, _read_hf(name, src, field, pair_field, read, spans))
     if spans is None:
         files = resolve_files(name, src)
         say_skipped(name, src, files)
