@@ -201,7 +201,11 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
         sub = shard_build.submit(jobs, info, Cfg, log=lambda *a: None)
     finally:
         os.environ["PATH"] = old
-    assert len(sub) == 1 and sub[0]["pieces"] >= 3
+    assert len(sub) == 1 and sub[0]["pieces"] >= 3 and sub[0]["state"] == "submitted"
+    n_scripts = len(list(log.glob("*.sh")))
+    again = shard_build.submit(jobs, info, Cfg, log=lambda *a: None)  # before the jobs ran: not submitted twice
+    assert [a["state"] for a in again] == ["pending"] and again[0]["jobs"] == sub[0]["jobs"]
+    assert len(list(log.glob("*.sh"))) == n_scripts
     scripts = [s for s in sorted(log.glob("*.sh"), key=lambda p: int(p.stem)) if "merge_stats" not in s.read_text()]
     stages = [s.read_text().split("#SBATCH --job-name=")[1].split("\n")[0] for s in scripts]
     assert stages == ["allam-count-ar", "allam-tokenize-ar", "allam-merge-ar"]
@@ -218,6 +222,35 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
         assert (built.path / f).read_bytes() == (one.path / f).read_bytes()
     assert sorted(p.name for p in Path(sub[0]["work"]).iterdir()) == ["logs", "slurm"]  # the parts are gone
     assert shard_build.submit(jobs, info, Cfg) == []  # in the cache: nothing to submit
+
+
+def test_a_source_submitted_to_slurm_is_not_built_twice_meanwhile(tok, tmp_path):  # noqa: F811
+    """While SLURM jobs build a source (submitted.json in its work folder), a training run that finds
+    its shards missing stops with one line naming the jobs instead of building them too, and
+    task=prepare does not submit it again; once the record is gone (the merge job removes it) the
+    source builds as before."""
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    cache = tmp_path / "cache"
+    job = shards.plan_jobs(srcs, False, info, cache)[0]
+    plan = engine.make_plan(job, info, 6000, min_pieces=1)
+    engine.record_submission(plan, {"source": "ar", "pieces": len(plan.pieces), "work": str(plan.work),
+                                    "jobs": {"count": 101, "tokenize": 102, "merge": 103}, "state": "submitted"})
+    with pytest.raises(ConfigError, match=r"^data\.sources\.ar: its shards are being built by SLURM jobs submitted "
+                                          r".*merge 103.*run again once merge job 103 has finished") as exc:
+        _build(srcs, info, cache, task_bytes=6000)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="being built by SLURM jobs"):
+        _build(srcs, info, cache)  # the one-process path too
+    assert shards.load(job) is None
+
+    class Cfg:
+        task_bytes = 6000
+
+    pending = shard_build.submit(shards.plan_jobs(srcs, False, info, cache), info, Cfg, log=lambda *a: None)
+    assert [p["state"] for p in pending] == ["pending"] and pending[0]["jobs"]["merge"] == 103
+    (plan.work / engine.SUBMITTED).unlink()
+    assert _build(srcs, info, cache, task_bytes=6000)["ar"].meta["train"]["docs"] > 0
 
 
 def _build_under_a_stop_handler(srcs, info, cache, q, task_bytes):  # noqa: F811

@@ -41,6 +41,7 @@ from allam.data.source_files import dataset_bytes, hf_dataset, resolve_files, so
 from allam.data.sources import Piece, Rows, Span, read_documents, read_texts
 
 SPLITTABLE = ("text", "jsonl", "parquet", "hf")  # demo sources (and hf datasets held in memory) are read by one task
+SUBMITTED = "submitted.json"  # in the work folder while SLURM jobs build the source
 MERGE_DOCS = 1 << 16  # documents per chunk when a part is replayed
 PIECES_PER_WORKER = 4  # on one machine, a large source is cut into about this many pieces per process ...
 MIN_LOCAL_PIECE = 16 << 20  # ... of at least this many bytes
@@ -155,7 +156,7 @@ def make_plan(job: Any, tok: Any, task_bytes: int, min_pieces: int = 2, workers:
     pieces = plan_pieces(job.name, job.src, task_bytes)
     if len(pieces) < max(1, min_pieces):
         return None
-    plan = Plan(job, tok, pieces, job.path.with_name(job.path.name + ".work"), task_bytes)
+    plan = Plan(job, tok, pieces, work_folder(job), task_bytes)
     desc = plan.work / "plan.json"
     if plan.work.exists():
         try:
@@ -173,6 +174,38 @@ def make_plan(job: Any, tok: Any, task_bytes: int, min_pieces: int = 2, workers:
         except OSError:  # another builder made it first
             shutil.rmtree(tmp, ignore_errors=True)
     return plan
+
+
+def work_folder(job: Any) -> Path:
+    """Where the tasks of `job`'s build keep their plan, counts, parts and logs."""
+    return job.path.with_name(job.path.name + ".work")
+
+
+def record_submission(plan: Plan, sub: dict) -> None:
+    """Notes in the work folder that SLURM jobs are building this source (``submitted.json``; the
+    merge job's :func:`clear_work` removes it), so nothing else starts a second build meanwhile."""
+    import datetime
+    import socket
+
+    _write_json(plan.work / SUBMITTED, {**sub, "at": datetime.datetime.now().isoformat(timespec="seconds"),
+                                        "by": f"host {socket.gethostname()} pid {os.getpid()}"})
+
+
+def submitted(job: Any) -> Optional[dict]:
+    """The SLURM submission recorded for `job`'s build (:func:`record_submission`), if any."""
+    try:
+        return json.loads((work_folder(job) / SUBMITTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def pending_error(job: Any, sub: dict) -> str:
+    """One line for a build that would start while SLURM jobs are building the same source."""
+    j = sub.get("jobs", {})
+    return (f"data.sources.{job.name}: its shards are being built by SLURM jobs submitted {sub.get('at', '?')} "
+            f"(count {j.get('count')}, tokenize {j.get('tokenize')}, merge {j.get('merge')}; work folder "
+            f"{work_folder(job)}); run again once merge job {j.get('merge')} has finished, or, if those jobs "
+            f"are gone, delete {work_folder(job) / SUBMITTED} to build the shards here")
 
 
 def clear_work(plan: Plan, keep_logs: bool = False) -> None:

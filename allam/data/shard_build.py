@@ -97,6 +97,10 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
             out[job.name] = shards
     if not todo:
         return out
+    for job in todo:
+        sub = engine.submitted(job)
+        if sub is not None:
+            raise ConfigError(engine.pending_error(job, sub))
     workers = default_workers() if workers is None else workers
     big = [j for j in todo if task_bytes and engine.splits(j, task_bytes)]
     if big and len(todo) > 1 and any(j.after for j in todo):  # each source needs the earlier ones' hashes: one at a time, in order
@@ -201,11 +205,18 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
     for job in jobs:
         if load(job) is not None:
             continue
+        pending = engine.submitted(job)
+        if pending is not None:  # submitted before and not merged yet: not twice
+            log(f"data: {job.name}: submitted before ({pending.get('at')}; SLURM jobs {pending.get('jobs')}) and not "
+                f"merged yet; not submitting it again (to start afresh, delete {engine.work_folder(job)})")
+            out.append({**pending, "state": "pending"})
+            continue
         plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
         if plan is None:
             build([job], tok, progress=True, log=log)
             continue
-        sub = engine_run.submit_slurm(plan, merge_job, cfg)
+        sub = {**engine_run.submit_slurm(plan, merge_job, cfg), "state": "submitted"}
+        engine.record_submission(plan, sub)
         log(f"data: {job.name}: submitted {sub['pieces']} count and tokenize tasks and a merge "
             f"(SLURM jobs {sub['jobs']['count']}, {sub['jobs']['tokenize']}, {sub['jobs']['merge']}); "
             f"work folder {sub['work']}")

@@ -70,9 +70,11 @@ def _submitted(cfg: DictConfig, out, bundle, jobs: list[dict], t0: float) -> dic
         "submitted": jobs,
         "wall_seconds": time.perf_counter() - t0,
     }
+    new = sum(j.get("state") == "submitted" for j in jobs)
     if jobs:
-        print(f"submitted the builds of {len(jobs)} sources to SLURM; once their merge jobs finish, run the same "
-              "command again to check the blend (a training run with the same overrides then reads the cache)")
+        print(f"submitted the builds of {new} sources to SLURM ({len(jobs) - new} submitted before and not merged yet); "
+              "once their merge jobs finish, run the same command again to check the blend (a training run with the "
+              "same overrides then reads the cache; until then it stops with one line rather than build them too)")
     else:
         print("every source is in the cache already; run with data.prepare.executor=local to check the blend")
     print(f"results: {R.write(out, results)}")
