@@ -69,6 +69,9 @@ def test_tasks_make_the_folder_one_process_makes(tok, tmp_path):  # noqa: F811
     lines = []
     many = _build(srcs, info, tmp_path / "many", task_bytes=6000, log=lines.append)
     assert sum("tasks of about" in ln for ln in lines) == 2  # both sources went through the engine
+    assert sum("parts merged in" in ln for ln in lines) == 2
+    mergers = {many[name].meta["built_by"] for name in srcs}  # merged side by side, in two forked processes
+    assert len(mergers) == 2 and not any(m.endswith(f" pid {os.getpid()}") for m in mergers)
     assert any("skipped 4 lines that are not JSON" in ln and "line 11" in ln for ln in lines)  # line numbers in the file
     for name in srcs:
         a, b = one[name], many[name]
@@ -130,6 +133,20 @@ def test_a_bad_line_in_a_later_task_is_one_line_naming_its_line_in_the_file(tok,
         _build(srcs, info, tmp_path / "cache", task_bytes=8000)
     assert "\n" not in str(exc.value)
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []  # nothing left
+
+
+def test_a_merge_that_fails_beside_another_is_one_line(tok, tmp_path):  # noqa: F811
+    """Two sources merged side by side; one has no training text left after cleaning: one line
+    names it, the other source is published, and nothing of the failed one is in the cache."""
+    srcs = _corpus(tmp_path)
+    srcs["en"]["min_chars"] = 100000  # every document is dropped
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match=r"^data\.sources\.en: no training text left") as exc:
+        _build(srcs, info, cache, task_bytes=6000)
+    assert "\n" not in str(exc.value)
+    jobs = {j.name: j for j in shards.plan_jobs(srcs, False, info, cache)}
+    assert shards.load(jobs["ar"]) is not None and shards.load(jobs["en"]) is None
 
 
 @pytest.mark.parametrize("override, message", [

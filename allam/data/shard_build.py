@@ -179,13 +179,58 @@ def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, worker
         finally:
             bar.close()
         log(f"data: {names}: {n} tasks counted and tokenized in {time.perf_counter() - t0:.1f}s")
-        for plan in plans:
-            t1 = time.perf_counter()
-            out[plan.job.name] = _build_one(0, plan.job, plan.tok, None, 1, False, log, plan=plan, t0=t0)
-            log(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
-            engine.clear_work(plan)
+        out.update(_merge_all(plans, workers, log, t0))
         shutil.rmtree(logs, ignore_errors=True)
     return out
+
+
+_MERGING: list = []  # the plans a merge pool's forked children merge (inherited, not pickled)
+
+
+def _merge(i: int, t0: float, lines: Optional[list] = None) -> Optional[tuple[str, str]]:
+    """Merges and publishes ``_MERGING[i]`` (its log lines to `lines`, else printed); returns the
+    error as (kind, message) for the parent to raise, None when published."""
+    plan = _MERGING[i]
+    t1 = time.perf_counter()
+    say = print if lines is None else lines.append
+    try:
+        _build_one(0, plan.job, plan.tok, None, 1, False, say, plan=plan, t0=t0)
+    except (ConfigError, RunFailed) as exc:
+        return type(exc).__name__, str(exc)
+    say(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
+    engine.clear_work(plan)
+    return None
+
+
+def _merge_in_child(i: int, t0: float) -> tuple[list, Optional[tuple[str, str]]]:
+    lines: list = []
+    return lines, _merge(i, t0, lines)
+
+
+def _merge_all(plans: list, workers: int, log, t0: float) -> dict[str, SourceShards]:
+    """Each source's merge (:func:`engine.merge_parts` through :func:`_build_one`): in this process
+    for one source or one worker, else side by side in up to `workers` forked processes (each holds
+    its own source's dedup hashes, 8 bytes a document). The parent holds every source's lock."""
+    _MERGING[:] = plans
+    errors = []
+    try:
+        if len(plans) == 1 or workers <= 1:
+            for i in range(len(plans)):
+                lines: list = []
+                errors.append(_merge(i, t0, lines))
+                for line in lines:
+                    log(line)
+        else:
+            with _pool(min(workers, len(plans))) as pool:
+                for lines, err in pool.starmap(_merge_in_child, [(i, t0) for i in range(len(plans))]):
+                    for line in lines:
+                        log(line)
+                    errors.append(err)
+    finally:
+        _MERGING.clear()
+    for kind, message in (e for e in errors if e is not None):
+        raise (RunFailed if kind == "RunFailed" else ConfigError)(message)
+    return {plan.job.name: load(plan.job) for plan in plans}  # type: ignore[misc]
 
 
 def merge_job(plan: "engine.Plan") -> None:
