@@ -24,7 +24,13 @@ from reproduce import ROOT, finished, run_cell  # the claims suite's runner (sam
 
 from allam import results as R  # noqa: E402  (importable once reproduce has put the project on sys.path)
 
-FILLS = ("subtoken_mean", "random", "mean")
+# a fill: init.new_embeddings, or "<input>+<output>" for init.new_output_embeddings=<output>
+FILLS = ("subtoken_mean", "random", "mean", "subtoken_mean+mean", "mean+subtoken_mean")
+
+
+def fill_args(fill: str) -> list[str]:
+    inp, _, out = fill.partition("+")
+    return [f"init.new_embeddings={inp}"] + ([f"init.new_output_embeddings={out}"] if out else [])
 
 
 def run(args: list[str], folder: Path) -> dict:
@@ -54,8 +60,8 @@ def main() -> None:
             row = {"share": share, "new_tokens": n_new, "base.val.ar.bpb": base["val.ar.bpb"],
                    "base.val.en.bpb": base["val.en.bpb"]}
             for fill in FILLS:
-                name = fill if n_new == 16000 else f"{fill}-new{n_new}"
-                res = run(["experiment=claim1_adapt", f"init.checkpoint={base_dir / 'hf'}", f"init.new_embeddings={fill}",
+                name = fill.replace("+", "-out-") if n_new == 16000 else f"{fill.replace('+', '-out-')}-new{n_new}"
+                res = run(["experiment=claim1_adapt", f"init.checkpoint={base_dir / 'hf'}", *fill_args(fill),
                            f"tokenizer.num_new_tokens={n_new}", "trainer.max_steps=1", "logger=none", *seed],
                           a.out / f"share{share:g}" / name)
                 row[f"{fill}.start.val.ar.bpb"] = res["start.val.ar.bpb"]

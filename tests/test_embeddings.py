@@ -105,3 +105,41 @@ def test_bad_strategy_and_rows(expanded):
         init_new_embedding_rows(model, None, expanded.tokenizer, 400, "subtoken_mean")
     with pytest.raises(ValueError, match="num_old_rows=900"):
         init_new_embedding_rows(model, None, expanded.tokenizer, 900, "mean")
+
+
+def test_output_rows_may_take_another_strategy_on_both_paths(expanded, tmp_path):
+    """init.new_output_embeddings=mean with sub-token-mean inputs: the input rows average the pieces,
+    the head's new rows are the mean of its base rows; the same from a saved checkpoint through
+    PretrainedWeights (the training path) as through resize_embeddings. A tied model refuses two
+    strategies in one line; unset, the head follows new_embeddings."""
+    from allam.model.embeddings import fill_strategies, new_token_groups
+    from allam.model.weights import PretrainedWeights
+
+    base, new = expanded.base.tokenizer, expanded.tokenizer
+    model = tiny_llama(512)
+    model.save_pretrained(tmp_path / "ckpt")
+    inp0, out0 = rows(model)
+    resize_embeddings(model, new, base, strategy="subtoken_mean", output_strategy="mean", pad_to=64)
+    inp, out = rows(model)
+    for i in (512, 600, 711):
+        ids = base_subtoken_ids(base, new, i)
+        torch.testing.assert_close(inp[i], inp0[ids].mean(0))
+        torch.testing.assert_close(out[i], out0.mean(0))
+    assert not torch.allclose(out[600], out0[base_subtoken_ids(base, new, 600)].mean(0))
+
+    groups = new_token_groups(base, new, 512, 768)
+    src = PretrainedWeights(tmp_path / "ckpt", rows=768, num_old_rows=512, num_new=200, strategy="subtoken_mean",
+                            groups=groups, output_strategy="mean")
+    torch.testing.assert_close(src.rows("model.embed_tokens.weight", inp.shape, 0, 768), inp)
+    torch.testing.assert_close(src.rows("lm_head.weight", out.shape, 0, 768), out)
+    same = PretrainedWeights(tmp_path / "ckpt", rows=768, num_old_rows=512, num_new=200, strategy="subtoken_mean",
+                             groups=groups)
+    torch.testing.assert_close(same.rows("lm_head.weight", out.shape, 512, 513)[0], out0[groups[0]].mean(0))
+
+    assert fill_strategies("subtoken_mean") == ("subtoken_mean", "subtoken_mean")
+    assert fill_strategies("subtoken_mean", "mean") == ("subtoken_mean", "mean")
+    assert fill_strategies("mean", "mean", tied=True) == ("mean", "mean")
+    with pytest.raises(ConfigError, match=r"^init\.new_output_embeddings=mean: the model ties its output head"):
+        fill_strategies("subtoken_mean", "mean", tied=True)
+    with pytest.raises(ConfigError, match=r"^init\.new_output_embeddings=bogus: allowed: subtoken_mean, mean, random$"):
+        fill_strategies("subtoken_mean", "bogus")

@@ -150,6 +150,9 @@ class InitConfig:
     checkpoint: Optional[str] = None  # hub id or local folder (init=pretrained / llama2)
     local_files_only: bool = False  # True: never contact the hub, only local folders and cache
     new_embeddings: NewEmbeddings = NewEmbeddings.subtoken_mean
+    # the output head's new rows when they should differ from the input embedding's (None: as
+    # new_embeddings), e.g. subtoken_mean inputs with mean output rows; an untied model only
+    new_output_embeddings: Optional[NewEmbeddings] = None
     embedding_warmup_tokens: int = 0
 
 

@@ -6,6 +6,10 @@ Strategies for the rows of new tokens (``init.new_embeddings``):
 - ``mean``: the mean of all base rows;
 - ``random``: normal with mean 0 and the standard deviation of the base rows' entries.
 
+The output head of an untied model may take another strategy (``init.new_output_embeddings``):
+e.g. sub-token-mean input rows with mean output rows, so a new piece starts with the average
+logit rather than about the logit of the pieces it replaces.
+
 Rows past the new tokenizer's length (padding up to a multiple of 64) get the mean of the base
 rows under ``subtoken_mean`` and ``mean`` (their logits then sit at the average instead of at an
 arbitrary value), and random rows under ``random``. Base rows are never written.
@@ -22,14 +26,30 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("subtoken_mean", "mean", "random")
 
 
-def check_strategy(strategy) -> str:
-    """`init.new_embeddings` as a string, or ConfigError (one line) when it is not one of STRATEGIES."""
+def check_strategy(strategy, key: str = "init.new_embeddings") -> str:
+    """`strategy` (the value of `key`) as a string, or ConfigError (one line) when it is not one of STRATEGIES."""
     value = str(strategy)
     if value not in STRATEGIES:
         from allam.config import ConfigError
 
-        raise ConfigError(f"init.new_embeddings={value}: allowed: {', '.join(STRATEGIES)}")
+        raise ConfigError(f"{key}={value}: allowed: {', '.join(STRATEGIES)}")
     return value
+
+
+def fill_strategies(new_embeddings, new_output_embeddings=None, tied: bool = False) -> tuple[str, str]:
+    """(input, output) strategies from ``init.new_embeddings`` and ``init.new_output_embeddings``
+    (None: the same); ConfigError (one line) for an unknown one, or for two different strategies
+    on a model whose input and output embeddings are one matrix."""
+    inp = check_strategy(new_embeddings)
+    if new_output_embeddings is None:
+        return inp, inp
+    out = check_strategy(new_output_embeddings, "init.new_output_embeddings")
+    if tied and out != inp:
+        from allam.config import ConfigError
+
+        raise ConfigError(f"init.new_output_embeddings={out}: the model ties its output head to its input "
+                          f"embedding, so one fill ({inp}, init.new_embeddings) serves both; leave it unset")
+    return inp, out
 
 
 def base_subtoken_ids(base_tokenizer: PreTrainedTokenizerBase, new_tokenizer: PreTrainedTokenizerBase, token_id: int) -> list[int]:
@@ -68,8 +88,10 @@ def init_new_embedding_rows(
     num_old_rows: int,
     strategy: str = "subtoken_mean",
     seed: int = 0,
+    output_strategy: str | None = None,
 ) -> int:
-    """Fills rows ``num_old_rows:`` of the input embedding and output head in place.
+    """Fills rows ``num_old_rows:`` of the input embedding and output head in place (the head per
+    ``output_strategy`` when given and the model is untied, else per ``strategy``).
 
     ``num_old_rows`` is the number of base rows (the base tokenizer's length): statistics use only
     those rows and only later rows are written. Tokens of ``new_tokenizer`` from ``num_old_rows``
@@ -77,22 +99,23 @@ def init_new_embedding_rows(
     initialized per ``strategy``. ``base_tokenizer`` and ``new_tokenizer`` are needed for
     ``subtoken_mean`` only (``new_tokenizer`` also bounds the new-token rows when given).
     """
-    strategy = check_strategy(strategy)
     weights = _weights(model)
+    strategy, out_strategy = fill_strategies(strategy, output_strategy, tied=len(weights) == 1)
     rows = weights[0].shape[0]
     if not 0 < num_old_rows <= rows:
         raise ValueError(f"num_old_rows={num_old_rows} must be in 1..{rows} (the model's embedding rows)")
     n_tokens = min(len(new_tokenizer), rows) if new_tokenizer is not None else rows
     new_ids = list(range(num_old_rows, max(n_tokens, num_old_rows)))
     groups = None
-    if strategy == "subtoken_mean":
+    if "subtoken_mean" in (strategy, out_strategy):
         if base_tokenizer is None or new_tokenizer is None:
             raise ValueError("subtoken_mean needs base_tokenizer and new_tokenizer")
         groups = new_token_groups(base_tokenizer, new_tokenizer, num_old_rows, rows)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    for w in weights:
-        fill_new_rows(w, num_old_rows, len(new_ids), strategy, gen, groups if strategy == "subtoken_mean" else None)
-    log.info("initialized %d new embedding rows (%s) and %d padding rows", len(new_ids), strategy, rows - num_old_rows - len(new_ids))
+    for w, s in zip(weights, (strategy, out_strategy)):
+        fill_new_rows(w, num_old_rows, len(new_ids), s, gen, groups if s == "subtoken_mean" else None)
+    log.info("initialized %d new embedding rows (%s) and %d padding rows", len(new_ids),
+             strategy if out_strategy == strategy else f"{strategy} input, {out_strategy} output", rows - num_old_rows - len(new_ids))
     return len(new_ids)
 
 
@@ -146,6 +169,7 @@ def resize_embeddings(
     strategy: str = "subtoken_mean",
     seed: int = 0,
     pad_to: int = 64,
+    output_strategy: str | None = None,
 ) -> int:
     """Resizes input embedding and output head to ``len(new_tokenizer)`` padded to ``pad_to`` and
     fills the new rows (see :func:`init_new_embedding_rows`). Returns the number of base rows.
@@ -160,5 +184,5 @@ def resize_embeddings(
     if target > rows:
         model.resize_token_embeddings(target, pad_to_multiple_of=pad_to or None, mean_resizing=False)
     if model.get_input_embeddings().weight.shape[0] > num_old:
-        init_new_embedding_rows(model, base_tokenizer, new_tokenizer, num_old, strategy, seed)
+        init_new_embedding_rows(model, base_tokenizer, new_tokenizer, num_old, strategy, seed, output_strategy)
     return num_old

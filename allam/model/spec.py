@@ -80,23 +80,27 @@ def _pretrained_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
     check_tokenizer_fits_checkpoint(tok, init, bundle, rows)
     grow = {}
     if tok.variant == TokenizerVariant.expanded:
-        from allam.model.embeddings import check_strategy, new_token_groups
+        from allam.model.embeddings import fill_strategies, new_token_groups
 
-        strategy = check_strategy(init.new_embeddings)
+        strategy, out_strategy = fill_strategies(init.new_embeddings, init.get("new_output_embeddings"),
+                                                 tied=bool(getattr(ckpt_cfg, "tie_word_embeddings", False)))
         num_old = min(len(bundle.base.tokenizer), rows)
         target = len(bundle.tokenizer)
         total = padded(target, model_cfg.pad_vocab_to) if target > rows else rows
         if total > num_old:
             num_new = max(0, min(target, total) - num_old)
             groups = (new_token_groups(bundle.base.tokenizer, bundle.tokenizer, num_old, total)
-                      if strategy == "subtoken_mean" else None)
-            grow = dict(rows=total, num_old_rows=num_old, num_new=num_new, strategy=strategy, groups=groups)
+                      if "subtoken_mean" in (strategy, out_strategy) else None)
+            grow = dict(rows=total, num_old_rows=num_old, num_new=num_new, strategy=strategy, groups=groups,
+                        output_strategy=out_strategy)
             ckpt_cfg.vocab_size = total
     ckpt_cfg._attn_implementation = attention
     ckpt_cfg.use_cache = False
     ckpt_cfg.torch_dtype = "float32"
     seed = init.seed
-    what = f"{init.checkpoint}" + (f", vocabulary {rows} -> {grow['rows']} ({grow['strategy']})" if grow else "")
+    fills = "" if not grow else (grow["strategy"] if grow["output_strategy"] == grow["strategy"]
+                                 else f"{grow['strategy']} input rows, {grow['output_strategy']} output rows")
+    what = f"{init.checkpoint}" + (f", vocabulary {rows} -> {grow['rows']} ({fills})" if grow else "")
     return ModelSpec(ckpt_cfg, lambda: PretrainedWeights(folder, seed=seed, **grow), what)
 
 

@@ -179,16 +179,18 @@ class SafetensorsFolder:
 
 class PretrainedWeights:
     """A checkpoint's weights; the input embedding and output head may grow to `rows` rows, whose
-    rows past `num_old_rows` are filled per `strategy` (see :func:`allam.model.embeddings.fill_new_rows`);
+    rows past `num_old_rows` are filled per `strategy` (the output head per `output_strategy` when given;
+    see :func:`allam.model.embeddings.fill_new_rows`);
     under ``random`` a rank draws only its own new rows (:func:`normal_rows`, seeded per parameter
     name and block of rows, with the base rows' standard deviation)."""
 
     def __init__(self, folder: str | Path, *, rows: Optional[int] = None, num_old_rows: Optional[int] = None,
                  num_new: int = 0, strategy: str = "subtoken_mean", groups: Optional[list[list[int]]] = None,
-                 seed: int = 0):
+                 seed: int = 0, output_strategy: Optional[str] = None):
         self.ckpt = SafetensorsFolder(folder)
         self.rows_total, self.num_old, self.num_new = rows, num_old_rows, num_new
         self.strategy, self.groups = str(strategy), groups
+        self.output_strategy = str(output_strategy) if output_strategy is not None else self.strategy  # lm_head's
         self.seed = int(seed)
         self.gen = torch.Generator(device="cpu").manual_seed(self.seed)
 
@@ -204,7 +206,8 @@ class PretrainedWeights:
         from allam.model.embeddings import fill_new_rows
 
         old = self.ckpt.rows(name)  # one whole matrix: the new rows are built from its rows
-        if self.strategy == "random":  # only rows start:stop are drawn
+        strategy = self.output_strategy if param == "lm_head.weight" else self.strategy
+        if strategy == "random":  # only rows start:stop are drawn
             out = torch.empty((stop - start, old.shape[1]), dtype=torch.float32)
             keep = min(stop, self.num_old)
             if start < keep:
@@ -216,7 +219,7 @@ class PretrainedWeights:
             return out
         full = torch.empty((self.rows_total, old.shape[1]), dtype=torch.float32)
         full[: self.num_old] = old[: self.num_old].float()
-        fill_new_rows(full, self.num_old, self.num_new, self.strategy, self.gen, self.groups)
+        fill_new_rows(full, self.num_old, self.num_new, strategy, self.gen, self.groups)
         return full[start:stop]
 
 

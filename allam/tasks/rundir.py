@@ -121,7 +121,8 @@ def _flatten(node, prefix: str = "") -> dict:
 # keys added after runs were saved, with the value that does what those runs did: a saved config
 # without the key resumes when the current value is this one (a source's key: any source)
 ADDED_KEYS = {"data.val_fraction": (0.05,), "data.val_cap_bytes": (None,), "data.dedup_across_sources": (False,),
-              "data.sources.*.val_fraction": (None, 0.05), "data.sources.*.val_max_bytes": (None,)}
+              "data.sources.*.val_fraction": (None, 0.05), "data.sources.*.val_max_bytes": (None,),
+              "init.new_output_embeddings": (None,)}
 
 
 def _added_with_old_behaviour(key: str, value, saved: dict) -> bool:
