@@ -49,6 +49,24 @@ def test_expanded_model_keeps_english_logits(make_cfg, english_checkpoint):
 
 
 @pytest.mark.slow
+def test_output_rows_fill_is_one_override(make_cfg, english_checkpoint):
+    """init.new_output_embeddings=mean through the run's model builder: the new input rows stay
+    sub-token means, the head's new rows are the mean of the base head's rows."""
+    cfg = make_cfg("init=llama2", f"init.checkpoint={english_checkpoint}", "init.new_output_embeddings=mean",
+                   *SMALL_MODEL, *SMALL_EXPANSION)
+    bundle = builders.build_tokenizer(cfg)
+    model = builders.build_model(cfg.model, cfg.init, cfg.tokenizer, bundle, "sdpa")
+    base = LlamaForCausalLM.from_pretrained(english_checkpoint)
+    base_tok = AutoTokenizer.from_pretrained(english_checkpoint)
+    old, new_id = len(base_tok), len(base_tok) + 3
+    text = bundle.tokenizer.convert_tokens_to_string([bundle.tokenizer.convert_ids_to_tokens(new_id)])
+    sub = base_tok(text, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_input_embeddings().weight[new_id], base.get_input_embeddings().weight[sub].mean(0))
+        torch.testing.assert_close(model.lm_head.weight[new_id], base.lm_head.weight[:old].mean(0))
+        assert torch.equal(model.lm_head.weight[:old], base.lm_head.weight)
+
+
 def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
     """experiment=english_base, exported, then adapted with an expanded tokenizer: tiny settings."""
     base_out = tmp_path / "english_base"
