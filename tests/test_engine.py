@@ -149,6 +149,86 @@ def test_a_merge_that_fails_beside_another_is_one_line(tok, tmp_path):  # noqa: 
     assert shards.load(jobs["ar"]) is not None and shards.load(jobs["en"]) is None
 
 
+def test_one_worker_builds_a_large_source_through_the_engine(tok, tmp_path):  # noqa: F811
+    """data.prepare.workers=1 (or a one-CPU allocation): datatrove runs the tasks in this process,
+    and the folder is the one-process folder."""
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    lines: list = []
+    built = _build(srcs, info, tmp_path / "cache", task_bytes=6000, workers=1, log=lines.append)["ar"]
+    assert any("tasks of about" in ln for ln in lines)
+    one = _build(srcs, info, tmp_path / "one")["ar"]
+    for f in shards.SHARD_FILES:
+        assert (built.path / f).read_bytes() == (one.path / f).read_bytes(), f
+
+
+def test_a_merge_process_that_dies_is_one_line_not_a_wait(tok, tmp_path, monkeypatch):  # noqa: F811
+    """A merge process killed (as the out-of-memory killer kills) ends the build with one line
+    naming its source; the other source is published and the dead one's unfinished folder removed."""
+    import signal
+
+    from allam import cache_lock
+    from allam.config import RunFailed
+
+    srcs = _corpus(tmp_path)
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    real = shard_build._merge
+
+    def dying(i, t0, lines):
+        plan = shard_build._MERGING[i]
+        if plan.job.name == "en":
+            cache_lock.unique_name(plan.job.path, "tmp").mkdir(parents=True)  # half-written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(i, t0, lines)
+
+    monkeypatch.setattr(shard_build, "_merge", dying)
+    cache = tmp_path / "cache"
+    with pytest.raises(RunFailed, match=r"^data\.sources\.en: the process merging its shards was killed by SIGKILL "
+                                        r"\(out of memory\?\); nothing was added to the cache") as exc:
+        _build(srcs, info, cache, task_bytes=6000)
+    assert "\n" not in str(exc.value)
+    jobs = {j.name: j for j in shards.plan_jobs(srcs, False, info, cache)}
+    assert shards.load(jobs["ar"]) is not None and shards.load(jobs["en"]) is None
+    assert not list(cache.rglob("en-*.tmp-*"))
+
+
+def _interrupted_build(srcs, info, cache, q):
+    """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
+    import time
+
+    real = engine.merge_parts
+
+    def slow(plan, *a, **k):
+        if plan.job.name == "en":
+            q.put("merging")
+            time.sleep(120)
+        return real(plan, *a, **k)
+
+    engine.merge_parts = slow
+    try:
+        _build(srcs, info, cache, task_bytes=6000)
+        q.put("built")
+    except KeyboardInterrupt:
+        q.put("interrupted")
+
+
+def test_ctrl_c_during_merges_leaves_no_unfinished_folder(tok, tmp_path):  # noqa: F811
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    cache = tmp_path / "cache"
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    child = ctx.Process(target=_interrupted_build, args=(_corpus(tmp_path), info, cache, q))
+    child.start()
+    assert q.get(timeout=120) == "merging"
+    os.kill(child.pid, signal.SIGINT)
+    assert q.get(timeout=60) == "interrupted"
+    child.join(30)
+    assert not list(cache.rglob("*.tmp-*"))  # the merges removed their unfinished folders
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.prepare.executor=slurm", r"^data\.prepare\.slurm_partition=None: executor=slurm needs the SLURM partition"),
     ("data.prepare.task_bytes=4096", r"^data\.prepare\.task_bytes=4096: must be at least 1048576"),

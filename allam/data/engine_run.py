@@ -141,7 +141,7 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     prev = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     logger.remove()  # the executor's own lines (tasks done, stats) go to its logs, warnings to the terminal
-    sink = logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="WARNING")
     saved = _default_stop_signals()
     try:
         for stage in ("count", "tokenize"):
@@ -156,7 +156,7 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        logger.remove(sink)
+        logger.remove()  # `sink`, or (one worker: datatrove ran the tasks here) what its tasks put back
         logger.add(sys.stderr)
         if prev is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)

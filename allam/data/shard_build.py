@@ -143,7 +143,8 @@ def _cached(job: ShardJob, log) -> Optional[SourceShards]:
 def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, workers: int, progress: bool, log,
                wait_s, wait_log) -> dict[str, SourceShards]:
     """Sources larger than `task_bytes`, together: their locks held (taken in path order), their
-    pieces counted and tokenized by one local executor run, then each merged and published here.
+    pieces counted and tokenized by one local executor run, then merged and published side by side
+    (:func:`_merge_all`).
     Returns those built (a source whose files do not split is left to the caller)."""
     from allam.data.progress import Progress
 
@@ -184,51 +185,110 @@ def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, worker
     return out
 
 
-_MERGING: list = []  # the plans a merge pool's forked children merge (inherited, not pickled)
+_MERGING: list = []  # the plans the forked merge processes merge (inherited, not pickled)
 
 
-def _merge(i: int, t0: float, lines: Optional[list] = None) -> Optional[tuple[str, str]]:
-    """Merges and publishes ``_MERGING[i]`` (its log lines to `lines`, else printed); returns the
-    error as (kind, message) for the parent to raise, None when published."""
+def _merge(i: int, t0: float, lines: list) -> Optional[tuple[str, str]]:
+    """Merges and publishes ``_MERGING[i]`` (its log lines to `lines`); returns the error as
+    (kind, message) for the parent to raise, None when published."""
     plan = _MERGING[i]
     t1 = time.perf_counter()
-    say = print if lines is None else lines.append
     try:
-        _build_one(0, plan.job, plan.tok, None, 1, False, say, plan=plan, t0=t0)
+        _build_one(0, plan.job, plan.tok, None, 1, False, lines.append, plan=plan, t0=t0)
     except (ConfigError, RunFailed) as exc:
         return type(exc).__name__, str(exc)
-    say(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
+    lines.append(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
     engine.clear_work(plan)
     return None
 
 
-def _merge_in_child(i: int, t0: float) -> tuple[list, Optional[tuple[str, str]]]:
+def _merge_child(i: int, t0: float, conn) -> None:
+    """A forked merge process: SIGTERM (the parent stopping) raises SystemExit, so the unfinished
+    folder is removed; Ctrl+C is the parent's to handle."""
+    import signal
+
+    def stop(*_):
+        raise SystemExit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     lines: list = []
-    return lines, _merge(i, t0, lines)
+    err = _merge(i, t0, lines)
+    conn.send((lines, err))
+    conn.close()
+
+
+def _died(plan, code: Optional[int]) -> tuple[str, str]:
+    """The one line for a merge process that ended without a result; its unfinished folder is removed."""
+    import signal
+
+    how = (f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
+           if code is not None and code < 0 else f"failed with exit code {code} (its traceback is above)")
+    return "RunFailed", (f"data.sources.{plan.job.name}: the process merging its shards {how}; nothing was added to "
+                         f"the cache; run the same command again (the tokenized parts in {plan.work} are kept)")
+
+
+def _merge_in_processes(n: int, at_once: int, t0: float) -> list:
+    """Runs merges 0..n-1 in forked processes, `at_once` at a time; returns each one's (lines,
+    error). A process that dies is an error naming its source, never a wait; stopping (Ctrl+C)
+    stops the merges, which remove their unfinished folders."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("fork")
+    todo, running, results = list(range(n)), {}, [None] * n
+    try:
+        while todo or running:
+            while todo and len(running) < at_once:
+                i = todo.pop(0)
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_merge_child, args=(i, t0, writer), name=f"merge-{i}")
+                proc.start()
+                writer.close()
+                running[i] = (proc, reader)
+            ready = wait([r for _, r in running.values()] + [p.sentinel for p, _ in running.values()])
+            for i, (proc, reader) in list(running.items()):
+                if reader in ready or proc.sentinel in ready:
+                    try:
+                        results[i] = reader.recv()
+                    except EOFError:  # ended without a result
+                        proc.join()
+                        for tmp in _MERGING[i].job.path.parent.glob(
+                                f"{_MERGING[i].job.path.name}.tmp-{cache_lock.HOST}-{proc.pid}-*"):
+                            shutil.rmtree(tmp, ignore_errors=True)
+                        results[i] = ([], _died(_MERGING[i], proc.exitcode))
+                    proc.join()
+                    reader.close()
+                    del running[i]
+    except BaseException:
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.join(60)
+        raise
+    return results
 
 
 def _merge_all(plans: list, workers: int, log, t0: float) -> dict[str, SourceShards]:
     """Each source's merge (:func:`engine.merge_parts` through :func:`_build_one`): in this process
-    for one source or one worker, else side by side in up to `workers` forked processes (each holds
-    its own source's dedup hashes, 8 bytes a document). The parent holds every source's lock."""
+    for one source or one worker, else side by side, one forked process a source and up to
+    `workers` at once (each holds its own source's dedup hashes, 8 bytes a document). The parent
+    holds every source's lock and raises the first error after all have ended."""
     _MERGING[:] = plans
-    errors = []
     try:
         if len(plans) == 1 or workers <= 1:
+            results = []
             for i in range(len(plans)):
                 lines: list = []
-                errors.append(_merge(i, t0, lines))
-                for line in lines:
-                    log(line)
+                results.append((lines, _merge(i, t0, lines)))
         else:
-            with _pool(min(workers, len(plans))) as pool:
-                for lines, err in pool.starmap(_merge_in_child, [(i, t0) for i in range(len(plans))]):
-                    for line in lines:
-                        log(line)
-                    errors.append(err)
+            results = _merge_in_processes(len(plans), min(workers, len(plans)), t0)
     finally:
         _MERGING.clear()
-    for kind, message in (e for e in errors if e is not None):
+    for lines, _ in results:
+        for line in lines:
+            log(line)
+    for kind, message in (err for _, err in results if err is not None):
         raise (RunFailed if kind == "RunFailed" else ConfigError)(message)
     return {plan.job.name: load(plan.job) for plan in plans}  # type: ignore[misc]
 
