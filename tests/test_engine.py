@@ -350,6 +350,52 @@ def test_a_source_submitted_to_slurm_is_not_built_twice_meanwhile(tok, tmp_path)
     assert _build(srcs, info, cache, task_bytes=6000)["ar"].meta["train"]["docs"] > 0
 
 
+def test_a_slurm_build_that_ended_is_not_waited_for(tok, tmp_path, monkeypatch):  # noqa: F811
+    """Where squeue answers: jobs still queued keep the source pending; jobs all gone without
+    publishing are forgotten (one log line) and the source builds here; a merge that can no longer
+    run (DependencyNeverSatisfied) is one line naming the logs; a task's recorded bad input is its
+    one line. Each keeps the jobs' logs and clears the rest, so the next attempt starts afresh."""
+    from allam.config import RunFailed
+
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    cache = tmp_path / "cache"
+    job = shards.plan_jobs(srcs, False, info, cache)[0]
+
+    def submit_fake():
+        plan = engine.make_plan(job, info, 6000, min_pieces=1)
+        (plan.work / "logs").mkdir(exist_ok=True)
+        engine.record_submission(plan, {"jobs": {"count": 101, "tokenize": 102, "merge": 103}, "state": "submitted"})
+        return plan
+
+    plan = submit_fake()
+    monkeypatch.setattr(engine, "slurm_queue", lambda: {"102": "None", "103": "Dependency", "7": "None"})
+    with pytest.raises(ConfigError, match="being built by SLURM jobs"):
+        _build(srcs, info, cache)
+
+    monkeypatch.setattr(engine, "slurm_queue", lambda: {"103": "DependencyNeverSatisfied"})
+    with pytest.raises(RunFailed, match=r"^data\.sources\.ar: the SLURM build submitted .* failed before its merge "
+                                        r"\(see .*slurm and .*logs\); scancel 103 and run again$"):
+        _build(srcs, info, cache)
+    assert sorted(p.name for p in plan.work.iterdir()) == ["logs"]
+
+    plan = submit_fake()
+    (plan.work / "errors").mkdir()
+    (plan.work / "errors" / "count-00001.json").write_text(json.dumps(
+        {"kind": "ConfigError", "message": "data.sources.ar: bad input in piece 1", "rank": 1}))
+    with pytest.raises(ConfigError, match=r"^data\.sources\.ar: bad input in piece 1 \(found by the SLURM build "
+                                          r"submitted .*; its merge job 103 will not run: scancel it\)$"):
+        _build(srcs, info, cache)
+    assert sorted(p.name for p in plan.work.iterdir()) == ["logs"]
+
+    submit_fake()
+    monkeypatch.setattr(engine, "slurm_queue", lambda: {"7": "None"})
+    lines: list = []
+    built = _build(srcs, info, cache, task_bytes=6000, log=lines.append)["ar"]
+    assert any("ended without publishing its shards" in ln and "building them afresh" in ln for ln in lines)
+    assert built.meta["train"]["docs"] > 0
+
+
 def _build_under_a_stop_handler(srcs, info, cache, q, task_bytes):  # noqa: F811
     """A training run's stop handler (SIGTERM: stop at the next step) is installed when its data
     module builds shards; its pool children inherit it."""

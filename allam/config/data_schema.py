@@ -87,7 +87,8 @@ class PrepareConfig:
     """`data.prepare`: how a large file or hf source's shards are built (allam/data/engine.py)."""
 
     # local: datatrove's local executor, one task per core; slurm: task=prepare submits job arrays
-    # (a training run that finds shards missing always builds them locally)
+    # (a training run that finds shards missing builds them locally, unless SLURM jobs are
+    # building them: then it stops with one line naming the jobs)
     executor: PrepareExecutor = PrepareExecutor.local
     # a text/jsonl/parquet/hf source larger than this is split into tasks of about this many bytes
     # (text and jsonl at line boundaries, parquet by whole files, hf by row ranges of its Arrow

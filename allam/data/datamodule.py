@@ -211,7 +211,7 @@ class AllamDataModule(L.LightningDataModule):
 
     def submit(self) -> list[dict]:
         """``data.prepare.executor=slurm`` (task=prepare): submits the build of every missing file
-        source as SLURM jobs (:func:`allam.data.shard_build.submit`) and returns what was submitted."""
+        or hf source as SLURM jobs (:func:`allam.data.shard_build.submit`) and returns what was submitted."""
         tok = self._tokenizer_info()
         jobs = plan_jobs(self.sources, bool(self.cfg.parallel_pairs), tok, self.cache_dir,
                          bool(self.cfg.get("dedup_across_sources", False)))

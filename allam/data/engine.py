@@ -60,7 +60,7 @@ def _line_start(path: Path, pos: int, size: int) -> int:
         return min(fh.tell(), size)
 
 
-def plan_pieces(name: str, src: Any, task_bytes: int) -> list[list[Span]]:
+def plan_pieces(name: str, src: Any, task_bytes: int) -> list[list[Any]]:
     """The pieces of a file source, each about `task_bytes` of its files in reading order (text and
     jsonl files are cut at line boundaries; parquet files are not cut), or of an hf source, each
     one row range (:func:`_row_pieces`). One piece for a source no larger than `task_bytes`; none
@@ -70,7 +70,7 @@ def plan_pieces(name: str, src: Any, task_bytes: int) -> list[list[Span]]:
     if src["loader"] == "hf":
         return _row_pieces(name, src, task_bytes)
     cut = src["loader"] != "parquet"
-    pieces: list[list[Span]] = []
+    pieces: list[list[Any]] = []
     cur: list[Span] = []
     room = task_bytes
     for f in resolve_files(name, src):
@@ -117,7 +117,7 @@ class Plan:
 
     job: Any  # allam.data.shards.ShardJob
     tok: Any  # allam.data.shards.TokenizerInfo
-    pieces: list  # list[list[Span]]
+    pieces: list  # list[list[Span]] (hf: list[list[Rows]])
     work: Path
     task_bytes: int
     extra: dict = field(default_factory=dict)
@@ -181,12 +181,16 @@ def work_folder(job: Any) -> Path:
     return job.path.with_name(job.path.name + ".work")
 
 
-def record_submission(plan: Plan, sub: dict) -> None:
+def record_submission(plan: Plan, sub: dict, final: bool = False) -> None:
     """Notes in the work folder that SLURM jobs are building this source (``submitted.json``; the
-    merge job's :func:`clear_work` removes it), so nothing else starts a second build meanwhile."""
+    merge job's :func:`clear_work` removes it), so nothing else starts a second build meanwhile.
+    Written before submitting (no job ids yet) and again after (`final`: only while the first note
+    is there, so jobs that finished at once leave none behind)."""
     import datetime
     import socket
 
+    if final and not (plan.work / SUBMITTED).exists():
+        return
     _write_json(plan.work / SUBMITTED, {**sub, "at": datetime.datetime.now().isoformat(timespec="seconds"),
                                         "by": f"host {socket.gethostname()} pid {os.getpid()}"})
 
@@ -201,20 +205,45 @@ def submitted(job: Any) -> Optional[dict]:
 
 def pending_error(job: Any, sub: dict) -> str:
     """One line for a build that would start while SLURM jobs are building the same source."""
-    j = sub.get("jobs", {})
+    j = sub.get("jobs") or {}
     return (f"data.sources.{job.name}: its shards are being built by SLURM jobs submitted {sub.get('at', '?')} "
             f"(count {j.get('count')}, tokenize {j.get('tokenize')}, merge {j.get('merge')}; work folder "
             f"{work_folder(job)}); run again once merge job {j.get('merge')} has finished, or, if those jobs "
-            f"are gone, delete {work_folder(job) / SUBMITTED} to build the shards here")
+            f"are gone, delete {work_folder(job) / SUBMITTED} to build the shards afresh")
 
 
-def clear_work(plan: Plan, keep_logs: bool = False) -> None:
-    """Removes the work folder once the shards are published (`keep_logs`: all but datatrove's and
-    SLURM's logs, which a SLURM job is still writing to; without plan.json a new build starts afresh)."""
+def slurm_queue() -> Optional[dict]:
+    """This user's SLURM jobs still queued or running, {job id (an array's own id): squeue's reason};
+    None where ``squeue`` is not available or fails."""
+    import getpass
+    import subprocess
+
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%F %r"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    jobs: dict = {}
+    for line in out.stdout.splitlines():
+        parts = line.split(None, 1)
+        if parts:
+            jobs.setdefault(parts[0], parts[1].strip() if len(parts) > 1 else "")
+    return jobs
+
+
+def clear_work(plan: Any, keep_logs: bool = False) -> None:
+    """Removes the work folder of `plan` (a Plan, or the folder) once the shards are published
+    (`keep_logs`: all but datatrove's and SLURM's logs, which a SLURM job is still writing to;
+    without plan.json a new build starts afresh)."""
+    work = plan.work if isinstance(plan, Plan) else Path(plan)
     if not keep_logs:
-        shutil.rmtree(plan.work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         return
-    for p in plan.work.iterdir() if plan.work.exists() else []:
+    for p in work.iterdir() if work.exists() else []:
         if p.name not in ("logs", "slurm"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 

@@ -127,6 +127,8 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     from loguru import logger
 
     Local, _ = _executor_classes()
+    for plan in plans:  # errors of an earlier SLURM build of the same plan are not this run's
+        shutil.rmtree(plan.work / "errors", ignore_errors=True)
     n = sum(len(p.pieces) for p in plans)
     workers = max(1, min(workers, n))
     stop = threading.Event()
@@ -210,6 +212,7 @@ def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
     a one-task merge), each depending on the one before. `merge(plan)` is what the merge job runs.
     Returns the job ids and the work folder."""
     _, SlurmPipelineExecutor = _executor_classes()
+    shutil.rmtree(plan.work / "errors", ignore_errors=True)
     n = len(plan.pieces)
     plan.extra["merge"] = merge
     common = dict(time=cfg.slurm_time, partition=cfg.slurm_partition, cpus_per_task=cfg.slurm_cpus_per_task,

@@ -4,7 +4,7 @@ Bytes of the source's files read so far against their total, the rate, the time 
 documents and tokens written. In a terminal it is a tqdm bar; anywhere else (a log file, a SLURM
 output) it is one plain line every ``every_s`` seconds and a last line at the end, never a
 carriage-return bar folded into one huge line. Sources whose size is not known up front (demo
-sources, Hugging Face datasets) count documents only.
+sources, Hugging Face datasets held only in memory) count documents only.
 """
 from __future__ import annotations
 

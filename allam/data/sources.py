@@ -316,7 +316,7 @@ def read_documents(name: str, src: Any, parallel_pairs: bool, bad: list[int],
     """Documents of a source in a fixed order. bad[0] counts skipped non-UTF-8 lines/rows; read[0]
     (when given) the bytes of the source's files read so far (:func:`allam.data.source_files.source_bytes` is their total);
     with the source's ``skip_bad_json``, `bad_json` collects the (file, line) of JSONL lines skipped.
-    With `piece`, only that part of a file source (:class:`Piece`), split as in the whole source.
+    With `piece`, only that part of a file or hf source (:class:`Piece`), split as in the whole source.
 
     Raises ConfigError (one line) for a missing file, an unknown demo source, bad UTF-8
     (file and byte offset) or a lone surrogate escape in a JSONL line (file and line) unless the
