@@ -300,9 +300,12 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
         os.environ["PATH"] = old
     assert len(sub) == 1 and sub[0]["pieces"] >= 3 and sub[0]["state"] == "submitted"
     n_scripts = len(list(log.glob("*.sh")))
-    again = shard_build.submit(jobs, info, Cfg, log=lambda *a: None)  # before the jobs ran: not submitted twice
+    said: list = []
+    again = shard_build.submit(jobs, info, Cfg, log=said.append)  # before the jobs ran: not submitted twice
     assert [a["state"] for a in again] == ["pending"] and again[0]["jobs"] == sub[0]["jobs"]
     assert len(list(log.glob("*.sh"))) == n_scripts
+    n = sub[0]["pieces"]
+    assert f"count 0/{n}, tokenize 0/{n}, merge 0/1 tasks done" in said[0], said
     scripts = [s for s in sorted(log.glob("*.sh"), key=lambda p: int(p.stem)) if "merge_stats" not in s.read_text()]
     stages = [s.read_text().split("#SBATCH --job-name=")[1].split("\n")[0] for s in scripts]
     assert stages == ["allam-count-ar", "allam-tokenize-ar", "allam-merge-ar"]
@@ -313,6 +316,10 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
         for i in range(tasks):
             subprocess.run(["bash", str(script)], check=True, capture_output=True, cwd=tmp_path,
                            env={**env, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "1"})
+        if stage.startswith("allam-count"):  # the command run again now says how far the build has got
+            said.clear()
+            shard_build.submit(jobs, info, Cfg, log=said.append)
+            assert f"count {n}/{n}, tokenize 0/{n}, merge 0/1 tasks done" in said[0], said
     built = shards.load(jobs[0])
     assert built is not None
     for f in shards.SHARD_FILES:
@@ -344,8 +351,11 @@ def test_a_source_submitted_to_slurm_is_not_built_twice_meanwhile(tok, tmp_path)
     class Cfg:
         task_bytes = 6000
 
-    pending = shard_build.submit(shards.plan_jobs(srcs, False, info, cache), info, Cfg, log=lambda *a: None)
+    said: list = []
+    pending = shard_build.submit(shards.plan_jobs(srcs, False, info, cache), info, Cfg, log=said.append)
     assert [p["state"] for p in pending] == ["pending"] and pending[0]["jobs"]["merge"] == 103
+    n = len(plan.pieces)
+    assert f"count 0/{n}, tokenize 0/{n}, merge 0/1 tasks done) and not merged yet" in said[0], said
     (plan.work / engine.SUBMITTED).unlink()
     assert _build(srcs, info, cache, task_bytes=6000)["ar"].meta["train"]["docs"] > 0
 

@@ -207,6 +207,16 @@ def _progress_sums(plans: list[Plan]) -> tuple[int, int, int]:
     return total[0], total[1], total[2]
 
 
+def slurm_progress(work: Path, pieces: int) -> str:
+    """How far a submitted build has got, from datatrove's completion marks in its work folder:
+    e.g. "count 40/40, tokenize 12/40, merge 0/1 tasks done"."""
+    done = []
+    for stage, n in (("count", pieces), ("tokenize", pieces), ("merge", 1)):
+        marks = work / "logs" / stage / "completions"
+        done.append(f"{stage} {len(list(marks.iterdir())) if marks.is_dir() else 0}/{n}")
+    return ", ".join(done) + " tasks done"
+
+
 def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
     """Submits the three stages as SLURM jobs (count and tokenize arrays of one task per piece, then
     a one-task merge), each depending on the one before. `merge(plan)` is what the merge job runs.

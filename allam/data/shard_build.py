@@ -353,7 +353,8 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
             continue
         sub = pending(job, log)
         if sub is not None:  # submitted before and not merged yet: not twice
-            log(f"data: {job.name}: submitted before ({sub.get('at')}; SLURM jobs {sub.get('jobs')}) and not "
+            done = engine_run.slurm_progress(engine.work_folder(job), int(sub.get("pieces") or 0))
+            log(f"data: {job.name}: submitted before ({sub.get('at')}; SLURM jobs {sub.get('jobs')}; {done}) and not "
                 f"merged yet; not submitting it again (if those jobs are gone, delete "
                 f"{engine.work_folder(job) / engine.SUBMITTED} to submit afresh)")
             out.append({**sub, "state": "pending"})
