@@ -379,11 +379,11 @@ def test_a_slurm_build_that_ended_is_not_waited_for(tok, tmp_path, monkeypatch):
         return plan
 
     plan = submit_fake()
-    monkeypatch.setattr(engine, "slurm_queue", lambda: {"102": "None", "103": "Dependency", "7": "None"})
+    monkeypatch.setattr(engine_run, "slurm_queue", lambda: {"102": "None", "103": "Dependency", "7": "None"})
     with pytest.raises(ConfigError, match="being built by SLURM jobs"):
         _build(srcs, info, cache)
 
-    monkeypatch.setattr(engine, "slurm_queue", lambda: {"103": "DependencyNeverSatisfied"})
+    monkeypatch.setattr(engine_run, "slurm_queue", lambda: {"103": "DependencyNeverSatisfied"})
     with pytest.raises(RunFailed, match=r"^data\.sources\.ar: the SLURM build submitted .* failed before its merge "
                                         r"\(see .*slurm and .*logs\); scancel 103 and run again$"):
         _build(srcs, info, cache)
@@ -399,7 +399,7 @@ def test_a_slurm_build_that_ended_is_not_waited_for(tok, tmp_path, monkeypatch):
     assert sorted(p.name for p in plan.work.iterdir()) == ["logs"]
 
     submit_fake()
-    monkeypatch.setattr(engine, "slurm_queue", lambda: {"7": "None"})
+    monkeypatch.setattr(engine_run, "slurm_queue", lambda: {"7": "None"})
     lines: list = []
     built = _build(srcs, info, cache, task_bytes=6000, log=lines.append)["ar"]
     assert any("ended without publishing its shards" in ln and "building them afresh" in ln for ln in lines)

@@ -212,29 +212,6 @@ def pending_error(job: Any, sub: dict) -> str:
             f"are gone, delete {work_folder(job) / SUBMITTED} to build the shards afresh")
 
 
-def slurm_queue() -> Optional[dict]:
-    """This user's SLURM jobs still queued or running, {job id (an array's own id): squeue's reason};
-    None where ``squeue`` is not available or fails."""
-    import getpass
-    import subprocess
-
-    if shutil.which("squeue") is None:
-        return None
-    try:
-        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%F %r"], capture_output=True,
-                             text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    jobs: dict = {}
-    for line in out.stdout.splitlines():
-        parts = line.split(None, 1)
-        if parts:
-            jobs.setdefault(parts[0], parts[1].strip() if len(parts) > 1 else "")
-    return jobs
-
-
 def clear_work(plan: Any, keep_logs: bool = False) -> None:
     """Removes the work folder of `plan` (a Plan, or the folder) once the shards are published
     (`keep_logs`: all but datatrove's and SLURM's logs, which a SLURM job is still writing to;

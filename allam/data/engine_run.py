@@ -1,5 +1,7 @@
 """Running a build's stages (:mod:`allam.data.engine`) on datatrove's executors: locally, one task
-per process, or as SLURM job arrays; a task's bad input comes back to the caller as one line."""
+per process, or as SLURM job arrays; a task's bad input comes back to the caller as one line. A
+submitted build's state (:func:`pending`: in flight, failed or gone, from ``submitted.json``, the
+tasks' recorded errors and ``squeue``) and progress (:func:`slurm_progress`)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +10,10 @@ import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from allam.config import ConfigError, RunFailed
+from allam.data import engine
 from allam.data.engine import Plan, _write_json, count_piece, tokenize_piece
 
 
@@ -240,3 +244,66 @@ def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
     merge_ex.run()  # launches its dependencies first
     return {"source": plan.job.name, "pieces": n, "work": str(plan.work),
             "jobs": {"count": count.job_id, "tokenize": tokenize.job_id, "merge": merge_ex.job_id}}
+
+
+def slurm_queue() -> Optional[dict]:
+    """This user's SLURM jobs still queued or running, {job id (an array's own id): squeue's reason};
+    None where ``squeue`` is not available or fails."""
+    import getpass
+    import subprocess
+
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%F %r"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    jobs: dict = {}
+    for line in out.stdout.splitlines():
+        parts = line.split(None, 1)
+        if parts:
+            jobs.setdefault(parts[0], parts[1].strip() if len(parts) > 1 else "")
+    return jobs
+
+
+def pending(job: Any, log) -> Optional[dict]:
+    """The SLURM submission building `job` while it is still in flight (``submitted.json``), else
+    None. Where ``squeue`` answers, a build that ended is not waited for: one whose task recorded
+    bad input raises that one line; one whose merge can no longer run (a job before it failed)
+    raises one line naming the logs; one whose jobs all left the queue without publishing is
+    forgotten with one log line, so the caller builds or submits afresh. Each keeps the jobs' logs."""
+    from types import SimpleNamespace
+
+    sub = engine.submitted(job)
+    if sub is None:
+        return None
+    work = engine.work_folder(job)
+    jobs = {k: str(v) for k, v in (sub.get("jobs") or {}).items() if v is not None}
+    try:  # a task's recorded bad input, with its line in the file
+        plan = json.loads((work / "plan.json").read_text(encoding="utf-8"))
+        pieces = [[engine.Span(Path(p), a, b) if p != "rows" else engine.Rows(a, b) for p, a, b in piece]
+                  for piece in plan["pieces"]]
+        _raise_task_error(SimpleNamespace(work=work, pieces=pieces), remove=False)
+    except (ConfigError, RunFailed) as exc:
+        engine.clear_work(work, keep_logs=True)
+        raise type(exc)(f"{exc} (found by the SLURM build submitted {sub.get('at')}; its merge job "
+                        f"{jobs.get('merge')} will not run: scancel it)") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    queue = slurm_queue() if jobs else None
+    if queue is None:
+        return sub
+    alive = {stage: queue[i] for stage, i in jobs.items() if i in queue}
+    if not alive:
+        engine.clear_work(work, keep_logs=True)
+        log(f"data: {job.name}: the SLURM build submitted {sub.get('at')} (jobs {', '.join(jobs.values())}) ended "
+            f"without publishing its shards (its logs: {work}/slurm); building them afresh")
+        return None
+    if set(alive) == {"merge"} and "DependencyNeverSatisfied" in alive["merge"]:
+        engine.clear_work(work, keep_logs=True)
+        raise RunFailed(f"data.sources.{job.name}: the SLURM build submitted {sub.get('at')} failed before its merge "
+                        f"(see {work}/slurm and {work}/logs); scancel {jobs['merge']} and run again")
+    return sub

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -99,7 +98,7 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     if not todo:
         return out
     for job in todo:
-        sub = pending(job, log)
+        sub = engine_run.pending(job, log)
         if sub is not None:
             raise ConfigError(engine.pending_error(job, sub))
     workers = default_workers() if workers is None else workers
@@ -294,46 +293,6 @@ def _merge_all(plans: list, workers: int, log, t0: float) -> dict[str, SourceSha
     return {plan.job.name: load(plan.job) for plan in plans}  # type: ignore[misc]
 
 
-def pending(job: ShardJob, log) -> Optional[dict]:
-    """The SLURM submission building `job` while it is still in flight (``submitted.json``), else
-    None. Where ``squeue`` answers, a build that ended is not waited for: one whose task recorded
-    bad input raises that one line; one whose merge can no longer run (a job before it failed)
-    raises one line naming the logs; one whose jobs all left the queue without publishing is
-    forgotten with one log line, so the caller builds or submits afresh. Each keeps the jobs' logs."""
-    from types import SimpleNamespace
-
-    sub = engine.submitted(job)
-    if sub is None:
-        return None
-    work = engine.work_folder(job)
-    jobs = {k: str(v) for k, v in (sub.get("jobs") or {}).items() if v is not None}
-    try:  # a task's recorded bad input, with its line in the file
-        plan = json.loads((work / "plan.json").read_text(encoding="utf-8"))
-        pieces = [[engine.Span(Path(p), a, b) if p != "rows" else engine.Rows(a, b) for p, a, b in piece]
-                  for piece in plan["pieces"]]
-        engine_run._raise_task_error(SimpleNamespace(work=work, pieces=pieces), remove=False)
-    except (ConfigError, RunFailed) as exc:
-        engine.clear_work(work, keep_logs=True)
-        raise type(exc)(f"{exc} (found by the SLURM build submitted {sub.get('at')}; its merge job "
-                        f"{jobs.get('merge')} will not run: scancel it)") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    queue = engine.slurm_queue() if jobs else None
-    if queue is None:
-        return sub
-    alive = {stage: queue[i] for stage, i in jobs.items() if i in queue}
-    if not alive:
-        engine.clear_work(work, keep_logs=True)
-        log(f"data: {job.name}: the SLURM build submitted {sub.get('at')} (jobs {', '.join(jobs.values())}) ended "
-            f"without publishing its shards (its logs: {work}/slurm); building them afresh")
-        return None
-    if set(alive) == {"merge"} and "DependencyNeverSatisfied" in alive["merge"]:
-        engine.clear_work(work, keep_logs=True)
-        raise RunFailed(f"data.sources.{job.name}: the SLURM build submitted {sub.get('at')} failed before its merge "
-                        f"(see {work}/slurm and {work}/logs); scancel {jobs['merge']} and run again")
-    return sub
-
-
 def merge_job(plan: "engine.Plan") -> None:
     """What the merge job of ``executor=slurm`` runs: the parts into the source's folder (unless a
     complete one is there already); then the work folder keeps only the jobs' logs."""
@@ -351,7 +310,7 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
     for job in jobs:
         if load(job) is not None:
             continue
-        sub = pending(job, log)
+        sub = engine_run.pending(job, log)
         if sub is not None:  # submitted before and not merged yet: not twice
             done = engine_run.slurm_progress(engine.work_folder(job), int(sub.get("pieces") or 0))
             log(f"data: {job.name}: submitted before ({sub.get('at')}; SLURM jobs {sub.get('jobs')}; {done}) and not "
