@@ -77,11 +77,14 @@ def test_the_mix_table_and_its_one_line_refusals(make_cfg):
         r"^data\.mix=xx: unknown language code": ["data=bible_hi", "+data.mix.xx=0.1"],
         r"^data\.mix\.hi=1\.5: must be a fraction": ["data=bible_hi", "data.mix.hi=1.5"],
         r"^data\.ar_ratio=0\.3: applies only when data\.mix is empty; .*data\.mix\.ar": ["data=trilingual", "data.ar_ratio=0.3"],
-        r"^data\.sources\.bible_hi\.lang=hi: data\.mix gives Hindi no share; add data\.mix\.hi=<share>":
+        r"^data\.sources\.bible_hi\.lang=hi: data\.mix gives Hindi no share; data\.mix is empty .*"
+        r"e\.g\. \+data\.mix=\{ar:0\.45,hi:0\.1,en:null\} \(or remove the source\)$":
             ["+data.sources.bible_hi={lang: hi, kind: translated, loader: demo, path: bible_hi}"],
+        r"^data\.sources\.bible_hi\.lang=hi: data\.mix gives Hindi no share; add data\.mix\.hi=<share>":
+            ["data=trilingual", "data.sources.bible_hi.lang=hi", "~data.mix.hi", "data.mix.ar=0.5"],
         r"^data\.mix\.ko=0\.2: is above 0 but data\.sources has no Korean source": ["data=bible_hi", "+data.mix.ko=0.2"],
         r"^data\.sources\.bible_hi\.lang=xx: unknown language code": ["data=bible_hi", "data.sources.bible_hi.lang=xx"],
-        r"^data\.mix=\{hi:0\.45,en:null\}: applies only when data\.stages is empty":
+        r"^data\.mix=\{hi:0\.45,en:null\}: applies only when data\.stages is empty; .*\(data\.mix=null clears this one":
             ["data=bible_hi", "data.stages=[{tokens:1000,mix:{hi:0.0,en:1.0}},{mix:{hi:0.45,en:null}}]"],
         r"^data\.translated_share=0\.5: is below 1 but every Hindi source has kind=translated":
             ["data=bible_hi", "data.translated_share=0.5"],
@@ -89,6 +92,24 @@ def test_the_mix_table_and_its_one_line_refusals(make_cfg):
     for pattern, overrides in bad.items():
         with pytest.raises(ConfigError, match=pattern):
             validate(make_cfg(*overrides))
+    # what the refusals advise works: a table for data=demo, and a preset's table cleared for stages
+    validate(make_cfg("+data.sources.bible_hi={lang: hi, kind: translated, loader: demo, path: bible_hi}",
+                      "+data.mix={ar:0.45,hi:0.1,en:null}"))
+    data = _data(make_cfg, "data=bible_hi", "data.mix=null", "data.stages=[{tokens:1000,mix:{hi:0.0,en:1.0}},{mix:{hi:0.45,en:null}}]")
+    assert [st.shares for st in mix_stages(data)] == [(("hi", 0.0), ("en", 1.0)), (("hi", 0.45), ("en", pytest.approx(0.55)))]
+
+
+def test_the_blend_depends_on_the_shares_not_the_order_of_the_table(make_cfg):
+    """Two tables with the same shares in another order make the same stages, so the same stream
+    (resuming with a reordered table cannot change it); English comes last, targets by code."""
+    def shares(table):
+        data = _data(make_cfg, "data=trilingual")
+        data.mix = table
+        return mix_stages(data)[0].shares
+
+    assert list(_data(make_cfg, "data=trilingual").mix) == ["ar", "hi", "en"]
+    assert shares({"en": None, "hi": 0.2, "ar": 0.3}) == (("ar", 0.3), ("hi", 0.2), ("en", pytest.approx(0.5)))
+    assert shares({"hi": 0.2, "en": 0.5, "ar": None}) == (("ar", pytest.approx(0.3)), ("hi", 0.2), ("en", 0.5))
 
 
 @pytest.mark.parametrize("preset,code", [("bible_hi", "hi"), ("bible_fa", "fa"), ("bible_ko", "ko"), ("bible_ru", "ru")])

@@ -118,8 +118,10 @@ class DataConfig:
     # share of training tokens per language, e.g. {hi: 0.45, en: null}: null (at most one) takes
     # the rest, else the shares sum to 1; empty: {ar: ar_ratio, en: the rest}. A share the table
     # names is one override (data.mix.hi=0.3); a language it lacks, or a table for data=demo, takes
-    # a + (+data.mix.ko=0.2, +data.mix={ar:0.3,hi:0.2,en:null}); a table merges into one already set
-    mix: dict[str, Optional[float]] = field(default_factory=dict)
+    # a + (+data.mix.ko=0.2, +data.mix={ar:0.3,hi:0.2,en:null}); a table merges into one already set;
+    # data.mix=null clears a preset's table (e.g. to give data.stages their own). The blend splits
+    # the languages in a fixed order whatever the table's: the targets by code, then English
+    mix: Optional[dict[str, Optional[float]]] = field(default_factory=dict)
     # fraction of each target language's tokens (every language but English) from translated
     # sources; None: by size
     translated_share: Optional[float] = None

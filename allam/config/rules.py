@@ -132,7 +132,8 @@ SHARE_SUM_TOL = 1e-6
 
 def _shares(mix, ar_ratio: float, key: str) -> tuple[tuple[str, float], ...]:
     """A stage's shares from its ``mix`` table, or ``{ar: ar_ratio, en: the rest}`` when the
-    table is empty. Explicit shares come in table order and the null one (the rest) last."""
+    table is empty, in a fixed order whatever the table's (the targets by code, then English), so
+    the blend depends on the shares alone."""
     if not mix:
         _unit(f"{key}.ar_ratio", ar_ratio)
         return (("ar", float(ar_ratio)), (BASE_LANG, 1.0 - float(ar_ratio)))
@@ -156,7 +157,7 @@ def _shares(mix, ar_ratio: float, key: str) -> tuple[tuple[str, float], ...]:
     elif abs(given - 1.0) > SHARE_SUM_TOL:
         _fail(f"{key}.mix", _table(entries), f"the shares sum to {given:.6g}; they must sum to 1 (or set one "
               "language to null: it takes the rest)")
-    return tuple(out)
+    return tuple(sorted(out, key=lambda cs: (cs[0] == BASE_LANG, cs[0])))
 
 
 def _table(entries) -> str:
@@ -180,7 +181,7 @@ def mix_stages(data) -> list[Stage]:
     raw = list(data.stages or [])
     if raw and data.get("mix"):
         _fail("data.mix", _table(list(data.mix.items())), "applies only when data.stages is empty; with stages set "
-              "each stage's share table, data.stages.<i>.mix")
+              "each stage's share table, data.stages.<i>.mix (data.mix=null clears this one, e.g. a preset's)")
     if not raw:
         stages = [Stage(None, _shares(data.get("mix"), data.ar_ratio, "data"), _opt(data.translated_share), "data")]
     else:
@@ -201,9 +202,13 @@ def mix_stages(data) -> list[Stage]:
         shares = dict(st.shares)
         from_ratio = not (raw[i].get("mix") if raw else data.get("mix"))
         for name, s in zip(names, sources):
-            if str(s["lang"]) not in shares:
-                _fail(f"data.sources.{name}.lang", s["lang"], f"{st.key}.mix gives {lang_name(str(s['lang']))} no share; "
-                      f"add {st.key}.mix.{s['lang']}=<share> (or remove the source)")
+            code = str(s["lang"])
+            if code not in shares:
+                how = (f"add {st.key}.mix.{code}=<share> (or remove the source)" if not from_ratio else
+                       f"{st.key}.mix is empty (Arabic and English from {st.key}.ar_ratio); give a table with a share "
+                       f"for it, e.g. {'+' if st.key == 'data' else ''}{st.key}.mix="
+                       f"{{ar:{st.ar_ratio:g},{code}:0.1,en:null}} (or remove the source)")
+                _fail(f"data.sources.{name}.lang", s["lang"], f"{st.key}.mix gives {lang_name(code)} no share; {how}")
         for code, share in st.shares:
             if code not in kinds and share > 0:
                 if from_ratio:
