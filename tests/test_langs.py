@@ -163,6 +163,13 @@ def test_indic_joiners_are_tidied_and_other_scripts_left_alone():
     assert hi.clean("क\u200dख\u200dग")[0] == "क\u200dख\u200dग"  # two joiners one letter apart both stay
     assert hi.clean("\u200dपरमेश्\u200d\u200c\u200dवर\u200d")[0] == "परमेश्\u200dवर"  # stray and repeated ones go
     assert hi.clean("नमस्ते दुनिया\u200d hello")[0] == "नमस्ते दुनिया hello"
+    assert hi.clean("नमस्ते \u200dदुनिया")[0] == "नमस्ते दुनिया"  # after whitespace
+    # a virama's joiner at a word's end shapes the letter (Malayalam's chillu, Bengali's khanda ta)
+    assert Cleaner(lang="ml", min_chars=1).clean("അവന്\u200d പോയി")[0] == "അവന്\u200d പോയി"
+    assert Cleaner(lang="bn", min_chars=1).clean("উৎসব ত্\u200d নয়")[0] == "উৎসব ত্\u200d নয়"
+    assert hi.clean("परिवार 👨\u200d👩\u200d👧 फोटो")[0] == "परिवार 👨\u200d👩\u200d👧 फोटो"  # an emoji sequence
+    # the rule is in the cache keys of the scripts it applies to only
+    assert hi.rules() == {"joiner_rule": 2} and Cleaner(lang="ar").rules() == Cleaner(lang="fa").rules() == {}
     fa = Cleaner(lang="fa", min_chars=1)
     assert fa.clean("می\u200cخواهم")[0] == "می\u200cخواهم"  # Persian's half-space is a word's own
     assert Cleaner(lang="en", min_chars=1).clean("family 👨\u200d👩\u200d👧 photo")[0] == "family 👨\u200d👩\u200d👧 photo"

@@ -6,8 +6,10 @@ Steps, in order (options are fields of :class:`allam.config.SourceConfig`):
 2. ``strip_diacritics`` / ``strip_tatweel`` / ``strip_bidi``: Arabic marks (transform; applied to
    the Arabic-script side of a parallel pair only, for languages written in Arabic script), then
    whitespace runs collapse to one space. In Indic scripts (allam/config/langs.py: ``joiners``)
-   a zero-width joiner or non-joiner between two characters of the script stays (it shapes a
-   conjunct) and stray ones go (at a word's edge, next to another script, repeated).
+   a zero-width joiner or non-joiner stays between two characters of the script (it shapes a
+   conjunct), after a virama at a word's end (Malayalam's chillu, Bengali's khanda ta, half
+   forms) and between two symbols (an emoji sequence); the others go (at a word's edge, after
+   whitespace, next to another script) and a run of them keeps its first.
 3. ``empty``: nothing left after the transforms (dropped).
 4. ``too_short``: fewer than ``min_chars`` characters (dropped).
 5. ``wrong_script``: letters of other scripts (any script of allam/config/langs.py that is not
@@ -110,18 +112,35 @@ class HashSet:
 _JOINERS = "\u200c\u200d"
 
 
+JOINER_RULE = 2  # in the cache keys of sources whose script tidies joiners (1: only between two script characters)
+_RUN = re.compile(f"[{_JOINERS}]+")
+
+
+class _JoinerTidy:
+    """Tidies the runs of joiners of a text in the scripts of ``blocks`` (see the module's step 2)."""
+
+    def __init__(self, blocks: tuple):
+        cls = "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in blocks if hi <= 0xFFFF)
+        self.script = re.compile(f"[{cls}]")
+
+    def _keep(self, m: re.Match) -> str:
+        text, first = m.string, m.group()[0]
+        before = text[m.start() - 1] if m.start() else ""
+        after = text[m.end()] if m.end() < len(text) else ""
+        if before and self.script.match(before):
+            inside = bool(after) and self.script.match(after) is not None
+            return first if inside or unicodedata.combining(before) == 9 else ""  # 9: a virama
+        emoji = (bool(before) and bool(after) and unicodedata.category(after) == "So"
+                 and unicodedata.category(before) in ("So", "Sk", "Mn"))  # Mn/Sk: a variation selector or skin tone
+        return first if emoji else ""
+
+    def __call__(self, text: str) -> str:
+        return _RUN.sub(self._keep, text)
+
+
 @lru_cache(maxsize=None)
-def _joiner_pattern(blocks: tuple) -> Optional[re.Pattern]:
-    """Runs of joiners; group ``inner`` is set when the run stands between two characters of ``blocks``."""
-    if not blocks:
-        return None
-    cls = "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in blocks if hi <= 0xFFFF)
-    return re.compile(f"(?<=[{cls}])(?P<inner>[{_JOINERS}]+)(?=[{cls}])|[{_JOINERS}]+")
-
-
-def _tidy_joiners(m: re.Match) -> str:
-    """One joiner (the first) between two characters of the script; none anywhere else."""
-    return m.group("inner")[0] if m.group("inner") else ""
+def _joiner_tidy(blocks: tuple) -> Optional[_JoinerTidy]:
+    return _JoinerTidy(blocks) if blocks else None
 
 
 class Cleaner:
@@ -161,6 +180,11 @@ class Cleaner:
         """What changes the cleaned text (part of the shard cache key)."""
         return dict(self._options)
 
+    def rules(self) -> dict:
+        """The version of a rule that changed, for the cache keys of the sources it applies to
+        (others keep their keys): the joiner rule for scripts that tidy joiners."""
+        return {"joiner_rule": JOINER_RULE} if language(self.lang).joiner_blocks() else {}
+
     def __repr__(self) -> str:
         return "Cleaner(" + ", ".join(f"{k}={v!r}" for k, v in self._options.items()) + ")"
 
@@ -173,13 +197,13 @@ class Cleaner:
     def _marks(self) -> Optional[re.Pattern]:
         return marks_pattern(self.strip_diacritics, self.strip_tatweel, self.strip_bidi)
 
-    def _transform(self, text: str, marks: Optional[re.Pattern], joiners: Optional[re.Pattern] = None) -> str:
+    def _transform(self, text: str, marks: Optional[re.Pattern], joiners: Optional[_JoinerTidy] = None) -> str:
         if self.nfc:
             text = unicodedata.normalize("NFC", text)
         if marks is not None:
             text = marks.sub("", text)
         if joiners is not None:
-            text = joiners.sub(_tidy_joiners, text)
+            text = joiners(text)
         return " ".join(text.split())
 
     def clean_batch(self, texts: list[str], pairs: Optional[list[Optional[str]]] = None
@@ -194,7 +218,7 @@ class Cleaner:
         lang = language(self.lang)
         own = marks if lang.arabic_marks else None
         other = marks if not lang.arabic_marks else None
-        joiners = _joiner_pattern(lang.joiner_blocks())
+        joiners = _joiner_tidy(lang.joiner_blocks())
         out: list[Optional[str]] = [self._transform(t, own, joiners) for t in texts]
         why: list[Optional[str]] = [None] * len(texts)
         for i, t in enumerate(out):

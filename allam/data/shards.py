@@ -130,6 +130,7 @@ def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
         "tokenizer": tok.hash,
         "dtype": tok.dtype,
     }
+    entry.update(job.cleaner.rules())
     if job.share_hashes:  # only then: the keys of every other cache stay as they were
         entry["dedup_after"] = [j.key for j in job.after]
     return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]

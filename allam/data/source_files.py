@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from allam.config import ConfigError, source_fields
+from allam.config import langs
 from allam.data import arabic, demo
 from allam.data.holdout import file_identity, hold_out_rule
 
@@ -52,14 +53,15 @@ def reader_key(src: Any) -> dict:
 def content_fingerprint(name: str, src: Any) -> str:
     """A cheap hash that changes when the source's content changes: each file's name, size and
     content sample in reading order (:func:`file_identity`), for demo sources also the code of the
-    demo and Arabic-text modules, for hf the dataset's own fingerprint."""
+    demo, Arabic-text and language-table modules (the letter and mark tables), for hf the
+    dataset's own fingerprint."""
     loader = src["loader"]
     if loader == "demo":
         key = src["path"] or name
         if key not in demo.DEMO_SOURCES:
             raise ConfigError(f"data.sources.{name}.path={key}: unknown demo source; allowed: {', '.join(sorted(demo.DEMO_SOURCES))}")
         files = [file_identity(demo.package_file(*spec)) for spec in demo.DEMO_FILES.get(key, [])]
-        code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic))).hexdigest()
+        code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (demo, arabic, langs))).hexdigest()
         entry: Any = {"demo": key, "files": files, "code": code}
     elif loader == "hf":
         entry = {"hf": src["path"], "split": src["split"], "fp": hf_dataset(name, src)._fingerprint}

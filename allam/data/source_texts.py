@@ -54,5 +54,6 @@ class SourceTexts:
         for name, src in self.sources.items():
             src = source_values(src)
             if src["lang"] == lang:
-                entries.append([name, content_fingerprint(name, src), reader_key(src), Cleaner.from_source(src).options()])
+                cleaner = Cleaner.from_source(src)
+                entries.append([name, content_fingerprint(name, src), reader_key(src), cleaner.options(), *([cleaner.rules()] if cleaner.rules() else [])])
         return hashlib.sha256(json.dumps([self.split, entries], sort_keys=True, default=str).encode()).hexdigest()
