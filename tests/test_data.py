@@ -347,7 +347,7 @@ def test_bad_input_errors(tok, corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"data.sources.e.path=.*: the glob matches no file"):
         make_dm(tok, c, _one(corpus, e={"lang": "en", "loader": "text", "path": str(tmp_path / "*.none")})).prepare()
     # English text declared Arabic
-    with pytest.raises(ConfigError, match=r"data.sources.wrong.lang=ar: .* mostly Latin script"):
+    with pytest.raises(ConfigError, match=r"data.sources.wrong.lang=ar: .* mostly not Arabic script"):
         make_dm(tok, c, _one(corpus, wrong={"lang": "ar", "loader": "parquet", "path": str(corpus / "en.parquet")})).prepare()
     # Arabic share asked for without an Arabic source
     with pytest.raises(ConfigError, match=r"data.ar_ratio=0.45: is above 0 but data.sources has no Arabic source"):

@@ -109,14 +109,14 @@ class ShardWriter:
 
 def check_script(job, stats: dict, final: bool) -> None:
     """One line when more than SCRIPT_MISMATCH_SHARE of the documents read so far (after 4 batches,
-    or at the end) are mostly in the other language's script."""
+    or at the end) are mostly not in the declared language's script."""
     read = stats["docs_read"]
     wrong = stats["drops"]["wrong_script"]
     if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
         lang = language(job.src["lang"])
-        other = "Latin" if lang.code == "ar" else "Arabic" if lang.code == "en" else f"not {'/'.join(lang.scripts)}"
-        raise ConfigError(
-            f"data.sources.{job.name}.lang={lang.code}: {wrong:,} of {read:,} documents are mostly {other} script; "
+        raise ConfigError(  # the script they are in is not counted: "not" the language's own is what is known
+            f"data.sources.{job.name}.lang={lang.code}: {wrong:,} of {read:,} documents are mostly not "
+            f"{'/'.join(lang.scripts)} script; "
             f"check the declared language (or raise max_wrong_script)"
         )
 
