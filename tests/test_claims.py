@@ -280,6 +280,11 @@ def test_english_base_text_with_arabic_share_and_its_tokenizer(tmp_path):
         WithTargetShare(Texts(), {"ar": 0.3, "hi": 0.3})
     two = list(WithTargetShare(Texts(), {"ar": 0.03, "hi": 0.02})("en"))
     assert sum(len(d.split()) for d in two if expand.has_arabic(d)) / sum(len(d.split()) for d in two) == pytest.approx(0.05, abs=0.01)
+    with pytest.raises(C.ConfigError, match=r"^tokenizer\.base_mix=xx: unknown language code"):
+        WithTargetShare(Texts(), {"xx": 0.1})
+    none_ko = WithTargetShare(lambda lang: iter(en if lang == "en" else []), {"ko": 0.02})
+    with pytest.raises(C.ConfigError, match=r"^tokenizer\.base_mix\.ko=0\.02: the configured sources have no Korean text"):
+        list(none_ko("en"))
 
     def arabic_pieces(share):
         cfg = OmegaConf.create(dict(variant="base", base="english8k", english_vocab_size=600, base_ar_share=share,
@@ -288,3 +293,7 @@ def test_english_base_text_with_arabic_share_and_its_tokenizer(tmp_path):
         return [p for p in tok.get_vocab() if expand.has_arabic(p)]
 
     assert arabic_pieces(0.0) == [] and len(arabic_pieces(0.05)) > 10
+    both = OmegaConf.create(dict(variant="base", base="english8k", english_vocab_size=600, base_ar_share=0.05,
+                                 base_mix={"hi": 0.01}, num_new_tokens=8, vocab_size=64, training_words=None, seed=0))
+    with pytest.raises(C.ConfigError, match=r"^tokenizer\.base_ar_share=0\.05: applies only when tokenizer\.base_mix is empty"):
+        build_tokenizer(both, cache_dir=tmp_path, texts=Texts())

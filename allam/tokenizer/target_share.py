@@ -23,6 +23,11 @@ class WithTargetShare:
             raise ConfigError(f"{key}={value}: must be in [0, 0.5) (the base stays mostly English)")
         if "en" in self.shares:
             raise ConfigError(f"{key}: names en; it holds the shares of the other languages in the English base's text")
+        from allam.config.langs import language
+
+        for code in shares:
+            language(str(code), key)  # tokenizer.base_mix=xx: unknown language code
+        self.key_name = key
         self.texts, self.total = texts, total
         if hasattr(texts, "key"):
             self.key = self._key
@@ -46,6 +51,13 @@ class WithTargetShare:
                         break
                     yield extra
                     words[code] += len(extra.split())
+        empty = [c for c, n in words.items() if n == 0 and en_words]
+        if empty:
+            from allam.config.langs import lang_name
+
+            name = self.key_name + ("" if self.key_name.endswith("base_ar_share") else f".{empty[0]}")
+            raise ConfigError(f"{name}={self.shares[empty[0]]}: the configured sources have no {lang_name(empty[0])} "
+                              f"text to put in the English base's tokenizer text")
 
     def _key(self, lang: str) -> str:
         inner = self.texts.key(lang)

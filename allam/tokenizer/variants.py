@@ -48,6 +48,9 @@ def _english(cfg, cache_dir: Path, texts: Texts) -> TokenizerBundle:
     size = int(cfg.english_vocab_size)
     name = f"english{size // 1024}k" if size % 1024 == 0 else f"english{size}"
     table = dict(cfg.get("base_mix") or {})
+    if table and float(cfg.get("base_ar_share", 0.0) or 0.0):
+        raise ConfigError(f"tokenizer.base_ar_share={cfg.base_ar_share}: applies only when tokenizer.base_mix is "
+                          "empty; with tokenizer.base_mix set the Arabic share is tokenizer.base_mix.ar")
     shares = table or {"ar": float(cfg.get("base_ar_share", 0.0) or 0.0)}
     if any(float(v) != 0.0 for v in shares.values()):
         from allam.tokenizer.target_share import WithTargetShare
