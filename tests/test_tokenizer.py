@@ -378,3 +378,22 @@ def test_training_text_is_a_bounded_seeded_sample_in_reading_order():
     idx = [order[line] for line in a.lines]
     assert idx == sorted(idx)  # reading order
     assert min(idx) < 100 and max(idx) > 900  # drawn from the whole stream, not its first 5,000 words
+
+
+def test_training_lines_of_unspaced_scripts_stay_within_sentencepieces_limit():
+    """A chunk of a script written without spaces can pass SentencePiece's 64 KiB line limit (such a
+    line would be skipped silently): it is split, a single longer run is cut between characters, and
+    no character is lost; chunks within the limit are as they always were."""
+    from allam.tokenizer.spm import MAX_LINE_BYTES, WORDS_PER_LINE, TrainingText
+
+    run = "日本語の文章です" * 6000  # one 48,000-character "word", 144,000 bytes
+    doc = " ".join(["前", run, "後"] + [f"語{i}" for i in range(70)])
+    text = TrainingText()
+    text.add("ja", iter([doc, "short line of english words"]))
+    assert all(len(line.encode("utf-8")) <= MAX_LINE_BYTES for line in text.lines)
+    assert "".join("".join(line.split()) for line in text.lines) == "".join(doc.split()) + "shortlineofenglishwords"
+    assert len(text.lines) >= 6 and text.lines[-1] == "short line of english words"
+    plain = " ".join(f"word{i}" for i in range(100))
+    same = TrainingText()
+    same.add("en", iter([plain]))
+    assert same.lines == [" ".join(plain.split()[:WORDS_PER_LINE]), " ".join(plain.split()[WORDS_PER_LINE:])]

@@ -19,7 +19,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
@@ -56,6 +56,52 @@ LLAMA2_TRAINER_OPTIONS: dict = dict(
 # than max_sentence_length bytes, and with split_by_whitespace=True a line break between words
 # changes nothing in what BPE learns, so chunking documents loses no statistics.
 WORDS_PER_LINE = 64
+# ... and at most this many UTF-8 bytes: a chunk of a script written without spaces (Japanese,
+# Chinese, Thai) can pass SentencePiece's 64 KiB limit, so such a chunk is split further, and a
+# single longer "word" is cut at a character; chunks within the limit are as they always were.
+MAX_LINE_BYTES = 1 << 15
+
+
+def _lines(words: list[str]) -> Iterator[list[str]]:
+    """The training lines of one document's words: chunks of WORDS_PER_LINE words, each split
+    further while it holds more than MAX_LINE_BYTES bytes."""
+    for i in range(0, len(words), WORDS_PER_LINE):
+        chunk = words[i : i + WORDS_PER_LINE]
+        if sum(len(w.encode("utf-8")) + 1 for w in chunk) <= MAX_LINE_BYTES:
+            yield chunk
+            continue
+        line: list[str] = []
+        size = 0
+        for word in chunk:
+            for part in _cut(word):
+                n = len(part.encode("utf-8")) + 1
+                if line and size + n > MAX_LINE_BYTES:
+                    yield line
+                    line, size = [], 0
+                line.append(part)
+                size += n
+        if line:
+            yield line
+
+
+def _cut(word: str) -> Iterator[str]:
+    """`word` in pieces of fewer than MAX_LINE_BYTES UTF-8 bytes, cut between characters."""
+    if len(word.encode("utf-8")) < MAX_LINE_BYTES:
+        yield word
+        return
+    part: list[str] = []
+    size = 0
+    for ch in word:
+        n = len(ch.encode("utf-8"))
+        if size + n >= MAX_LINE_BYTES:
+            yield "".join(part)
+            part, size = [], 0
+        part.append(ch)
+        size += n
+    if part:
+        yield "".join(part)
+
+
 BUILTIN_NORMALIZERS = ("identity", "nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf")
 
 # --------------------------------------------------------------------------- text
@@ -63,7 +109,7 @@ class TrainingText:
     """Training lines of one or more languages plus a fingerprint of their content.
 
     A language's lines are a bounded, seeded sample of its whole text, read in one stream: each
-    line (a chunk of up to :data:`WORDS_PER_LINE` words of a document) draws a random key, and the
+    line (a chunk of up to :data:`WORDS_PER_LINE` words and :data:`MAX_LINE_BYTES` bytes of a document) draws a random key, and the
     lines of the smallest keys are kept while their words fit in ``max_words`` (a heap of at most
     that many words: memory does not grow with the corpus). Kept lines stay in reading order. Text
     of fewer words than the cap is kept whole, in order; ``max_words=None`` keeps everything."""
@@ -85,8 +131,7 @@ class TrainingText:
         for doc in bar:
             words = doc.split()
             seen += len(words)
-            for i in range(0, len(words), WORDS_PER_LINE):
-                chunk = words[i : i + WORDS_PER_LINE]
+            for chunk in _lines(words):
                 key = rng.random()
                 index += 1
                 if max_words is not None and kept + len(chunk) > max_words and heap and -heap[0][0] < key:
