@@ -361,49 +361,74 @@ def test_a_source_submitted_to_slurm_is_not_built_twice_meanwhile(tok, tmp_path)
 
 
 def test_a_slurm_build_that_ended_is_not_waited_for(tok, tmp_path, monkeypatch):  # noqa: F811
-    """Where squeue answers: jobs still queued keep the source pending; jobs all gone without
-    publishing are forgotten (one log line) and the source builds here; a merge that can no longer
-    run (DependencyNeverSatisfied) is one line naming the logs; a task's recorded bad input is its
-    one line. Each keeps the jobs' logs and clears the rest, so the next attempt starts afresh."""
+    """Where squeue answers: jobs still queued keep the source pending; a job that can no longer
+    start (DependencyNeverSatisfied, e.g. after a count task died) is one line naming it; a task's
+    recorded bad input is its one line; jobs all gone without publishing, or a submitter that died
+    before SLURM answered, are forgotten with one log line and the source builds here. Each ending
+    moves the jobs' logs to <work>.ended-<time>/ and clears the work folder."""
     from allam.config import RunFailed
 
     srcs = {"ar": _corpus(tmp_path)["ar"]}
     info = shards.TokenizerInfo.from_tokenizer(tok)
     cache = tmp_path / "cache"
     job = shards.plan_jobs(srcs, False, info, cache)[0]
+    asked: list = []
 
-    def submit_fake():
+    def queue(answer):
+        def fake(ids):
+            asked.append(ids)
+            return answer
+        return fake
+
+    def submit_fake(jobs={"count": 101, "tokenize": 102, "merge": 103}):
         plan = engine.make_plan(job, info, 6000, min_pieces=1)
         (plan.work / "logs").mkdir(exist_ok=True)
-        engine.record_submission(plan, {"jobs": {"count": 101, "tokenize": 102, "merge": 103}, "state": "submitted"})
+        (plan.work / "logs" / "count.log").write_text("the count stage's log")
+        engine.record_submission(plan, {"jobs": jobs, "state": "submitted"})
         return plan
 
+    def ended():
+        return sorted(cache.glob(f"{job.path.name}.work.ended-*"))
+
     plan = submit_fake()
-    monkeypatch.setattr(engine_run, "slurm_queue", lambda: {"102": "None", "103": "Dependency", "7": "None"})
+    monkeypatch.setattr(engine_run, "slurm_queue", queue({"102": "None", "103": "Dependency"}))
     with pytest.raises(ConfigError, match="being built by SLURM jobs"):
         _build(srcs, info, cache)
+    assert asked[-1] == ["101", "102", "103"]
 
-    monkeypatch.setattr(engine_run, "slurm_queue", lambda: {"103": "DependencyNeverSatisfied"})
-    with pytest.raises(RunFailed, match=r"^data\.sources\.ar: the SLURM build submitted .* failed before its merge "
-                                        r"\(see .*slurm and .*logs\); scancel 103 and run again$"):
+    monkeypatch.setattr(engine_run, "slurm_queue", queue({"102": "DependencyNeverSatisfied", "103": "Dependency"}))
+    with pytest.raises(RunFailed, match=r"^data\.sources\.ar: the SLURM build submitted .* failed before jobs 102 "
+                                        r"could start \(logs in .*\.ended-.*\); scancel 102 and run again$"):
         _build(srcs, info, cache)
-    assert sorted(p.name for p in plan.work.iterdir()) == ["logs"]
+    assert not plan.work.exists() and (ended()[-1] / "logs" / "count.log").read_text() == "the count stage's log"
 
     plan = submit_fake()
     (plan.work / "errors").mkdir()
     (plan.work / "errors" / "count-00001.json").write_text(json.dumps(
         {"kind": "ConfigError", "message": "data.sources.ar: bad input in piece 1", "rank": 1}))
     with pytest.raises(ConfigError, match=r"^data\.sources\.ar: bad input in piece 1 \(found by the SLURM build "
-                                          r"submitted .*; its merge job 103 will not run: scancel it\)$"):
+                                          r"submitted .*; its merge job 103 will not run: scancel it; logs in .*\)$"):
         _build(srcs, info, cache)
-    assert sorted(p.name for p in plan.work.iterdir()) == ["logs"]
+    assert not plan.work.exists()
 
     submit_fake()
-    monkeypatch.setattr(engine_run, "slurm_queue", lambda: {"7": "None"})
+    monkeypatch.setattr(engine_run, "slurm_queue", queue({}))
     lines: list = []
     built = _build(srcs, info, cache, task_bytes=6000, log=lines.append)["ar"]
-    assert any("ended without publishing its shards" in ln and "building them afresh" in ln for ln in lines)
+    assert any("ended without publishing its shards (its logs: " in ln and "building them afresh" in ln for ln in lines)
     assert built.meta["train"]["docs"] > 0
+
+    other = {"ar": {**srcs["ar"], "val_fraction": 0.1}}  # another cache folder of the same file
+    job = shards.plan_jobs(other, False, info, cache)[0]
+    plan = engine.make_plan(job, info, 6000, min_pieces=1)
+    engine.record_submission(plan, {"source": "ar", "jobs": {}, "state": "submitting"})
+    with pytest.raises(ConfigError, match="being built by SLURM jobs"):  # sbatch may be answering right now
+        _build(other, info, cache)
+    old = os.stat(plan.work / engine.SUBMITTED).st_mtime - engine_run.STALE_SUBMITTING_S - 1
+    os.utime(plan.work / engine.SUBMITTED, (old, old))
+    lines.clear()
+    assert _build(other, info, cache, log=lines.append)["ar"].meta["train"]["docs"] > 0
+    assert any("never recorded its jobs (its submitter died)" in ln for ln in lines)
 
 
 def _build_under_a_stop_handler(srcs, info, cache, q, task_bytes):  # noqa: F811

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -246,21 +247,20 @@ def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
             "jobs": {"count": count.job_id, "tokenize": tokenize.job_id, "merge": merge_ex.job_id}}
 
 
-def slurm_queue() -> Optional[dict]:
-    """This user's SLURM jobs still queued or running, {job id (an array's own id): squeue's reason};
-    None where ``squeue`` is not available or fails."""
-    import getpass
+def slurm_queue(ids: list[str]) -> Optional[dict]:
+    """Which of the SLURM jobs `ids` are still queued or running, {job id (an array's own id):
+    squeue's reason}, whoever submitted them; None where ``squeue`` is not available or fails."""
     import subprocess
 
-    if shutil.which("squeue") is None:
+    if shutil.which("squeue") is None or not ids:
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%F %r"], capture_output=True,
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%F %r"], capture_output=True,
                              text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
+    if out.returncode != 0:  # every id unknown: all of them have left the queue
+        return {} if "invalid job id" in out.stderr.lower() else None
     jobs: dict = {}
     for line in out.stdout.splitlines():
         parts = line.split(None, 1)
@@ -269,12 +269,17 @@ def slurm_queue() -> Optional[dict]:
     return jobs
 
 
-def pending(job: Any, log) -> Optional[dict]:
+STALE_SUBMITTING_S = 600  # a record still without job ids after this long: its submitter died during sbatch
+
+
+def pending(job: Any, log, wait_s: Optional[float] = None) -> Optional[dict]:
     """The SLURM submission building `job` while it is still in flight (``submitted.json``), else
     None. Where ``squeue`` answers, a build that ended is not waited for: one whose task recorded
-    bad input raises that one line; one whose merge can no longer run (a job before it failed)
-    raises one line naming the logs; one whose jobs all left the queue without publishing is
-    forgotten with one log line, so the caller builds or submits afresh. Each keeps the jobs' logs."""
+    bad input raises that one line; one with a job that can no longer start (a job before it
+    failed: ``DependencyNeverSatisfied``) raises one line; one whose jobs all left the queue without
+    publishing is forgotten with one log line, so the caller builds or submits afresh. A record
+    whose submitter died before SLURM answered is forgotten too. Each ending happens under the
+    source's lock and moves the jobs' logs to ``<work>.ended-<time>/`` (named in the line)."""
     from types import SimpleNamespace
 
     sub = engine.submitted(job)
@@ -282,28 +287,62 @@ def pending(job: Any, log) -> Optional[dict]:
         return None
     work = engine.work_folder(job)
     jobs = {k: str(v) for k, v in (sub.get("jobs") or {}).items() if v is not None}
+    if not jobs:  # written before sbatch; SLURM answers in seconds
+        age = time.time() - (work / engine.SUBMITTED).stat().st_mtime if (work / engine.SUBMITTED).exists() else 0
+        if age < STALE_SUBMITTING_S:
+            return sub
+        return _end(job, sub, log, wait_s, lambda logs: log(
+            f"data: {job.name}: a SLURM submission started {sub.get('at')} never recorded its jobs (its submitter "
+            f"died); building the shards afresh"))
+    recorded: Optional[Exception] = None
     try:  # a task's recorded bad input, with its line in the file
         plan = json.loads((work / "plan.json").read_text(encoding="utf-8"))
         pieces = [[engine.Span(Path(p), a, b) if p != "rows" else engine.Rows(a, b) for p, a, b in piece]
                   for piece in plan["pieces"]]
         _raise_task_error(SimpleNamespace(work=work, pieces=pieces), remove=False)
     except (ConfigError, RunFailed) as exc:
-        engine.clear_work(work, keep_logs=True)
-        raise type(exc)(f"{exc} (found by the SLURM build submitted {sub.get('at')}; its merge job "
-                        f"{jobs.get('merge')} will not run: scancel it)") from None
+        recorded = exc
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    queue = slurm_queue() if jobs else None
+    if recorded is not None:
+        def bad_input(logs):
+            raise type(recorded)(f"{recorded} (found by the SLURM build submitted {sub.get('at')}; its merge job "
+                                 f"{jobs.get('merge')} will not run: scancel it; logs in {logs})") from None
+        return _end(job, sub, log, wait_s, bad_input)
+    queue = slurm_queue(list(jobs.values()))
     if queue is None:
         return sub
     alive = {stage: queue[i] for stage, i in jobs.items() if i in queue}
     if not alive:
-        engine.clear_work(work, keep_logs=True)
-        log(f"data: {job.name}: the SLURM build submitted {sub.get('at')} (jobs {', '.join(jobs.values())}) ended "
-            f"without publishing its shards (its logs: {work}/slurm); building them afresh")
-        return None
-    if set(alive) == {"merge"} and "DependencyNeverSatisfied" in alive["merge"]:
-        engine.clear_work(work, keep_logs=True)
-        raise RunFailed(f"data.sources.{job.name}: the SLURM build submitted {sub.get('at')} failed before its merge "
-                        f"(see {work}/slurm and {work}/logs); scancel {jobs['merge']} and run again")
+        return _end(job, sub, log, wait_s, lambda logs: log(
+            f"data: {job.name}: the SLURM build submitted {sub.get('at')} (jobs {', '.join(jobs.values())}) ended "
+            f"without publishing its shards (its logs: {logs}); building them afresh"))
+    stuck = [jobs[stage] for stage, why in alive.items() if "DependencyNeverSatisfied" in why]
+    if stuck:
+        def failed(logs):
+            raise RunFailed(f"data.sources.{job.name}: the SLURM build submitted {sub.get('at')} failed before "
+                            f"jobs {', '.join(stuck)} could start (logs in {logs}); scancel {' '.join(stuck)} and run again")
+        return _end(job, sub, log, wait_s, failed)
     return sub
+
+
+def _end(job: Any, sub: dict, log, wait_s, then) -> None:
+    """Forgets an ended SLURM build under the source's lock (unless another process did already):
+    its logs move to ``<work>.ended-<time>/``, the rest of the work folder goes; then
+    ``then(that folder)`` (a log line, or the one-line error it raises)."""
+    import datetime
+    import tempfile
+
+    from allam import cache_lock
+
+    work = engine.work_folder(job)
+    with cache_lock.building(job.path, f"the shards of source {job.name}", wait_s=wait_s, log=log):
+        if engine.submitted(job) != sub:  # another process forgot it meanwhile (and may be building)
+            return None
+        ended = Path(tempfile.mkdtemp(dir=work.parent, prefix=f"{work.name}.ended-{datetime.datetime.now():%Y%m%d-%H%M%S}-"))
+        for name in ("logs", "slurm", "errors", engine.SUBMITTED):
+            if (work / name).exists():
+                os.replace(work / name, ended / name)
+        engine.clear_work(work)
+    then(ended)
+    return None

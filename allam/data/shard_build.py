@@ -98,7 +98,7 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     if not todo:
         return out
     for job in todo:
-        sub = engine_run.pending(job, log)
+        sub = engine_run.pending(job, log, wait_s)
         if sub is not None:
             raise ConfigError(engine.pending_error(job, sub))
     workers = default_workers() if workers is None else workers
