@@ -382,17 +382,25 @@ def test_training_text_is_a_bounded_seeded_sample_in_reading_order():
 
 def test_training_lines_of_unspaced_scripts_stay_within_sentencepieces_limit():
     """A chunk of a script written without spaces can pass SentencePiece's 64 KiB line limit (such a
-    line would be skipped silently): it is split, a single longer run is cut between characters, and
-    no character is lost; chunks within the limit are as they always were."""
+    line would be skipped silently): it becomes several lines, a single longer run cut between
+    characters, and no character is lost. The chunk keeps its one place in the seeded sample, so
+    which other lines are sampled does not change; a chunk within the limit is one line as before."""
     from allam.tokenizer.spm import MAX_LINE_BYTES, WORDS_PER_LINE, TrainingText
 
     run = "日本語の文章です" * 6000  # one 48,000-character "word", 144,000 bytes
-    doc = " ".join(["前", run, "後"] + [f"語{i}" for i in range(70)])
+    long_doc = " ".join(["前", run, "後"] + [f"語{i}" for i in range(61)])  # one chunk of 64 words
     text = TrainingText()
-    text.add("ja", iter([doc, "short line of english words"]))
+    text.add("ja", iter([long_doc, "short line of english words"]))
     assert all(len(line.encode("utf-8")) <= MAX_LINE_BYTES for line in text.lines)
-    assert "".join("".join(line.split()) for line in text.lines) == "".join(doc.split()) + "shortlineofenglishwords"
-    assert len(text.lines) >= 6 and text.lines[-1] == "short line of english words"
+    assert "".join("".join(line.split()) for line in text.lines) == "".join(long_doc.split()) + "shortlineofenglishwords"
+    assert len(text.lines) >= 4 and text.lines[-1] == "short line of english words"
+
+    shorts = [" ".join(f"w{d}_{i}" for i in range(10)) for d in range(300)]
+    plain_doc = " ".join(f"p{i}" for i in range(64))  # the same number of words, within the limit
+    a, b = TrainingText(seed=3), TrainingText(seed=3)
+    a.add("ja", iter([long_doc] + shorts), max_words=800)
+    b.add("ja", iter([plain_doc] + shorts), max_words=800)
+    assert [ln for ln in a.lines if ln.startswith("w")] == [ln for ln in b.lines if ln.startswith("w")]
     plain = " ".join(f"word{i}" for i in range(100))
     same = TrainingText()
     same.add("en", iter([plain]))

@@ -56,44 +56,44 @@ LLAMA2_TRAINER_OPTIONS: dict = dict(
 # than max_sentence_length bytes, and with split_by_whitespace=True a line break between words
 # changes nothing in what BPE learns, so chunking documents loses no statistics.
 WORDS_PER_LINE = 64
-# ... and at most this many UTF-8 bytes: a chunk of a script written without spaces (Japanese,
-# Chinese, Thai) can pass SentencePiece's 64 KiB limit, so such a chunk is split further, and a
-# single longer "word" is cut at a character; chunks within the limit are as they always were.
-MAX_LINE_BYTES = 1 << 15
+# SentencePiece also skips, silently, a line longer than max_sentence_length (64 KiB). A chunk of a
+# script written without spaces (Japanese, Chinese, Thai) can be longer: it becomes several lines
+# of at most MAX_LINE_BYTES (a longer run cut between characters) that share the chunk's place in
+# the sample. A chunk within the limit is one line, as it always was.
+MAX_LINE_BYTES = 1 << 16
 
 
 def _lines(words: list[str]) -> Iterator[list[str]]:
-    """The training lines of one document's words: chunks of WORDS_PER_LINE words, each split
-    further while it holds more than MAX_LINE_BYTES bytes."""
+    """One document's training text, a chunk of WORDS_PER_LINE words at a time: each chunk as its
+    lines (one, unless it holds more than MAX_LINE_BYTES bytes)."""
     for i in range(0, len(words), WORDS_PER_LINE):
         chunk = words[i : i + WORDS_PER_LINE]
-        if sum(len(w.encode("utf-8")) + 1 for w in chunk) <= MAX_LINE_BYTES:
-            yield chunk
+        if sum(len(w.encode("utf-8")) + 1 for w in chunk) - 1 <= MAX_LINE_BYTES:
+            yield [" ".join(chunk)]
             continue
-        line: list[str] = []
-        size = 0
+        lines, line, size = [], [], -1
         for word in chunk:
             for part in _cut(word):
                 n = len(part.encode("utf-8")) + 1
                 if line and size + n > MAX_LINE_BYTES:
-                    yield line
-                    line, size = [], 0
+                    lines.append(" ".join(line))
+                    line, size = [], -1
                 line.append(part)
                 size += n
-        if line:
-            yield line
+        lines.append(" ".join(line))
+        yield lines
 
 
 def _cut(word: str) -> Iterator[str]:
-    """`word` in pieces of fewer than MAX_LINE_BYTES UTF-8 bytes, cut between characters."""
-    if len(word.encode("utf-8")) < MAX_LINE_BYTES:
+    """`word` in pieces of at most MAX_LINE_BYTES UTF-8 bytes, cut between characters."""
+    if len(word.encode("utf-8")) <= MAX_LINE_BYTES:
         yield word
         return
     part: list[str] = []
     size = 0
     for ch in word:
         n = len(ch.encode("utf-8"))
-        if size + n >= MAX_LINE_BYTES:
+        if size + n > MAX_LINE_BYTES:
             yield "".join(part)
             part, size = [], 0
         part.append(ch)
@@ -131,20 +131,22 @@ class TrainingText:
         for doc in bar:
             words = doc.split()
             seen += len(words)
-            for chunk in _lines(words):
+            for i, lines in enumerate(_lines(words)):
+                n = len(words[i * WORDS_PER_LINE : (i + 1) * WORDS_PER_LINE])
                 key = rng.random()
                 index += 1
-                if max_words is not None and kept + len(chunk) > max_words and heap and -heap[0][0] < key:
+                if max_words is not None and kept + n > max_words and heap and -heap[0][0] < key:
                     continue  # a full sample whose largest key is below this one's keeps its lines
-                heapq.heappush(heap, (-key, index, " ".join(chunk), len(chunk)))
-                kept += len(chunk)
+                heapq.heappush(heap, (-key, index, "\n".join(lines), n))
+                kept += n
                 while max_words is not None and kept > max_words:
                     kept -= heapq.heappop(heap)[3]
         bar.close()
-        for _, _, line, _ in sorted(heap, key=lambda e: e[1]):
-            self.lines.append(line)
-            self._sha.update(line.encode("utf-8"))
-            self._sha.update(b"\n")
+        for _, _, chunk, _ in sorted(heap, key=lambda e: e[1]):
+            for line in chunk.split("\n"):  # several lines only for a chunk over MAX_LINE_BYTES
+                self.lines.append(line)
+                self._sha.update(line.encode("utf-8"))
+                self._sha.update(b"\n")
         self.words[lang] = self.words.get(lang, 0) + kept
         self.seen[lang] = self.seen.get(lang, 0) + seen
         if kept < seen:
