@@ -167,6 +167,7 @@ def test_indic_joiners_are_tidied_and_other_scripts_left_alone():
     # a virama's joiner at a word's end shapes the letter (Malayalam's chillu, Bengali's khanda ta)
     assert Cleaner(lang="ml", min_chars=1).clean("അവന്\u200d പോയി")[0] == "അവന്\u200d പോയി"
     assert Cleaner(lang="bn", min_chars=1).clean("উৎসব ত্\u200d নয়")[0] == "উৎসব ত্\u200d নয়"
+    assert Cleaner(lang="bn", min_chars=1).clean("করুন্\u200c, তবে")[0] == "করুন্, তবে"  # a non-joiner there shapes nothing
     assert hi.clean("परिवार 👨\u200d👩\u200d👧 फोटो")[0] == "परिवार 👨\u200d👩\u200d👧 फोटो"  # an emoji sequence
     # the rule is in the cache keys of the scripts it applies to only
     assert hi.rules() == {"joiner_rule": 2} and Cleaner(lang="ar").rules() == Cleaner(lang="fa").rules() == {}

@@ -54,8 +54,9 @@ class Script:
     core: Optional[Ranges] = None
     letters: Optional[Ranges] = None
     # the joiners U+200C/U+200D shape its conjuncts (Indic scripts): cleaning keeps one between two
-    # characters of the script and drops stray ones (at a word's edge, next to another script,
-    # repeated). Elsewhere joiners are left as they are (Persian's ZWNJ half-space, emoji).
+    # characters of the script, a U+200D after a virama at a word's end and one inside an emoji
+    # sequence, and drops stray ones (allam/data/cleaning.py). Elsewhere joiners are left as they
+    # are (Persian's ZWNJ half-space, emoji).
     joiners: bool = False
 
     def contains(self, ch: str) -> bool:

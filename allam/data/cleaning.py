@@ -7,9 +7,9 @@ Steps, in order (options are fields of :class:`allam.config.SourceConfig`):
    the Arabic-script side of a parallel pair only, for languages written in Arabic script), then
    whitespace runs collapse to one space. In Indic scripts (allam/config/langs.py: ``joiners``)
    a zero-width joiner or non-joiner stays between two characters of the script (it shapes a
-   conjunct), after a virama at a word's end (Malayalam's chillu, Bengali's khanda ta, half
-   forms) and between two symbols (an emoji sequence); the others go (at a word's edge, after
-   whitespace, next to another script) and a run of them keeps its first.
+   conjunct), a zero-width joiner after a virama at a word's end (Malayalam's chillu, Bengali's
+   khanda ta, half forms), and a joiner between two symbols (an emoji sequence); the others go (at
+   a word's edge, after whitespace, next to another script) and a run of them keeps its first.
 3. ``empty``: nothing left after the transforms (dropped).
 4. ``too_short``: fewer than ``min_chars`` characters (dropped).
 5. ``wrong_script``: letters of other scripts (any script of allam/config/langs.py that is not
@@ -129,7 +129,9 @@ class _JoinerTidy:
         after = text[m.end()] if m.end() < len(text) else ""
         if before and self.script.match(before):
             inside = bool(after) and self.script.match(after) is not None
-            return first if inside or unicodedata.combining(before) == 9 else ""  # 9: a virama
+            if inside:
+                return first
+            return "\u200d" if "\u200d" in m.group() and unicodedata.combining(before) == 9 else ""  # 9: a virama
         emoji = (bool(before) and bool(after) and unicodedata.category(after) == "So"
                  and unicodedata.category(before) in ("So", "Sk", "Mn"))  # Mn/Sk: a variation selector or skin tone
         return first if emoji else ""
