@@ -297,3 +297,18 @@ def test_each_preset_adapts_an_english_model(preset, tmp_path, cache_dir, englis
 
 def language_codes(preset: str) -> list[str]:
     return ["ar", "hi", "en"] if preset == "trilingual" else [preset.removeprefix("bible_"), "en"]
+
+
+def test_a_run_saved_with_another_table_order_is_a_named_fingerprint_change():
+    """Before the mix's order was fixed, a table's order decided the blend; a checkpoint saved then
+    with another order than today's drew another stream, so resuming it is refused with the order
+    named (an order-free comparison of the shares would accept it)."""
+    from allam.data.fingerprint import check_fingerprint, fingerprint_diff
+
+    stage = {"tokens": None, "ar_ratio": 0.3, "translated_share": None}
+    saved = {"stages": [{**stage, "shares": {"hi": 0.2, "ar": 0.3, "en": 0.5}}]}
+    now = {"stages": [{**stage, "shares": {"ar": 0.3, "hi": 0.2, "en": 0.5}}]}
+    assert fingerprint_diff(saved, now) == ["stages.0.shares order: hi,ar,en -> ar,hi,en"]
+    assert fingerprint_diff(now, now) == []
+    with pytest.raises(ConfigError, match=r"^data fingerprint differs from the checkpoint's \(stages\.0\.shares order"):
+        check_fingerprint(saved, now, allow_change=False)

@@ -61,13 +61,19 @@ def _short(v: Any) -> str:
 
 
 def fingerprint_diff(saved: dict, current: dict) -> list[str]:
-    """'key: old -> new' for every leaf that differs (missing leaves show as <absent>)."""
+    """'key: old -> new' for every leaf that differs (missing leaves show as <absent>), and a stage's
+    languages in another order (the blend splits them in that order: a run saved before the order
+    was fixed, with another table order, drew another stream)."""
     a, b = _flatten(saved), _flatten(current)
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
         if va != vb:
             out.append(f"{k}: {_short(va)} -> {_short(vb)}")
+    for i, (sa, sb) in enumerate(zip(saved.get("stages") or [], current.get("stages") or [])):
+        x, y = (s.get("shares") if isinstance(s, dict) else None for s in (sa, sb))
+        if isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y) and list(x) != list(y):
+            out.append(f"stages.{i}.shares order: {','.join(x)} -> {','.join(y)}")
     return out
 
 
