@@ -223,7 +223,8 @@ def _died(plan, code: Optional[int]) -> tuple[str, str]:
     import signal
 
     how = (f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
-           if code is not None and code < 0 else f"failed with exit code {code} (its traceback is above)")
+           if code is not None and code < 0 else f"ended with exit code {code} and no result (stopped from outside, or "
+           "its traceback is above)")
     return "RunFailed", (f"data.sources.{plan.job.name}: the process merging its shards {how}; nothing was added to "
                          f"the cache; run the same command again (the tokenized parts in {plan.work} are kept)")
 
@@ -243,9 +244,9 @@ def _merge_in_processes(n: int, at_once: int, t0: float) -> list:
                 i = todo.pop(0)
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_merge_child, args=(i, t0, writer), name=f"merge-{i}")
+                running[i] = (proc, reader)  # before start: a Ctrl+C in between still stops it
                 proc.start()
                 writer.close()
-                running[i] = (proc, reader)
             ready = wait([r for _, r in running.values()] + [p.sentinel for p, _ in running.values()])
             for i, (proc, reader) in list(running.items()):
                 if reader in ready or proc.sentinel in ready:
@@ -261,10 +262,14 @@ def _merge_in_processes(n: int, at_once: int, t0: float) -> list:
                     reader.close()
                     del running[i]
     except BaseException:
-        for proc, _ in running.values():
+        started = [proc for proc, _ in running.values() if proc.pid is not None]
+        for proc in started:
             proc.terminate()
-        for proc, _ in running.values():
+        for proc in started:
             proc.join(60)
+            if proc.is_alive():  # its cleanup hangs: it must not publish once the locks are released
+                proc.kill()
+                proc.join()
         raise
     return results
 
