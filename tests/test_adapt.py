@@ -48,7 +48,6 @@ def test_expanded_model_keeps_english_logits(make_cfg, english_checkpoint):
     torch.testing.assert_close(model.get_input_embeddings().weight[new_id], expect)
 
 
-@pytest.mark.slow
 def test_output_rows_fill_is_one_override(make_cfg, english_checkpoint):
     """init.new_output_embeddings=mean through the run's model builder: the new input rows stay
     sub-token means, the head's new rows are the mean of the base head's rows."""
@@ -67,6 +66,7 @@ def test_output_rows_fill_is_one_override(make_cfg, english_checkpoint):
         assert torch.equal(model.lm_head.weight[:old], base.lm_head.weight)
 
 
+@pytest.mark.slow
 def test_english_base_then_adaptation_end_to_end(make_cfg, tmp_path):
     """experiment=english_base, exported, then adapted with an expanded tokenizer: tiny settings."""
     base_out = tmp_path / "english_base"
