@@ -11,8 +11,8 @@ Each cell is one ``python run.py experiment=<cell> ...`` into ``<out>/seed<S>/<c
 base (``claims_english_base``) runs once per seed and every adapted cell of that seed starts from
 its export. A cell whose results.json says finished is skipped, and an interrupted one resumes
 from its checkpoint (run.resume=auto), so running the same command again continues the suite.
-Then the final model of every cell of claims 1-5 (and the base) is scored on ``eval=competence``
-(default budget: seed 1's cells; --full: every seed's)
+After each seed's cells, the final model of every cell of claims 1-5 (and the base) is scored on
+``eval=competence`` (default budget: seed 1's cells; --full: every seed's)
 into ``<cell>/eval_competence`` (skipped when done; ``--no-competence``: not at all). The report
 (allam/claims.py, allam/claims_report.py) groups the runs by seed and writes CLAIMS.md, with the
 competence accuracies as context in claims 1-5, and the plots.
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                    "its Bible preset (conf/data/bible_<code>.yaml) into outputs/claims_<code> and CLAIMS_<CODE>.md")
     p.add_argument("--out", type=Path, help="runs folder (default: outputs/claims[_full|_smoke])")
     p.add_argument("--claims-md", type=Path, help="CLAIMS.md to write (default: experiments/CLAIMS.md; "
-                   "--full: experiments/CLAIMS_full.md; --smoke: <out>/CLAIMS.md)")
+                   "--full: experiments/CLAIMS_FULL.md; --smoke: <out>/CLAIMS.md)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no runs: the report from what exists")
     p.add_argument("--no-competence", action="store_true",
@@ -212,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if rc != 0:
                     failed.append(f"seed{seed}/{cell}")
-        if budget.competence_items and not a.no_competence:
-            for seed in range(1, min(seeds, budget.competence_seeds or seeds) + 1):
+            # this seed's competence scores right away: a suite cut off later keeps them (the
+            # checkpoints they need may be gone by then), and a partial report has its context
+            if budget.competence_items and not a.no_competence and seed <= (budget.competence_seeds or seeds):
                 for cell in competence_cells(claims, cells):
-                    run_dir = out / f"seed{seed}" / cell
+                    run_dir = seed_dir / cell
                     if not finished(run_dir) or evaluated(run_dir / "eval_competence", a.lang):
                         continue
                     args = competence_args(run_dir, budget.competence_items, a.lang)
