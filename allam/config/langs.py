@@ -20,6 +20,7 @@ other language of a mix is a *target*; ``translated_share`` applies to each targ
 """
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -184,6 +185,16 @@ def _letter_table() -> tuple[np.ndarray, tuple[str, ...]]:
                     if unicodedata.category(chr(cp)).startswith("L"):
                         table[cp] = k + 1
     return table, names
+
+
+@lru_cache(maxsize=None)
+def letter_table_digest() -> str:
+    """A digest of what the wrong-script check counts: the scripts' names and the class of every
+    BMP code point. It moves when a script or its letters change here and when Python's Unicode
+    database classes other letters (category L decides the scripts without explicit tables), so
+    shards cleaned under another table are not reused (allam/data/cleaning.py ``Cleaner.rules``)."""
+    table, names = _letter_table()
+    return hashlib.sha256(",".join(names).encode() + table.tobytes()).hexdigest()[:16]
 
 
 def script_letters_batch(texts: Sequence[str], code: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from allam.config import source_defaults, source_fields
-from allam.config.langs import language, script_letters_batch
+from allam.config.langs import language, letter_table_digest, script_letters_batch
 from allam.data.arabic import marks_pattern
 
 DROP_STEPS = ("bad_utf8", "bad_json", "empty", "too_short", "wrong_script", "duplicate")
@@ -183,9 +183,14 @@ class Cleaner:
         return dict(self._options)
 
     def rules(self) -> dict:
-        """The version of a rule that changed, for the cache keys of the sources it applies to
-        (others keep their keys): the joiner rule for scripts that tidy joiners."""
-        return {"joiner_rule": JOINER_RULE} if language(self.lang).joiner_blocks() else {}
+        """What the cleaned text depends on besides the options, for the shard cache key of the
+        sources it applies to: the joiner rule's version for scripts that tidy joiners, and the
+        letter table of the wrong-script check where that check is on (its scripts, their letters
+        and the Unicode database's categories: a change to any of them rebuilds those shards)."""
+        out: dict = {"joiner_rule": JOINER_RULE} if language(self.lang).joiner_blocks() else {}
+        if self.max_wrong_script < 1.0:
+            out["letters"] = letter_table_digest()
+        return out
 
     def __repr__(self) -> str:
         return "Cleaner(" + ", ".join(f"{k}={v!r}" for k, v in self._options.items()) + ")"
