@@ -3,10 +3,11 @@
 Each claim says where it comes from (the paper's abstract, a model card, or a secondary summary
 of the paper), what exactly is compared, and names its arms (experiment configs
 ``conf/experiment/claim*.yaml`` and the English base ``claims_english_base``).
-:func:`run_claims_report` reads the runs' results.json files only (through :mod:`allam.results`),
-groups runs that differ only by seed, compares arms at the end, at step 0, at matched training
-tokens or total FLOPs (the base's included), or over the Arabic curve (its mean over the budget,
-the tokens needed to reach a bpb every run reaches), and writes CLAIMS.md and one plot per claim.
+The runs' results (results.json files only, read through :mod:`allam.results`) are grouped by
+:func:`group_by_seed` (runs that differ only by seed are one arm), and :func:`evaluate` compares
+arms at the end, at step 0, at matched training tokens or total FLOPs (the base's included), or
+over the Arabic curve (its mean over the budget, the tokens needed to reach a bpb every run reaches);
+:func:`allam.claims_report.run_claims_report` writes CLAIMS.md and one plot per claim from them.
 
 The verdict rule (:data:`RULE`, :func:`evaluate`): every comparison claims arm B lower (better)
 than arm A on a metric, optionally within a margin (B < A + margin). D = A + margin - B (> 0
@@ -42,8 +43,9 @@ from allam.curves import common_range, matched_x, reach_level, metric_value
 BASE = "claims_english_base"  # the English base every adapted arm starts from (one per seed)
 # Claim 1's English tolerance (bpb): the adapted model's English may end at most this much worse
 # than its English base's. The paper says "without any catastrophic forgetting" and gives no
-# number; 0.02 bpb is about 1% of the toy base's English bpb (~2.0), ten times the seed spread of
-# that bpb (std ~0.002), and far below what a harmful start does (random new rows: +0.48 at step 0).
+# number; 0.02 bpb is about 1% of the toy base's English bpb (~2.0), about 3.6 times the seed
+# spread of that bpb (std 0.0055 over 3 seeds, experiments/CLAIMS.md), and far below what a harmful
+# start does (random new rows: +0.52 at step 0, experiments/base_arabic_share.json).
 EN_TOLERANCE = 0.02
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"

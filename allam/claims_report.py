@@ -1,5 +1,5 @@
 """What a claims report writes: CLAIMS.md (the rule, every arm's numbers, each comparison's
-paired test and each claim's verdict) and one plot per claim, from the verdicts of
+t-test (paired over seeds, or Welch's) and each claim's verdict) and one plot per claim, from the verdicts of
 :mod:`allam.claims`. :func:`run_claims_report` is what experiments/reproduce.py and task=report call."""
 from __future__ import annotations
 

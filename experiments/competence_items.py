@@ -1,7 +1,7 @@
 """Is an adapted model measurably above its English base on Arabic, item by item?
 
 Scores finished cells of a claims suite (``experiments/reproduce.py``) on ``eval=competence`` with
-every item the tasks build (``eval.limit=null``: about 1,000 Arabic and 1,860 English word-order
+every item the tasks build (``eval.limit=null``: 1,004 Arabic and 1,808 English word-order
 items, 400 next-word items each), into ``<cell>/eval_competence_all``, and compares each cell
 with the base of the same seed item by item (``allam.claims_report.competence_paired``: the
 accuracy difference over the pooled items, a 95% t-interval and the one-sided p of "above the

@@ -2,7 +2,7 @@
 """Every claim of the ALLaM paper as seeded toy experiments, then CLAIMS.md with verdicts.
 
     python experiments/reproduce.py                 # default budget, 3 seeds (over an hour on 2 cores, see README)
-    python experiments/reproduce.py --full          # 4x the tokens, 5 seeds: stronger verdicts
+    python experiments/reproduce.py --full          # 4x the continued tokens, 5 seeds: stronger verdicts
     python experiments/reproduce.py --smoke         # a tiny model for a few steps (tests the machinery)
     python experiments/reproduce.py --claims 1,4 --seeds 2
     python experiments/reproduce.py --lang hi       # claims 2-4 re-tested on Hindi (data=bible_hi, eval=competence_hi)
@@ -58,7 +58,7 @@ TINY = ("model.hidden_size=64", "model.intermediate_size=128", "model.num_layers
         "model.seq_len=64", "data.batch_size=2", "data.val_bytes=3000", "tokenizer.num_new_tokens=2000",
         "tokenizer.vocab_size=4096")
 BUDGETS = {
-    # 3 seeds x (393,216 base + 10 x 131,072 + ~622,592 matched-FLOPs scratch) = 7.0M tokens; the
+    # 3 seeds x (393,216 base + 10 x 131,072 + ~618,496 matched-FLOPs scratch) = 7.0M tokens; the
     # adapted cells' 24k vocabulary makes each of their tokens ~1.7x the FLOPs of the base's
     # the competence tier scores seed 1's cells only (about 2 minutes a cell on 2 cores)
     "default": Budget("default", 393_216, 131_072, 16, 64, 3, competence_seeds=1),
@@ -155,7 +155,7 @@ def run_cell(args: list[str], log_path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_true", help="4x the tokens, 5 seeds (hours on 2 cores)")
+    size.add_argument("--full", action="store_true", help="4x the continued tokens (5.3x the base's), 5 seeds (hours on 2 cores)")
     size.add_argument("--smoke", action="store_true", help="a tiny model for a few steps (the machinery only)")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: 3; --full 5; --smoke 2)")
     p.add_argument("--claims", help="comma-separated claim numbers (default: all; with --lang: 2,3,4)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's main comparison at toy scale on a CPU (about 25 minutes on 2 cores):
+# The paper's main comparison at toy scale on a CPU, one seed (the claims suite, reproduce.py, is the evidence):
 #   1. an English base (the offline stand-in for Llama-2),
 #   2. ALLaM's adaptation of it (expanded tokenizer, constant LR) and the re-warm/cosine arm,
 #   3. training from scratch with a bilingual vocabulary, English first, then the mix,

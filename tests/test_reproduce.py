@@ -294,3 +294,22 @@ def test_claims_re_tested_on_another_language(tmp_path, capsys):
     assert reproduce.main(["--lang", "hi", "--claims", "5", "--dry-run", "--out", str(tmp_path)]) == 2
     assert reproduce.main(["--lang", "sw", "--dry-run", "--out", str(tmp_path)]) == 2
     assert "error: --lang sw" in capsys.readouterr().err
+
+
+def test_each_seed_is_scored_on_the_competence_tier_before_the_next_seed_runs(tmp_path, capsys):
+    """--full scores every seed: a finished seed 1's cells are scored before seed 2's first run
+    (a suite cut off later keeps them); the default budget scores seed 1 only."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import reproduce
+    from allam import results as R
+
+    cells = reproduce.cells_for(C.claims_by_number([4]))
+    for cell in cells:
+        (tmp_path / "seed1" / cell).mkdir(parents=True)
+        R.write(tmp_path / "seed1" / cell, {"task": "train", "status": "finished"})
+    assert reproduce.main(["--full", "--claims", "4", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
+    lines = [ln.split(":")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert lines == ([f"[skip] seed 1 {c}" for c in cells] + [f"[eval] seed 1 {c}" for c in cells]
+                     + [f"[run]  seed 2 {c}" for c in cells])
+    assert reproduce.main(["--claims", "4", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert not any(ln.startswith("[eval] seed 2") for ln in capsys.readouterr().out.splitlines())
