@@ -469,6 +469,51 @@ def test_a_bad_line_ends_the_pool_promptly_under_a_stop_handler(tok, tmp_path, t
     assert "line 3001 is not valid JSON" in q.get(timeout=5)
 
 
+def test_with_dedup_across_sources_a_slurm_merge_waits_for_the_earlier_sources_merges(tok, tmp_path, monkeypatch):  # noqa: F811
+    """executor=slurm with data.dedup_across_sources: the second Arabic source's merge job depends on
+    its own tokenize array and on the first source's merge (it reads the hashes that one kept), also
+    when the first was submitted by an earlier run; a source one process builds here (a demo
+    source) waits for the next run instead of building without them; English is not held back."""
+    from omegaconf import OmegaConf
+
+    ar = _docs(AR_WORDS, 300, 52, length=12)
+    for name, rows in (("a", ar[:200]), ("b", ar[100:300])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "e.txt").write_text("\n".join(_docs(EN_WORDS, 100, 53)) + "\n", encoding="utf-8")
+    srcs = {n: {"lang": lang, "kind": "natural", "loader": "text", "path": str(tmp_path / f"{n}.txt")}
+            for n, lang in (("a", "ar"), ("b", "ar"), ("e", "en"))}
+    srcs["d"] = {"lang": "ar", "kind": "translated", "loader": "demo", "path": "bible_ar"}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    bin_dir, log = tmp_path / "bin", tmp_path / "sbatch"
+    _fake_slurm(bin_dir, log)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    class Cfg:  # data.prepare's slurm keys
+        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
+        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+
+    def merge_deps():
+        out = {}
+        for args in log.glob("*.args"):
+            script = (log / f"{args.stem}.sh").read_text()
+            if "allam-merge-" in script and "merge_stats" not in script:
+                name = script.split("#SBATCH --job-name=allam-merge-")[1].split("\n")[0]
+                out[name] = args.read_text().split("--dependency=afterok:")[1].split()[0]
+        return out
+
+    said: list = []
+    jobs = shards.plan_jobs({k: srcs[k] for k in ("a", "e")}, False, info, tmp_path / "cache", dedup_across=True)
+    first = {s["source"]: s for s in shard_build.submit(jobs, info, Cfg, log=said.append)}
+    jobs = shards.plan_jobs(srcs, False, info, tmp_path / "cache", dedup_across=True)  # b and d added later
+    subs = {s["source"]: s for s in shard_build.submit(jobs, info, Cfg, log=said.append)}
+    assert [subs[n]["state"] for n in ("a", "e", "b", "d")] == ["pending", "pending", "submitted", "waiting"]
+    deps = merge_deps()
+    assert deps["b"] == f"{subs['b']['jobs']['tokenize']}:{first['a']['jobs']['merge']}"
+    assert deps["a"] == str(first["a"]["jobs"]["tokenize"]) and deps["e"] == str(first["e"]["jobs"]["tokenize"])
+    assert subs["d"]["after"] == ["a", "b"] and shards.load(jobs[3]) is None
+    assert any(line.startswith("data: d: waits for the shards of a, b (data.dedup_across_sources") for line in said)
+
+
 def test_dedup_across_sources_of_a_language_drops_what_an_earlier_source_kept(tok, tmp_path):  # noqa: F811
     """data.dedup_across_sources: the second Arabic source drops the documents the first kept (also
     built in pieces); the English source is untouched; without it the sources dedup on their own."""

@@ -146,5 +146,10 @@ def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, 
     dm = builders.build_datamodule(cfg, builders.build_tokenizer(cfg).tokenizer)
     dm.prepare()
     assert dm.shards["mine"].meta["train"] == mine["train"] and str(dm.shards["mine"].path) == mine["folder"]
+    # executor=slurm with every source in the cache submits nothing and checks the blend as local does
+    slurm = ["data.prepare.executor=slurm", "data.prepare.slurm_partition=cpu"]
+    assert run_inprocess(["task=prepare", *common, *slurm], cache_dir, tmp_path / "again") is None
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert "submitted" not in again and again["sources"]["mine"] == mine
     err = run_inprocess(["task=prepare", "objective=sft"], cache_dir, tmp_path / "sft")
     assert err is not None and err.startswith("error: ") and "task=prepare" in err

@@ -222,10 +222,11 @@ def slurm_progress(work: Path, pieces: int) -> str:
     return ", ".join(done) + " tasks done"
 
 
-def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
+def submit_slurm(plan: Plan, merge, cfg: Any, after: Optional[list[str]] = None) -> dict:
     """Submits the three stages as SLURM jobs (count and tokenize arrays of one task per piece, then
-    a one-task merge), each depending on the one before. `merge(plan)` is what the merge job runs.
-    Returns the job ids and the work folder."""
+    a one-task merge), each depending on the one before; the merge also waits for the jobs `after`
+    (the merges of the sources whose kept documents it drops). `merge(plan)` is what the merge job
+    runs. Returns the job ids and the work folder."""
     _, SlurmPipelineExecutor = _executor_classes()
     shutil.rmtree(plan.work / "errors", ignore_errors=True)
     n = len(plan.pieces)
@@ -239,11 +240,13 @@ def submit_slurm(plan: Plan, merge, cfg: Any) -> dict:
     tokenize = SlurmPipelineExecutor(pipeline=[_Stage([plan], "tokenize")], tasks=n, depends=count,
                                      job_name=f"allam-tokenize-{plan.job.name}",
                                      logging_dir=str(plan.work / "logs" / "tokenize"), **common)
-    merge_ex = SlurmPipelineExecutor(pipeline=[_Stage([plan], "merge")], tasks=1, depends=tokenize,
+    tokenize.launch_job()  # launches count first
+    waits = ([str(tokenize.job_id)] if tokenize.job_id not in (None, -1) else []) + [str(j) for j in after or []]
+    merge_ex = SlurmPipelineExecutor(pipeline=[_Stage([plan], "merge")], tasks=1, depends_job_id=":".join(waits) or None,
                                      job_name=f"allam-merge-{plan.job.name}",
                                      logging_dir=str(plan.work / "logs" / "merge"), **common)
-    merge_ex.run()  # launches its dependencies first
-    return {"source": plan.job.name, "pieces": n, "work": str(plan.work),
+    merge_ex.run()
+    return {"source": plan.job.name, "pieces": n, "work": str(plan.work), "after": list(after or []),
             "jobs": {"count": count.job_id, "tokenize": tokenize.job_id, "merge": merge_ex.job_id}}
 
 

@@ -310,26 +310,44 @@ def merge_job(plan: "engine.Plan") -> None:
 
 def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> list[dict]:
     """executor=slurm: submits the stages of every missing file or hf source (:func:`engine_run.submit_slurm`)
-    and returns what was submitted; demo sources and in-memory datasets, which one process reads, are built here."""
+    and returns what was submitted; demo sources and in-memory datasets, which one process reads, are built here.
+
+    With ``data.dedup_across_sources`` a source's merge reads the hashes the earlier sources of its
+    language kept: its merge job waits for theirs (``afterok``), and a source built here, or one
+    after a source that cannot be submitted yet, waits for the next run of the command."""
     out = []
+    merges: dict[str, str] = {}  # the merge job of each source being built by SLURM, by source
     for job in jobs:
         if load(job) is not None:
             continue
+        missing = [p for p in job.after if load(p) is None]  # dedup_across_sources: not in the cache yet
         sub = engine_run.pending(job, log)
         if sub is not None:  # submitted before and not merged yet: not twice
             done = engine_run.slurm_progress(engine.work_folder(job), int(sub.get("pieces") or 0))
             log(f"data: {job.name}: submitted before ({sub.get('at')}; SLURM jobs {sub.get('jobs')}; {done}) and not "
                 f"merged yet; not submitting it again (if those jobs are gone, delete "
                 f"{engine.work_folder(job) / engine.SUBMITTED} to submit afresh)")
+            if (sub.get("jobs") or {}).get("merge"):
+                merges[job.name] = str(sub["jobs"]["merge"])
             out.append({**sub, "state": "pending"})
             continue
         plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
+        unsubmitted = [p.name for p in missing if p.name not in merges]
+        if unsubmitted or (plan is None and missing):
+            names = ", ".join(p.name for p in missing)
+            log(f"data: {job.name}: waits for the shards of {names} (data.dedup_across_sources: it drops what they "
+                f"kept); not {'built' if plan is None else 'submitted'} now: run the same command again once "
+                f"{'their SLURM merge jobs have' if not unsubmitted else 'they have'} finished")
+            out.append({"source": job.name, "state": "waiting", "after": [p.name for p in missing]})
+            continue
         if plan is None:
             build([job], tok, progress=True, log=log)
             continue
         engine.record_submission(plan, {"source": job.name, "jobs": {}, "state": "submitting"})
         try:
-            sub = {**engine_run.submit_slurm(plan, merge_job, cfg), "state": "submitted"}
+            after = [merges[p.name] for p in missing]
+            sub = {**engine_run.submit_slurm(plan, merge_job, cfg, after=after), "state": "submitted"}
+            merges[job.name] = str(sub["jobs"]["merge"])
         except BaseException:
             (plan.work / engine.SUBMITTED).unlink(missing_ok=True)
             raise

@@ -13,7 +13,7 @@ records each source's shard folder, documents, tokens, bytes and drops.
 With ``data.prepare.executor=slurm`` it submits each missing file source's build as SLURM job
 arrays (count, tokenize, merge; :mod:`allam.data.engine`) and returns; results.json records the job
 ids and work folders. Run the same command again once the merge jobs have finished: it then finds
-every source in the cache and checks the blend.
+every source in the cache and checks the blend as ``executor=local`` does (results.json as above).
 """
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def run(cfg: DictConfig) -> dict:
     bundle = build_tokenizer(cfg)
     dm = build_datamodule(cfg, bundle.tokenizer)
     if str(cfg.data.prepare.executor) == "slurm":
-        return _submitted(cfg, out, bundle, dm.submit(), t0)
+        jobs = dm.submit()
+        if jobs:
+            return _submitted(cfg, out, bundle, jobs, t0)
+        print("every source is in the cache; checking the blend")
     dm.prepare()
     sources = {}
     for name, sh in dm.shards.items():
@@ -70,12 +73,12 @@ def _submitted(cfg: DictConfig, out, bundle, jobs: list[dict], t0: float) -> dic
         "submitted": jobs,
         "wall_seconds": time.perf_counter() - t0,
     }
-    new = sum(j.get("state") == "submitted" for j in jobs)
-    if jobs:
-        print(f"submitted the builds of {new} sources to SLURM ({len(jobs) - new} submitted before and not merged yet); "
-              "once their merge jobs finish, run the same command again to check the blend (a training run with the "
-              "same overrides then reads the cache; until then it stops with one line rather than build them too)")
-    else:
-        print("every source is in the cache already; run with data.prepare.executor=local to check the blend")
+    states = [j.get("state") for j in jobs]
+    waiting = states.count("waiting")
+    print(f"submitted the builds of {states.count('submitted')} sources to SLURM ({states.count('pending')} submitted "
+          "before and not merged yet" + (f"; {waiting} waiting for earlier sources, submitted by the next run" if waiting else "")
+          + "); once their merge jobs finish, run the same command again" + (" to submit the rest" if waiting else
+          " to check the blend") + " (a training run with the same overrides then reads the cache; until then it stops "
+          "with one line rather than build them too)")
     print(f"results: {R.write(out, results)}")
     return results
