@@ -353,3 +353,19 @@ def test_shard_keys_follow_the_letter_table_of_the_wrong_script_check(monkeypatc
         monkeypatch.undo()
         langs._letter_table.cache_clear(), langs.letter_table_digest.cache_clear()
     assert key() == checked
+
+
+def test_the_wrong_script_check_drops_nothing_of_the_arabic_demo():
+    """Counting every script's letters, the check keeps every document of the Arabic demo's five
+    sources (README, *Cleaning per script*)."""
+    from omegaconf import OmegaConf
+
+    from allam.config import CONF_DIR
+    from allam.data.sources import read_documents, source_values
+
+    demo = OmegaConf.load(CONF_DIR / "data" / "demo.yaml").sources
+    for name, src in demo.items():
+        src = source_values(OmegaConf.to_container(src))
+        texts = [d.text for d in read_documents(name, src, False, [0])]
+        why = Cleaner.from_source(src).clean_batch(texts)[1]
+        assert len(texts) > 600 and why.count("wrong_script") == 0, name
