@@ -116,3 +116,17 @@ def test_issue_counts_on_the_demo_corpus():
         assert len(found) == 431
         assert sum(o.grams > 0 and o.shared * 2 >= o.grams for o in found) == half, source
         assert sum(o.shared > 0 for o in found) == some, source
+
+
+def test_the_command_line_checks_a_preset_or_says_which_languages_it_knows(monkeypatch, capsys):
+    """`python -m allam.eval.leak hi` indexes and checks bible_hi's preset (its Bible and the Arabic
+    demo's English); a code with no demo Bible is one line naming the ones there are."""
+    assert demo.preset_sources("hi") == ("bible_hi", "hadith_en", "bible_en")
+    seen = {}
+    monkeypatch.setattr(leak, "training_index", lambda sources=None: seen.setdefault("index", sources))
+    monkeypatch.setattr(leak, "overlap_report", lambda index, sources=None: seen.setdefault("report", sources) and [])
+    leak.main(["hi"])
+    assert seen == {"index": demo.preset_sources("hi"), "report": demo.preset_sources("hi")}
+    assert "held out" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"^error: no Bible for language 'en' in the demo; allowed: .*hi"):
+        leak.main(["en"])

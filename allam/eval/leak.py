@@ -249,15 +249,21 @@ def _row(name: str, found: list[Overlap]) -> dict:
             "leaked": sum(o.leaked for o in found)}
 
 
-if __name__ == "__main__":  # python -m allam.eval.leak [LANG]: the Arabic demo (ar, the default), or bible_LANG's preset
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    code = sys.argv[1] if len(sys.argv) > 1 else "ar"
+def main(argv: list[str]) -> None:
+    """python -m allam.eval.leak [LANG]: the overlap table of the Arabic demo (ar, the default) or of
+    the bible_LANG preset's sources; a code with no demo Bible is one line (SystemExit)."""
+    code = argv[0] if argv else "ar"
     try:
         chosen = None if code == "ar" else demo.preset_sources(code)
     except KeyError as e:
-        sys.exit(f"error: {e.args[0]}")
+        raise SystemExit(f"error: {e.args[0]}") from None
     print(f"{'held out':<22} {'documents':>9} {'any shared':>10} {'half grams':>10} {'leaked':>7}")
     for r in overlap_report(training_index(sources=chosen), sources=chosen):
         print(f"{r['held_out']:<22} {r['documents']:>9} {r['any_shared']:>10} {r['half_grams_shared']:>10} {r['leaked']:>7}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main(sys.argv[1:])
