@@ -6,7 +6,8 @@ identity check over every English document of the demo corpus (training and held
     python experiments/bytelevel_expansion.py                  # tekken, qwen, gpt2 where installed
     python experiments/bytelevel_expansion.py --sizes 16000 --bases tekken
 
-Prints a markdown table and writes the numbers as JSON (default outputs/bytelevel_expansion.json).
+Prints a markdown table and writes the numbers as JSON (default experiments/bytelevel_expansion.json,
+with the commit it ran at).
 Tokenizers are built exactly as a run builds them (cached under paths.cache_dir / ALLAM_CACHE).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bases", default="tekken,qwen,gpt2")
     p.add_argument("--sizes", default="16000,32000")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("ALLAM_CACHE", ROOT / ".cache")) / "tokenizers")
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bytelevel_expansion.json")
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bytelevel_expansion.json")
     a = p.parse_args(argv)
 
     def texts(lang):
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                             "build_seconds": round(seconds, 1), "stats": exp.meta.get("stats", {})}
         rows.append(row)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"heldout_arabic_words": words, "rows": rows}, indent=2) + "\n")
+    from allam.results import provenance
+
+    a.out.write_text(json.dumps({**provenance(), "heldout_arabic_words": words, "rows": rows}, indent=2) + "\n")
     sizes = [int(s) for s in a.sizes.split(",")]
     print("| base | vocab | Arabic tokens/word | " + " | ".join(f"+{n // 1000}k: tokens/word (English docs identical)" for n in sizes) + " |")
     print("|---|---|---|" + "---|" * len(sizes))
