@@ -2,8 +2,8 @@
 (``trainer.cross_entropy``).
 
 - ``plain``: the model's full logits ``[batch, seq, vocab]``, upcast to fp32 for the loss (at a
-  32k vocabulary, 2 GB for one 8 x 2048 micro-batch in bf16 plus 4 GB for the fp32 copy and
-  its gradient).
+  32k vocabulary, about 1 GB for one 8 x 2048 micro-batch in bf16 plus 4.2 GB for the fp32 copy
+  and its gradient).
 - ``chunked``: plain PyTorch on every device. A custom autograd function runs the head matmul
   and the cross-entropy over ``chunk`` tokens at a time and computes the gradients of the hidden
   states and of the head's weight in the same pass, so only one chunk's logits ever exist; the
