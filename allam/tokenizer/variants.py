@@ -3,8 +3,8 @@
 Every artifact is a Hugging Face folder under ``cache_dir`` named ``<name>-<fingerprint>``; the
 fingerprint hashes the base model's bytes, the training text and every option that changes the
 result, so a changed corpus or option builds a new folder and an unchanged one is reused. Folders
-are written atomically, so concurrent processes (e.g. DDP ranks) at worst build the same folder
-twice.
+are written atomically, and one process builds a folder while the others (e.g. DDP ranks) wait
+for it (:func:`allam.tokenizer.hf_folder.build_once`).
 """
 from __future__ import annotations
 
