@@ -11,7 +11,7 @@ Normalization (:func:`words`): marks, tatweel and bidi controls stripped, the al
 (أ إ آ ٱ) folded to ا, ى to ي and ة to ه, lower case, and every character that is not a letter or
 a digit read as a space; the words are what is left. An n-gram is ``N`` (13) consecutive words of one
 document, hashed to 64 bits (word hashes from BLAKE2b, combined with fixed odd multipliers per
-position); the index is the sorted array of the distinct hashes (8 bytes each: 48 MB for the 3.6M
+position); the index is the sorted array of the distinct hashes (8 bytes each: 47 MB for the 3.6M
 training words, with the short-text index), built in one pass and cached under the cache folder
 by a fingerprint of the corpus package files, the demo and Arabic-text code and this module's
 normalization (:func:`training_index`).
@@ -204,7 +204,7 @@ _INDEXES: dict[str, Index] = {}
 def training_index(cache_dir: Path | str | None = None, sources: tuple[str, ...] | None = None) -> Index:
     """The index of the demo corpora's training text: from memory, else from
     ``<cache_dir>/leak_index/<fingerprint>.npz``, else built (one pass over the 3.6M training words:
-    30 s to 2 minutes on 2 shared cores) and written there."""
+    8-12 s on 2 shared cores, experiments/leak_counts.json) and written there."""
     fp = corpus_fingerprint(sources)
     if fp in _INDEXES:
         return _INDEXES[fp]
