@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SUMMARY = re.compile(r"=+ (.*) in ([\d.]+)s")
+SUMMARY = re.compile(r"^=*\s*(\d+ \w+.*) in ([\d.]+)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     lines = [m for m in map(SUMMARY.search, proc.stdout.splitlines()) if m]
+    if proc.returncode != 0 or not lines:  # the failures' tracebacks, not only the summary
+        out = proc.stdout
+        start = out.find("= FAILURES =")
+        print(out[max(0, out.rfind("\n", 0, start)) if start >= 0 else -6000:], proc.stderr[-3000:], sep="\n",
+              file=sys.stderr)
     if not lines:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
         return 1
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (\w+)", lines[-1].group(1))}
     row = {**provenance(), "cpu_count": os.cpu_count(), "command": 'python -m pytest -q -m "not slow"',

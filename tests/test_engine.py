@@ -194,8 +194,11 @@ def test_a_merge_process_that_dies_is_one_line_not_a_wait(tok, tmp_path, monkeyp
 
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
+    import signal
     import time
 
+    # Ctrl+C as at a terminal: a suite started in the background (nohup ... &) inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real = engine.merge_parts
 
     def slow(plan, *a, **k):

@@ -86,8 +86,15 @@ def test_signals_checkpoint_at_a_step_boundary_and_exit_75(tmp_path, cache_dir, 
 
 # --------------------------------------------------------------------------- non-finite numbers
 def test_nonfinite_loss_stops_with_one_line_and_exports_nothing(tmp_path, cli):
+    """...and a run that failed inside fit leaves the process's stop-signal handlers as it found
+    them (Lightning's teardown, after on_exception, put the run's handler back: Ctrl+C in the same
+    process, e.g. the next job of a multirun, then asked a finished run to stop)."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     run = tmp_path / "run"
     line = _one_line_error(cli(*SMALL, "trainer.max_steps=6", "optim.lr=1e6", "optim.warmup_steps=0"))
+    assert {s: signal.getsignal(s) for s in before} == before
     assert "non-finite" in line and "at step" in line and "last good checkpoint" in line
     res = _results(run)
     assert res["status"] == "failed" and "non-finite" in res["error"]

@@ -113,6 +113,8 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         status = "preempted"
     except RunFailed as exc:
         status, failure = "failed", exc
+    finally:
+        preemption.release()  # the stop signals' handlers as before the fit, also when it raised
     stopped, exported = None, None
     if status == "finished":  # the final checkpoint, validation and export: a stop here says what is done
         phase = "the final checkpoint"
