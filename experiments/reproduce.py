@@ -60,7 +60,7 @@ TINY = ("model.hidden_size=64", "model.intermediate_size=128", "model.num_layers
 BUDGETS = {
     # 3 seeds x (393,216 base + 10 x 131,072 + ~618,496 matched-FLOPs scratch) = 7.0M tokens; the
     # adapted cells' 24k vocabulary makes each of their tokens ~1.7x the FLOPs of the base's
-    # the competence tier scores seed 1's cells only (about 2 minutes a cell on 2 cores)
+    # the competence tier scores seed 1's cells only
     "default": Budget("default", 393_216, 131_072, 16, 64, 3, competence_seeds=1),
     "full": Budget("full", 2_097_152, 524_288, 32, 128, 5, ("data.val_bytes=65536",)),
     "smoke": Budget("smoke", 2_048, 1_024, 4, 8, 2, TINY, competence_items=8),
