@@ -6,8 +6,8 @@ identity check over every English document of the demo corpus (training and held
     python experiments/bytelevel_expansion.py                  # tekken, qwen, gpt2 where installed
     python experiments/bytelevel_expansion.py --sizes 16000 --bases tekken
 
-Prints a markdown table and writes the numbers as JSON (default experiments/bytelevel_expansion.json,
-with the commit it ran at).
+Prints a markdown table and writes the numbers as JSON, with the commit it ran at (the default bases
+and sizes: experiments/bytelevel_expansion.json; others: outputs/bytelevel_expansion.json).
 Tokenizers are built exactly as a run builds them (cached under paths.cache_dir / ALLAM_CACHE).
 """
 from __future__ import annotations
@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bases", default="tekken,qwen,gpt2")
     p.add_argument("--sizes", default="16000,32000")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("ALLAM_CACHE", ROOT / ".cache")) / "tokenizers")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bytelevel_expansion.json")
+    p.add_argument("--out", type=Path, help="JSON to write (default: experiments/bytelevel_expansion.json for the "
+                   "default bases and sizes, else outputs/bytelevel_expansion.json)")
     a = p.parse_args(argv)
+    if a.out is None:  # a partial run does not replace the committed record
+        full = (a.bases, a.sizes) == (p.get_default("bases"), p.get_default("sizes"))
+        a.out = ROOT / ("experiments" if full else "outputs") / "bytelevel_expansion.json"
 
     def texts(lang):
         return demo_texts(lang, "train")

@@ -517,6 +517,35 @@ def test_with_dedup_across_sources_a_slurm_merge_waits_for_the_earlier_sources_m
     assert any(line.startswith("data: d: waits for the shards of a, b (data.dedup_across_sources") for line in said)
 
 
+def test_a_refused_merge_submission_cancels_the_jobs_before_it(tok, tmp_path, monkeypatch):  # noqa: F811
+    """sbatch refusing the merge job (e.g. a dependency SLURM no longer knows) leaves no count or
+    tokenize job running without a record: they are cancelled, and nothing says the source is pending."""
+    from omegaconf import OmegaConf
+
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    bin_dir, log = tmp_path / "bin", tmp_path / "sbatch"
+    _fake_slurm(bin_dir, log)
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(sbatch.read_text().replace("#!/bin/bash\n", "#!/bin/bash\n"
+                                                 'grep -q "job-name=allam-merge" "${@: -1}" && exit 1\n', 1))
+    (bin_dir / "scancel").write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/cancelled\n")
+    (bin_dir / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    class Cfg:  # data.prepare's slurm keys
+        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
+        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+
+    jobs = shards.plan_jobs(srcs, False, info, tmp_path / "cache")
+    with pytest.raises(Exception):
+        shard_build.submit(jobs, info, Cfg, log=lambda *a: None)
+    ids = {sh.read_text().split("#SBATCH --job-name=")[1].split("\n")[0]: str(100 + int(sh.stem))
+           for sh in log.glob("*.sh") if "merge_stats" not in sh.read_text()}  # the fake sbatch's job ids
+    assert (tmp_path / "cancelled").read_text().split() == [ids["allam-count-ar"], ids["allam-tokenize-ar"]]
+    assert not (engine.work_folder(jobs[0]) / engine.SUBMITTED).exists()
+
+
 def test_dedup_across_sources_of_a_language_drops_what_an_earlier_source_kept(tok, tmp_path):  # noqa: F811
     """data.dedup_across_sources: the second Arabic source drops the documents the first kept (also
     built in pieces); the English source is untouched; without it the sources dedup on their own."""

@@ -353,6 +353,9 @@ def test_shard_keys_follow_the_letter_table_of_the_wrong_script_check(monkeypatc
         monkeypatch.undo()
         langs._letter_table.cache_clear(), langs.letter_table_digest.cache_clear()
     assert key() == checked
+    # the language's own scripts: Latin letters counted as Arabic's own keep an English-quoting document
+    monkeypatch.setitem(langs.LANGUAGES, "ar", langs._lang("ar", "Arabic", "Arabic", "Latin"))
+    assert key() != checked and key(max_wrong_script=1.0) == unchecked
 
 
 def test_the_wrong_script_check_drops_nothing_of_the_arabic_demo():

@@ -311,5 +311,10 @@ def test_each_seed_is_scored_on_the_competence_tier_before_the_next_seed_runs(tm
     lines = [ln.split(":")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
     assert lines == ([f"[skip] seed 1 {c}" for c in cells] + [f"[eval] seed 1 {c}" for c in cells]
                      + [f"[run]  seed 2 {c}" for c in cells])
+    for cell in cells:  # seed 2 finished too: --full scores it, the default budget does not
+        (tmp_path / "seed2" / cell).mkdir(parents=True)
+        R.write(tmp_path / "seed2" / cell, {"task": "train", "status": "finished"})
+    assert reproduce.main(["--full", "--claims", "4", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert any(ln.startswith("[eval] seed 2") for ln in capsys.readouterr().out.splitlines())
     assert reproduce.main(["--claims", "4", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
     assert not any(ln.startswith("[eval] seed 2") for ln in capsys.readouterr().out.splitlines())

@@ -183,13 +183,15 @@ class Cleaner:
         return dict(self._options)
 
     def rules(self) -> dict:
-        """What the cleaned text depends on besides the options, for the shard cache key of the
-        sources it applies to: the joiner rule's version for scripts that tidy joiners, and the
-        letter table of the wrong-script check where that check is on (its scripts, their letters
-        and the Unicode database's categories: a change to any of them rebuilds those shards)."""
-        out: dict = {"joiner_rule": JOINER_RULE} if language(self.lang).joiner_blocks() else {}
+        """Rules of the code that change the cleaned text, for the shard and tokenizer-text cache
+        keys of the sources they apply to: the joiner rule's version for scripts that tidy joiners,
+        and, where the wrong-script check is on, the letter table it counts with (every script's
+        letters, the Unicode database's categories included) and the language's own scripts: a
+        change to any of them rebuilds those caches."""
+        lang = language(self.lang)
+        out: dict = {"joiner_rule": JOINER_RULE} if lang.joiner_blocks() else {}
         if self.max_wrong_script < 1.0:
-            out["letters"] = letter_table_digest()
+            out["letters"] = f"{letter_table_digest()}:{','.join(lang.scripts)}"
         return out
 
     def __repr__(self) -> str:

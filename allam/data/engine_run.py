@@ -5,6 +5,7 @@ tasks' recorded errors and ``squeue``) and progress (:func:`slurm_progress`)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +17,8 @@ from typing import Any, Optional
 from allam.config import ConfigError, RunFailed
 from allam.data import engine
 from allam.data.engine import Plan, _write_json, count_piece, tokenize_piece
+
+_log = logging.getLogger(__name__)
 
 
 def _executor_classes():
@@ -245,9 +248,28 @@ def submit_slurm(plan: Plan, merge, cfg: Any, after: Optional[list[str]] = None)
     merge_ex = SlurmPipelineExecutor(pipeline=[_Stage([plan], "merge")], tasks=1, depends_job_id=":".join(waits) or None,
                                      job_name=f"allam-merge-{plan.job.name}",
                                      logging_dir=str(plan.work / "logs" / "merge"), **common)
-    merge_ex.run()
+    try:
+        merge_ex.run()
+    except BaseException:  # e.g. sbatch refused the dependency: no count or tokenize job is left without a record
+        _cancel([j for j in (count.job_id, tokenize.job_id) if j not in (None, -1)])
+        raise
     return {"source": plan.job.name, "pieces": n, "work": str(plan.work), "after": list(after or []),
             "jobs": {"count": count.job_id, "tokenize": tokenize.job_id, "merge": merge_ex.job_id}}
+
+
+def _cancel(ids: list) -> None:
+    """``scancel`` the SLURM jobs `ids` (best effort: where scancel is missing or fails, they are named)."""
+    import subprocess
+
+    if not ids:
+        return
+    try:
+        ok = shutil.which("scancel") is not None and subprocess.run(
+            ["scancel", *map(str, ids)], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        _log.warning("could not cancel SLURM jobs %s; cancel them by hand", ", ".join(map(str, ids)))
 
 
 def slurm_queue(ids: list[str]) -> Optional[dict]:

@@ -317,20 +317,23 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
     after a source that cannot be submitted yet, waits for the next run of the command."""
     out = []
     merges: dict[str, str] = {}  # the merge job of each source being built by SLURM, by source
+    cached: dict[str, bool] = {}  # each source's cache looked up once (load reads its files' ends)
     for job in jobs:
-        if load(job) is not None:
+        cached[job.name] = load(job) is not None
+        if cached[job.name]:
             continue
-        missing = [p for p in job.after if load(p) is None]  # dedup_across_sources: not in the cache yet
         sub = engine_run.pending(job, log)
         if sub is not None:  # submitted before and not merged yet: not twice
             done = engine_run.slurm_progress(engine.work_folder(job), int(sub.get("pieces") or 0))
             log(f"data: {job.name}: submitted before ({sub.get('at')}; SLURM jobs {sub.get('jobs')}; {done}) and not "
                 f"merged yet; not submitting it again (if those jobs are gone, delete "
                 f"{engine.work_folder(job) / engine.SUBMITTED} to submit afresh)")
-            if (sub.get("jobs") or {}).get("merge"):
-                merges[job.name] = str(sub["jobs"]["merge"])
+            merge = (sub.get("jobs") or {}).get("merge")
+            if merge is not None and str(merge) != "-1":
+                merges[job.name] = str(merge)
             out.append({**sub, "state": "pending"})
             continue
+        missing = [p for p in job.after if not cached[p.name]]  # dedup_across_sources: not in the cache yet
         plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
         unsubmitted = [p.name for p in missing if p.name not in merges]
         if unsubmitted or (plan is None and missing):
@@ -347,7 +350,8 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
         try:
             after = [merges[p.name] for p in missing]
             sub = {**engine_run.submit_slurm(plan, merge_job, cfg, after=after), "state": "submitted"}
-            merges[job.name] = str(sub["jobs"]["merge"])
+            if str(sub["jobs"]["merge"]) != "-1":
+                merges[job.name] = str(sub["jobs"]["merge"])
         except BaseException:
             (plan.work / engine.SUBMITTED).unlink(missing_ok=True)
             raise

@@ -76,9 +76,10 @@ def _submitted(cfg: DictConfig, out, bundle, jobs: list[dict], t0: float) -> dic
     states = [j.get("state") for j in jobs]
     waiting = states.count("waiting")
     print(f"submitted the builds of {states.count('submitted')} sources to SLURM ({states.count('pending')} submitted "
-          "before and not merged yet" + (f"; {waiting} waiting for earlier sources, submitted by the next run" if waiting else "")
+          "before and not merged yet" + (f"; {waiting} waiting for earlier sources' shards, built or submitted by the "
+                                         "next run" if waiting else "")
           + "); once their merge jobs finish, run the same command again" + (" to submit the rest" if waiting else
-          " to check the blend") + " (a training run with the same overrides then reads the cache; until then it stops "
-          "with one line rather than build them too)")
+          " to check the blend") + " (a training run with the same overrides then reads the cache; while a source's "
+          "jobs are pending it stops with one line rather than build it too)")
     print(f"results: {R.write(out, results)}")
     return results
