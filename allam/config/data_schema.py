@@ -25,8 +25,9 @@ class SourceConfig:
     """One data source. `loader`: demo | text | jsonl | parquet | hf.
 
     Each field's role (metadata) says what it decides: ``reader`` fields choose the documents,
-    ``cleaning`` fields how they are cleaned. The shard cache key, the data fingerprint and the
-    cleaner are derived from these roles (:func:`source_fields`), so a new option is one edit here.
+    ``cleaning`` fields how they are cleaned. The cleaner and the reader part of the shard cache
+    key come from these roles (:func:`source_fields`); the data fingerprint takes every field; a
+    new hold-out option also needs allam.data.holdout's rule key.
     """
 
     # ISO 639-1 code of a language in allam/config/langs.py (ar, en, hi, fa, ko, ...); the cleaner's
@@ -136,7 +137,7 @@ class DataConfig:
     # validation text, never trained on (0.05: the second chapter of every 20) ...
     val_fraction: float = 0.05
     # ... until a language's held-out raw bytes reach this cap (None: no cap), shared equally among
-    # its file and hf sources; later chapters train. At ALLaM's 3T tokens 5% would hold out 150B.
+    # its file and hf sources; later chapters train. At 3T tokens 5% would hold out 150B.
     # Demo sources keep their held-out books (the evaluation tasks are built from them).
     val_cap_bytes: Optional[int] = None
     allow_repeat: bool = True  # a source may be repeated (epochs > 1) to meet its quota

@@ -158,13 +158,14 @@ class InitConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Group `tokenizer`: base, expanded, bilingual.
+    """Group `tokenizer`: base, mistral, expanded, expanded8k, expanded32k, bilingual (conf/tokenizer/).
 
     `base` names the base tokenizer: `auto` (the init checkpoint's own tokenizer when init
     loads one, otherwise `english8k`), `english8k` (the project's English SentencePiece BPE,
     trained offline on the English training sources), `mistral7b` (the 32,000-piece
-    Mistral-7B-v0.1 SentencePiece model shipped in mistral-common), or a path to a
-    SentencePiece .model file / Hugging Face tokenizer folder / hub id.
+    Mistral-7B-v0.1 SentencePiece model shipped in mistral-common), `tekken`, `qwen`, `gpt2` (the
+    byte-level BPE bases shipped in packages), or a path to a SentencePiece .model file / Hugging
+    Face tokenizer folder / hub id.
     """
 
     variant: TokenizerVariant = TokenizerVariant.base
@@ -175,16 +176,17 @@ class TokenizerConfig:
     base_mix: dict[str, float] = field(default_factory=dict)
     num_new_tokens: int = 16000  # expanded: Arabic pieces appended to the base
     vocab_size: int = 64000  # bilingual: size of the from-scratch tokenizer
-    # words of training text per language the tokenizer learns from: a seeded sample, streamed in
-    # bounded memory, of the language's whole training text (allam.tokenizer.spm.TrainingText;
-    # bilingual: half per language); text below the cap is used whole. None: all of it, in memory.
+    # words of training text the tokenizer learns from, split evenly among its languages (an
+    # expansion's targets; bilingual: its targets and English): a seeded sample, streamed in bounded
+    # memory, of each language's whole training text (allam.tokenizer.spm.TrainingText); text below
+    # the cap is used whole. None: all of it, in memory.
     training_words: Optional[int] = 100_000_000
     seed: int = 0
 
 
 @dataclass
 class OptimConfig:
-    """Group `optim`: adamw, adamw8bit; LR schedule fields."""
+    """Group `optim`: adamw, adamw8bit, allam_constant, toy_constant, rewarm_cosine (conf/optim/); LR schedule fields."""
 
     name: OptimName = OptimName.adamw
     lr: float = 1e-3
@@ -199,7 +201,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """Group `trainer`: cpu, gpu, ddp, fsdp, ..."""
+    """Group `trainer`: cpu, gpu (one GPU, or DDP), fsdp (conf/trainer/)."""
 
     name: str = "cpu"
     accelerator: str = "cpu"
@@ -272,8 +274,8 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    """Group `eval`: demo (the offline bilingual suite built from held-out text), paper (the
-    paper's benchmarks). Every suite is lm-evaluation-harness tasks (allam/eval/harness.py)."""
+    """Group `eval`: demo (the offline bilingual suite built from held-out text), competence and
+    competence_<code> (the language-competence tier), paper (the paper's benchmarks). Every suite is lm-evaluation-harness tasks (allam/eval/harness.py)."""
 
     name: str = "demo"
     tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness task or group names

@@ -2,7 +2,7 @@
 
 - ``sources``: reading a configured source's documents; ``source_files``: its files, size and
   content fingerprint; ``holdout``: the hold-out rule; ``demo``: the shipped demo corpora;
-- ``cleaning``: the cleaning steps and their drop counts; ``arabic``: Arabic marks and script tables;
+- ``cleaning``: the cleaning steps and their drop counts; ``arabic``: stripping Arabic marks (the script tables are allam/config/langs.py's);
 - ``shards``: cleaned, tokenized, cached token shards per source (format, cache key, checks);
   ``shard_build``: building them (``shard_writer`` the writing, ``engine``/``engine_run`` the
   parallel tasks of large sources);

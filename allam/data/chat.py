@@ -18,8 +18,8 @@ Rows that cannot train are dropped and counted, one reason each (:data:`REASONS`
 is not a ``{"role", "content"}`` pair of strings, a role other than system/user/assistant, turns out
 of order (an optional system turn first, then user and assistant alternating, ending with an
 assistant answer), no assistant turn, an empty answer, chosen equal to rejected, and (when
-tokenized) an example longer than the context. :func:`load_sft` and :func:`load_preferences` print
-one line per reason once, before training starts.
+tokenized) an example longer than the context. :meth:`Rows.report` logs one line per reason, once,
+before training starts (allam.data.post_datamodule.load_examples calls it).
 
 Tokenization: the chat template (:mod:`allam.tokenizer.chat_template`) renders the conversation and
 marks the assistant turns; ``apply_chat_template(..., return_assistant_tokens_mask=True)`` gives the

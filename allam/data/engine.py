@@ -18,10 +18,12 @@ Three stages then make exactly the folder that reading the source in one process
 
 Stages 1 and 2 run (:mod:`allam.data.engine_run`) on datatrove's ``LocalPipelineExecutor`` (every
 core of this machine, one task per process) or ``SlurmPipelineExecutor`` (a job array per stage, each depending on the one
-before; the merge is a one-task job). Completed tasks are recorded by datatrove under the work
-folder, so a run cut short resumes with the tasks left. The work folder
-``<cache>/<name>-<key>.work/`` holds the plan, the counts, the parts and datatrove's logs; it is
-removed once the shards are published.
+before; the merge is a one-task job). datatrove records completed tasks, so a run cut short
+resumes with the tasks left: a local run keeps its logs and completion marks in
+``<cache>/.prepare-<key>.logs`` (:func:`allam.data.engine_run.logs_folder`, removed after the
+merges), a SLURM build under ``<work>/logs``. The work folder ``<cache>/<name>-<key>.work/``
+holds the plan, the counts and the parts; once the shards are published a local build removes
+it, and a SLURM merge job leaves only its ``logs/`` and ``slurm/``.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ _log = logging.getLogger(__name__)
 
 def _executor_classes():
     """datatrove's executors, with every task's own log at ERROR on the terminal (all of it stays in
-    the task's log file under the work folder): datatrove shows the first local rank's INFO lines."""
+    the task's log file under the run's logs folder): datatrove shows the first local rank's INFO lines."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
@@ -61,7 +61,7 @@ class _Stage:
 
     def __reduce__(self):
         # the local executor forks its workers, which inherit this step: pickling only its key saves
-        # every task from deserializing the tokenizer (about 0.2 s for a 32,000-piece model)
+        # every task from deserializing the tokenizer
         if self.forked:
             return _forked_stage, (id(self),)
         return _Stage, (self.plans, self.stage)
@@ -166,7 +166,7 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        logger.remove()  # `sink`, or (one worker: datatrove ran the tasks here) what its tasks put back
+        logger.remove()  # the handler added above, or (one worker: datatrove ran the tasks here) what its tasks put back
         logger.add(sys.stderr)
         if prev is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)

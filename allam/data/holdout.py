@@ -54,7 +54,7 @@ def _fraction(value: Optional[float]) -> Fraction:
 
 
 def chapter_is_val(chapter: int, fraction: Fraction) -> bool:
-    """Whether chapter `chapter` is held out at `fraction` (the module docstring's rule)."""
+    """Whether chapter `chapter` is held out at `fraction` (the rule in allam.data.sources' module docstring)."""
     if fraction <= 0:
         return False
     k = math.ceil(1 / fraction) - 1

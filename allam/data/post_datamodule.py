@@ -5,8 +5,8 @@ Order: global position ``p`` holds example ``order_e[p mod n]`` of epoch ``e = p
 ``order_e`` is a permutation of the ``n`` training examples drawn from ``(seed, e)``. Micro-batch
 ``m`` of rank ``r`` (of ``W``, ``B`` examples each) holds positions ``(m·W + r)·B .. (m·W + r)·B + B - 1``
 as the pretraining datamodule does, so optimizer step ``s`` (``A`` micro-batches accumulated) covers
-the ``G = A·W·B`` positions ``s·G .. s·G + G - 1`` whatever ``W`` is: the global batch does not
-depend on the number of ranks. The run has ``ceil(n · epochs / G)`` steps (``trainer.max_steps``
+the ``G = A·W·B`` positions ``s·G .. s·G + G - 1`` whatever ``W`` is: a step's examples depend
+on ``G`` only, not on how it is split into ranks, micro-batches and accumulation. The run has ``ceil(n · epochs / G)`` steps (``trainer.max_steps``
 overrides it); the last step is completed with the next epoch's first examples.
 
 SFT batches carry ``label_tokens``: the label tokens of the whole global batch (every rank's and

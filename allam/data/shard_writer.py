@@ -1,4 +1,4 @@
-"""Writing one source's shard files (allam.data.shards builds them): the documents in batches,
+"""Writing one source's shard files (allam.data.shard_build builds them): the documents in batches,
 each batch appended to ``train.bin`` / ``val.bin`` in reading order with exact duplicates dropped
 and the counts kept, and the check that the source's declared language matches its script."""
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ShardWriter:
         self.files = {"train": open(folder / "train.bin", "wb"), "val": open(folder / "val.bin", "wb")}
 
     def add(self, splits: list[str], res) -> None:
-        """One batch: its documents' splits and what allam.data.shards' worker returned for it."""
+        """One batch: its documents' splits and what :func:`process_batch` returned for it."""
         kept, lens, flat, hashes, nbytes, drops = res
         n = len(splits)
         self.stats["docs_read"] += n
@@ -108,7 +108,7 @@ class ShardWriter:
 
 
 def check_script(job, stats: dict, final: bool) -> None:
-    """One line when more than SCRIPT_MISMATCH_SHARE of the documents read so far (after 4 batches,
+    """One line when more than SCRIPT_MISMATCH_SHARE of the documents read so far (once 4 x BATCH_DOCS documents are read,
     or at the end) are mostly not in the declared language's script."""
     read = stats["docs_read"]
     wrong = stats["drops"]["wrong_script"]

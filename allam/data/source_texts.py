@@ -14,8 +14,8 @@ def source_texts(sources: Any, lang: str, split: str = "train", batch: int = 256
     """Cleaned text of one split of every configured source in language `lang`.
 
     What tokenizers learn from (split "train") and are measured on (split "val"): the same
-    documents, cleaning and hold-out rule as the token shards, so a tokenizer never sees
-    validation text.
+    documents, cleaning steps and hold-out rule as the token shards (exact duplicates are not
+    dropped here), so a tokenizer never sees validation text.
     """
     from allam.data.cleaning import Cleaner
 

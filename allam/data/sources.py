@@ -26,10 +26,10 @@ sources) a chapter is held out only while the source's held-out raw bytes are be
 the hold-out passes the cap by less than one chapter; later chapters train.
 
 Translated sources with ``data.parallel_pairs=true`` emit each *training* document as an aligned
-pair "English original, blank line, Arabic translation" in one sequence (demo: verse/hadith
+pair "English original, blank line, translation" in one sequence (demo: verse/hadith
 aligned pairs from :func:`allam.data.demo.parallel_pairs`; other loaders: ``pair_field``).
 Validation documents are never paired, so per-language validation stays monolingual. A paired
-sequence counts toward its source's (Arabic, translated) stream in the blend, English half included.
+sequence counts toward its source's (language, translated) stream in the blend, English half included.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The byte-level BPE side of ``build_tokenizer``: shipped bases (tekken, qwen, gpt2) as cached
 tokenizer.json folders, and ALLaM's expansion of any byte-level base (the algorithm itself is
-:mod:`allam.tokenizer.bytelevel`). Cached and named like every other variant (see variants.py)."""
+:mod:`allam.tokenizer.bytelevel_expand`). Cached and named like every other variant (see variants.py)."""
 from __future__ import annotations
 
 import hashlib

@@ -10,9 +10,10 @@ Which pieces are appended (exactly ``num_new`` of them):
 - only pieces that contain an Arabic-script character. English (or any text without Arabic
   script) can then never form a new piece, so its encodings are the base's token for token;
 - none that the base already has;
-- the Arabic model's single characters that the base lacks come first (every longer piece is
+- the Arabic model's single characters that the base lacks are always selected (every longer piece is
   merged from characters, and a character outside the vocabulary falls back to bytes, which
-  never merge), then longer pieces in the Arabic model's merge order, each kept only if it can
+  never merge), and appended last, after the merged pieces, as SentencePiece's own trainer lays
+  them out; the longer pieces are taken in the Arabic model's merge order, each kept only if it can
   be formed from two pieces already in the merged vocabulary (a piece whose only route ran
   through a skipped piece could never be produced).
 
@@ -100,7 +101,7 @@ def _score_step(start: float, count: int) -> float:
 
 def select_pieces(base: sp_pb2.ModelProto, arabic: sp_pb2.ModelProto, num_new: int,
                   keep: Callable[[str], bool] = has_arabic) -> tuple[list[str], ExpansionStats]:
-    """The Arabic model's pieces to append to ``base``, in id order (see module docstring);
+    """The Arabic model's pieces to append to ``base``, in id order: merged pieces, then characters;
     ``keep(piece)``: whether a piece holds a target-script character."""
     stats = ExpansionStats(requested=num_new)
     vocab = {p.piece for p in base.pieces}

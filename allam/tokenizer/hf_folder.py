@@ -4,8 +4,8 @@ A folder holds ``tokenizer.model`` (the SentencePiece proto) and a ``tokenizer_c
 naming ``LlamaTokenizer`` (a model without byte fallback also gets a ``tokenizer.json``, see
 :func:`_write_unk_backend`). ``transformers.AutoTokenizer.from_pretrained(folder)`` converts it to
 a fast (Rust ``tokenizers``) BPE whose merges are ranked by piece id. (Constructing
-``LlamaTokenizer(vocab_file=...)`` directly does not read the model in transformers 5.x and
-gives a 3-token tokenizer; always go through ``from_pretrained``.)
+``LlamaTokenizer(vocab_file=...)`` directly does not read the model in transformers 5.x; always
+go through ``from_pretrained``.)
 
 The conversion ranks merges by id while SentencePiece ranks them by score. The two agree when
 scores fall as ids rise, which holds for every model this project writes (see expand.py).

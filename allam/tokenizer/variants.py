@@ -335,7 +335,7 @@ def build_tokenizer(
     ``targets``: the language codes (not English; allam.config.langs) whose text trains the new
     pieces of ``expanded`` and, with English, ``bilingual``; ("ar",) keeps every name and cache
     folder as before. An expansion for a Latin-script target is refused (ConfigError).
-    ``init_checkpoint`` is the init=llama2 checkpoint, whose own tokenizer ``tokenizer.base=auto``
+    ``init_checkpoint`` is the checkpoint of init=pretrained (or its alias llama2), whose own tokenizer ``tokenizer.base=auto``
     selects. Raises ConfigError (one line) for a config that cannot work.
     """
     cache_dir = Path(cache_dir)
