@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """allam entry point: compose the Hydra config, validate it, run the task it names (allam.tasks).
 
-    python run.py                                      # tiny bilingual Llama on the demo corpus (CPU)
+    python run.py                                      # a tiny Llama on the Arabic-English demo corpus (CPU)
     python run.py model=13b init=llama2 data.ar_ratio=0.4 --cfg job
     python run.py task=plan model=70b init=llama2
     python run.py -m data.ar_ratio=0.2,0.45,0.8        # Hydra multirun over an ablation axis

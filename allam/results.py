@@ -3,7 +3,7 @@ reports read it. Adding a metric is one edit here.
 
 A results file is a flat JSON object: dotted metric keys (``val.ar.bpb``) plus a few nested
 records (``choices``, ``data``, ``config``). ``task`` says which task wrote it; reports read
-only ``task == "train"`` files.
+``task == "train"`` files, and ``task == "eval"`` files for their scores.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PROVENANCE_KEYS: dict[str, str] = {
     "versions.tokenizers": "installed tokenizers version",
 }
 
-# every metric key a training run writes, with what it holds
+# the main metric keys a training run writes, with what they hold
 TRAIN_KEYS: dict[str, str] = {
     "status": "finished, preempted (checkpoint saved; run the command again) or failed",
     "resumed_from": "the checkpoint this command resumed from (None: a fresh start)",
@@ -41,7 +41,7 @@ TRAIN_KEYS: dict[str, str] = {
     "tokenizer.vocab_size": "pieces in the tokenizer",
     "train.steps": "optimizer steps taken (the global step at the end)",
     "train.tokens": "training tokens seen, resumed runs included",
-    "train.tokens_this_run": "training tokens seen by this process",
+    "train.tokens_this_run": "training tokens seen by this command (all ranks)",
     "train.seconds": "training seconds of this run, validation excluded",
     "train.tokens_per_second": "training tokens per second of this run",
     "train.mfu": "model FLOPs utilization (6N + 12LHQT per token over the peak)",
@@ -58,7 +58,7 @@ VAL_FIELDS = ("loss", "bpb", "tokens", "bytes")  # val.<lang>.<field>
 # "curve": the validation curve, one record per validation (trainer.val_every_steps, the starting
 # checkpoint's scores at tokens 0 and the final one): step, tokens (this run's training tokens),
 # flops (total FLOPs at that point, the base's included) and val.<lang>.<loss|bpb>. Reports compare
-# arms at matched tokens or FLOPs by interpolating it (allam/claims.py), so they need no logger files.
+# arms at matched tokens or FLOPs by interpolating it (allam/curves.py), so they need no logger files.
 CURVE_KEY = "curve"
 START_FIELDS = ("loss", "bpb")  # start.val.<lang>.<field>: the starting checkpoint's scores
 

@@ -27,14 +27,14 @@ the choices alone (next word):
   version's training books: the pair occurs at least ``PAIR_MIN_COUNT`` times, in at least
   ``PAIR_MIN_SHARE`` of that word's occurrences), so knowing the language's common word pairs is
   enough to pass: a bigram model of those books scores above 0.9 in its language and exactly
-  0.25 in the other (``tests/test_competence.py``). Cut at any word instead, the English task
-  scored 0.62-0.63 on two small models that score 0.80 on this design.
+  0.25 in the other (``tests/test_competence.py``). (Cut at any word instead, as first designed,
+  the task left less for a model to know.)
 In both, each group of four items puts its answers once at each position.
 The standard errors are binomial, over items taken as independent. On ``next_word`` they are not:
 the commonest answers and the words before them recur across groups, so a model's preference for
 one word pair counts many times. A trained model's score is affected little, but a random model
-is at chance only on average over models (two scored 0.17 and 0.41 on ``next_word_en``, 200 items,
-binomial SE 0.03); compare models item by item (``eval.<task>.correct``) rather than by SE.
+is at chance only on average over models, with a spread wider than the binomial SE; compare
+models item by item (``eval.<task>.correct``) rather than by SE.
 
 The same tasks exist for each target language with a data preset (:data:`TARGETS`: Hindi, Persian,
 Korean, Russian; ``word_order_<code>`` / ``next_word_<code>``, suite ``conf/eval/competence_<code>.yaml``
@@ -64,7 +64,7 @@ log = logging.getLogger("allam")
 CHOICES = 4
 ITEMS = 400  # next_word: items per task (the groups of the commonest answers)
 # word_order: items per task at most, i.e. every held-out verse that passes the leak check and has
-# enough windows (about 1,000 Arabic, 1,860 English); eval.limit scores the first N, which are the
+# enough windows (1,004 Arabic, 1,808 English: experiments/leak_counts.json); eval.limit scores the first N, which are the
 # same items for any larger cap (the groups are shuffled before the cut)
 WORD_ORDER_ITEMS = 4000
 DEFAULT_SEED = 1234
@@ -151,8 +151,7 @@ def reorderings(words: list[str], rng: random.Random) -> list[str] | None:
     nearer to each reordering than the reorderings are to each other. (With reorderings drawn
     independently around the original, it sat in the middle of its choices, and a model that
     knows nothing of a language, scoring them as noise around the original's score, picked it
-    less often than one time in four: an English-only model scored 0.163 to 0.207 on the Arabic
-    task in four such variants.)"""
+    less often than one time in four.)"""
     choices = [[words[0]] for _ in range(CHOICES)]
     windows = 0
     for a in range(1, len(words), WINDOW):

@@ -5,8 +5,8 @@ number is a multiple of 20, :func:`allam.data.demo.split_of`). Held out by book 
 by text (hadith recur across books and collections, the Gospels run in parallel), so every item
 also passes the leak check (:mod:`allam.eval.leak`): a candidate item whose prompt or answer has
 at least half of its words inside word 13-grams of the demo corpora's training text (a text of 6
-to 12 words: all of its 6-grams) is left out before groups form, and a group in which a prompt
-or candidate still overlaps is dropped whole. What that guarantees: no prompt and no choice of 6
+to 12 words: all of its 6-grams) is left out before groups form (``next_verse_*``: checked per
+group only), and a group in which a prompt or candidate still overlaps is dropped whole. What that guarantees: no prompt and no choice of 6
 or more words repeats, in that sense, text of the demo corpora's training units. Shorter shared
 runs remain (a chain of narrators, a formula, a clause under 13 words), texts under 6 words (book
 titles) are not checked, and text a model saw elsewhere (a pretrained base's corpus) is not

@@ -69,7 +69,7 @@ class Plan:
 def prepare(eval_cfg, workdir: Path) -> Plan:
     """Checks the suite `eval_cfg` names and returns its plan; raises ConfigError (one line) for an
     unknown task or a task whose data is out of reach. Loads no model; for harness tasks it
-    indexes the harness's task library (about 10 s) and, when ``eval.data_dir`` holds local
+    indexes the harness's task library (seconds) and, when ``eval.data_dir`` holds local
     copies, writes those tasks' configs pointed at them under `workdir`."""
     shots = dict(eval_cfg.num_fewshot or {})
     tasks = {str(t): int(shots.get(t, 0)) for t in eval_cfg.tasks}

@@ -5,7 +5,7 @@ Face folder, resolved to one model source, then loaded whole onto one device wit
 | ckpt= | weights | shape | tokenizer |
 |---|---|---|---|
 | run directory | its checkpoints/last.ckpt | its model_config.json | rebuilt from its config.yaml |
-| .ckpt file / sharded folder | the checkpoint, one tensor at a time | model_config.json above it | from the config.yaml above it |
+| .ckpt file / sharded folder | the checkpoint's tensors, read into host memory, then copied into the model | model_config.json above it | from the config.yaml above it |
 | Hugging Face folder | its safetensors | its config.json | the folder's own |
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ No weights are read or downloaded. The estimate counts, per GPU:
   ``selective``) keeps only its input, plus one layer's activations while it is recomputed;
 - the loss (``trainer.cross_entropy``): ``plain`` holds the logits of the whole micro-batch
   (16-bit logits, their fp32 copy for the loss and its gradient); ``chunked``/``fused``/``auto``
-  hold those of one chunk of tokens, plus the gradient of the hidden states (fp32) and, when
+  hold those of one chunk of tokens, plus the gradient of the hidden states (counted at fp32, an upper bound) and, when
   sharded, the whole head's fp32 gradient (it is made in the forward; unsharded it is the head's
   gradient the gradients term counts).
 Host memory per rank (CPU RAM), from the sharded loader and the streaming export:

@@ -56,8 +56,9 @@ def build_meta(m, vocab_size: int):
 
 def model_spec(model_cfg, init, tok, bundle, attention: str) -> ModelSpec:
     """The spec for the model group, init group and tokenizer group, for the built tokenizer
-    `bundle`: a fresh Llama sized for the tokenizer (init=random), or a checkpoint's Llama whose
-    vocabulary grows to the expanded tokenizer (init=llama2)."""
+    `bundle`: a fresh model of ``model.arch`` sized for the tokenizer (init=random), or a checkpoint
+    of a supported architecture whose vocabulary grows to the expanded tokenizer (init=pretrained,
+    alias llama2)."""
     from allam.model.weights import RandomWeights
 
     vocab = len(bundle.tokenizer)

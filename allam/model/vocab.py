@@ -7,8 +7,9 @@ from allam.model.decoder import checkpoint_config, padded
 
 
 def planned_vocab(tok, model, init) -> tuple[int, str]:
-    """Embedding rows the run will have, and where the number comes from, without training or
-    downloading a tokenizer. Reads at most a local tokenizer file or a checkpoint's config.json.
+    """Embedding rows the run will have, and where the number comes from, without training a
+    tokenizer or reading weights. Reads at most a tokenizer's files or a checkpoint's config.json
+    (a hub id's are fetched from the hub unless ``init.local_files_only``).
 
     `tok`, `model`, `init`: the tokenizer, model and init groups."""
     pretrained = is_pretrained(init.name)

@@ -11,7 +11,7 @@ Sources:
   parameter drawn from its own generator seeded from (seed, parameter name, block), so a rank
   draws only the blocks that hold its rows and the values do not depend on sharding;
 - :class:`PretrainedWeights`: a Hugging Face safetensors checkpoint read tensor by tensor (only
-  this rank's rows are read); embedding matrices that grow get their new rows per
+  this rank's rows are read, except for embedding matrices that grow, read whole); those get their new rows per
   ``init.new_embeddings`` (:func:`allam.model.embeddings.fill_new_rows`).
 """
 from __future__ import annotations

@@ -101,9 +101,10 @@ def resolve_attention(model_cfg, trainer_cfg) -> str:
 
 
 def build_model(model_cfg, init, tok, bundle, attention: str):
-    """The whole model a run starts from (see :func:`allam.model.spec.model_spec`): a fresh Llama
-    sized for the tokenizer (init=random), or a checkpoint's Llama whose vocabulary grows to the
-    expanded tokenizer with its new rows filled per init.new_embeddings (init=llama2)."""
+    """The whole model a run starts from (see :func:`allam.model.spec.model_spec`): a fresh model
+    of ``model.arch`` sized for the tokenizer (init=random), or a checkpoint of a supported
+    architecture whose vocabulary grows to the expanded tokenizer with its new rows filled per
+    init.new_embeddings (init=pretrained, alias llama2)."""
     from allam.model.spec import model_spec
 
     return model_spec(model_cfg, init, tok, bundle, attention).build()

@@ -1,5 +1,6 @@
 """task=plan: the model on the meta device, parameters, tokens per step and memory per rank.
-Trains, builds and downloads nothing."""
+Trains and builds nothing and reads no weights (a hub tokenizer's or checkpoint's config may be
+fetched to size the vocabulary: allam.model.vocab.planned_vocab)."""
 from __future__ import annotations
 
 from omegaconf import DictConfig

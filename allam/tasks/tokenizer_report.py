@@ -1,5 +1,5 @@
-"""task=tokenizer-report: fertility of tokenizer variants on the configured sources' held-out
-Arabic and English (table, JSON and PNG in the run dir).
+"""task=tokenizer-report: fertility of tokenizer variants on the configured sources' held-out text
+of every language of the mix (table, JSON and PNG in the run dir).
 
 Compares the run's own tokenizer with the offline SentencePiece bases (english8k, mistral7b), the
 shipped byte-level BPE bases (tekken; qwen and gpt2 where their packages are installed), their

@@ -88,7 +88,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
 
 
 def plain_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Today's loss: every logit at once, upcast to fp32."""
+    """The unchunked loss (trainer.cross_entropy=plain): every logit at once, upcast to fp32."""
     logits = hidden @ weight.t()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
