@@ -47,7 +47,7 @@ UNCAPPED = 10**9  # an item cap no task reaches
 def index_summary(cache_dir: Path, sources: tuple[str, ...] | None = None) -> tuple[leak.Index, dict]:
     """The leak index of these demo sources (default: the Arabic demo's) and its counts."""
     fp = leak.corpus_fingerprint(sources)
-    path = cache_dir / "leak_index" / f"{fp}.npz"  # where training_index caches it
+    path = leak.index_path(cache_dir, fp)
     cached = path.is_file()
     t = time.perf_counter()
     index = leak.training_index(cache_dir, sources)
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     for task, r in report["demo_suite"].items():
         print(f"{task:<15}{r['items']:>6}  {r['dropped_leak']:,} of {r['leak_candidates']:,} (prompt "
               f"{r['dropped_leak_prompt']}, answer {r['dropped_leak_answer']}, group {r['dropped_leak_group']})")
-    print(f"\n{'held out':<22}{'documents':>10}{'any shared':>11}{'half grams':>11}{'leaked':>7}")
-    for r in report["overlap"]:
-        print(f"{r['held_out']:<22}{r['documents']:>10}{r['any_shared']:>11}{r['half_grams_shared']:>11}{r['leaked']:>7}")
+    print("\n" + "\n".join(leak.overlap_lines(report["overlap"])))
     print(f"\n{'lang':<5}{'word order':>11}{'next word':>10}{'(uncapped)':>11}  verses dropped")
     for lang, r in report["competence"].items():
         wo, nw = r["word_order"], r["next_word"]

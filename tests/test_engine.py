@@ -263,6 +263,17 @@ def test_a_run_cut_off_after_its_tasks_resumes_without_redoing_them(tok, tmp_pat
     assert (built.path / "train.bin").read_bytes() == (one.path / "train.bin").read_bytes()
 
 
+def _slurm_cfg():
+    """data.prepare's SLURM keys as submit() reads them (30,000-byte tasks)."""
+    from omegaconf import OmegaConf
+
+    class Cfg:
+        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
+        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+
+    return Cfg
+
+
 def _fake_slurm(bin_dir: Path, log: Path) -> None:
     """`sbatch` that records each script and answers a job id; `scontrol show hostnames` this host;
     `srun` runs its command here."""
@@ -288,11 +299,8 @@ def test_slurm_arrays_run_one_index_at_a_time_make_the_same_folder(tok, tmp_path
     bin_dir, log = tmp_path / "bin", tmp_path / "sbatch"
     _fake_slurm(bin_dir, log)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    from omegaconf import OmegaConf
 
-    class Cfg:  # data.prepare's slurm keys
-        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
-        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+    Cfg = _slurm_cfg()
 
     jobs = shards.plan_jobs({"ar": srcs["ar"]}, False, info, tmp_path / "cache")
     old = os.environ["PATH"]
@@ -477,7 +485,6 @@ def test_with_dedup_across_sources_a_slurm_merge_waits_for_the_earlier_sources_m
     its own tokenize array and on the first source's merge (it reads the hashes that one kept), also
     when the first was submitted by an earlier run; a source one process builds here (a demo
     source) waits for the next run instead of building without them; English is not held back."""
-    from omegaconf import OmegaConf
 
     ar = _docs(AR_WORDS, 300, 52, length=12)
     for name, rows in (("a", ar[:200]), ("b", ar[100:300])):
@@ -491,9 +498,7 @@ def test_with_dedup_across_sources_a_slurm_merge_waits_for_the_earlier_sources_m
     _fake_slurm(bin_dir, log)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
-    class Cfg:  # data.prepare's slurm keys
-        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
-        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+    Cfg = _slurm_cfg()
 
     def merge_deps():
         out = {}
@@ -520,7 +525,6 @@ def test_with_dedup_across_sources_a_slurm_merge_waits_for_the_earlier_sources_m
 def test_a_refused_merge_submission_cancels_the_jobs_before_it(tok, tmp_path, monkeypatch):  # noqa: F811
     """sbatch refusing the merge job (e.g. a dependency SLURM no longer knows) leaves no count or
     tokenize job running without a record: they are cancelled, and nothing says the source is pending."""
-    from omegaconf import OmegaConf
 
     srcs = {"ar": _corpus(tmp_path)["ar"]}
     info = shards.TokenizerInfo.from_tokenizer(tok)
@@ -533,9 +537,7 @@ def test_a_refused_merge_submission_cancels_the_jobs_before_it(tok, tmp_path, mo
     (bin_dir / "scancel").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
-    class Cfg:  # data.prepare's slurm keys
-        slurm_time, slurm_partition, slurm_cpus_per_task, slurm_mem_per_cpu_gb = "1:00:00", "cpu", 1, 2
-        slurm_env_command, slurm_max_parallel, slurm_sbatch_args, task_bytes = None, None, OmegaConf.create({}), 30000
+    Cfg = _slurm_cfg()
 
     jobs = shards.plan_jobs(srcs, False, info, tmp_path / "cache")
     with pytest.raises(Exception):

@@ -201,6 +201,18 @@ def default_cache_dir() -> Path:
 _INDEXES: dict[str, Index] = {}
 
 
+def index_path(cache_dir: Path | str | None, fingerprint: str) -> Path:
+    """Where :func:`training_index` caches the index whose :func:`corpus_fingerprint` is `fingerprint`."""
+    return Path(cache_dir or default_cache_dir()) / "leak_index" / f"{fingerprint}.npz"
+
+
+def overlap_lines(rows: list[dict]) -> list[str]:
+    """:func:`overlap_report`'s rows as the table ``python -m allam.eval.leak`` prints."""
+    out = [f"{'held out':<22} {'documents':>9} {'any shared':>10} {'half grams':>10} {'leaked':>7}"]
+    return out + [f"{r['held_out']:<22} {r['documents']:>9} {r['any_shared']:>10} {r['half_grams_shared']:>10} "
+                  f"{r['leaked']:>7}" for r in rows]
+
+
 def training_index(cache_dir: Path | str | None = None, sources: tuple[str, ...] | None = None) -> Index:
     """The index of the demo corpora's training text: from memory, else from
     ``<cache_dir>/leak_index/<fingerprint>.npz``, else built (one pass over the 3.6M training words:
@@ -208,7 +220,7 @@ def training_index(cache_dir: Path | str | None = None, sources: tuple[str, ...]
     fp = corpus_fingerprint(sources)
     if fp in _INDEXES:
         return _INDEXES[fp]
-    path = Path(cache_dir or default_cache_dir()) / "leak_index" / f"{fp}.npz"
+    path = index_path(cache_dir, fp)
     path.parent.mkdir(parents=True, exist_ok=True)
     with cache_lock.building(path, "the leak index", log=log.warning):  # one builder; a waiter reads its result
         if path.is_file():
@@ -257,9 +269,7 @@ def main(argv: list[str]) -> None:
         chosen = None if code == "ar" else demo.preset_sources(code)
     except KeyError as e:
         raise SystemExit(f"error: {e.args[0]}") from None
-    print(f"{'held out':<22} {'documents':>9} {'any shared':>10} {'half grams':>10} {'leaked':>7}")
-    for r in overlap_report(training_index(sources=chosen), sources=chosen):
-        print(f"{r['held_out']:<22} {r['documents']:>9} {r['any_shared']:>10} {r['half_grams_shared']:>10} {r['leaked']:>7}")
+    print("\n".join(overlap_lines(overlap_report(training_index(sources=chosen), sources=chosen))))
 
 
 if __name__ == "__main__":

@@ -152,8 +152,7 @@ class Preemption(L.Callback):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.signal: Optional[str] = None
         self.saved: Optional[Path] = None
-        self._previous: dict[int, Any] = {}
-        self._before_fit: dict[int, Any] = {}  # kept for release()
+        self._previous: dict[int, Any] = {}  # the handlers before this fit's (kept for release())
         self._handler = None  # this fit's handler
         self.grace_s = float(grace_s)
         self._boundary = None  # threading.Event set once the step boundary is reached
@@ -235,7 +234,7 @@ class Preemption(L.Callback):
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, graceful)
-        self._before_fit, self._handler = dict(self._previous), graceful
+        self._handler = graceful
 
     def _reached_boundary(self) -> None:
         """The wait is over (a step boundary, or the end of fit): the watchdog ends quietly."""
@@ -256,17 +255,16 @@ class Preemption(L.Callback):
         for sig, handler in self._previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
-        self._previous = {}
 
     def release(self) -> None:
         """For the caller of ``trainer.fit``, once it has returned or raised: a stop signal still
         handled by this fit's handler gets back the handler it had before the fit. When fit raises,
         Lightning calls on_exception (which restores them) and only then its own teardown, which puts
         back the handlers it found when it registered its own, after on_fit_start: this callback's."""
-        for sig, handler in self._before_fit.items():
+        for sig, handler in self._previous.items():
             if self._handler is not None and signal.getsignal(sig) is self._handler:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._before_fit, self._handler = {}, None
+        self._previous, self._handler = {}, None
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._restore()
