@@ -18,12 +18,14 @@ one-sided p-values (for D > 0, the claim, and for D < 0, its opposite) from :mod
 Within a claim, the p-values of its deciding comparisons are Holm-corrected (each direction
 separately). A claim is reproduced when every deciding comparison is significant (adjusted
 p < 0.05) in the claimed direction, not reproduced when any is significant in the opposite
-direction, inconclusive otherwise (also with fewer than 2 seeds per arm or a missing arm).
-Comparisons marked context are shown with their uncorrected p-values and decide nothing.
+direction, inconclusive otherwise (also with fewer than 2 seeds per arm or a missing arm of a
+deciding comparison). Comparisons marked context are shown with their uncorrected p-values and
+decide nothing; a value that is not a finite number (a diverged run's NaN) is left out of a test.
 
 Runs of one arm must come from one git commit (results.json ``code.commit`` and ``code.dirty``;
 a run written before those keys existed counts as the commit "unknown commit", under the same
-rule); otherwise the report refuses, naming the runs, unless ``mix_commits`` is set.
+rule); otherwise the report refuses, naming the runs, unless ``mix_commits`` is set. An arm
+holding two runs of one seed (a copied run folder) is refused the same way, without an override.
 """
 from __future__ import annotations
 
@@ -87,6 +89,11 @@ class Claim:
     @property
     def arms(self) -> list[str]:
         return list(dict.fromkeys(a for c in self.comparisons for a in (c.better, c.worse)))
+
+    @property
+    def deciding_arms(self) -> list[str]:
+        """The arms of the comparisons that decide the verdict (not the context rows')."""
+        return list(dict.fromkeys(a for c in self.comparisons if c.decides for a in (c.better, c.worse)))
 
 
 C = Comparison
@@ -301,6 +308,20 @@ def check_commits(groups: dict[str, list[dict]], arms: list[str], mix_commits: b
     return commits
 
 
+def check_seeds(groups: dict[str, list[dict]], arms: list[str]) -> None:
+    """Raises ConfigError naming the runs when an arm holds two runs of one seed (a copied or
+    rerun run dir under the report's root): each would count as a seed of its own."""
+    for arm in arms:
+        seen: dict[tuple, dict] = {}
+        for r in groups.get(arm, []):
+            seed = seed_of(r)
+            if seed in seen:
+                shown = seed[0] if len(set(seed)) == 1 else dict(zip(SEED_KEYS, seed))
+                raise ConfigError(f"claims: arm {arm} holds two runs of seed {shown}: {_run_label(seen[seed])} and "
+                                  f"{_run_label(r)}; report over a folder with one copy of each run")
+            seen[seed] = r
+
+
 def _run_label(run: dict) -> str:
     path = Path(run.get("_path", "?")).parent
     return f"{path.parent.name}/{path.name}"
@@ -360,8 +381,13 @@ class Stat:
         return f"{fmt.format(self.mean)} ± {std} (n={self.n})"
 
 
+def _finite(v) -> bool:
+    """A value a test can use: a number, not NaN or infinite (a diverged run records NaN)."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def stat(values: list) -> Stat:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    vals = [float(v) for v in values if _finite(v)]
     if not vals:
         return Stat(None, None, 0)
     mean = sum(vals) / len(vals)
@@ -412,7 +438,7 @@ def compare(comp: Comparison, groups: dict[str, list[dict]]) -> dict:
     if comp.at not in CURVE_AT or x is not None:
         if matched is not None:
             diffs = [(value(ra), value(rb)) for ra, rb in matched]
-            test = S.paired_test([va + comp.margin - vb for va, vb in diffs if va is not None and vb is not None])
+            test = S.paired_test([va + comp.margin - vb for va, vb in diffs if _finite(va) and _finite(vb)])
         else:
             test = S.welch_test([v + comp.margin for v in sw.values], sb.values)
     return {"comparison": comp, "x": x, "better": sb, "worse": sw, "test": test,
@@ -430,9 +456,10 @@ def evaluate(claims: list[Claim], groups: dict[str, list[dict]]) -> list[dict]:
         for r, p, po in zip(tested, S.holm([r["test"].p for r in tested]), S.holm([r["test"].p_opposite for r in tested])):
             r["p_holm"], r["p_opposite_holm"] = p, po
             r["verdict"] = direction(p, po)
-        missing = [arm for arm in claim.arms if not groups.get(arm)]
+        missing = [arm for arm in claim.arms if not groups.get(arm)]  # reported; context arms decide nothing
+        undecided = [arm for arm in claim.deciding_arms if not groups.get(arm)]
         out.append({"claim": claim, "rows": rows, "missing": missing,
-                    "verdict": claim_verdict([r["verdict"] for r in deciding]) if not missing else INCONCLUSIVE})
+                    "verdict": claim_verdict([r["verdict"] for r in deciding]) if not undecided else INCONCLUSIVE})
     return out
 
 

@@ -16,6 +16,7 @@ from allam.claims import (
     Claim,
     arms_of,
     check_commits,
+    check_seeds,
     claims_by_number,
     commit_label,
     evaluate,
@@ -341,6 +342,7 @@ def run_claims_report(root: Path, out_dir: Path, numbers: Optional[list[int]] = 
     groups = group_by_seed(collect_runs(root))
     claims = claims_by_number(numbers, lang)
     commits = check_commits(groups, arms_of(claims), mix_commits)
+    check_seeds(groups, arms_of(claims))
     results = evaluate(claims, groups)
     competence = competence_by_arm(groups, collect_runs(root, task="eval"), lang)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,10 @@ from typing import Optional
 from allam.results import CURVE_KEY
 
 def curve_points(run: dict, x: str, metric: str) -> list[tuple[float, float]]:
-    """(x, metric) along a run's validation curve, x = "tokens" or "flops", sorted by x."""
-    pts = [(float(p[x]), float(p[metric])) for p in run.get(CURVE_KEY) or [] if p.get(metric) is not None]
-    return sorted(pts)
+    """(x, metric) along a run's validation curve, x = "tokens" or "flops", sorted by x; of two
+    points at one x (a curve written twice at a step) the later one."""
+    pts = {float(p[x]): float(p[metric]) for p in run.get(CURVE_KEY) or [] if p.get(metric) is not None}
+    return sorted(pts.items())
 
 
 def interpolate(points: list[tuple[float, float]], x: float) -> Optional[float]:
@@ -62,7 +63,9 @@ def reach_level(runs: list[dict], metric: str) -> Optional[float]:
 
 def tokens_to_reach(points: list[tuple[float, float]], level: float) -> Optional[float]:
     """The training tokens at which a curve first comes down to `level` (interpolated between
-    the validation points around the crossing)."""
+    the validation points around the crossing); None when it never does."""
+    if not points:
+        return None
     for (x0, y0), (x1, y1) in zip([points[0], *points], points):
         if y1 <= level:
             return x1 if y1 == y0 or y0 <= level else x0 + (x1 - x0) * (y0 - level) / (y0 - y1)

@@ -157,8 +157,10 @@ def seeds_for_power(test: TTest, comparisons: int = 1, power: float = POWER, max
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (same order as given): the k-th smallest of m is
-    multiplied by m - k + 1, kept monotone and capped at 1."""
+    multiplied by m - k + 1, kept monotone and capped at 1. A NaN p-value counts as 1 (it
+    supports nothing), so it cannot reorder or erase the others."""
     m = len(pvalues)
+    pvalues = [1.0 if math.isnan(p) else p for p in pvalues]
     order = sorted(range(m), key=lambda i: pvalues[i])
     adjusted = [0.0] * m
     running = 0.0

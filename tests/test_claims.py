@@ -65,6 +65,8 @@ def test_holm_by_hand():
     # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> kept monotone: 0.03, 0.06, 0.06
     assert S.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert S.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and S.holm([]) == []
+    # a NaN p counts as 1: the others keep their ranks (x2, x1 of the two valid ones after it)
+    assert S.holm([float("nan"), 0.001, 0.02]) == pytest.approx([1.0, 0.003, 0.04])
 
 
 def test_seeds_for_power_by_hand_and_by_simulation():
@@ -164,6 +166,57 @@ def test_holm_turns_two_marginal_comparisons_inconclusive_and_context_never_deci
     assert [r.get("p_holm") for r in two["rows"][:2]] == pytest.approx([2 * 0.033431, 2 * 0.033431], abs=1e-5)
     assert two["verdict"] == C.INCONCLUSIVE and two["rows"][2]["verdict"] == C.NOT_REPRODUCED
     assert "p_holm" not in two["rows"][2]
+
+
+def test_a_diverged_run_is_left_out_of_the_paired_test_and_decides_nothing_else():
+    """Seed 4 of arm `a` diverged (NaN bpb): the paired test uses seeds 1-3, and the claim's other
+    comparison, significant the wrong way, still makes the claim not reproduced."""
+    d = {1: 0.10, 2: 0.12, 3: 0.08, 4: 0.11}
+    runs = [_run("b", s, {"m": 1.0, "n": 1.0}) for s in d]
+    runs += [_run("a", s, {"m": float("nan") if s == 4 else 1.0 + v, "n": 1.0 - v}) for s, v in d.items()]
+    (res,) = C.evaluate([_claim(C.Comparison("m", "b", "a"), C.Comparison("n", "b", "a"))], C.group_by_seed(runs))
+    m, n = res["rows"]
+    assert (m["test"].n, m["test"].mean) == ("3", pytest.approx(0.10)) and math.isfinite(m["p_holm"])
+    assert m["verdict"] == C.REPRODUCED and n["verdict"] == C.NOT_REPRODUCED
+    assert res["verdict"] == C.NOT_REPRODUCED
+
+
+def test_a_missing_context_arm_does_not_hold_back_the_verdict():
+    """Claim 1's matched-FLOPs arm is context only: a suite without it still decides the claim,
+    and the report names the arm as not run."""
+    runs = [_run("b", s, {"m": 1.0}) for s in (1, 2, 3)]
+    runs += [_run("a", s, {"m": 1.1 + 0.01 * s}) for s in (1, 2, 3)]
+    groups = C.group_by_seed(runs)
+    (res,) = C.evaluate([_claim(C.Comparison("m", "b", "a"), C.Comparison("m", "b", "ctx", decides=False))], groups)
+    assert res["missing"] == ["ctx"] and res["verdict"] == C.REPRODUCED
+    assert "Not run: `ctx`." in CR.claims_markdown([res], groups, "cmd")
+    (res,) = C.evaluate([_claim(C.Comparison("m", "b", "a"), C.Comparison("m", "b", "gone"))], groups)
+    assert res["missing"] == ["gone"] and res["verdict"] == C.INCONCLUSIVE  # a deciding arm missing
+
+
+def test_a_run_copied_under_the_report_root_is_refused_not_counted_twice(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        for arm in ("claim1_adapt", "claim4_rewarm"):
+            run = _run(arm, seed, {"delta.val.en.bpb": 0.1 if arm == "claim1_adapt" else 0.3 + 0.01 * seed})
+            run.pop("_path")
+            (root / f"seed{seed}" / arm).mkdir(parents=True)
+            (root / f"seed{seed}" / arm / "results.json").write_text(json.dumps(run))
+    assert CR.run_claims_report(root, tmp_path / "out", [4])["verdicts"] == {4: C.REPRODUCED}
+    (root / "copy" / "claim4_rewarm").mkdir(parents=True)
+    (root / "copy" / "claim4_rewarm" / "results.json").write_text((root / "seed2" / "claim4_rewarm" / "results.json").read_text())
+    with pytest.raises(C.ConfigError) as err:
+        CR.run_claims_report(root, tmp_path / "out", [4])
+    msg = str(err.value)
+    assert "claim4_rewarm holds two runs of seed 2" in msg and "seed2/claim4_rewarm" in msg and "copy/claim4_rewarm" in msg
+
+
+def test_a_curve_point_written_twice_keeps_the_later_value():
+    run = {"curve": [{"tokens": 0, "val.ar.bpb": 4.0}, {"tokens": 10, "val.ar.bpb": 3.0},
+                     {"tokens": 10, "val.ar.bpb": 2.0}, {"tokens": 20, "val.ar.bpb": 2.0}]}
+    pts = CV.curve_points(run, "tokens", "val.ar.bpb")
+    assert pts == [(0.0, 4.0), (10.0, 2.0), (20.0, 2.0)]
+    assert CV.curve_mean(pts, 0, 20) == pytest.approx((3.0 * 10 + 2.0 * 10) / 20) and CV.tokens_to_reach([], 2.0) is None
 
 
 def test_learns_faster_scores_the_area_under_the_curve_and_the_tokens_to_reach():
