@@ -72,9 +72,9 @@ def data_cfg(srcs: dict, **kw):
     return OmegaConf.merge(cfg, OmegaConf.create({"batch_size": 4, "val_bytes": 0, **kw}))
 
 
-def make_dm(tok, cache, srcs, *, seq_len=32, train_batches=40, workers=1, **kw):
+def make_dm(tok, cache, srcs, *, seq_len=32, train_batches=40, workers=1, world=1, **kw):
     return AllamDataModule(data_cfg(srcs, **kw), tok, seq_len=seq_len, cache_dir=cache,
-                           train_batches=train_batches, workers=workers, progress=False)
+                           train_batches=train_batches, workers=workers, progress=False, world=world)
 
 
 # --------------------------------------------------------------------------- the blend
@@ -356,6 +356,11 @@ def test_bad_input_errors(tok, corpus, tmp_path):
         AllamDataModule(data_cfg(_one(corpus)), tok, seq_len=64, cache_dir=c, train_batches=1, max_seq_len=32)
     with pytest.raises(ConfigError, match=r"data.sources.ar_nat: exhausted: .*data.allow_repeat=false"):
         make_dm(tok, c, _one(corpus), train_batches=2000, allow_repeat=False).prepare()
+    # the ranks count before any trainer exists: 150 micro-batches of 4 blocks need 270 of
+    # ar_nat's 455 blocks on one rank, 540 on each of 2 ranks' share of the run
+    make_dm(tok, c, _one(corpus), train_batches=150, allow_repeat=False).prepare()
+    with pytest.raises(ConfigError, match=r"data.sources.ar_nat: exhausted: the run needs 540 blocks .*allow_repeat=false"):
+        make_dm(tok, c, _one(corpus), train_batches=150, world=2, allow_repeat=False).prepare()
     with pytest.raises(ConfigError, match=r"translated_share=0.5: is above 0 but no Arabic source has kind=translated"):
         make_dm(tok, c, _one(corpus), translated_share=0.5).prepare()
     tiny = tmp_path / "tiny.txt"

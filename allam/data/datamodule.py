@@ -166,7 +166,7 @@ class AllamDataModule(L.LightningDataModule):
 
     def __init__(self, cfg: Any, tokenizer: Any, *, seq_len: int, cache_dir: Path, train_batches: int,
                  seed: Optional[int] = None, max_seq_len: Optional[int] = None, workers: Optional[int] = None,
-                 progress: bool = True):
+                 progress: bool = True, world: int = 1):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -191,7 +191,9 @@ class AllamDataModule(L.LightningDataModule):
         present = {s["lang"] for s in self.sources.values()}
         self.val_languages = [lang for lang in mix_languages(cfg) if lang in present]  # the mix's order: ar, en
         self.stages = mix_stages(cfg)
-        self.rank, self.world = 0, 1
+        # the ranks the run will train on (the trainer's count replaces it in setup): the mix table and
+        # the exhaustion check at prepare() cover every rank's blocks, before any rank is started
+        self.rank, self.world = 0, max(1, int(world))
         self._prepared = False
         self._tok: Optional[TokenizerInfo] = None
         self._fingerprint: Optional[dict] = None

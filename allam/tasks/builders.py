@@ -130,6 +130,7 @@ def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None)
         cache_dir=cache_dir(cfg) / "data",
         train_batches=total_steps(cfg.data, cfg.model, cfg.trainer) * cfg.trainer.accumulate_grad_batches,
         max_seq_len=max_seq_len,
+        world=world_size(cfg.trainer),
     )
 
 
