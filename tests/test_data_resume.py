@@ -3,12 +3,18 @@ checkpoint sees exactly the batches an uninterrupted run sees (token for token),
 switch, with gradient accumulation and with loader workers; a changed data fingerprint refuses."""
 from __future__ import annotations
 
+import os
+import signal
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from allam.config import ConfigError
+from allam.train.guards import MicroBatchUnits, Preemption
 from test_data import corpus, make_dm, sources, tok  # noqa: F401  (fixtures shared with test_data.py)
 
 SEQ = 32
@@ -18,16 +24,20 @@ BATCH = 4
 class Recorder(L.LightningModule):
     """Trains nothing; records every training batch it is given."""
 
-    def __init__(self, read_estimate: bool = False):
+    def __init__(self, read_estimate: bool = False, batch: int = BATCH):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.seen: list[torch.Tensor] = []
-        self.read_estimate = read_estimate
+        self.step_ends: list[int] = []  # len(seen) at each optimizer step
+        self.read_estimate, self.batch = read_estimate, batch
 
     def training_step(self, batch, batch_idx):
-        assert batch.shape == (BATCH, SEQ + 1) and batch.dtype == torch.int64
+        assert batch.shape == (self.batch, SEQ + 1) and batch.dtype == torch.int64
         self.seen.append(batch.detach().clone())
         return (self.w * batch[:, :-1].float().mean()).sum()
+
+    def on_before_optimizer_step(self, optimizer):
+        self.step_ends.append(len(self.seen))
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         return None
@@ -38,10 +48,11 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def _fit(dm, steps, ckpt_dir, *, accumulate=1, every=None, ckpt_path=None, val_every=None, read_estimate=False):
-    module = Recorder(read_estimate)
+def _fit(dm, steps, ckpt_dir, *, accumulate=1, every=None, ckpt_path=None, val_every=None, read_estimate=False,
+         extra=(), module=None):
+    module = module or Recorder(read_estimate)
     callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", auto_insert_metric_name=False,
-                                 every_n_train_steps=every, save_top_k=-1, save_last=True)]
+                                 every_n_train_steps=every, save_top_k=-1, save_last=True), *extra]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=1, logger=False,
                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, accumulate_grad_batches=accumulate,
@@ -55,9 +66,9 @@ def _stages():
     return {"stages": [{"tokens": 7 * BATCH * SEQ, "ar_ratio": 0.0}, {"tokens": None, "ar_ratio": 0.5}]}
 
 
-def _dm(tok, corpus, tmp_path, steps, accumulate=1, **kw):  # noqa: F811
+def _dm(tok, corpus, tmp_path, steps, accumulate=1, batch=BATCH, **kw):  # noqa: F811
     return make_dm(tok, tmp_path / "cache", sources(corpus), seq_len=SEQ, train_batches=steps * accumulate,
-                   batch_size=BATCH, **kw)
+                   batch_size=batch, **kw)
 
 
 @pytest.mark.parametrize("num_workers,accumulate", [(0, 1), (2, 2)])
@@ -101,3 +112,57 @@ def test_resume_refuses_a_changed_fingerprint(tok, corpus, tmp_path):  # noqa: F
     rest, _ = _fit(_dm(tok, corpus, tmp_path, 6, seed=99, allow_fingerprint_change=True), 6, tmp_path / "c",
                    ckpt_path=str(tmp_path / "a" / "step3.ckpt"))
     assert len(rest) == 3
+
+
+class SignalAt(L.Callback):
+    """Sends this process a real SIGTERM as micro-batch `at` starts (its handler is Preemption's)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_inside_an_accumulated_step_checkpoints_at_its_end(tok, corpus, tmp_path):  # noqa: F811
+    """SIGTERM as the first micro-batch of step 3 starts (accumulation 2): the run stops after
+    that step's second micro-batch, so the checkpoint's position holds no micro-batch without its
+    gradient, and the resumed run trains exactly the uninterrupted run's remaining micro-batches,
+    stepping after every second one."""
+    steps, accumulate = 6, 2
+    full, _ = _fit(_dm(tok, corpus, tmp_path, steps, accumulate), steps, tmp_path / "full", accumulate=accumulate)
+    stop = Preemption(tmp_path / "part")
+    part = Recorder()
+    try:
+        with pytest.raises(SIGTERMException):
+            _fit(_dm(tok, corpus, tmp_path, steps, accumulate), steps, tmp_path / "part", accumulate=accumulate,
+                 extra=[stop, MicroBatchUnits(), SignalAt(4)], module=part)
+    finally:
+        stop.release()
+    assert stop.signal == "SIGTERM" and len(part.seen) == 6 and part.step_ends == [2, 4, 6]
+    ck = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)
+    assert ck["global_step"] == 3 and ck["AllamDataModule"]["position"] == 6
+    rest = Recorder()
+    _fit(_dm(tok, corpus, tmp_path, steps, accumulate), steps, tmp_path / "rest", accumulate=accumulate,
+         ckpt_path=str(tmp_path / "part" / "last.ckpt"), extra=[MicroBatchUnits()], module=rest)
+    assert len(rest.seen) == 6 and all(torch.equal(a, b) for a, b in zip(rest.seen, full[6:]))
+    assert rest.step_ends == [2, 4, 6]
+
+
+def test_a_resume_trading_batch_size_for_accumulation_steps_on_the_same_data(tok, corpus, tmp_path):  # noqa: F811
+    """Saved at step 3 with micro-batches of 4 and no accumulation, resumed with micro-batches of 2
+    and accumulation 2 (the same tokens per step): steps 4-6 take the same rows as the
+    uninterrupted run's, two micro-batches each, and none is dropped."""
+    full, _ = _fit(_dm(tok, corpus, tmp_path, 6), 6, tmp_path / "full", every=3)
+    rest = Recorder(batch=2)
+    _, trainer = _fit(_dm(tok, corpus, tmp_path, 6, accumulate=2, batch=2), 6, tmp_path / "rest", accumulate=2,
+                      ckpt_path=str(tmp_path / "full" / "step3.ckpt"), extra=[MicroBatchUnits()], module=rest)
+    assert trainer.global_step == 6 and rest.step_ends == [2, 4, 6]
+    assert torch.equal(torch.cat(rest.seen), torch.cat(full[3:]))
+    # a count that is no whole number of the new micro-batches is refused in one line (the
+    # datamodule's own position check refuses a consistent checkpoint first)
+    ck = torch.load(tmp_path / "full" / "step3.ckpt", weights_only=True)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=8), world_size=1, accumulate_grad_batches=1)
+    with pytest.raises(ConfigError, match=r"stopped after 3 micro-batches of 4 sequences.*micro-batches of 8"):
+        MicroBatchUnits().on_load_checkpoint(trainer, None, {**ck, "SimpleNamespace": ck["AllamDataModule"]})

@@ -244,6 +244,41 @@ def test_fsdp_training_resume_and_export(tmp_path, cache_dir):
         assert abs(start[f"start.val.{lang}.loss"] - ra[f"val.{lang}.loss"]) < 1e-5
 
 
+@pytest.mark.slow  # the fast suite stops an accumulated step in one process (tests/test_data_resume.py)
+def test_a_stop_signal_stops_both_ranks_at_one_step_end_and_the_run_resumes(tmp_path, cache_dir):
+    """SIGTERM to a 2-rank FSDP2 run with gradient accumulation: rank 0 forwards it to rank 1, the
+    ranks agree at the end of an optimizer step, both write their shard of last.ckpt and the run
+    exits 75; the same command continues it to its end."""
+    import signal
+    import time
+
+    from allam.train.checkpointing import read_meta
+
+    run = tmp_path / "run"
+    args = [*FSDP2, *TINY, "trainer.devices=2", "data.batch_size=1", "trainer.accumulate_grad_batches=2",
+            f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, "trainer.max_steps=100000"], cwd=ROOT,
+                            env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run / "csv" / "metrics.csv", time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 75, err[-4000:]
+    res = _results(run)
+    last = run / "checkpoints" / "last.ckpt"
+    assert res["status"] == "preempted" and res["train.steps"] > 0
+    assert (last / "COMPLETE").exists() and len(list(last.glob("*.distcp"))) == 2
+    meta = read_meta(last)
+    assert meta["global_step"] == res["train.steps"]
+    state = meta["AllamDataModule"]
+    assert state["position"] == 2 * res["train.steps"] and state["world_size"] == 2  # whole steps only
+    _run([*args, f"trainer.max_steps={res['train.steps'] + 2}"], cache_dir)
+    done = _results(run)
+    assert done["status"] == "finished" and done["train.steps"] == res["train.steps"] + 2
+    assert done["train.tokens"] == (res["train.steps"] + 2) * 2 * 2 * 64
+
+
 @pytest.mark.slow  # the fast suite scores evaluation during training in one process (tests/test_eval.py)
 def test_fsdp_eval_during_and_after_training_equals_one_process(tmp_path, cache_dir):
     """eval.every_tokens and eval.at_end under 2-rank FSDP2: every rank scores the suite in lockstep

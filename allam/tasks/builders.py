@@ -255,11 +255,12 @@ class TrainingCallbacks:
     nonfinite: Any  # allam.train.guards.NonFiniteGuard: stop or skip on a non-finite loss or gradient
     preemption: Any  # allam.train.guards.Preemption: checkpoint at a step boundary on a stop signal
     record: Any  # allam.train.guards.RunRecord: the config and data fingerprint in every checkpoint
+    units: Any  # allam.train.guards.MicroBatchUnits: Lightning's micro-batch count in a resume's micro-batches
     evaluator: Any = None  # allam.train.eval_callback.EvalDuringTraining, when the run evaluates
 
     def as_list(self) -> list:
         evaluator = [self.evaluator] if self.evaluator is not None else []
-        return [self.throughput, self.nonfinite, self.preemption, self.record, *evaluator]
+        return [self.throughput, self.nonfinite, self.preemption, self.record, self.units, *evaluator]
 
 
 def training_callbacks(cfg: DictConfig, out: Path, flops_per_token: float, data_fingerprint: dict,
@@ -267,7 +268,7 @@ def training_callbacks(cfg: DictConfig, out: Path, flops_per_token: float, data_
     """The one list of callbacks a training run gives :func:`build_trainer` (the train task and
     the throughput benchmark's project arm both use it). Checkpoints go to ``out/checkpoints``."""
     from allam.train.callbacks import Throughput
-    from allam.train.guards import NonFiniteGuard, Preemption, RunRecord
+    from allam.train.guards import MicroBatchUnits, NonFiniteGuard, Preemption, RunRecord
 
     t, checkpoints = cfg.trainer, out / "checkpoints"
     return TrainingCallbacks(
@@ -275,6 +276,7 @@ def training_callbacks(cfg: DictConfig, out: Path, flops_per_token: float, data_
         nonfinite=NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite_skips, checkpoints),
         preemption=Preemption(checkpoints),
         record=RunRecord(to_dict(cfg), data_fingerprint),
+        units=MicroBatchUnits(),
         evaluator=evaluator,
     )
 

@@ -1,9 +1,15 @@
 """Callbacks that keep a run honest: stop or skip on non-finite numbers, checkpoint on
 preemption, and record in every checkpoint what the run was.
 
-Preemption uses Lightning's own signal handling: SIGTERM sets ``trainer.received_sigterm``, the
-loop raises ``SIGTERMException`` at the next step boundary on every rank, and
-:class:`Preemption` saves ``checkpoints/last.ckpt`` there. SIGUSR1 (SLURM's warning signal, e.g.
+Preemption stops a run at the end of an optimizer step, through Lightning's own stop flag: a stop
+signal is held until the next micro-batch that ends an optimizer step; there every rank learns
+whether any rank got one (one small all-reduce per step), sets Lightning's flag
+(``trainer.received_sigterm``), so the loop raises ``SIGTERMException`` right after that
+micro-batch on every rank, and :class:`Preemption` saves ``checkpoints/last.ckpt``. Lightning
+itself checks the flag after every micro-batch, so setting it at once would stop inside an
+accumulated step, with a data position past micro-batches whose gradients the checkpoint lacks;
+Lightning's own SIGTERM handler (which sets the flag at once and broadcasts inside the handler)
+is replaced once training starts. A signal during validation waits for the next step's end. SIGUSR1 (SLURM's warning signal, e.g.
 ``#SBATCH --signal=USR1@120``), SIGUSR2 (what the submitit launcher asks SLURM to send before a
 job's time limit) and a first Ctrl+C (SIGINT) take the same path; under SLURM a SIGUSR1 or
 SIGUSR2 also requeues the job (``scontrol requeue``) once the checkpoint is written. A second
@@ -31,7 +37,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
-from allam.config import RunFailed
+from allam.config import ConfigError, RunFailed
 
 log = logging.getLogger("allam")
 
@@ -127,9 +133,10 @@ class NonFiniteGuard(L.Callback):
         self.skipped = int(state_dict.get("skipped", 0))
 
 
-def set_received_sigterm(trainer) -> None:
-    """Set the flag Lightning's own SIGTERM handler sets, so the fit loop raises
-    ``SIGTERMException`` at the next step boundary on every rank (:class:`Preemption` saves there).
+def set_received_sigterm(trainer, value: bool = True) -> None:
+    """Set (or clear) the flag Lightning's own SIGTERM handler sets: once set, the fit loop raises
+    ``SIGTERMException`` after the micro-batch in progress (:class:`Preemption` sets it only when
+    that micro-batch ends an optimizer step, and saves there).
 
     Lightning 2.6 has no public setter: ``Trainer.received_sigterm`` is a read-only property over
     the private ``Trainer._signal_connector``, and the only public way to set it, calling the
@@ -142,7 +149,7 @@ def set_received_sigterm(trainer) -> None:
 
         raise RuntimeError(f"lightning {lightning.__version__}: Trainer._signal_connector.received_sigterm is gone; "
                            "allam.train.guards.set_received_sigterm must follow Lightning's new signal handling")
-    connector.received_sigterm = True
+    connector.received_sigterm = bool(value)
 
 
 class Preemption(L.Callback):
@@ -156,6 +163,7 @@ class Preemption(L.Callback):
         self._handler = None  # this fit's handler
         self.grace_s = float(grace_s)
         self._boundary = None  # threading.Event set once the step boundary is reached
+        self._stop_pending = False  # a stop signal waiting for the end of an optimizer step
         self._exit = os._exit  # replaced in tests
 
     def request_stop(self, signal_name: str) -> None:
@@ -214,27 +222,51 @@ class Preemption(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         import threading
 
+        self._stop_pending = False
         if threading.current_thread() is not threading.main_thread():
             return
-        lightning_sigterm = signal.getsignal(signal.SIGTERM)
 
         def graceful(signum, frame):
             if signum == signal.SIGINT and self.signal == "SIGINT":
                 raise KeyboardInterrupt  # a second Ctrl+C: stop now
             self.request_stop(signal.Signals(signum).name)  # bounded wait (see module doc)
             self.signal = signal.Signals(signum).name
-            if signum == signal.SIGTERM and callable(lightning_sigterm):
-                lightning_sigterm(signum, frame)
-            else:
-                set_received_sigterm(trainer)  # Lightning's flag: stop at the next step boundary
-                launcher = trainer.strategy.launcher
-                if launcher is not None and hasattr(launcher, "procs") and trainer.is_global_zero:
-                    launcher.kill(signum)  # the ranks Lightning started get the same signal
+            # not now: a micro-batch may be on its way (fetched, not yet counted); the next micro-batch
+            # that ends an optimizer step stops the run (on_train_batch_end). Lightning's own SIGTERM
+            # handler, in place until on_train_start, may have set its flag: held back the same way
+            set_received_sigterm(trainer, False)
+            self._stop_pending = True
+            launcher = trainer.strategy.launcher
+            if launcher is not None and hasattr(launcher, "procs") and trainer.is_global_zero:
+                launcher.kill(signum)  # the ranks Lightning started get the same signal
 
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, graceful)
         self._handler = graceful
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Lightning has installed its SIGTERM handler over this one since on_fit_start; it sets the
+        stop flag at once (and, with several ranks, broadcasts inside the handler). This one takes
+        SIGTERM back; Lightning's teardown puts back what it found (release() then this fit's)."""
+        if self._handler is not None and signal.getsignal(signal.SIGTERM) is not self._handler:
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """The end of a micro-batch; when it ends an optimizer step (Lightning's own test: this
+        epoch's micro-batches, restored on resume), the ranks agree whether any of them got a stop
+        signal (one small all-reduce per step), and if so set Lightning's flag on every rank: the
+        loop raises ``SIGTERMException`` right after this micro-batch, everywhere at once."""
+        ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if ready % max(1, int(trainer.accumulate_grad_batches)):
+            return
+        stop = self._stop_pending
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)  # any rank
+        if stop:
+            self._stop_pending = False
+            self.signal = self.signal or "SIGTERM"  # a rank that got no signal itself
+            set_received_sigterm(trainer)
 
     def _reached_boundary(self) -> None:
         """The wait is over (a step boundary, or the end of fit): the watchdog ends quietly."""
@@ -264,7 +296,7 @@ class Preemption(L.Callback):
         for sig, handler in self._previous.items():
             if self._handler is not None and signal.getsignal(sig) is self._handler:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous, self._handler = {}, None
+        self._previous, self._handler, self._stop_pending = {}, None, False
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._restore()
@@ -306,3 +338,32 @@ class RunRecord(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["allam"] = {"config": self.config, "data_fingerprint": self.data_fingerprint}
+
+
+class MicroBatchUnits(L.Callback):
+    """A resume may trade micro-batch size (ranks x data.batch_size) for gradient accumulation at the
+    same tokens per step (allam.tasks.rundir.RESUME_MAY_CHANGE). The datamodule converts its data
+    position into the new micro-batches; Lightning restores its count of micro-batches (the fit
+    loop's batch progress, which decides when an optimizer step ends) in the old ones. This
+    rewrites that count in the new micro-batches before Lightning restores it, so the resumed run's
+    steps group the data exactly as an uninterrupted run's; a count that does not convert (a
+    checkpoint saved inside an optimizer step) is refused in one line."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        dm = trainer.datamodule
+        state = checkpoint.get(type(dm).__qualname__) if dm is not None else None
+        progress = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.batch_progress")
+        if not state or not progress or "world_size" not in state or "batch_size" not in state:
+            return
+        old = int(state["world_size"]) * int(state["batch_size"])  # blocks (or examples) per micro-batch
+        new = int(trainer.world_size) * int(dm.batch_size)
+        if old == new:
+            return
+        for part in ("total", "current"):
+            for key, count in list((progress.get(part) or {}).items()):
+                if (int(count) * old) % new:
+                    raise ConfigError(
+                        f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: the checkpoint stopped after "
+                        f"{count} micro-batches of {old} sequences, which is not a whole number of this run's micro-batches "
+                        f"of {new}; resume with the micro-batch size and accumulation it was saved with")
+                progress[part][key] = int(count) * old // new
