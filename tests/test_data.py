@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from allam.config import ConfigError, DataConfig, SourceConfig, Stage
-from allam.data.blend import Blend, Permutation, SourceInfo
+from allam.data.blend import Blend, Permutation, SourceInfo, bcount
 from allam.data.datamodule import AllamDataModule
 from allam.data.fingerprint import check_fingerprint
 
@@ -189,6 +189,15 @@ def test_parallel_pairs_put_original_and_translation_in_one_sequence(tok, corpus
     srcs["ar_tr"] = {**srcs["ar_tr"], "pair_field": None}
     with pytest.raises(ConfigError, match=r"data.sources.ar_tr.pair_field=None"):
         make_dm(tok, tmp_path / "c", srcs, parallel_pairs=True).prepare()
+
+
+def test_the_split_count_is_exact_past_two_to_the_32_blocks():
+    """The loader's numpy count equals the report's integer count at paper-scale block counts
+    (5e9 blocks x a 0.9 split overflowed 64 bits before)."""
+    rate = int(round(0.9 * 2**32))
+    n = np.array([0, 1, 7, 2**32 - 1, 2**32, 5 * 10**9, 2**40 + 3, 2**63], dtype=np.uint64)
+    assert [int(v) for v in bcount(rate, n)] == [bcount(rate, int(v)) for v in n]
+    assert int(bcount(rate, np.array([5 * 10**9]))[0]) == 4_500_000_000
 
 
 def test_ranks_read_disjoint_slices_of_one_blend(tok, corpus, tmp_path):
