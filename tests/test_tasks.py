@@ -143,11 +143,12 @@ def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, 
     monkeypatch.setattr(spm, "train_bpe", no_build)  # nor trains a tokenizer
     cfg = make_cfg(*common)
     validate(cfg)
-    dm = builders.build_datamodule(cfg, builders.build_tokenizer(cfg).tokenizer)
+    tok = builders.build_tokenizer(cfg).tokenizer
+    dm = builders.build_datamodule(cfg, tok)
     dm.prepare()
     assert dm.shards["mine"].meta["train"] == mine["train"] and str(dm.shards["mine"].path) == mine["folder"]
     two = make_cfg(*common, "trainer.devices=2", "trainer.num_nodes=2")  # the mix covers every rank's blocks
-    assert builders.build_datamodule(two, builders.build_tokenizer(two).tokenizer).world == 4
+    assert builders.build_datamodule(two, tok).world == 4
     # executor=slurm with every source in the cache submits nothing and checks the blend as local does
     slurm = ["data.prepare.executor=slurm", "data.prepare.slurm_partition=cpu"]
     assert run_inprocess(["task=prepare", *common, *slurm], cache_dir, tmp_path / "again") is None
