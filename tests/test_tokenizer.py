@@ -6,6 +6,7 @@ size (16,000 new pieces on the whole demo corpus) are checked by test_issue_targ
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -183,6 +184,27 @@ def test_expansion_from_tokenizer_json_only_folder(english, expanded_en, cache, 
     assert b.base.sp_model_path is None and len(b.tokenizer) == len(expanded_en.tokenizer)
     docs = heldout["ar"] + heldout["en"] + EDGE
     assert b.tokenizer(docs)["input_ids"] == expanded_en.tokenizer(docs)["input_ids"]
+
+
+def test_tokens_added_on_top_of_a_model_file_keep_their_ids(english, expanded_en, cache, tmp_path, heldout):
+    """A derived checkpoint's folder: tokenizer.model plus a <pad> the tokenizer added at the next
+    id. The expansion keeps <pad> there (the new pieces come after it) and encodes as the plain
+    expansion does, one id later."""
+    tok = english.tokenizer
+    tok = type(tok).from_pretrained(str(english.path))
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    folder = tmp_path / "padded"
+    tok.save_pretrained(str(folder))
+    shutil.copy(english.sp_model_path, folder / "tokenizer.model")
+    n = len(english.tokenizer)
+    b = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(folder)}), cache_dir=cache, texts=train_text)
+    assert b.base.sp_model_path is not None and len(b.base.tokenizer) == n + 1
+    new = b.tokenizer
+    assert new.convert_tokens_to_ids("<pad>") == n and len(new) == len(expanded_en.tokenizer) + 1
+    assert new.convert_ids_to_tokens(n + 1) == expanded_en.tokenizer.convert_ids_to_tokens(n)  # the first new piece
+    shift = {i: i + 1 if i >= n else i for i in range(len(expanded_en.tokenizer))}
+    docs = heldout["ar"][:20] + heldout["en"][:20]
+    assert new(docs)["input_ids"] == [[shift[i] for i in ids] for ids in expanded_en.tokenizer(docs)["input_ids"]]
 
 
 def test_select_pieces_skips_known_non_arabic_and_unreachable():

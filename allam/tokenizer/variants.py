@@ -251,12 +251,29 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts, targets
 
 def _base_proto(cfg, base: TokenizerBundle):
     """The base's SentencePiece model: its tokenizer.model, else one rebuilt from a Llama-style
-    tokenizer.json (checked to encode exactly like the base tokenizer)."""
+    tokenizer.json (checked to encode exactly like the base tokenizer). Tokens added on top of a
+    tokenizer.model (e.g. a ``<pad>`` at 32000) live only in the tokenizer's own files: then the
+    model is rebuilt from those too, so they keep their ids and the new pieces come after them."""
     if base.sp_model_path is not None:
         try:
-            return spm_util.read_model(base.sp_model_path)
+            proto = spm_util.read_model(base.sp_model_path)
         except ValueError as e:
             raise ConfigError(f"tokenizer.base={cfg.base}: {e}") from None
+        if len(base.tokenizer) <= len(proto.pieces):
+            return proto
+        extra = base.tokenizer.convert_ids_to_tokens(list(range(len(proto.pieces), len(base.tokenizer))))
+        rebuilt = hf_folder.proto_from_tokenizer(base.tokenizer)
+        if rebuilt is not None and len(rebuilt.pieces) == len(base.tokenizer):
+            try:
+                hf_folder.check_equal(base.tokenizer, rebuilt, [], base.name)
+                log.info("tokenizer.base=%s: %d tokens added on top of its tokenizer.model (%s) keep their ids",
+                         cfg.base, len(extra), ", ".join(map(str, extra[:5])))
+                return rebuilt
+            except RuntimeError:
+                pass
+        raise ConfigError(f"tokenizer.base={cfg.base}: {len(extra)} tokens added on top of its tokenizer.model "
+                          f"({', '.join(map(str, extra[:5]))}) would lose their ids in an expansion, and its "
+                          "tokenizer.json does not rebuild a model that encodes like it")
     proto = hf_folder.proto_from_tokenizer(base.tokenizer)
     if proto is not None:
         try:
