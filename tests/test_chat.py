@@ -112,6 +112,10 @@ def test_bad_rows_are_dropped_and_counted_one_line_per_reason(tmp_path, bundles,
     assert got.dropped == {"unknown_role": 1, "no_assistant": 1, "empty_answer": 1, "turn_order": 1, "malformed": 1, "too_long": 1}
     lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(lines) == 6 and all(line.startswith("chat data demo_chat: dropped 1 rows: ") for line in lines)
+    assert "chat data demo_chat: kept 1 of 7 rows" in caplog.messages  # the too-long row is not kept
+    more = chat.read_chat("more", chat.file_source(write_jsonl(tmp_path / "more.jsonl", [{"messages": GOOD}] * 3)))
+    assert len(chat.tokenize_sft(bundles("english").tokenizer, more, 256, limit=2)) == 2
+    assert more.report()[0] == "chat data more: kept 2 of 3 rows, 1 not used (the example limit)"
 
     prefs = [
         {"prompt": "Translate into Arabic:\nGod", "chosen": "الله", "rejected": "الارض"},

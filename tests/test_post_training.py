@@ -119,12 +119,14 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir, monke
 
     start = sft_run / "hf"
     out = tmp_path / "dpo"
-    args = [*DPO, "init=pretrained", f"init.checkpoint={start}", "trainer.max_steps=2", "trainer.checkpoint_every_steps=1"]
+    # two micro-batches of 2 pairs per step: the logged step metrics cover all 4 pairs
+    args = [*(a for a in DPO if a != "data.batch_size=4"), "data.batch_size=2", "trainer.accumulate_grad_batches=2",
+            "init=pretrained", f"init.checkpoint={start}", "trainer.max_steps=2", "trainer.checkpoint_every_steps=1"]
     scored = []  # policy forwards outside training: the start validation reads the references instead
     monkeypatch.setattr(post, "pair_logps", lambda *a, **k: (scored.append(torch.is_grad_enabled()), pair_logps(*a, **k))[1])
     assert run_inprocess(args, cache_dir, out) is None
     val_batches = len(list(_datamodule(cache_dir, *args)[0].shared_batches("val")))
-    assert scored.count(False) == val_batches and scored.count(True) == 2  # the final validation; two steps
+    assert scored.count(False) == val_batches and scored.count(True) == 4  # the final validation; two steps of two
     # resumed after step 1, the references come from the checkpoint, not from the trained weights: the same step 2
     resumed = tmp_path / "resumed"
     assert run_inprocess([*args, "export=false", f"ckpt={out / 'checkpoints' / 'step1.ckpt'}"], cache_dir, resumed) is None
@@ -135,10 +137,12 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir, monke
     assert float(first["train/reward_accuracy"]) == 0.0 and abs(float(first["train/margin"])) < 1e-6
 
     dm, _ = _datamodule(cache_dir, *args)
-    batch = dm.train_batch(0)
+    micro = [dm.train_batch(0), dm.train_batch(1)]  # step 1's two micro-batches
     model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).eval()
     with torch.no_grad():
-        chosen, rejected = pair_logps(model, batch)
+        chosen, rejected = (torch.cat(side) for side in zip(*(pair_logps(model, b) for b in micro)))
+    batch = {"index": torch.cat([b["index"] for b in micro])}
+    assert len(batch["index"]) == 4
     loss, metrics = dpo_loss(chosen, rejected, chosen, rejected, beta=0.1)
     assert abs(float(first["train/chosen_logps"]) - float(metrics["logps/chosen"])) < 1e-3
     assert abs(float(first["train/rejected_logps"]) - float(metrics["logps/rejected"])) < 1e-3
@@ -258,6 +262,7 @@ def test_fsdp_two_ranks_equal_one_process(objective, sft_run, tmp_path, cache_di
     a, b = _train(two), _train(one)
     assert len(a) == len(b) == steps and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
     ra, rb = _results(two), _results(one)
+    assert abs(ra["train.loss"] - rb["train.loss"]) < 1e-4  # the global batch's loss, not rank 0's share
     assert abs(ra[f"val.{objective}.loss"] - rb[f"val.{objective}.loss"]) < 1e-4
     wa, wb = load_file(two / "hf" / "model.safetensors"), load_file(one / "hf" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wb) < 1e-4

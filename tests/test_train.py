@@ -227,3 +227,23 @@ def test_gradients_are_clipped_to_the_configured_norm(make_cfg, tmp_path, monkey
     train_task.run(make_cfg(*SMALL_MODEL, "trainer.max_steps=2", "data.batch_size=1", "data.val_bytes=1500",
                             "export=false", "optim.grad_clip=0.05"))
     assert len(norms) == 2 and all(n <= 0.05 * 1.001 for n in norms)
+
+
+def test_the_logged_step_loss_is_the_mean_of_its_micro_batches_over_ranks():
+    """With accumulation 2 the step's loss (logged once, kept for results.json and the non-finite
+    guard) is the mean of both micro-batches' losses, reduced over ranks, not the last one's."""
+    from types import SimpleNamespace
+
+    from allam.train.module import CausalLM
+
+    logged, reduced = [], []
+    strategy = SimpleNamespace(reduce=lambda t, reduce_op: (reduced.append(reduce_op), t * 0 + 5.0)[1])
+    fake = SimpleNamespace(_loss_sum=None, _loss_micro=0, log=lambda name, value, **k: logged.append((name, float(value))),
+                           trainer=SimpleNamespace(accumulate_grad_batches=2, world_size=1, strategy=strategy))
+    for loss in (1.0, 3.0, 2.0, 6.0):
+        CausalLM._log_step_loss(fake, torch.tensor(loss))
+    assert logged == [("train/loss", 2.0), ("train/loss", 4.0)] and float(fake._last_loss) == 4.0 and not reduced
+    fake.trainer.world_size = 2  # other ranks' losses: the mean over ranks (here 5.0) is what is logged
+    CausalLM._log_step_loss(fake, torch.tensor(1.0))
+    CausalLM._log_step_loss(fake, torch.tensor(1.0))
+    assert reduced == ["mean"] and logged[-1] == ("train/loss", 5.0) and float(fake._last_loss) == 5.0

@@ -73,10 +73,15 @@ class Rows:
     rows: list = field(default_factory=list)  # chat: messages lists; preference: (prompt messages, chosen, rejected)
     dropped: Counter = field(default_factory=Counter)
     read: int = 0
+    examples: Optional[int] = None  # rows that became examples, once tokenized (_tokenize)
+    unused: int = 0  # kept rows never tokenized: an example limit was reached first
 
     def report(self) -> list[str]:
-        """One line per drop reason (logged as warnings), after a line with the totals."""
-        lines = [f"{self.kind} data {self.name}: kept {len(self.rows)} of {self.read} rows"]
+        """One line per drop reason (logged as warnings), after a line with the totals: once
+        tokenized, kept + dropped (+ unused, under an example limit) = read."""
+        kept = len(self.rows) if self.examples is None else self.examples
+        unused = f", {self.unused} not used (the example limit)" if self.unused else ""
+        lines = [f"{self.kind} data {self.name}: kept {kept} of {self.read} rows{unused}"]
         lines += [f"{self.kind} data {self.name}: dropped {n} rows: {REASONS[r]}" for r, n in sorted(self.dropped.items()) if n]
         log.info(lines[0])
         for line in lines[1:]:
@@ -258,15 +263,17 @@ def preference_example(tokenizer, prompt: list, chosen: str, rejected: str, max_
 def _tokenize(rows: Rows, make, limit: Optional[int]) -> list[dict]:
     """make(row) for the kept rows until `limit` examples (None: all); a row make() finds longer
     than the context (None) is counted in rows.dropped."""
-    examples = []
+    examples, used = [], 0
     for row in rows.rows:
         if limit is not None and len(examples) >= limit:
             break
+        used += 1
         ex = make(row)
         if ex is None:
             rows.dropped["too_long"] += 1
         else:
             examples.append(ex)
+    rows.examples, rows.unused = len(examples), len(rows.rows) - used
     return examples
 
 

@@ -50,6 +50,7 @@ class CausalLM(L.LightningModule):
         self.compile = compile
         self.register_buffer("token_bytes", torch.as_tensor(token_bytes, dtype=torch.long), persistent=False)
         self._val = {lang: BitsPerByte() for lang in self.val_languages}
+        self._loss_sum, self._loss_micro = None, 0  # this optimizer step's micro-batch losses so far
         self.final_val: dict[str, dict[str, float]] = {}
         self.final_val_step: int | None = None  # global step the final_val scores belong to
         if self.model is not None:
@@ -96,14 +97,28 @@ class CausalLM(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]
         loss = self.model.next_token_loss(inputs, targets)  # allam.train.loss (head + cross-entropy)
-        # the mean over ranks: with equal tokens per rank, the loss of the global batch
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1)
-        self._last_loss = loss.detach()  # read once at the end (no device sync per step)
+        self._log_step_loss(loss.detach())
         return loss
+
+    def _log_step_loss(self, loss: torch.Tensor) -> None:
+        """At an optimizer step's last micro-batch (where Lightning logs a step's metrics), logs
+        the mean of its micro-batches' losses over every rank (equal tokens per micro-batch: the
+        global batch's loss; one all-reduce per step) and keeps it for results.json and the
+        non-finite guard (no device sync per step)."""
+        self._loss_sum = loss if self._loss_micro == 0 else self._loss_sum + loss
+        self._loss_micro += 1
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        if self._loss_micro < accumulate:
+            return
+        step = self._loss_sum / accumulate
+        if self.trainer.world_size > 1:
+            step = self.trainer.strategy.reduce(step, reduce_op="mean")
+        self.log("train/loss", step, prog_bar=True, on_step=True, on_epoch=False)
+        self._last_loss, self._loss_sum, self._loss_micro = step, None, 0
 
     @property
     def last_loss(self) -> float | None:
-        """The last training step's loss on this rank."""
+        """The last optimizer step's loss: the global batch's (every micro-batch, every rank)."""
         last = getattr(self, "_last_loss", None)
         return float(last) if last is not None else None
 

@@ -114,10 +114,20 @@ class PostTrainingLM(CausalLM):
             self._policy_is_reference = False  # its first update follows this step
             loss, metrics = dpo_loss(*self._dpo(batch, "train"), beta=self.beta,
                                      label_smoothing=self.label_smoothing, loss_type=self.loss_type)
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
-            for key, name in DPO_METRICS.items():
-                self.log(f"train/{name}", metrics[key], on_step=True, on_epoch=False, sync_dist=world > 1)
-            self._last_loss = loss.detach()
+            # the step's metrics: the mean over its micro-batches (each a mean over the same number of
+            # pairs) and ranks, logged at the last one (Lightning logs a step's metrics only there)
+            step = torch.stack([loss.detach(), *(metrics[key].detach() for key in DPO_METRICS)])
+            self._step_sum = step if self._step_sum is None else self._step_sum + step
+            self._micro += 1
+            if self._micro == self.accumulate:
+                mean = self._step_sum / self.accumulate
+                if world > 1:  # every rank's pairs (as many on each): the global batch's metrics
+                    mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+                self.log("train/loss", mean[0], prog_bar=True, on_step=True, on_epoch=False)
+                for value, name in zip(mean[1:], DPO_METRICS.values()):
+                    self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+                self._last_loss = mean[0]
+                self._step_sum, self._micro = None, 0
             return loss
         inputs, targets = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
         count = (targets != IGNORE_INDEX).sum()
@@ -128,8 +138,9 @@ class PostTrainingLM(CausalLM):
         self._step_sum = summed.detach() if self._step_sum is None else self._step_sum + summed.detach()
         self._micro += 1
         if self._micro == self.accumulate:  # the optimizer step's last micro-batch
-            step_loss = self._step_sum * world / global_tokens  # mean over ranks: the global loss
-            self.log("train/loss", step_loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
+            total = self.trainer.strategy.reduce(self._step_sum, reduce_op="sum") if world > 1 else self._step_sum
+            step_loss = total / global_tokens  # every rank's label tokens: the global batch's loss
+            self.log("train/loss", step_loss, prog_bar=True, on_step=True, on_epoch=False)
             self._last_loss = step_loss
             self._step_sum, self._micro = None, 0
         return loss
