@@ -184,6 +184,14 @@ def test_generation_stops_at_end_of_text_and_fits_the_context(hf):
     ids = tok("The kingdom of heaven").input_ids
     gen = OmegaConf.create({"temperature": 0, "top_p": 1.0, "seed": 0})
     assert sample(eos_only, tok, ids, gen, 16) == [tok.eos_token_id]
+    padded = copy.deepcopy(eos_only)  # 3 padding rows past the tokenizer, with the highest logits
+    padded.lm_head = torch.nn.Linear(model.config.hidden_size, len(tok) + 3, bias=True)
+    torch.nn.init.zeros_(padded.lm_head.weight)
+    with torch.no_grad():
+        padded.lm_head.bias.zero_()[tok.eos_token_id] = 30.0  # sampled too: end-of-text all but surely
+        padded.lm_head.bias[len(tok):] = 40.0
+    assert sample(padded, tok, ids, gen, 16) == [tok.eos_token_id]
+    assert sample(padded, tok, ids, OmegaConf.create({"temperature": 1.0, "top_p": 1.0, "seed": 0}), 16) == [tok.eos_token_id]
 
 
 def test_sampling_is_softmax_over_logits_at_temperature_without_a_top_k_cut(hf):

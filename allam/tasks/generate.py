@@ -143,12 +143,17 @@ def stop_ids(model, tokenizer) -> list[int]:
 def sample(model, tokenizer, ids: list[int], gen, max_new_tokens: int, streamer=None) -> list[int]:
     """The new token ids after `ids` (the stop token included when one ended it). temperature 0:
     greedy; otherwise sampled from softmax(logits / temperature) cut to top_p, after
-    ``torch.manual_seed(seed)``, so a seed gives the same tokens again."""
+    ``torch.manual_seed(seed)``, so a seed gives the same tokens again. Output rows past the
+    tokenizer's last id (vocabulary padding) are never chosen."""
     torch.manual_seed(int(gen.seed))
     if float(gen.temperature) == 0:
         how = {"do_sample": False}
     else:  # top_k=0: no top-k cut on top of top_p (a checkpoint's generation_config may set one)
         how = {"do_sample": True, "temperature": float(gen.temperature), "top_p": float(gen.top_p), "top_k": 0}
+    # rows past the tokenizer (the vocabulary padded to a multiple) are no token: never drawn
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows > len(tokenizer):
+        how["suppress_tokens"] = list(range(len(tokenizer), rows))
     stops = stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
     input_ids = torch.tensor([ids], device=model.device)
