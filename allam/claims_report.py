@@ -199,9 +199,11 @@ def _seed(e: dict):
 
 def competence_paired(by_arm: dict[str, list[dict]], arms: list[str], base: str, lang: str = "ar") -> str:
     """Per arm against `base`: each competence task's accuracy difference item by item (arm minus
-    base on the same items, the base of the same seed; items of all seeds pooled), with a 95%
-    t-interval and the one-sided p of "arm above base"; "" when no arm has per-item records.
-    A seed's pair counts only when both scored the same items (``items_sha``)."""
+    base on the same items, the base of the same seed), each item's difference averaged over the
+    seeds (every seed scores the same items: counting them once per seed would shrink the interval
+    by the root of the seeds without new evidence), with a 95% t-interval over the items and the
+    one-sided p of "arm above base"; "" when no arm has per-item records. A seed's pair counts only
+    when both scored the same items (``items_sha``); items of different item sets count apart."""
     bases = {_seed(e): e for e in by_arm.get(base, [])}
     tasks = competence_tasks(lang)
     lines = []
@@ -210,13 +212,15 @@ def competence_paired(by_arm: dict[str, list[dict]], arms: list[str], base: str,
             continue
         cells, any_test = [], False
         for task in tasks:
-            diffs: list[int] = []
+            by_items: dict[str, list[list[int]]] = {}  # items_sha -> each seed's per-item differences
             for e in by_arm[arm]:
                 b = bases.get(_seed(e))
                 a_items, b_items = e.get(f"eval.{task}.correct"), (b or {}).get(f"eval.{task}.correct")
                 if not a_items or not b_items or e.get(f"eval.{task}.items_sha") != b.get(f"eval.{task}.items_sha"):
                     continue
-                diffs += [int(x) - int(y) for x, y in zip(a_items, b_items)]
+                by_items.setdefault(e.get(f"eval.{task}.items_sha"), []).append(
+                    [int(x) - int(y) for x, y in zip(a_items, b_items)])
+            diffs = [sum(col) / len(col) for seeds in by_items.values() for col in zip(*seeds)]
             t = S.paired_test(diffs)
             any_test |= t is not None
             cells.append("n/a" if t is None else f"{t.mean:+.3f} [{t.ci[0]:+.3f}, {t.ci[1]:+.3f}], p {t.p:.4f}")

@@ -255,8 +255,9 @@ def test_task_report_refuses_an_arm_of_two_commits_unless_report_mix_commits(mak
 
 
 def test_competence_is_compared_item_by_item_with_the_base_of_the_same_seed():
-    """A worked example: arm A beats the base on 2 of 4 items and loses 1 in seed 1, ties in seed 2
-    (difference +1/8 over 8 pooled items); a seed whose items differ (items_sha) is left out."""
+    """A worked example: arm A beats the base on 2 of 4 items and loses 1 in seed 1, ties in seed 2:
+    each item's difference averaged over the 2 seeds (+1/2, +1/2, -1/2, 0), tested over the 4
+    items, not as 8 independent ones; a seed whose items differ (items_sha) is left out."""
     from allam.claims_report import competence_paired
 
     def ev(seed, correct, sha="s1"):
@@ -268,8 +269,9 @@ def test_competence_is_compared_item_by_item_with_the_base_of_the_same_seed():
     table = competence_paired(by_arm, [C.BASE, "A"], C.BASE)
     row = next(line for line in table.splitlines() if line.startswith("| `A`"))
     cells = [c.strip() for c in row.split("|")[2:-1]]
-    d = [1, 1, -1, 0, 0, 0, 0, 0]
+    d = [0.5, 0.5, -0.5, 0.0]
     t = S.paired_test(d)
+    assert int(t.n) == 4
     assert cells[0] == f"{t.mean:+.3f} [{t.ci[0]:+.3f}, {t.ci[1]:+.3f}], p {t.p:.4f}" and t.mean == 0.125
     assert cells[1:] == ["n/a"] * 3  # no per-item records of the other tasks
     assert competence_paired({C.BASE: [ev(1, "0")]}, [C.BASE], C.BASE) == ""
