@@ -89,6 +89,19 @@ def test_a_planted_verse_is_dropped():
     assert all(verse not in it["choices"] for it in kept)
 
 
+def test_a_planted_next_word_prompt_is_dropped_though_its_verse_passes(built):
+    """A training text holding only the start of a long verse: the verse as a whole does not
+    overlap (under half its 13-grams), but the prompt cut from it does, so its item goes."""
+    items, _ = built["next_word_en"]
+    verses = dict(competence.clean_verses("en", EMPTY, {}))
+    it = next(i for i in items if 6 <= len(i["query"].split()) <= 12 and len(verses[i["id"]].split()) >= 16)
+    index = leak.Index.build([it["query"]])
+    assert not index.check(verses[it["id"]]).leaked and index.check(it["query"]).leaked
+    kept, counts = competence.build("next_word_en", index=index)
+    assert it["id"] not in {k["id"] for k in kept}
+    assert counts["dropped_leak"] == counts["dropped_leak_prompt"] >= 1
+
+
 def _accuracy(items, score, by_text: bool = False) -> float:
     """The choice with the highest score; ties go to the earliest position, or with `by_text` to
     the largest text (a scorer of the choices alone then picks the same candidate in every item of

@@ -1,7 +1,8 @@
 """The offline suite ``competence``: does a model know a language? Four tasks a small model passes
 with knowledge of the language alone (no translation, no world knowledge), built at run time from
 the held-out Bible books of the demo corpora (Smith & Van Dyke Arabic, World English Bible) after
-the leak check (:mod:`allam.eval.leak`): a verse that overlaps the training text is never used.
+the leak check (:mod:`allam.eval.leak`): a verse that overlaps the training text is never used,
+nor a next-word prompt that does (alone or with its answer).
 
 | task | prompt | choices (4) |
 |---|---|---|
@@ -198,11 +199,14 @@ def predictable_cuts(words: list[str], pairs: Counter, left: Counter) -> list[in
             and (n := pairs[(words[i - 1], words[i])]) >= PAIR_MIN_COUNT and n >= PAIR_MIN_SHARE * left[words[i - 1]]]
 
 
-def _next_word(verses: list[tuple[str, str]], rng: random.Random, lang: str) -> list[tuple[str, list[str], str]]:
+def _next_word(verses: list[tuple[str, str]], rng: random.Random, lang: str, index: leak.Index,
+               counts: dict[str, int]) -> list[tuple[str, list[str], str]]:
     """Closed groups: one cut per verse, at a random :func:`predictable_cuts` position; the items,
     sorted by the frequency of their answer in these verses, fill groups in that order, each item
     the first open group that lacks its answer, so a group holds four different answers of
-    neighbouring frequencies ("the", "and", "of", "to" for the commonest)."""
+    neighbouring frequencies ("the", "and", "of", "to" for the commonest). A cut whose prompt, or
+    prompt and answer, overlaps the training text is left out (counts["leaked_prompt"]): a verse
+    that passed the check as a whole can still hold a shorter passage the training text has."""
     pairs, left = training_pairs(lang)
     freq = Counter(w for _, text in verses for w in text.split())
     cuts = []
@@ -210,7 +214,11 @@ def _next_word(verses: list[tuple[str, str]], rng: random.Random, lang: str) -> 
         words = text.split()
         if at := predictable_cuts(words, pairs, left):
             i = rng.choice(at)
-            cuts.append((" ".join(words[:i]), words[i], vid))
+            prompt = " ".join(words[:i])
+            if index.check(prompt).leaked or index.check(f"{prompt} {words[i]}").leaked:
+                counts["leaked_prompt"] = counts.get("leaked_prompt", 0) + 1
+                continue
+            cuts.append((prompt, words[i], vid))
     cuts.sort(key=lambda c: (-freq[c[1]], c[1], c[2]))
     items: list[tuple[str, list[str], str]] = []
     open_groups: list[list[tuple[str, str, str]]] = []
@@ -238,8 +246,9 @@ def build(task: str, seed: int = DEFAULT_SEED, items: int | None = None,
         items = WORD_ORDER_ITEMS if kind == "word_order" else ITEMS
     rng = random.Random(f"{seed}:{task}")
     counts: dict[str, int] = {}
-    verses = clean_verses(lang, index if index is not None else default_index(lang), counts)
-    made = _word_order(verses, rng) if kind == "word_order" else _next_word(verses, rng, lang)
+    index = index if index is not None else default_index(lang)
+    verses = clean_verses(lang, index, counts)
+    made = _word_order(verses, rng) if kind == "word_order" else _next_word(verses, rng, lang, index, counts)
     groups = [made[i : i + CHOICES] for i in range(0, len(made) - CHOICES + 1, CHOICES)]
     if kind == "next_word":  # the groups of the commonest answers (words a small model learns first)
         groups = groups[: items // CHOICES]
@@ -252,7 +261,9 @@ def build(task: str, seed: int = DEFAULT_SEED, items: int | None = None,
             rng.shuffle(others)
             choices = others[: positions[j]] + [answer] + others[positions[j]:]
             out.append({"query": prompt, "choices": choices, "gold": positions[j], "group": gi, "id": vid})
-    leaked = counts.get("leaked", 0)
+    # next_word: a verse that overlaps as a whole, or a cut whose prompt does, counts as a prompt;
+    # word_order: the verse is every choice (answer)
+    leaked = counts.get("leaked", 0) + counts.get("leaked_prompt", 0)
     return out, {"dropped_leak": leaked, "dropped_leak_prompt": leaked if kind == "next_word" else 0,
                  "dropped_leak_answer": 0 if kind == "next_word" else leaked, "dropped_leak_group": 0,
                  "leak_candidates": counts.get("candidates", 0)}
