@@ -13,7 +13,8 @@ its export. A cell whose results.json says finished is skipped, and an interrupt
 from its checkpoint (run.resume=auto), so running the same command again continues the suite.
 After each seed's cells, the final model of every cell of claims 1-5 (and the base) is scored on
 ``eval=competence`` (default budget: seed 1's cells; --full: every seed's)
-into ``<cell>/eval_competence`` (skipped when done; ``--no-competence``: not at all). The report
+into ``<cell>/eval_competence`` (skipped when done; ``--no-competence``: not at all;
+``--competence-only``: only that, for the finished cells, training nothing). The report
 (allam/claims.py, allam/claims_report.py) groups the runs by seed and writes CLAIMS.md, with the
 competence accuracies as context in claims 1-5, and the plots.
 """
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="no runs: the report from what exists")
     p.add_argument("--no-competence", action="store_true",
                    help="skip scoring claims 1-5's cells on eval=competence (their CLAIMS.md context tables)")
+    p.add_argument("--competence-only", action="store_true",
+                   help="train nothing: score the finished cells on eval=competence (those not scored yet), then "
+                        "the report; e.g. with this checkout's items while a suite trains from another commit")
     p.add_argument("--mix-commits", action="store_true",
                    help="let one arm hold runs from different git commits (default: refuse and name them)")
     a = p.parse_args(argv)
@@ -175,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = BUDGETS["full" if a.full else "smoke" if a.smoke else "default"]
     seeds = a.seeds or budget.seeds
     numbers = [int(x) for x in a.claims.split(",")] if a.claims else None
+    if a.competence_only and (a.no_competence or a.report_only):
+        print("error: --competence-only scores the competence tier: not with --no-competence or --report-only",
+              file=sys.stderr)
+        return 2
     if a.lang != "ar":
         numbers = numbers or list(C.TRANSFERABLE)
         other = [n for n in numbers if n not in C.TRANSFERABLE]
@@ -196,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = seed_dir / cell
                 if finished(run_dir):
                     print(f"[skip] seed {seed} {cell}: finished", flush=True)
+                    continue
+                if a.competence_only:
                     continue
                 args = cell_overrides(cell, budget, seed_dir, a.lang)
                 if args is None:

@@ -320,3 +320,10 @@ def test_each_seed_is_scored_on_the_competence_tier_before_the_next_seed_runs(tm
     assert any(ln.startswith("[eval] seed 2") for ln in capsys.readouterr().out.splitlines())
     assert reproduce.main(["--claims", "4", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
     assert not any(ln.startswith("[eval] seed 2") for ln in capsys.readouterr().out.splitlines())
+    # --competence-only: seed 3 has not trained: nothing runs for it, the finished seeds are scored
+    assert reproduce.main(["--full", "--claims", "4", "--seeds", "3", "--dry-run", "--competence-only",
+                           "--out", str(tmp_path)]) == 0
+    lines = [ln.split(":")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert not any(ln.startswith("[run]") for ln in lines)
+    assert [ln for ln in lines if ln.startswith("[eval]")] == [f"[eval] seed {s} {c}" for s in (1, 2) for c in cells]
+    assert reproduce.main(["--competence-only", "--no-competence", "--out", str(tmp_path)]) == 2
