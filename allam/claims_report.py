@@ -154,14 +154,19 @@ def competence_suite(lang: str = "ar") -> str:
 
 def competence_by_arm(groups: dict[str, list[dict]], evals: list[dict], lang: str = "ar") -> dict[str, list[dict]]:
     """Each arm's ``eval=competence`` results (task=eval runs whose source_run is one of the arm's
-    training runs; per training run the last in path order, as in the report's table)."""
+    training runs, or, for a suite folder copied elsewhere, that lie in a folder of one:
+    ``<run>/eval_competence/results.json``; per training run the last in path order, as in the
+    report's table)."""
     arm_of = {str(Path(r["_path"]).resolve().parent): arm for arm, runs in groups.items() for r in runs if r.get("_path")}
     newest: dict[str, dict] = {}
     for e in evals:
-        src = e.get("source_run")
-        if e.get("eval.suite") != competence_suite(lang) or not src or str(Path(src).resolve()) not in arm_of:
+        if e.get("eval.suite") != competence_suite(lang):
             continue
-        key = str(Path(src).resolve())
+        places = [Path(e["source_run"]).resolve()] if e.get("source_run") else []
+        places += [Path(e["_path"]).resolve().parent.parent] if e.get("_path") else []
+        key = next((str(p) for p in places if str(p) in arm_of), None)
+        if key is None:
+            continue
         if key not in newest or str(e.get("_path")) > str(newest[key].get("_path")):
             newest[key] = e
     out: dict[str, list[dict]] = {}

@@ -277,6 +277,20 @@ def test_competence_is_compared_item_by_item_with_the_base_of_the_same_seed():
     assert competence_paired({C.BASE: [ev(1, "0")]}, [C.BASE], C.BASE) == ""
 
 
+def test_a_copied_suite_folder_keeps_its_competence_tier():
+    """experiments/claims_full_runs: the runs copied out of outputs/; an eval's source_run names the
+    old place, so the eval is matched to the training run whose folder holds it."""
+    from allam.claims_report import competence_by_arm
+
+    runs = [_run("a", "claim1_adapt", s, {}, _path=f"/copy/seed{s}/claim1_adapt/results.json") for s in (1, 2)]
+    groups = C.group_by_seed(runs)
+    evals = [{"task": "eval", "eval.suite": "competence", "source_run": f"/gone/seed{s}/claim1_adapt",
+              "_path": f"/copy/seed{s}/claim1_adapt/eval_competence/results.json", "seed": s} for s in (1, 2)]
+    evals.append({"task": "eval", "eval.suite": "competence", "source_run": "/gone/other",
+                  "_path": "/copy/seed1/elsewhere/eval_competence/results.json"})  # no training run holds it
+    assert [e["seed"] for e in competence_by_arm(groups, evals)["claim1_adapt"]] == [1, 2]
+
+
 def test_claims_re_tested_on_another_language(tmp_path, capsys):
     """--lang hi: claims 2-4 read Hindi's metrics and the cells run on data=bible_hi, the English
     base with a 1% Hindi share in place of Arabic's; other claims or a language without a preset
