@@ -240,6 +240,7 @@ def test_the_logged_step_loss_is_the_mean_of_its_micro_batches_over_ranks():
     strategy = SimpleNamespace(reduce=lambda t, reduce_op: (reduced.append(reduce_op), t * 0 + 5.0)[1])
     fake = SimpleNamespace(_loss_sum=None, _loss_micro=0, log=lambda name, value, **k: logged.append((name, float(value))),
                            trainer=SimpleNamespace(accumulate_grad_batches=2, world_size=1, strategy=strategy))
+    fake._step_total = lambda value, op, scale=1.0: CausalLM._step_total(fake, value, op, scale)
     for loss in (1.0, 3.0, 2.0, 6.0):
         CausalLM._log_step_loss(fake, torch.tensor(loss))
     assert logged == [("train/loss", 2.0), ("train/loss", 4.0)] and float(fake._last_loss) == 4.0 and not reduced

@@ -100,21 +100,25 @@ class CausalLM(L.LightningModule):
         self._log_step_loss(loss.detach())
         return loss
 
-    def _log_step_loss(self, loss: torch.Tensor) -> None:
-        """At an optimizer step's last micro-batch (where Lightning logs a step's metrics), logs
-        the mean of its micro-batches' losses over every rank (equal tokens per micro-batch: the
-        global batch's loss; one all-reduce per step) and keeps it for results.json and the
-        non-finite guard (no device sync per step)."""
-        self._loss_sum = loss if self._loss_micro == 0 else self._loss_sum + loss
+    def _step_total(self, value: torch.Tensor, reduce_op: str, scale: float = 1.0) -> torch.Tensor | None:
+        """Adds up `value` over an optimizer step's micro-batches; at its last one (where Lightning
+        logs a step's metrics) returns that sum times `scale`, reduced over the ranks with
+        `reduce_op` (one all-reduce per step), else None."""
+        self._loss_sum = value if self._loss_micro == 0 else self._loss_sum + value
         self._loss_micro += 1
-        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
-        if self._loss_micro < accumulate:
-            return
-        step = self._loss_sum / accumulate
-        if self.trainer.world_size > 1:
-            step = self.trainer.strategy.reduce(step, reduce_op="mean")
-        self.log("train/loss", step, prog_bar=True, on_step=True, on_epoch=False)
-        self._last_loss, self._loss_sum, self._loss_micro = step, None, 0
+        if self._loss_micro < max(1, int(self.trainer.accumulate_grad_batches)):
+            return None
+        total, self._loss_sum, self._loss_micro = self._loss_sum * scale, None, 0
+        return self.trainer.strategy.reduce(total, reduce_op=reduce_op) if self.trainer.world_size > 1 else total
+
+    def _log_step_loss(self, loss: torch.Tensor) -> None:
+        """Logs the step's loss, the mean of its micro-batches' losses over every rank (equal tokens
+        per micro-batch: the global batch's loss), and keeps it for results.json and the
+        non-finite guard (no device sync per step)."""
+        step = self._step_total(loss, "mean", 1.0 / max(1, int(self.trainer.accumulate_grad_batches)))
+        if step is not None:
+            self.log("train/loss", step, prog_bar=True, on_step=True, on_epoch=False)
+            self._last_loss = step
 
     @property
     def last_loss(self) -> float | None:

@@ -47,8 +47,6 @@ class PostTrainingLM(CausalLM):
         # reference, so a validation then (the start scores) reads the table instead of a forward
         self._policy_is_reference = False
         self.final_post: dict[str, dict[str, float]] = {}  # {"sft"|"dpo": {metric: value}} of the last validation
-        self._step_sum = None
-        self._micro = 0
 
     # ------------------------------------------------------------------ reference (DPO)
     def _ensure_reference(self) -> None:
@@ -117,17 +115,12 @@ class PostTrainingLM(CausalLM):
             # the step's metrics: the mean over its micro-batches (each a mean over the same number of
             # pairs) and ranks, logged at the last one (Lightning logs a step's metrics only there)
             step = torch.stack([loss.detach(), *(metrics[key].detach() for key in DPO_METRICS)])
-            self._step_sum = step if self._step_sum is None else self._step_sum + step
-            self._micro += 1
-            if self._micro == self.accumulate:
-                mean = self._step_sum / self.accumulate
-                if world > 1:  # every rank's pairs (as many on each): the global batch's metrics
-                    mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+            mean = self._step_total(step, "mean", 1.0 / self.accumulate)  # as many pairs on every rank
+            if mean is not None:
                 self.log("train/loss", mean[0], prog_bar=True, on_step=True, on_epoch=False)
                 for value, name in zip(mean[1:], DPO_METRICS.values()):
                     self.log(f"train/{name}", value, on_step=True, on_epoch=False)
                 self._last_loss = mean[0]
-                self._step_sum, self._micro = None, 0
             return loss
         inputs, targets = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
         count = (targets != IGNORE_INDEX).sum()
@@ -135,14 +128,11 @@ class PostTrainingLM(CausalLM):
         global_tokens = batch["label_tokens"].clamp_min(1).to(summed.dtype)
         # gradients are averaged over ranks and micro-batches: scale back to sum / global label tokens
         loss = summed * (world * self.accumulate) / global_tokens
-        self._step_sum = summed.detach() if self._step_sum is None else self._step_sum + summed.detach()
-        self._micro += 1
-        if self._micro == self.accumulate:  # the optimizer step's last micro-batch
-            total = self.trainer.strategy.reduce(self._step_sum, reduce_op="sum") if world > 1 else self._step_sum
+        total = self._step_total(summed.detach(), "sum")  # every rank's label-token losses, at the step's end
+        if total is not None:
             step_loss = total / global_tokens  # every rank's label tokens: the global batch's loss
             self.log("train/loss", step_loss, prog_bar=True, on_step=True, on_epoch=False)
             self._last_loss = step_loss
-            self._step_sum, self._micro = None, 0
         return loss
 
     def on_validation_epoch_start(self) -> None:
