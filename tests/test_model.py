@@ -103,13 +103,19 @@ class _ReferenceMEA:
         self.calls = []
 
     def __call__(self, q, k, v, attn_bias=None, p=0.0, scale=None):
-        from xformers.ops.fmha.attn_bias import LowerTriangularFromBottomRightMask
+        from xformers.ops.fmha.attn_bias import (LowerTriangularFromBottomRightLocalAttentionMask,
+                                                 LowerTriangularFromBottomRightMask)
 
         m, n = q.shape[1], k.shape[1]
-        self.calls.append((m, n, type(attn_bias).__name__, p))
+        self.calls.append((m, n, type(attn_bias).__name__, p, q.dtype))
         assert q.shape[2] == k.shape[2] == v.shape[2], "the kernel gets as many key/value heads as query heads"
+        # xformers' input check, which runs before any kernel is chosen (so on every device)
+        assert q.dtype == k.dtype == v.dtype, f"Query/Key/Value should all have the same dtype: {q.dtype, k.dtype, v.dtype}"
         mask = None
-        if isinstance(attn_bias, LowerTriangularFromBottomRightMask):
+        if isinstance(attn_bias, LowerTriangularFromBottomRightLocalAttentionMask):
+            w = attn_bias._window_size  # query i sees keys i + (n - m) - w + 1 .. i + (n - m)
+            mask = torch.ones(m, n, dtype=torch.bool).tril(n - m) & ~torch.ones(m, n, dtype=torch.bool).tril(n - m - w)
+        elif isinstance(attn_bias, LowerTriangularFromBottomRightMask):
             mask = torch.ones(m, n, dtype=torch.bool).tril(n - m)  # query i sees keys up to i + (n - m)
         elif attn_bias is not None:
             raise AssertionError(f"unexpected bias {attn_bias!r}")
@@ -173,7 +179,7 @@ def test_xformers_adapter_with_kv_cache_aligns_causality_bottom_right(monkeypatc
     torch.testing.assert_close(last.logits, full[:, 12:], atol=1e-5, rtol=1e-4)
     shapes = {(m, n) for m, n, *_ in ref.calls}
     assert shapes == {(8, 8), (4, 12), (1, 13)}
-    assert all(bias == ("NoneType" if m == 1 else "LowerTriangularFromBottomRightMask") for m, _, bias, _ in ref.calls)
+    assert all(bias == ("NoneType" if m == 1 else "LowerTriangularFromBottomRightMask") for m, _, bias, *_ in ref.calls)
 
 
 def test_xformers_adapter_drops_out_only_in_training(monkeypatch):
@@ -189,6 +195,52 @@ def test_xformers_adapter_drops_out_only_in_training(monkeypatch):
     with torch.no_grad():
         x(input_ids=ids)
     assert [c[3] for c in ref.calls] == [0.0] * len(x.model.layers)
+
+
+def test_xformers_adapter_under_bf16_autocast(monkeypatch):
+    """precision=bf16-mixed runs the model under autocast: the rotary embedding leaves q and k in
+    float32 while v comes out of a Linear in bfloat16. The kernel refuses mixed dtypes (the
+    reference checks as xformers does), so the adapter casts all three to the autocast dtype and
+    the logits equal SDPA's under the same autocast."""
+    a, x, ref = _xformers_pair(monkeypatch, 2)
+    ids = torch.randint(0, 97, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        la, ga = _forward_backward(a, ids)
+        lx, gx = _forward_backward(x, ids)
+    assert ref.calls and {c[4] for c in ref.calls} == {torch.bfloat16}
+    torch.testing.assert_close(la.float(), lx.float(), atol=2e-2, rtol=2e-2)
+    for n in ga:
+        torch.testing.assert_close(ga[n].float(), gx[n].float(), atol=5e-3, rtol=5e-2)
+
+
+def test_xformers_adapter_keeps_gemma3_sliding_window_layers_local(monkeypatch):
+    """Gemma-3 interleaves local (sliding-window) and global layers and passes each layer's window
+    to the attention function: with a window of 4 over 16 positions the xformers model's logits,
+    with and without a KV cache, equal SDPA's (whose masks transformers builds), and the local
+    layers got the local bias."""
+    import xformers.ops as xops
+    from test_architectures import SHAPE
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ref = _ReferenceMEA()
+    monkeypatch.setattr(xops, "memory_efficient_attention", ref)
+    attn.register_xformers()
+    cfg = AutoConfig.for_model("gemma3_text", vocab_size=97, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                               **SHAPE)
+    torch.manual_seed(0)
+    a = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    x = AutoModelForCausalLM.from_config(cfg, attn_implementation="xformers").eval()
+    x.load_state_dict(a.state_dict())
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        full = a(input_ids=ids).logits
+        torch.testing.assert_close(x(input_ids=ids).logits, full, atol=1e-5, rtol=1e-4)
+        out = x(input_ids=ids[:, :10], use_cache=True)
+        key = _cache_kwarg(x)
+        last = x(input_ids=ids[:, 10:11], use_cache=True, **{key: out[key] if key in out else out["past_key_values"]})
+    torch.testing.assert_close(last.logits, full[:, 10:11], atol=1e-5, rtol=1e-4)
+    biases = [c[2] for c in ref.calls]
+    assert biases[:2] == ["LowerTriangularFromBottomRightLocalAttentionMask", "LowerTriangularFromBottomRightMask"]
 
 
 def test_xformers_detection_is_honest_on_cpu():

@@ -21,27 +21,42 @@ log = logging.getLogger(__name__)
 _REGISTERED = False
 
 
-def _xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def _xformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                        softcap=None, **kwargs):
     """transformers attention-interface function backed by xformers memory_efficient_attention.
 
     query/key/value arrive as [batch, heads, seq, head_dim]; xformers wants [batch, seq, heads, head_dim].
     No mask function is registered for this backend, so transformers passes attention_mask=None
     and causality comes from the bias here (bottom-right aligned, so decoding with a KV cache
-    stays correct). Padding masks are not supported: training uses packed blocks without padding.
+    stays correct). A layer with a ``sliding_window`` (Gemma-3's local layers) gets the local
+    causal bias: each query sees itself and the ``sliding_window - 1`` keys before it, as
+    transformers' own masks do. Padding masks and logit soft-capping are not supported: training
+    uses packed blocks without padding.
+
+    The kernel needs one dtype for q, k and v. Under autocast (``precision=bf16-mixed``) the
+    rotary embedding leaves q and k in float32 while v comes out of a Linear in bfloat16; SDPA is
+    cast by autocast, this call is not, so q, k and v are cast here to the autocast dtype (to
+    v's dtype outside autocast).
     """
     import xformers.ops as xops
 
     if attention_mask is not None:
         raise NotImplementedError("xformers attention backend does not support padding masks; use sdpa")
+    if softcap is not None:
+        raise NotImplementedError("xformers attention backend does not support logit soft-capping; use sdpa or eager")
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         b, h, s, d = key.shape
         key = key[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
         value = value[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else value.dtype
+    q, k, v = (t.transpose(1, 2).to(dtype) for t in (query, key, value))
     causal = getattr(module, "is_causal", True)
     bias = None
-    if causal and q.shape[1] > 1:
+    if causal and sliding_window and k.shape[1] > sliding_window:
+        bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(int(sliding_window))
+    elif causal and q.shape[1] > 1:
         bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightMask()
     out = xops.memory_efficient_attention(
         q, k, v, attn_bias=bias, p=dropout if module.training else 0.0, scale=scaling
