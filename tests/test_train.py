@@ -248,3 +248,63 @@ def test_the_logged_step_loss_is_the_mean_of_its_micro_batches_over_ranks():
     CausalLM._log_step_loss(fake, torch.tensor(1.0))
     CausalLM._log_step_loss(fake, torch.tensor(1.0))
     assert reduced == ["mean"] and logged[-1] == ("train/loss", 5.0) and float(fake._last_loss) == 5.0
+
+
+def test_logged_lr_is_the_rate_each_step_trained_with(make_cfg, tmp_path):
+    """train/lr in a step's row is the rate that step's update used (Lightning steps the scheduler
+    before the batch-end hooks, so reading it there logged the next step's rate), during warm-up
+    and the decay."""
+    import csv
+
+    from allam.train.optim import lr_factor
+
+    out = tmp_path / "run"
+    cfg = make_cfg(*SMALL_MODEL, "trainer.max_steps=6", "data.batch_size=2", "data.val_bytes=1500", "export=false",
+                   "logger=csv", "trainer.log_every_n_steps=1", "optim.warmup_steps=3", "optim.schedule=cosine",
+                   "optim.lr=0.001", "optim.min_lr_ratio=0.1", "trainer.val_every_steps=null", out=out)
+    train_task.run(cfg)
+    rows = [r for r in csv.DictReader((out / "csv" / "metrics.csv").open()) if r.get("train/lr")]
+    got = [(int(r["step"]), float(r["train/lr"])) for r in rows]
+    assert [s for s, _ in got] == list(range(6))
+    for step, lr in got:
+        assert lr == pytest.approx(1e-3 * lr_factor(step, 6, 3, "cosine", 0.1)), (step, lr, got)
+
+
+def test_the_training_clock_leaves_out_evaluations_and_checkpoint_writes(monkeypatch):
+    """An evaluation during training (eval.every_tokens) pauses the clock and adds no point to the
+    validation curve (it used to record the last validation's scores again at its own step), and a
+    checkpoint write (Lightning's ModelCheckpoint runs after this callback's batch-end hook) is not
+    counted toward the next step's time."""
+    import time
+    from types import SimpleNamespace
+
+    from allam.train import eval_callback as EC
+    from allam.train.callbacks import Throughput
+
+    th = Throughput(flops_per_token=1.0, precision="32-true", peak_override=1.0, log_every=1)
+    module = SimpleNamespace(final_val={"ar": {"loss": 3.0, "bpb": 2.0}}, log=lambda *a, **k: None)
+    trainer = SimpleNamespace(global_step=10, world_size=1, optimizers=[], callbacks=[th],
+                              state=SimpleNamespace(fn="fit"), precision="32-true")
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    th.on_train_batch_start(trainer, module, batch, 0)
+    th.on_validation_start(trainer, module)
+    th.on_validation_end(trainer, module)  # a real validation at step 10: one curve point
+    assert [p["step"] for p in th.curve] == [10]
+
+    trainer.global_step = 15
+    ev = EC.EvalDuringTraining.__new__(EC.EvalDuringTraining)
+    ev.cfg, ev.tokenizer, ev.tokens_per_step, ev._scored_step = None, None, 16, None
+    ev.plan = SimpleNamespace(tasks=["t"])
+    monkeypatch.setattr(EC.harness, "evaluate", lambda *a, **k: (time.sleep(0.3), {"t": {"acc": 0.5}})[1])
+    before = th.train_seconds
+    assert ev._run(trainer, SimpleNamespace(model=None, **vars(module))) == {"t": {"acc": 0.5}}
+    assert [p["step"] for p in th.curve] == [10]  # no point with step 10's scores at step 15
+    th.on_train_batch_end(trainer, module, None, batch, 0)
+    assert th.train_seconds - before < 0.2  # the 0.3 s evaluation is not training time
+
+    th.on_save_checkpoint(trainer, module, {})
+    time.sleep(0.3)  # the write
+    th.on_train_batch_start(trainer, module, batch, 1)
+    th.on_train_batch_end(trainer, module, None, batch, 1)
+    assert th.train_seconds - before < 0.2
+    assert th.tokens == 2 * 2 * 8

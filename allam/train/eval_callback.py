@@ -48,10 +48,10 @@ class EvalDuringTraining(L.Callback):
                      f"{trainer.global_step * self.tokens_per_step:,}", ", ".join(self.plan.tasks))
             clocks = _training_clocks(trainer)  # eval time is left out of training time, as validation's is
             for clock in clocks:
-                clock.on_validation_start(trainer, pl_module)
+                clock.pause()
             self._scores = harness.evaluate(pl_module.model, self.tokenizer, self.cfg, self.plan, mixed)
             for clock in clocks:
-                clock.on_validation_end(trainer, pl_module)
+                clock.resume()
             self._scored_step = trainer.global_step
         return self._scores
 
