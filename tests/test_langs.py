@@ -88,6 +88,12 @@ def test_the_mix_table_and_its_one_line_refusals(make_cfg):
             ["data=bible_hi", "data.stages=[{tokens:1000,mix:{hi:0.0,en:1.0}},{mix:{hi:0.45,en:null}}]"],
         r"^data\.translated_share=0\.5: is below 1 but every Hindi source has kind=translated":
             ["data=bible_hi", "data.translated_share=0.5"],
+        # with stages, the top-level share keys would be silently ignored (a sweep over them on a
+        # staged experiment trained one run several times)
+        r"^data\.ar_ratio=0\.3: applies only when data\.stages is empty; .*data\.stages\.<i>\.ar_ratio":
+            ["experiment=scratch_toy", "data.ar_ratio=0.3"],
+        r"^data\.translated_share=0\.5: applies only when data\.stages is empty; .*data\.stages\.<i>\.translated_share":
+            ["experiment=scratch_toy", "data.translated_share=0.5"],
     }
     for pattern, overrides in bad.items():
         with pytest.raises(ConfigError, match=pattern):

@@ -169,7 +169,8 @@ def mix_stages(data) -> list[Stage]:
     ``data.stages`` is empty), after checking every mix rule:
 
     - shares are fractions summing to 1 (or one null takes the rest); codes are known languages;
-      ``ar_ratio`` is left alone when a ``mix`` table is given;
+      ``ar_ratio`` is left alone when a ``mix`` table is given, and ``data.ar_ratio``,
+      ``data.translated_share`` and ``data.mix`` when ``data.stages`` are (each stage has its own);
     - only the last stage may leave ``tokens`` unset; tokens are positive;
     - a language with a share above 0 has a source to draw from, and every source's language has
       a share in every stage;
@@ -182,6 +183,12 @@ def mix_stages(data) -> list[Stage]:
     if raw and data.get("mix"):
         _fail("data.mix", _table(list(data.mix.items())), "applies only when data.stages is empty; with stages set "
               "each stage's share table, data.stages.<i>.mix (data.mix=null clears this one, e.g. a preset's)")
+    if raw and float(data.ar_ratio) != 0.45:  # 0.45: the schema's default, i.e. not set (see _shares)
+        _fail("data.ar_ratio", data.ar_ratio, "applies only when data.stages is empty; with stages set each stage's "
+              "data.stages.<i>.ar_ratio (or data.stages.<i>.mix) gives its Arabic share")
+    if raw and data.get("translated_share") is not None:
+        _fail("data.translated_share", data.translated_share, "applies only when data.stages is empty; with stages "
+              "set each stage's data.stages.<i>.translated_share")
     if not raw:
         stages = [Stage(None, _shares(data.get("mix"), data.ar_ratio, "data"), _opt(data.translated_share), "data")]
     else:

@@ -73,7 +73,7 @@ class Plan:
         return [
             f"hint         over an {gpu_gib:.0f} GiB GPU: try model.activation_checkpointing=full, a smaller "
             "data.batch_size with trainer.accumulate_grad_batches, trainer=fsdp with more devices/nodes, "
-            "trainer.precision=bf16-true or optim=adamw8bit"
+            "trainer.precision=bf16-true or optim.name=adamw8bit"
         ]
 
 
