@@ -69,6 +69,42 @@ def test_bad_override_fails_with_one_line(override, expected):
     assert "\n" not in line and line.startswith("error: " + expected), line
 
 
+def test_nonsense_values_are_refused_before_anything_is_built():
+    """Values that used to pass the preflight and end later in a traceback (a negative head count
+    or head size: "negative dimension" at model build), or that were quietly treated as something
+    else (num_nodes=0 planned as 1), or that were checked only after the run folder was locked
+    (english8k's base_mix)."""
+    cases = {
+        "model.num_kv_heads=-2": "model.num_kv_heads=-2: must be positive",
+        "model.head_dim=-1": "model.head_dim=-1: must be positive",
+        "model.pad_vocab_to=0": "model.pad_vocab_to=0: must be positive",
+        "model.rope_theta=-1": "model.rope_theta=-1.0: must be a number > 0",
+        "model.norm_eps=0": "model.norm_eps=0.0: must be a number > 0",
+        "optim.eps=-1": "optim.eps=-1.0: must be a number > 0",
+        "optim.weight_decay=-1": "optim.weight_decay=-1.0: must be a number >= 0",
+        "optim.grad_clip=-1": "optim.grad_clip=-1.0: must be a number >= 0",
+        "trainer.devices=0": "trainer.devices=0: must be a positive count, -1 (every device) or auto",
+        "trainer.num_nodes=0": "trainer.num_nodes=0: must be positive",
+        "trainer.peak_tflops=-1": "trainer.peak_tflops=-1.0: must be a number > 0",
+        "trainer.precision=8-true": "trainer.precision=8-true: allowed: 32-true, 32, bf16-mixed",
+        "tokenizer.base_ar_share=1.5": "tokenizer.base_ar_share=1.5: must be a fraction in [0, 1]",
+        "+tokenizer.base_mix.xx=0.1": "tokenizer.base_mix=xx: unknown language code",
+        "logger.mode=bogus": "logger.mode=bogus: allowed: offline, online, disabled",
+        "+data.sources.tafsir_ar.min_chars=-3": "data.sources.tafsir_ar.min_chars=-3: must be non-negative",
+        "+data.prepare.slurm_partiton=cpu": "data.prepare.slurm_partiton: no such key in data.prepare; allowed: executor",
+    }
+    run_py = _run_py()
+    for override, expected in cases.items():
+        with pytest.raises(SystemExit) as stop:
+            run_py.preflight([override])
+        line = str(stop.value.code)
+        assert "\n" not in line and line.startswith("error: " + expected), (override, line)
+    with pytest.raises(SystemExit, match="base_ar_share=0.01: applies only when tokenizer.base_mix is empty"):
+        run_py.preflight(["experiment=english_base", "+tokenizer.base_mix.hi=0.01"])
+    for fine in (["trainer.devices=-1"], ["trainer.devices=auto"], ["optim.grad_clip=0"], ["logger=wandb"]):
+        run_py.preflight(fine)
+
+
 def test_a_bad_override_on_the_command_line_prints_one_line():
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "data.ar_ratio=1.5"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
@@ -212,3 +248,20 @@ def test_task_registry_is_the_one_list(make_cfg):
         assert callable(importlib.import_module(module).run), name
     with pytest.raises(ConfigError, match="task=nope: allowed: " + ", ".join(TASKS)):
         validate(make_cfg("task=nope"))
+
+
+def test_an_experiment_file_can_set_the_task(tmp_path):
+    """conf/config.yaml sets no key of its own after the experiment (its `_self_` comes last), so
+    an experiment may set `task` as it sets anything else."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from allam.config import CONF_DIR
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "experiment" / "plan_only.yaml").write_text("# @package _global_\ntask: plan\n")
+    with initialize_config_dir(str(conf), version_base=None):
+        assert compose("config", overrides=["experiment=plan_only"]).task == "plan"
+        assert compose("config").task == "train"

@@ -29,6 +29,24 @@ def _unit(key: str, value: Optional[float]) -> None:
         _fail(key, value, "must be a fraction in [0, 1]")
 
 
+def _above_zero(key: str, value: Optional[float]) -> None:
+    if value is not None and not (math.isfinite(float(value)) and float(value) > 0):
+        _fail(key, value, "must be a number > 0")
+
+
+def base_mix(tok) -> None:
+    """english8k's training-text shares: tokenizer.base_ar_share, or a tokenizer.base_mix table of
+    known language codes (not both); each a fraction."""
+    _unit("tokenizer.base_ar_share", tok.base_ar_share)
+    table = dict(tok.get("base_mix") or {})
+    if table and float(tok.base_ar_share or 0.0):
+        _fail("tokenizer.base_ar_share", tok.base_ar_share, "applies only when tokenizer.base_mix is empty; with "
+              "tokenizer.base_mix set the Arabic share is tokenizer.base_mix.ar")
+    for code, share in table.items():
+        language(str(code), "tokenizer.base_mix")
+        _unit(f"tokenizer.base_mix.{code}", share)
+
+
 def _positive(key: str, value: Optional[int], allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -64,6 +82,7 @@ def source(name: str, node: Any, sources: tuple[str, ...] = ()) -> DictConfig:
     if merged.loader not in LOADERS:
         _fail(f"{key}.loader", merged.loader, "allowed: " + ", ".join(LOADERS))
     _unit(f"{key}.max_wrong_script", merged.max_wrong_script)
+    _positive(f"{key}.min_chars", merged.min_chars, allow_zero=True)
     weight = merged.weight
     if weight is not None and not (math.isfinite(float(weight)) and float(weight) > 0):
         _fail(f"{key}.weight", weight, "must be a positive number (its share of its (lang, kind) stream) or null "
@@ -287,16 +306,31 @@ def _opt(v) -> Optional[float]:
 
 # --------------------------------------------------------------------------- the whole config
 def _check_keys(cfg: DictConfig) -> None:
-    """Keys added with '+' bypass the schema's struct check; a misspelled one must still fail."""
+    """Keys added with '+' bypass the schema's struct check; a misspelled one must still fail, at
+    any depth of the typed schema (tables such as data.sources or data.mix hold names of the
+    user's choosing and are checked by their own rules)."""
     schema = OmegaConf.structured(AllamConfig)
     for key in cfg:
         if key not in schema:
             raise ConfigError(f"{key}: no such key; allowed: {', '.join(str(k) for k in schema)}")
-        if isinstance(schema[key], DictConfig):
-            for sub in cfg[key]:
-                if sub not in schema[key]:
-                    allowed = ", ".join(str(k) for k in schema[key])
-                    raise ConfigError(f"{key}.{sub}: no such key in {key}; allowed: {allowed}")
+    _check_typed(cfg, schema, "")
+
+
+def _check_typed(node: DictConfig, schema: DictConfig, prefix: str) -> None:
+    import dataclasses
+
+    for key in node:
+        spec = schema._get_node(key)
+        if not isinstance(spec, DictConfig) or not dataclasses.is_dataclass(OmegaConf.get_type(spec)):
+            continue
+        sub = node._get_node(key)
+        if not isinstance(sub, DictConfig) or sub._is_none() or sub._is_missing():
+            continue
+        for k in sub:
+            if k not in spec:
+                allowed = ", ".join(str(x) for x in spec)
+                raise ConfigError(f"{prefix}{key}.{k}: no such key in {prefix}{key}; allowed: {allowed}")
+        _check_typed(sub, spec, f"{prefix}{key}.")
 
 
 def writable_dir(key: str, path: str) -> None:
@@ -340,6 +374,10 @@ def validate(cfg: DictConfig) -> None:
     kv = m.num_kv_heads or m.num_heads
     if m.num_heads % kv:
         _fail("model.num_kv_heads", kv, f"must divide model.num_heads={m.num_heads}")
+    for key in ("num_kv_heads", "head_dim", "vocab_size", "pad_vocab_to", "max_position_embeddings"):
+        _positive(f"model.{key}", m[key])
+    for key in ("rope_theta", "norm_eps"):
+        _above_zero(f"model.{key}", m[key])
     if m.max_position_embeddings is not None and m.seq_len > m.max_position_embeddings:
         _fail("model.seq_len", m.seq_len, f"must be <= model.max_position_embeddings={m.max_position_embeddings}")
     _positive("data.batch_size", d.batch_size)
@@ -355,17 +393,30 @@ def validate(cfg: DictConfig) -> None:
     _positive("trainer.val_every_steps", t.val_every_steps)
     _positive("trainer.log_every_n_steps", t.log_every_n_steps)
     _positive("train.max_nonfinite_skips", cfg.train.max_nonfinite_skips, allow_zero=True)
+    _positive("trainer.num_nodes", t.num_nodes)
+    if isinstance(t.devices, int) and (t.devices == 0 or t.devices < -1):
+        _fail("trainer.devices", t.devices, "must be a positive count, -1 (every device) or auto")
+    if t.peak_tflops is not None:
+        _above_zero("trainer.peak_tflops", t.peak_tflops)
+    if str(cfg.logger.get("mode", "offline")) not in ("offline", "online", "disabled"):
+        _fail("logger.mode", cfg.logger.mode, "allowed: offline, online, disabled")
     if o.lr <= 0:
         _fail("optim.lr", o.lr, "must be positive")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         _fail("optim.betas", list(o.betas), "must be two numbers in [0, 1)")
     _unit("optim.min_lr_ratio", o.min_lr_ratio)
+    _above_zero("optim.eps", o.eps)
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        _fail("optim.weight_decay", o.weight_decay, "must be a number >= 0")
+    if not (math.isfinite(o.grad_clip) and o.grad_clip >= 0):
+        _fail("optim.grad_clip", o.grad_clip, "must be a number >= 0 (0: no clipping)")
     _positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
     if tok.training_words is not None and int(tok.training_words) < 64:
         _fail("tokenizer.training_words", tok.training_words, "must be at least 64 (one training line) or null (all)")
     _positive("tokenizer.num_new_tokens", tok.num_new_tokens)
     _positive("tokenizer.vocab_size", tok.vocab_size)
     _positive("tokenizer.english_vocab_size", tok.english_vocab_size)
+    base_mix(tok)
     _positive("init.embedding_warmup_tokens", ini.embedding_warmup_tokens, allow_zero=True)
     if ini.std <= 0:
         _fail("init.std", ini.std, "must be positive")
@@ -379,7 +430,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("tokenizer", "bilingual", "a vocabulary trained from scratch does not fit a checkpoint's embeddings; "
               f"with init={ini.name} use tokenizer=base or tokenizer=expanded")
     if t.precision not in PRECISIONS:
-        _fail("trainer.precision", t.precision, "allowed: 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true")
+        _fail("trainer.precision", t.precision, "allowed: " + ", ".join(PRECISIONS))
     complete = tuple(n for n in d.sources if isinstance(d.sources[n], (dict, DictConfig)) and "lang" in d.sources[n])
     for name in list(d.sources):
         d.sources[name] = source(name, d.sources[name], complete)
