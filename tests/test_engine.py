@@ -192,6 +192,43 @@ def test_a_merge_process_that_dies_is_one_line_not_a_wait(tok, tmp_path, monkeyp
     assert not list(cache.rglob("en-*.tmp-*"))
 
 
+def test_a_task_process_that_dies_is_one_line_and_the_rerun_finishes(tok, tmp_path, monkeypatch):  # noqa: F811
+    """A tokenize task killed (as the out-of-memory killer kills) ends the build with one line
+    naming the stage and the task, where datatrove's pool waited forever for its result; the same
+    command then finishes, keeping the tasks that had completed."""
+    import signal
+
+    from allam.config import RunFailed
+
+    srcs = _corpus(tmp_path)
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    real = engine.tokenize_piece
+    ran, kill = tmp_path / "ran", tmp_path / "kill"
+    ran.mkdir()
+    kill.touch()
+
+    def dying(plan, rank):
+        (ran / f"{plan.job.name}-{rank}").touch()
+        if plan.job.name == "ar" and rank == 1 and kill.exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(plan, rank)
+
+    monkeypatch.setattr(engine_run, "tokenize_piece", dying)
+    cache = tmp_path / "cache"
+    with pytest.raises(RunFailed, match=r"^allam tokenize of data\.sources ar, en \(\d+ pieces\): task 1 was killed "
+                                        r"by SIGKILL \(out of memory\?\); run the same command again") as exc:
+        _build(srcs, info, cache, task_bytes=6000)
+    assert "\n" not in str(exc.value)
+    first = {p.name for p in ran.iterdir()}
+    for p in ran.iterdir():
+        p.unlink()
+    kill.unlink()
+    built = _build(srcs, info, cache, task_bytes=6000)
+    assert set(built) == {"ar", "en"}
+    second = {p.name for p in ran.iterdir()}
+    assert "ar-1" in first and "ar-1" in second and not (first - {"ar-1"}) & second  # finished tasks are kept
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

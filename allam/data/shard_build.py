@@ -174,6 +174,8 @@ def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, worker
         bar = Progress(f"prepare {names} (count, then tokenize)", 2 * size or None, enabled=progress)
         try:
             engine_run.run_local(plans, workers, logs, bar)
+        except engine_run.TaskDied:  # the completed tasks are kept: the same command resumes
+            raise
         except (ConfigError, RunFailed):  # bad input: the fixed source starts afresh (a cut-off run resumes)
             shutil.rmtree(logs, ignore_errors=True)
             raise
