@@ -229,6 +229,29 @@ def test_a_task_process_that_dies_is_one_line_and_the_rerun_finishes(tok, tmp_pa
     assert "ar-1" in first and "ar-1" in second and not (first - {"ar-1"}) & second  # finished tasks are kept
 
 
+def test_bad_input_found_by_a_run_cut_off_before_it_said_so_is_named_by_the_next_run(tok, tmp_path, monkeypatch):  # noqa: F811
+    """A count task that meets a broken line records the error and completes (datatrove marks it);
+    a run stopped before raising it left that mark over a piece never counted, and every later run
+    skipped the task and failed with a traceback ("piece 1 has not been counted"). The next run
+    now counts that piece again and names the line."""
+    rows = [json.dumps({"text": t}, ensure_ascii=False) for t in _docs(AR_WORDS, 600, 40, length=12)]
+    rows[100] = '{"text": "broken'
+    (tmp_path / "bad.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    srcs = {"ar": {"lang": "ar", "kind": "natural", "loader": "jsonl", "path": str(tmp_path / "bad.jsonl")}}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+
+    def cut_off(plan, remove=True):
+        raise KeyboardInterrupt  # Ctrl+C (or a preemption) right after the count stage
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_run, "_raise_task_error", cut_off)
+        with pytest.raises(KeyboardInterrupt):
+            _build(srcs, info, tmp_path / "cache", task_bytes=8000)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"bad\.jsonl line 101 is not valid JSON"):
+            _build(srcs, info, tmp_path / "cache", task_bytes=8000)
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

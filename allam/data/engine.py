@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from allam.config import RunFailed
 from allam.data.holdout import CHAPTER_DOCS, _fraction, chapter_is_val
 from allam.data.shard_writer import WORKER, batches, process_batch
 from allam.data.source_files import dataset_bytes, hf_dataset, resolve_files, source_bytes
@@ -291,7 +292,8 @@ def _counts(plan: Plan) -> list[dict]:
     for i in range(len(plan.pieces)):
         f = plan.work / "counts" / f"{i:05d}.json"
         if not f.exists():
-            raise RuntimeError(f"data.sources.{plan.job.name}: piece {i} has not been counted ({f} is missing)")
+            raise RunFailed(f"data.sources.{plan.job.name}: piece {i} has not been counted ({f} is missing); run the "
+                            "same command again")
         out.append(json.loads(f.read_text(encoding="utf-8")))
     return out
 
@@ -389,7 +391,8 @@ def merge_parts(plan: Plan, writer, bad: list[int], bad_json: list) -> None:
     for rank in range(len(plan.pieces)):
         part = plan.work / "parts" / f"{rank:05d}"
         if not (part / "stats.json").exists():
-            raise RuntimeError(f"data.sources.{plan.job.name}: piece {rank} has not been tokenized ({part} is incomplete)")
+            raise RunFailed(f"data.sources.{plan.job.name}: piece {rank} has not been tokenized ({part} is incomplete); "
+                            "run the same command again")
         stats = json.loads((part / "stats.json").read_text(encoding="utf-8"))
         docs = np.load(part / "docs.npy")
         hashes = np.load(part / "hashes.npy")

@@ -220,8 +220,7 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     from loguru import logger
 
     Local, _ = _executor_classes()
-    for plan in plans:  # errors of an earlier SLURM build of the same plan are not this run's
-        shutil.rmtree(plan.work / "errors", ignore_errors=True)
+    _forget_unfinished(plans, logs)
     n = sum(len(p.pieces) for p in plans)
     workers = max(1, min(workers, n))
     stop = threading.Event()
@@ -262,6 +261,30 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
             watcher.join()
             bar.read[0], docs, tokens = _progress_sums(plans)
             bar.docs, bar.tokens = docs, tokens
+
+
+def stage_output(plan: Plan, stage: str, rank: int) -> Path:
+    """The file a stage's task writes last for piece `rank` (its completion mark follows it)."""
+    if stage == "count":
+        return plan.work / "counts" / f"{rank:05d}.json"
+    return plan.work / "parts" / f"{rank:05d}" / "stats.json"
+
+
+def _forget_unfinished(plans: list[Plan], logs: Path) -> None:
+    """Before a local run: a task's completion mark is dropped unless its output is there. A task
+    that met bad input records the error and completes (datatrove marks it); a run cut off before
+    raising that error left such a mark over a piece that was never counted, so every later run
+    skipped the task and failed elsewhere with a traceback. Errors recorded by an earlier run are
+    dropped too: the tasks that recorded them run again and record them anew."""
+    offset = 0
+    for plan in plans:
+        for stage in ("count", "tokenize"):
+            for rank in range(len(plan.pieces)):
+                mark = logs / stage / "completions" / f"{offset + rank:05d}"
+                if mark.exists() and not stage_output(plan, stage, rank).exists():
+                    mark.unlink()
+        offset += len(plan.pieces)
+        shutil.rmtree(plan.work / "errors", ignore_errors=True)
 
 
 def _default_stop_signals() -> dict:
