@@ -218,7 +218,7 @@ def _build_news(tok, tmp_path, log):
 
 
 @pytest.mark.parametrize("damage", ["meta.json:random", "meta.json:truncated", "train.bin:random", "train.bin:truncated",
-                                    "train.bin:same-size", "val_docs.npy:truncated"])
+                                    "train.bin:same-size", "val_docs.npy:truncated", "meta.json:more-tokens"])
 def test_a_damaged_shard_cache_entry_is_named_and_rebuilt(tiny_tok, tmp_path, damage):
     import numpy as np
 
@@ -229,8 +229,13 @@ def test_a_damaged_shard_cache_entry_is_named_and_rebuilt(tiny_tok, tmp_path, da
     f = first.path / name
     body = f.read_bytes()
     rng = np.random.default_rng(0)
-    f.write_bytes({"random": rng.bytes(len(body) + 7), "truncated": body[: len(body) // 2],
-                   "same-size": rng.bytes(len(body))}[how])
+    if how == "more-tokens":  # readable, but its token count disagrees with train.bin (reading it would fail)
+        meta = json.loads(body)
+        meta["train"]["tokens"] += 1000
+        f.write_text(json.dumps(meta))
+    else:
+        f.write_bytes({"random": rng.bytes(len(body) + 7), "truncated": body[: len(body) // 2],
+                       "same-size": rng.bytes(len(body))}[how])
     lines = []
     again = _build_news(tiny_tok, tmp_path, log=lines.append)
     assert lines[0].startswith(f"data: news: cached shards {first.path} cannot be used (")

@@ -199,9 +199,9 @@ def verify(job: ShardJob) -> tuple[Optional[dict], Optional[str]]:
         if not f.exists():
             return None, f"{name} is missing"
         size = f.stat().st_size
-        want = records.get(name, {}).get("bytes", expected.get(name))
-        if want is not None and size != want:
-            return None, f"{name} has {size:,} bytes, meta.json says {want:,}"
+        for want, what in ((records.get(name, {}).get("bytes"), "its size"), (expected.get(name), "its token count")):
+            if want is not None and size != want:
+                return None, f"{name} has {size:,} bytes, meta.json says {want:,} ({what})"
         if name in records and file_record(f)["sha256_ends"] != records[name].get("sha256_ends"):
             return None, f"{name} does not match the checksum recorded when it was written"
     return meta, None
