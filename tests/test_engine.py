@@ -252,6 +252,27 @@ def test_bad_input_found_by_a_run_cut_off_before_it_said_so_is_named_by_the_next
             _build(srcs, info, tmp_path / "cache", task_bytes=8000)
 
 
+@pytest.mark.parametrize("task_bytes", [None, 6000], ids=["one-process", "engine"])
+def test_paired_documents_are_deduplicated_by_their_translation(tok, tmp_path, task_bytes):  # noqa: F811
+    """With data.parallel_pairs a training document is "original, blank line, translation" while a
+    held-out one is the translation alone; both are hashed by the translation, so a held-out
+    document repeated in a training chapter is dropped as a duplicate instead of training."""
+    ar, en = _docs(AR_WORDS, 300, 21, 12), _docs(EN_WORDS, 300, 22, 12)
+    ar[200], en[200] = ar[60], en[60]  # document 60 is held out (the second chapter of 50); 200 trains
+    with open(tmp_path / "tr.jsonl", "w", encoding="utf-8") as fh:
+        for a, e in zip(ar, en):
+            fh.write(json.dumps({"text": a, "en": e}, ensure_ascii=False) + "\n")
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    srcs = {"tr": {"lang": "ar", "kind": "translated", "loader": "jsonl", "path": str(tmp_path / "tr.jsonl"),
+                   "pair_field": "en"}}
+    jobs = shards.plan_jobs(srcs, True, info, tmp_path / "cache")
+    built = shard_build.build(jobs, info, workers=2, progress=False, task_bytes=task_bytes, log=lambda *a: None)["tr"]
+    assert built.meta["drops"]["duplicate"] == 1
+    assert ar[60] in info.backend.decode(built.tokens("val").tolist())
+    train = info.backend.decode(built.tokens("train").tolist())
+    assert ar[60] not in train and en[1] in train  # the held-out text never trains; pairs still do
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

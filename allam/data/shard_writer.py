@@ -139,7 +139,11 @@ def process_batch(job_idx: int, texts: list[str], pairs: list[Optional[str]]):
     if not out:
         z = np.zeros(0, np.int64)
         return np.asarray(kept, np.int64), z, np.zeros(0, dtype), np.zeros(0, np.uint64), z, drops
-    hashes = np.fromiter((doc_hash(t) for t in out), np.uint64, len(out)) if cleaner.dedup else np.zeros(0, np.uint64)
+    # a paired document is "original, blank line, translation" (cleaning leaves no other blank line):
+    # its translation alone is hashed, as the held-out (never paired) documents are, so a held-out
+    # document repeated in training, or one translation paired with two originals, is a duplicate
+    hashes = (np.fromiter((doc_hash(t.rpartition("\n\n")[2]) for t in out), np.uint64, len(out)) if cleaner.dedup
+              else np.zeros(0, np.uint64))
     nbytes = np.fromiter((len(t.encode("utf-8")) for t in out), np.int64, len(out))
     backend = WORKER["backend"]
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster

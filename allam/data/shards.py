@@ -126,6 +126,7 @@ def cache_key(job: ShardJob, tok: TokenizerInfo) -> str:
         "cleaning": job.cleaner.options(),
         "pairs": pairs,
         "pair_field": job.src["pair_field"] if pairs else None,
+        **({"pair_dedup": "translation"} if pairs else {}),  # paired caches built before it are rebuilt
         **reader_key(job.src),
         "tokenizer": tok.hash,
         "dtype": tok.dtype,
