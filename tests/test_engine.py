@@ -273,6 +273,25 @@ def test_paired_documents_are_deduplicated_by_their_translation(tok, tmp_path, t
     assert ar[60] not in train and en[1] in train  # the held-out text never trains; pairs still do
 
 
+def test_the_script_check_judges_the_whole_source_in_one_process_and_in_the_engine(tok, tmp_path):  # noqa: F811
+    """An Arabic source whose first 1,100 documents are English (27% of it): one process refused
+    it after its first 1,024 documents while the engine, which checks once at the end, published
+    it; both now judge the whole source the same way. A source mostly in the wrong script is
+    refused by both."""
+    f = tmp_path / "ar.txt"
+    f.write_text("\n".join(_docs(EN_WORDS, 1100, 7, 12) + _docs(AR_WORDS, 3000, 8, 12)) + "\n", encoding="utf-8")
+    g = tmp_path / "wrong.txt"
+    g.write_text("\n".join(_docs(EN_WORDS, 700, 9, 12) + _docs(AR_WORDS, 300, 10, 12)) + "\n", encoding="utf-8")
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    for label, task_bytes in (("one-process", None), ("engine", 40000)):
+        built = _build({"ar": {"lang": "ar", "kind": "natural", "loader": "text", "path": str(f)}}, info,
+                       tmp_path / label, task_bytes=task_bytes)["ar"]
+        assert (built.meta["docs_read"], built.meta["drops"]["wrong_script"]) == (4100, 1100), label
+        with pytest.raises(ConfigError, match=r"^data\.sources\.ar\.lang=ar: 700 of 1,000 documents are mostly not Arabic"):
+            _build({"ar": {"lang": "ar", "kind": "natural", "loader": "text", "path": str(g)}}, info,
+                   tmp_path / f"{label}-wrong", task_bytes=task_bytes and 8000)
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

@@ -404,7 +404,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
         if job.src["loader"] not in ("demo", "hf") and content_fingerprint(job.name, job.src) != job.content:
             raise ConfigError(f"data.sources.{job.name}: its files changed while being prepared "
                               f"({job.src['path']}); nothing was written to the cache; run again once they are final")
-        check_script(job, stats, final=True)
+        check_script(job, stats)
         if stats["docs_read"] == 0 and bad[0] == 0 and not bad_json:
             raise ConfigError(f"data.sources.{job.name}: empty source (no documents in {job.src['path'] or job.name})")
         if stats["train"]["tokens"] == 0:

@@ -57,7 +57,6 @@ class ShardWriter:
         is_val = np.fromiter((splits[k] == "val" for k in kept.tolist()), bool, len(kept))
         self.add_kept(is_val, lens, flat, hashes, nbytes)
         self.bar.update(n, self.stats["train"]["tokens"] + self.stats["val"]["tokens"])
-        check_script(self.job, self.stats, final=False)
 
     def add_kept(self, is_val: np.ndarray, lens: np.ndarray, flat: np.ndarray, hashes: np.ndarray,
                  nbytes: np.ndarray) -> None:
@@ -107,12 +106,14 @@ class ShardWriter:
                 pass
 
 
-def check_script(job, stats: dict, final: bool) -> None:
-    """One line when more than SCRIPT_MISMATCH_SHARE of the documents read so far (once 4 x BATCH_DOCS documents are read,
-    or at the end) are mostly not in the declared language's script."""
+def check_script(job, stats: dict) -> None:
+    """One line when more than SCRIPT_MISMATCH_SHARE of a source's documents are mostly not in the
+    declared language's script. Checked on the whole source, once read: one process and the engine
+    (whose merge replays parts, not batches) then refuse the same sources, and a corpus sorted by
+    language is judged on all of it, not on its first batches."""
     read = stats["docs_read"]
     wrong = stats["drops"]["wrong_script"]
-    if (final or read >= 4 * BATCH_DOCS) and read and wrong / read > SCRIPT_MISMATCH_SHARE:
+    if read and wrong / read > SCRIPT_MISMATCH_SHARE:
         lang = language(job.src["lang"])
         raise ConfigError(  # the script they are in is not counted: "not" the language's own is what is known
             f"data.sources.{job.name}.lang={lang.code}: {wrong:,} of {read:,} documents are mostly not "
