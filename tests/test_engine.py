@@ -292,6 +292,28 @@ def test_the_script_check_judges_the_whole_source_in_one_process_and_in_the_engi
                    tmp_path / f"{label}-wrong", task_bytes=task_bytes and 8000)
 
 
+def test_tokenize_tasks_read_the_counts_once_per_source_not_once_per_task(tok, tmp_path, monkeypatch):  # noqa: F811
+    """Each tokenize task needs its first document's index and the hold-out cap's last chapter,
+    which depend on every piece's counts (and, under a cap, every document's size): read once per
+    source into counts/summary.json, not by every task (quadratic in the source's size)."""
+    srcs = _corpus(tmp_path)
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    calls: dict[str, int] = {}
+    real = engine._counts
+
+    def counting(plan):
+        calls[plan.job.name] = calls.get(plan.job.name, 0) + 1
+        return real(plan)
+
+    monkeypatch.setattr(engine, "_counts", counting)
+    built = _build(srcs, info, tmp_path / "cache", task_bytes=6000, workers=1)  # the tasks run in this process
+    jobs = {j.name: j for j in shards.plan_jobs(srcs, False, info, tmp_path / "one")}
+    one = shard_build.build(list(jobs.values()), info, workers=1, progress=False, log=lambda *a: None)
+    assert calls == {"ar": 1, "en": 1}
+    for name in ("ar", "en"):
+        assert built[name].meta["train"] == one[name].meta["train"] and built[name].meta["val"] == one[name].meta["val"]
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

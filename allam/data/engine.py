@@ -323,17 +323,33 @@ def last_val_chapter(plan: Plan, counts: list[dict]) -> Optional[int]:
     return last
 
 
-def piece_of(plan: Plan, rank: int, counts: list[dict]) -> Piece:
-    """Piece `rank` with its first document's index, its spans' first lines and the cap's last chapter."""
-    first_doc = sum(c["docs"] for c in counts[:rank])
+def count_summary(plan: Plan) -> dict:
+    """Documents and lines of every piece and the cap's last held-out chapter (None: no cap), read
+    from the counts once and kept in ``counts/summary.json``: a tokenize task then reads one small
+    file instead of every piece's counts and byte sizes (the whole source's, in each of thousands
+    of tasks at paper scale). Tasks that start together may each write it; they write the same."""
+    f = plan.work / "counts" / "summary.json"
+    if f.exists():
+        return json.loads(f.read_text(encoding="utf-8"))
+    counts = _counts(plan)
+    out = {"docs": [c["docs"] for c in counts], "lines": [c["lines"] for c in counts],
+           "last_val_chapter": last_val_chapter(plan, counts)}
+    _write_json(f, out)
+    return out
+
+
+def piece_of(plan: Plan, rank: int, summary: dict) -> Piece:
+    """Piece `rank` with its first document's index, its spans' first lines and the cap's last
+    chapter (from :func:`count_summary`)."""
+    first_doc = sum(summary["docs"][:rank])
     lines: dict[str, int] = {}
-    for p, c in zip(plan.pieces[:rank], counts[:rank]):
-        for s, n in zip(p, c["lines"]):
+    for p, counted in zip(plan.pieces[:rank], summary["lines"][:rank]):
+        for s, n in zip(p, counted):
             if isinstance(s, Span):
                 lines[str(s.path)] = lines.get(str(s.path), 0) + n
     spans = [Span(s.path, s.start, s.end, lines.get(str(s.path), 0)) if isinstance(s, Span) else s
              for s in plan.pieces[rank]]
-    return Piece(spans, first_doc, last_val_chapter(plan, counts))
+    return Piece(spans, first_doc, summary["last_val_chapter"])
 
 
 def tokenize_piece(plan: Plan, rank: int) -> dict:
@@ -341,7 +357,7 @@ def tokenize_piece(plan: Plan, rank: int) -> dict:
     as a part (``parts/<rank>/``: ``tokens.bin``, ``docs.npy`` [split, tokens, bytes], ``hashes.npy``,
     ``stats.json``), renamed into place when complete."""
     job, tok = plan.job, plan.tok
-    piece = piece_of(plan, rank, _counts(plan))
+    piece = piece_of(plan, rank, count_summary(plan))
     final = plan.work / "parts" / f"{rank:05d}"
     tmp = final.with_name(final.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
