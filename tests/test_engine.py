@@ -493,6 +493,45 @@ def test_a_source_submitted_to_slurm_is_not_built_twice_meanwhile(tok, tmp_path)
     assert _build(srcs, info, cache, task_bytes=6000)["ar"].meta["train"]["docs"] > 0
 
 
+def test_a_submission_and_a_local_build_never_share_a_work_folder(tok, tmp_path, monkeypatch):  # noqa: F811
+    """Both decide under the source's lock: task=prepare executor=slurm waits for a local build in
+    progress and then sees what it did (here: a submission recorded meanwhile, so it submits
+    nothing), and a local build that takes the lock after a submission was recorded stops with
+    its one line instead of planning over the SLURM build's work folder."""
+    import threading
+    import time
+
+    from allam import cache_lock
+
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    cache = tmp_path / "cache"
+    job = shards.plan_jobs(srcs, False, info, cache)[0]
+    holding = threading.Event()
+
+    def other_process():  # holds the lock, and submits the source while holding it
+        with cache_lock.building(job.path, "the shards of source ar", log=lambda *a: None):
+            holding.set()
+            time.sleep(1.0)
+            plan = engine.make_plan(job, info, 6000, min_pieces=1)
+            engine.record_submission(plan, {"source": "ar", "pieces": len(plan.pieces), "work": str(plan.work),
+                                            "jobs": {"count": 101, "tokenize": 102, "merge": 103}, "state": "submitted"})
+
+    class Cfg:
+        task_bytes = 6000
+
+    t = threading.Thread(target=other_process)
+    t.start()
+    holding.wait()
+    said: list = []
+    assert shard_build.submit([job], info, Cfg, log=said.append) == []  # no sbatch here: submitting would fail
+    t.join()
+    assert any("submitted meanwhile" in line for line in said), said
+    monkeypatch.setattr(engine_run, "pending", lambda *a, **k: None)  # as if build() looked just before the submission
+    with pytest.raises(ConfigError, match=r"^data\.sources\.ar: its shards are being built by SLURM jobs"):
+        _build(srcs, info, cache, task_bytes=6000)
+
+
 def test_a_slurm_build_that_ended_is_not_waited_for(tok, tmp_path, monkeypatch):  # noqa: F811
     """Where squeue answers: jobs still queued keep the source pending; a job that can no longer
     start (DependencyNeverSatisfied, e.g. after a count task died) is one line naming it; a task's

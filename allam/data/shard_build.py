@@ -158,6 +158,9 @@ def _build_big(jobs: list[ShardJob], tok: TokenizerInfo, task_bytes: int, worker
             if shards is not None:
                 out[job.name] = shards
                 continue
+            sub = engine.submitted(job)  # submitted to SLURM since build() looked: its work folder is not ours
+            if sub is not None:
+                raise ConfigError(engine.pending_error(job, sub))
             plan = engine.make_plan(job, tok, task_bytes, workers=workers)
             if plan is not None:
                 plans.append(plan)
@@ -336,28 +339,41 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
             out.append({**sub, "state": "pending"})
             continue
         missing = [p for p in job.after if not cached[p.name]]  # dedup_across_sources: not in the cache yet
-        plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
-        unsubmitted = [p.name for p in missing if p.name not in merges]
-        if unsubmitted or (plan is None and missing):
-            names = ", ".join(p.name for p in missing)
-            log(f"data: {job.name}: waits for the shards of {names} (data.dedup_across_sources: it drops what they "
-                f"kept); not {'built' if plan is None else 'submitted'} now: run the same command again once "
-                f"{'their SLURM merge jobs have' if not unsubmitted else 'they have'} finished")
-            out.append({"source": job.name, "state": "waiting", "after": [p.name for p in missing]})
-            continue
-        if plan is None:
+        local = False
+        # under the source's lock, as a local build plans and builds: a local build running meanwhile
+        # must not have its work folder replaced by this plan (make_plan starts afresh on another one)
+        with cache_lock.building(job.path, f"the shards of source {job.name}", log=log):
+            if load(job) is not None:  # published meanwhile
+                cached[job.name] = True
+                continue
+            if engine.submitted(job) is not None:  # submitted meanwhile by another process
+                log(f"data: {job.name}: submitted meanwhile by {engine.submitted(job).get('by')}; not submitting it again")
+                continue
+            plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
+            unsubmitted = [p.name for p in missing if p.name not in merges]
+            if unsubmitted or (plan is None and missing):
+                names = ", ".join(p.name for p in missing)
+                log(f"data: {job.name}: waits for the shards of {names} (data.dedup_across_sources: it drops what they "
+                    f"kept); not {'built' if plan is None else 'submitted'} now: run the same command again once "
+                    f"{'their SLURM merge jobs have' if not unsubmitted else 'they have'} finished")
+                out.append({"source": job.name, "state": "waiting", "after": [p.name for p in missing]})
+                continue
+            if plan is None:
+                local = True
+            else:
+                engine.record_submission(plan, {"source": job.name, "jobs": {}, "state": "submitting"})
+                try:
+                    after = [merges[p.name] for p in missing]
+                    sub = {**engine_run.submit_slurm(plan, merge_job, cfg, after=after), "state": "submitted"}
+                    if str(sub["jobs"]["merge"]) != "-1":
+                        merges[job.name] = str(sub["jobs"]["merge"])
+                except BaseException:
+                    (plan.work / engine.SUBMITTED).unlink(missing_ok=True)
+                    raise
+                engine.record_submission(plan, sub, final=True)
+        if local:  # a source whose files do not split: built here (which takes the lock itself)
             build([job], tok, progress=True, log=log)
             continue
-        engine.record_submission(plan, {"source": job.name, "jobs": {}, "state": "submitting"})
-        try:
-            after = [merges[p.name] for p in missing]
-            sub = {**engine_run.submit_slurm(plan, merge_job, cfg, after=after), "state": "submitted"}
-            if str(sub["jobs"]["merge"]) != "-1":
-                merges[job.name] = str(sub["jobs"]["merge"])
-        except BaseException:
-            (plan.work / engine.SUBMITTED).unlink(missing_ok=True)
-            raise
-        engine.record_submission(plan, sub, final=True)
         log(f"data: {job.name}: submitted {sub['pieces']} count and tokenize tasks and a merge "
             f"(SLURM jobs {sub['jobs']['count']}, {sub['jobs']['tokenize']}, {sub['jobs']['merge']}); "
             f"work folder {sub['work']}")
