@@ -22,11 +22,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One tokenizer/shard cache for the session (ALLAM_TEST_CACHE reuses one across sessions)."""
+    """One tokenizer/shard cache for the session, shared by its xdist workers: what one worker
+    built (a tokenizer, a source's shards) the other reads, and a build both need at once is made
+    once under the cache's own lock (allam.cache_lock, tested in tests/test_cache_race.py).
+    ALLAM_TEST_CACHE reuses one cache across sessions."""
     env = os.environ.get("ALLAM_TEST_CACHE")
     if env:
         Path(env).mkdir(parents=True, exist_ok=True)
         return Path(env)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base temp is <session>/popen-gwN
+        shared = tmp_path_factory.getbasetemp().parent / "allam-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("allam-cache")
 
 

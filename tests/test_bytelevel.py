@@ -37,8 +37,8 @@ def need(name: str):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("bytelevel")
+def cache(cache_dir):
+    return cache_dir  # the session's cache: tokenizers another test file built are read, not rebuilt
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ def tcfg(**kw):
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("chat-tokenizers")
+def bundles(cache_dir):
+    cache = cache_dir
     built = {}
 
     def get(kind):

@@ -17,9 +17,9 @@ SIZES = dict(english_vocab_size=512, num_new_tokens=200, training_words=40_000)
 
 
 @pytest.fixture(scope="module")
-def expanded(tmp_path_factory):
+def expanded(cache_dir):
     cfg = OmegaConf.merge(OmegaConf.structured(TokenizerConfig), dict(variant="expanded", **SIZES))
-    return build_tokenizer(cfg, cache_dir=tmp_path_factory.mktemp("tok"), texts=lambda lang: demo_texts(lang, "train"))
+    return build_tokenizer(cfg, cache_dir=cache_dir, texts=lambda lang: demo_texts(lang, "train"))
 
 
 def tiny_llama(vocab: int, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:

@@ -57,8 +57,8 @@ def heldout():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("scripts")
+def cache(cache_dir):
+    return cache_dir  # the session's cache: tokenizers another test file built are read, not rebuilt
 
 
 @pytest.fixture(scope="module")

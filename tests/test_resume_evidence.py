@@ -158,44 +158,50 @@ from torch._dynamo.testing import CompileCounter
 from transformers import LlamaConfig, LlamaForCausalLM
 from allam.model.speed import apply_activation_checkpointing, compile_layers
 
-torch.manual_seed(0)
-model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                                     num_attention_heads=2, max_position_embeddings=32)).train()
-eager = copy.deepcopy(model)
-names = list(model.state_dict())
-apply_activation_checkpointing(model, sys.argv[1])
-counter = CompileCounter()  # a Dynamo backend that counts the graphs it is given and runs them eagerly
-compile_layers(model, backend=counter)
-ids = torch.randint(0, 64, (2, 8))
-for m in (model, model, eager):  # a second step compiles nothing new; the eager copy gives the reference
-    m(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
-grads = {n: p.grad for n, p in eager.named_parameters()}
-same = all(torch.allclose(p.grad, 2 * grads[n], atol=1e-6, rtol=1e-5) for n, p in model.named_parameters())
-print(json.dumps({"frames": counter.frame_count, "graph_breaks": dict(dynamo.utils.counters["graph_break"]),
-                  "names_kept": list(model.state_dict()) == names, "grads_match_eager": same,
-                  "counters": {k: dict(v) for k, v in dynamo.utils.counters.items() if v}}, default=str))
+for checkpointing in sys.argv[1:]:
+    dynamo.reset()  # no graph of the previous mode stands in, and the counters start at zero
+    dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                         num_attention_heads=2, max_position_embeddings=32)).train()
+    eager = copy.deepcopy(model)
+    names = list(model.state_dict())
+    apply_activation_checkpointing(model, checkpointing)
+    counter = CompileCounter()  # a Dynamo backend that counts the graphs it is given and runs them eagerly
+    compile_layers(model, backend=counter)
+    ids = torch.randint(0, 64, (2, 8))
+    for m in (model, model, eager):  # a second step compiles nothing new; the eager copy gives the reference
+        m(input_ids=ids, labels=ids, use_cache=False).loss.backward()  # as CausalLM calls it
+    grads = {n: p.grad for n, p in eager.named_parameters()}
+    same = all(torch.allclose(p.grad, 2 * grads[n], atol=1e-6, rtol=1e-5) for n, p in model.named_parameters())
+    print(json.dumps({"checkpointing": checkpointing, "frames": counter.frame_count,
+                      "graph_breaks": dict(dynamo.utils.counters["graph_break"]),
+                      "names_kept": list(model.state_dict()) == names, "grads_match_eager": same,
+                      "counters": {k: dict(v) for k, v in dynamo.utils.counters.items() if v}}, default=str))
 """
 
 
-@pytest.mark.parametrize("checkpointing, graphs", [("none", 1), ("selective", 2)])
-def test_per_layer_compile_gives_the_layers_one_graph(checkpointing, graphs):
+def test_per_layer_compile_gives_the_layers_one_graph():
     """README *Speed*: the decoder layers share one compiled graph (Dynamo traces the first layer's
     forward, the others reuse it: parameters are inputs), with no graph break; under selective
     activation checkpointing the checkpointed and the plain layers have one graph each, and the
     gradients equal the eager model's. CI counted 1 under selective checkpointing when transformers
     5.25 brought the ``kernels`` package (a graph break at its global; see ``compile_layers``). In a
-    fresh process: Dynamo's caches are process-wide and Hugging Face's layers share one forward code
-    object, so graphs compiled by earlier tests in the same worker could stand in."""
+    fresh process, with Dynamo reset between the two modes: Dynamo's caches are process-wide and
+    Hugging Face's layers share one forward code object, so graphs compiled by earlier tests in the
+    same worker could stand in."""
     import subprocess
     import sys
 
     from allam.config import ROOT
 
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_COUNT, checkpointing], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_COUNT, "none", "selective"], capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["frames"] == graphs, got
-    assert not got["graph_breaks"] and got["names_kept"], got
-    assert got["grads_match_eager"], got  # two compiled (and recomputed) steps accumulate twice the eager gradient
+    runs = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith('{"checkpointing"')]
+    assert [r["checkpointing"] for r in runs] == ["none", "selective"], proc.stdout[-3000:]
+    for got, graphs in zip(runs, (1, 2)):
+        assert got["frames"] == graphs, got
+        assert not got["graph_breaks"] and got["names_kept"], got
+        assert got["grads_match_eager"], got  # two compiled (and recomputed) steps accumulate twice the eager gradient
 

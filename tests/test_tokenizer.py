@@ -51,8 +51,8 @@ def heldout_text(lang):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("tokenizers")
+def cache(cache_dir):
+    return cache_dir  # the session's cache: tokenizers another test file built are read, not rebuilt
 
 
 @pytest.fixture(scope="module")
@@ -363,10 +363,10 @@ def test_unigram_model_file_is_rejected(tmp_path, cache):
 
 # --------------------------------------------------------------------------- the issue's targets
 @pytest.mark.slow  # full-size expansions of both bases; the fast suite expands them at small sizes
-def test_issue_targets(tmp_path_factory, heldout):
+def test_issue_targets(cache_dir, heldout):
     """Full demo corpus: 16,000 new pieces cut Arabic tokens/word >= 4x over english8k and >= 2.5x
     over mistral7b with English unchanged."""
-    cache = tmp_path_factory.mktemp("full")
+    cache = cache_dir
     base8k = build_tokenizer(tcfg(), cache_dir=cache, texts=train_text)
     base32k = build_tokenizer(tcfg(base="mistral7b"), cache_dir=cache, texts=train_text)
     exp32k = build_tokenizer(tcfg(variant="expanded", base="mistral7b"), cache_dir=cache, texts=train_text)
