@@ -32,6 +32,15 @@ def test_plan_fsdp_shards_states_across_ranks(make_cfg):
     assert abs(many["plan.memory_gib"]["optimizer"] * 16 - one["plan.memory_gib"]["optimizer"]) < 1e-6
     eight = plan(make_cfg("model=70b", "init=llama2", "trainer=fsdp", "optim=adamw8bit"))
     assert eight["plan.memory_gib"]["optimizer"] < one["plan.memory_gib"]["optimizer"] / 3
+    # each rank holds its shard plus the gathered units in flight (root + 2 layers of a 70B: 4.16 GiB
+    # in bf16), whatever the precision: bf16-true used to count the shard alone
+    layer = 855_654_400  # q, o 8192²; k, v 8192 x 1024; MLP 3 x 8192 x 28672; two norms
+    root = LLAMA2["70b"] - 80 * layer  # embeddings, head, final norm
+    for precision, nbytes in (("bf16-true", 2), ("32-true", 4)):
+        p = plan(make_cfg("model=70b", "init=llama2", "trainer=fsdp", "trainer.devices=8", "trainer.num_nodes=4",
+                          f"trainer.precision={precision}"))
+        want = (nbytes * LLAMA2["70b"] / 32 + nbytes * (root + 2 * layer)) / 2**30
+        assert p["plan.memory_gib"]["weights"] == pytest.approx(want, rel=1e-6), precision
 
 
 def test_plan_cli_is_fast_and_reads_nothing(tmp_path):
@@ -275,6 +284,19 @@ def test_plan_counts_the_expanded_vocabulary_without_building_it(make_cfg, cache
     assert res["model.parameters"] == LLAMA2["7b"] + 2 * 32000 * 4096  # new input rows and new head rows
     assert plan(make_cfg("experiment=allam7b_scratch"))["plan.vocab_size"] == 64000
     assert set(cache_dir.rglob("*")) == before
+
+
+def test_plan_pads_a_grown_vocabulary_as_training_does(make_cfg, english_checkpoint):
+    """A checkpoint of 8,192 rows and 1,000 new pieces: training pads the grown matrices to the next
+    multiple of model.pad_vocab_to (9,216 rows), and so does the plan (it said 9,192); a random-init
+    model.vocab_size below the tokenizer's size is refused before a tokenizer is trained."""
+    from allam.config import validate
+
+    cfg = make_cfg("model=micro", "init=llama2", f"init.checkpoint={english_checkpoint}", "tokenizer=expanded",
+                   "tokenizer.num_new_tokens=1000")
+    assert plan(cfg)["plan.vocab_size"] == 9216
+    with pytest.raises(ConfigError, match=r"^model\.vocab_size=32000: smaller than the tokenizer's 64,000 pieces"):
+        validate(make_cfg("model=7b", "tokenizer=bilingual", "tokenizer.vocab_size=64000"))
 
 
 @pytest.mark.slow  # the fast suite runs the throughput, cross-entropy and data-pipeline benchmarks

@@ -429,6 +429,17 @@ def validate(cfg: DictConfig) -> None:
     if is_pretrained(ini.name) and tok.variant == TokenizerVariant.bilingual:
         _fail("tokenizer", "bilingual", "a vocabulary trained from scratch does not fit a checkpoint's embeddings; "
               f"with init={ini.name} use tokenizer=base or tokenizer=expanded")
+    if not is_pretrained(ini.name) and m.vocab_size:  # before a tokenizer is trained (hours at 64k pieces)
+        n, what = None, ""
+        if tok.variant == TokenizerVariant.bilingual:
+            n, what = int(tok.vocab_size), "tokenizer.vocab_size"
+        elif str(tok.base) in ("auto", "english8k"):
+            n, what = int(tok.english_vocab_size), "tokenizer.english_vocab_size"
+            if tok.variant == TokenizerVariant.expanded:
+                n, what = n + int(tok.num_new_tokens), what + " + tokenizer.num_new_tokens"
+        if n is not None and n > m.vocab_size:
+            _fail("model.vocab_size", m.vocab_size, f"smaller than the tokenizer's {n:,} pieces ({what}); set "
+                  "model.vocab_size=null (the tokenizer's size, padded) or a larger size")
     if t.precision not in PRECISIONS:
         _fail("trainer.precision", t.precision, "allowed: " + ", ".join(PRECISIONS))
     complete = tuple(n for n in d.sources if isinstance(d.sources[n], (dict, DictConfig)) and "lang" in d.sources[n])

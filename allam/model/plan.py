@@ -2,8 +2,8 @@
 
 No weights are read or downloaded. The estimate counts, per GPU:
 - weights, gradients and optimizer states, by precision and optimizer, divided across
-  ranks under FSDP (full sharding) and replicated under DDP; under FSDP with 16-bit compute, the
-  gathered 16-bit copies of the units in flight (root unit and two decoder layers);
+  ranks under FSDP (full sharding) and replicated under DDP; under FSDP, the gathered copies (in
+  the compute dtype) of the units in flight (root unit and two decoder layers), whatever the precision;
 - activations of one micro-batch: ~34·h bytes per token per layer with 16-bit activations
   (Korthikanti et al. 2022, with memory-efficient attention so no s² term), plus, with
   ``model.attention=eager`` only, two batch·heads·s² score matrices per layer
@@ -133,12 +133,15 @@ def make_plan(m, t, *, batch_size: int, optimizer: str, vocab_size: int, world: 
     n = counts["total"]
     shard = world if "fsdp" in strategy or "deepspeed" in strategy else 1
     weights = n * w / shard
-    if shard > 1 and str(t.precision) in ("bf16-mixed", "16-mixed"):
-        # FSDP2 gathers 16-bit copies one unit at a time (the root unit and two decoder layers
-        # in flight), not a 16-bit copy of the whole model
+    if shard > 1:
+        # FSDP2 gathers the compute-dtype weights one unit at a time (the root unit and two decoder
+        # layers in flight) on top of each rank's shard; under mixed precision the shard is the fp32
+        # master alone (the 16-bit copy exists only gathered), otherwise the shard is in that dtype
         layer = sum(p.numel() for p in model.model.layers[0].parameters())
         root = n - layer * m.num_layers
-        weights = n * (w - 2.0) / shard + 2.0 * (root + 2 * layer)
+        mixed = str(t.precision) in ("bf16-mixed", "16-mixed")
+        compute = 2.0 if str(t.precision).startswith(("bf16", "16")) else 4.0
+        weights = n * (w - 2.0 if mixed else w) / shard + compute * (root + 2 * layer)
     grads = n * g / shard
     opt = n * o / shard
     act_bytes = 2 if str(t.precision).startswith(("bf16", "16")) else 4

@@ -2,7 +2,7 @@
 ``task=plan`` sizes the model with."""
 from __future__ import annotations
 
-from allam.config import TokenizerVariant, is_pretrained
+from allam.config import ConfigError, TokenizerVariant, is_pretrained
 from allam.model.decoder import checkpoint_config, padded
 
 
@@ -30,7 +30,10 @@ def planned_vocab(tok, model, init) -> tuple[int, str]:
             n, source = resolve_base_size(base, init.local_files_only), f"tokenizer.base={base}"
         if tok.variant == TokenizerVariant.expanded:
             n, source = n + tok.num_new_tokens, source + " + tokenizer.num_new_tokens (an upper bound)"
-    if pretrained:
-        rows = model.vocab_size or n
-        return (max(rows, padded(n, model.pad_vocab_to)) if n > rows else rows), source
+    if pretrained:  # the checkpoint's rows, grown (and padded, as training pads them) when the tokenizer is larger
+        rows = model.vocab_size or checkpoint_config(init.checkpoint, init.local_files_only).vocab_size
+        return (padded(n, model.pad_vocab_to) if n > rows else rows), source
+    if model.vocab_size and n > model.vocab_size:
+        raise ConfigError(f"model.vocab_size={model.vocab_size}: smaller than the tokenizer's {n:,} pieces ({source}); "
+                          "set model.vocab_size=null (the tokenizer's size, padded) or a larger size")
     return (model.vocab_size or padded(n, model.pad_vocab_to)), source
