@@ -139,3 +139,28 @@ def test_every_arch_builds_from_the_model_group_and_trains(make_cfg, arch):
     loss.backward()
     assert torch.isfinite(loss) and 4.0 < loss.item() < 5.0  # about ln(97) at init
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_settings_a_pretrained_init_keeps_from_the_checkpoint_are_named(caplog):
+    """With a pretrained init only the model group's shape is checked; its other settings (here an
+    override of rope_theta, as a long-context ablation would make) are the checkpoint's. The run
+    says so in one warning instead of ignoring the override silently."""
+    import logging
+
+    from omegaconf import OmegaConf
+    from transformers import LlamaConfig
+
+    from allam.model.decoder import check_architecture
+
+    ckpt = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5)
+    m = OmegaConf.create(dict(name="micro", arch="llama", hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                              num_kv_heads=None, head_dim=None, seq_len=64, max_position_embeddings=None,
+                              rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False))
+    with caplog.at_level(logging.WARNING, logger="allam"):
+        check_architecture(m, ckpt, "ckpt")
+        assert not caplog.records  # the same settings: nothing to say
+        m.rope_theta = 500000.0
+        check_architecture(m, ckpt, "ckpt")
+    assert len(caplog.records) == 1
+    assert "model.rope_theta=500000.0 (checkpoint: 10000.0)" in caplog.records[0].getMessage()

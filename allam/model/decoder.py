@@ -107,9 +107,39 @@ def check_architecture(m, ckpt_cfg: PretrainedConfig, path: str) -> None:
         raise ConfigError(
             f"model={m.name} disagrees with init.checkpoint={path}: " + ", ".join(bad) + " (model vs checkpoint)"
         )
+    kept = _kept_from_checkpoint(m, ckpt_cfg)
+    if kept:
+        import logging
+
+        logging.getLogger("allam").warning(
+            "init.checkpoint=%s keeps its own %s: the model group's values are not used with a pretrained init "
+            "(only its shape is checked against the checkpoint)", path, ", ".join(kept))
     limit = ckpt_cfg.max_position_embeddings
     if m.seq_len > limit:
         raise ConfigError(f"model.seq_len={m.seq_len}: init.checkpoint={path} allows at most {limit} positions")
+
+
+def _kept_from_checkpoint(m, ckpt_cfg: PretrainedConfig) -> list[str]:
+    """The model group's non-shape settings that differ from the checkpoint's, which a pretrained
+    init keeps ("model.rope_theta=500000 (checkpoint: 10000)")."""
+    rope = getattr(ckpt_cfg, "rope_parameters", None) or {}
+    theirs = {
+        "rope_theta": rope.get("rope_theta", getattr(ckpt_cfg, "rope_theta", None)),
+        "norm_eps": getattr(ckpt_cfg, "rms_norm_eps", None),
+        "tie_embeddings": bool(getattr(ckpt_cfg, "tie_word_embeddings", False)),
+        "max_position_embeddings": getattr(ckpt_cfg, "max_position_embeddings", None),
+    }
+    ours = {"rope_theta": float(m.rope_theta), "norm_eps": float(m.norm_eps), "tie_embeddings": bool(m.tie_embeddings),
+            "max_position_embeddings": m.max_position_embeddings}
+    out = []
+    for key, mine in ours.items():
+        other = theirs[key]
+        if mine is None or other is None:
+            continue
+        same = math.isclose(float(mine), float(other), rel_tol=1e-9) if not isinstance(mine, bool) else mine == other
+        if not same:
+            out.append(f"model.{key}={mine} (checkpoint: {other})")
+    return out
 
 
 def pretrained_config(m, init) -> PretrainedConfig:
