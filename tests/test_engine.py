@@ -314,6 +314,28 @@ def test_tokenize_tasks_read_the_counts_once_per_source_not_once_per_task(tok, t
         assert built[name].meta["train"] == one[name].meta["train"] and built[name].meta["val"] == one[name].meta["val"]
 
 
+def test_a_merge_process_that_dies_after_publishing_is_a_finished_build(tok, tmp_path, monkeypatch):  # noqa: F811
+    """Killed while clearing its work folder, after its shards were published: the build returns
+    them (it said "nothing was added to the cache") and the work folder is cleared."""
+    import signal
+
+    srcs = _corpus(tmp_path)
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    real = engine.clear_work
+    parent = os.getpid()
+
+    def dying(plan, keep_logs=False):
+        if os.getpid() != parent and plan.job.name == "en":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(plan, keep_logs)
+
+    monkeypatch.setattr(engine, "clear_work", dying)
+    built = _build(srcs, info, tmp_path / "cache", task_bytes=6000)
+    assert set(built) == {"ar", "en"} and built["en"].meta["train"]["docs"] > 0
+    jobs = {j.name: j for j in shards.plan_jobs(srcs, False, info, tmp_path / "cache")}
+    assert not engine.work_folder(jobs["en"]).exists()
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

@@ -262,7 +262,11 @@ def _merge_in_processes(n: int, at_once: int, t0: float) -> list:
                         for tmp in _MERGING[i].job.path.parent.glob(
                                 f"{_MERGING[i].job.path.name}.tmp-{cache_lock.HOST}-{proc.pid}-*"):
                             shutil.rmtree(tmp, ignore_errors=True)
-                        results[i] = ([], _died(_MERGING[i], proc.exitcode))
+                        if load(_MERGING[i].job) is not None:  # it died after publishing (clearing its work folder)
+                            engine.clear_work(_MERGING[i])
+                            results[i] = ([], None)
+                        else:
+                            results[i] = ([], _died(_MERGING[i], proc.exitcode))
                     proc.join()
                     reader.close()
                     del running[i]
