@@ -811,3 +811,22 @@ def test_a_run_saved_before_the_hold_out_settings_resumes_unchanged():
     now["data"]["val_fraction"] = 0.01
     now["data"]["sources"]["f"]["val_fraction"] = 0.01
     assert changed_keys(old, now) == ["data.sources.f.val_fraction", "data.val_fraction"]
+
+
+def test_a_parquet_row_whose_pair_is_not_utf8_is_skipped_whole_as_in_jsonl(tmp_path):
+    """With skip_bad_utf8, a row whose English original (the pair) is not UTF-8 is skipped and
+    counted once, as a JSONL line is; it used to train unpaired while also counting as bad."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from allam.data.sources import read_texts, source_values
+
+    ar = [f"نص عربي رقم {i}".encode() for i in range(4)]
+    en = [f"English text {i}".encode() for i in range(4)]
+    en[2] = b"bad \xff byte"
+    pq.write_table(pa.table({"text": pa.array(ar, pa.binary()), "en": pa.array(en, pa.binary())}), tmp_path / "t.parquet")
+    src = source_values({"lang": "ar", "kind": "translated", "loader": "parquet", "path": str(tmp_path / "t.parquet"),
+                         "pair_field": "en", "skip_bad_utf8": True})
+    bad = [0]
+    rows = list(read_texts("t", src, True, bad))
+    assert bad == [1] and [p for _, p in rows] == ["English text 0", "English text 1", "English text 3"]

@@ -250,7 +250,7 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
         for batch in pf.iter_batches(columns=cols, batch_size=4096):
             if read is not None:  # the file's bytes in proportion to its rows read
                 read[0] = start + size * min(offset + batch.num_rows, rows) // rows
-            arrays = []
+            arrays, broken = [], set()  # rows with a cell that is not UTF-8: skipped whole (as a JSONL line)
             for c in cols:
                 col = batch.column(c)
                 if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
@@ -261,16 +261,17 @@ def _read_parquet(name: str, files: list[Path], field: str, pair_field: Optional
                         except UnicodeDecodeError as e:
                             if not skip_bad:
                                 raise BadUtf8(f"{f} (row {offset + j}, column {c})", e.start) from None
-                            bad[0] += 1
+                            broken.add(j)
                             vals.append(None)
                     arrays.append(vals)
                 else:
                     arrays.append(col.to_pylist())
             offset += batch.num_rows
+            bad[0] += len(broken)
             texts = arrays[0]
             pairs = arrays[1] if pair_field else [None] * len(texts)
-            for t, p in zip(texts, pairs):
-                if t is not None:
+            for j, (t, p) in enumerate(zip(texts, pairs)):
+                if t is not None and j not in broken:
                     yield str(t), (str(p) if p is not None else None)
 
 
