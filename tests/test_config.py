@@ -265,3 +265,17 @@ def test_an_experiment_file_can_set_the_task(tmp_path):
     with initialize_config_dir(str(conf), version_base=None):
         assert compose("config", overrides=["experiment=plan_only"]).task == "plan"
         assert compose("config").task == "train"
+
+
+def test_a_checkpoint_given_to_a_random_init_is_named_as_unused(make_cfg, caplog):
+    """init.checkpoint=... without init=llama2/pretrained trains from scratch (sweeps/init.yaml's
+    random-init cells rely on that); the run says the checkpoint is not used."""
+    import logging
+
+    from allam.tasks.builders import init_checkpoint
+
+    with caplog.at_level(logging.WARNING, logger="allam"):
+        assert init_checkpoint(make_cfg().init) is None
+        assert not caplog.records
+        assert init_checkpoint(make_cfg("init.checkpoint=outputs/english_base/hf").init) is None
+    assert "init.checkpoint=outputs/english_base/hf is not used: init=random" in caplog.records[0].getMessage()

@@ -54,8 +54,14 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
 
 
 def init_checkpoint(init) -> str | None:
-    """The checkpoint a pretrained init loads (None: random init)."""
-    return init.checkpoint if is_pretrained(init.name) else None
+    """The checkpoint a pretrained init loads (None: random init, which says so when one is set:
+    ``init.checkpoint=...`` without ``init=llama2`` or ``init=pretrained`` is an easy slip)."""
+    if is_pretrained(init.name):
+        return init.checkpoint
+    if init.get("checkpoint"):
+        log.warning("init.checkpoint=%s is not used: init=%s starts from random weights (init=llama2 or "
+                    "init=pretrained loads it)", init.checkpoint, init.name)
+    return None
 
 
 def build_tokenizer(cfg: DictConfig, tokenizer_cfg=None):
