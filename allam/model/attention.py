@@ -28,10 +28,11 @@ def _xformers_attention(module, query, key, value, attention_mask, scaling=None,
     query/key/value arrive as [batch, heads, seq, head_dim]; xformers wants [batch, seq, heads, head_dim].
     No mask function is registered for this backend, so transformers passes attention_mask=None
     and causality comes from the bias here (bottom-right aligned, so decoding with a KV cache
-    stays correct). A layer with a ``sliding_window`` (Gemma-3's local layers) gets the local
-    causal bias: each query sees itself and the ``sliding_window - 1`` keys before it, as
-    transformers' own masks do. Padding masks and logit soft-capping are not supported: training
-    uses packed blocks without padding.
+    stays correct). A layer with a ``sliding_window`` (Gemma-3's local layers) that cuts keys off
+    runs PyTorch SDPA with the window mask (each query sees itself and the ``sliding_window - 1``
+    keys before it, as transformers' own masks do): xformers' local bias has a backward kernel only
+    in flash attention (16-bit, sm80 and newer). Padding masks and logit soft-capping are not
+    supported: training uses packed blocks without padding.
 
     The kernel needs one dtype for q, k and v. Under autocast (``precision=bf16-mixed``) the
     rotary embedding leaves q and k in float32 while v comes out of a Linear in bfloat16; SDPA is
@@ -53,10 +54,20 @@ def _xformers_attention(module, query, key, value, attention_mask, scaling=None,
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else value.dtype
     q, k, v = (t.transpose(1, 2).to(dtype) for t in (query, key, value))
     causal = getattr(module, "is_causal", True)
+    m, n = q.shape[1], k.shape[1]
+    if causal and sliding_window and n > sliding_window:
+        # a local layer whose window cuts keys off: xformers' local mask has a backward kernel only
+        # in flash attention (16-bit, sm80 and newer), so this layer runs SDPA with the window mask
+        w = int(sliding_window)
+        pos = torch.arange(n, device=q.device)
+        rel = (pos[None, :] - pos[n - m:, None])  # key minus query position, queries aligned bottom-right
+        mask = (rel <= 0) & (rel > -w)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            dropout_p=dropout if module.training else 0.0, scale=scaling)
+        return out.transpose(1, 2), None
     bias = None
-    if causal and sliding_window and k.shape[1] > sliding_window:
-        bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(int(sliding_window))
-    elif causal and q.shape[1] > 1:
+    if causal and m > 1:
         bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightMask()
     out = xops.memory_efficient_attention(
         q, k, v, attn_bias=bias, p=dropout if module.training else 0.0, scale=scaling
