@@ -87,7 +87,8 @@ def test_nonsense_values_are_refused_before_anything_is_built():
         "trainer.num_nodes=0": "trainer.num_nodes=0: must be positive",
         "trainer.peak_tflops=-1": "trainer.peak_tflops=-1.0: must be a number > 0",
         "trainer.precision=8-true": "trainer.precision=8-true: allowed: 32-true, 32, bf16-mixed",
-        "tokenizer.base_ar_share=1.5": "tokenizer.base_ar_share=1.5: must be a fraction in [0, 1]",
+        "tokenizer.base_ar_share=0.6": "tokenizer.base_ar_share=0.6: must be in [0, 0.5) (the base stays mostly English)",
+        "+tokenizer.base_mix.en=0.1": "tokenizer.base_mix: names en",
         "+tokenizer.base_mix.xx=0.1": "tokenizer.base_mix=xx: unknown language code",
         "logger.mode=bogus": "logger.mode=bogus: allowed: offline, online, disabled",
         "+data.sources.tafsir_ar.min_chars=-3": "data.sources.tafsir_ar.min_chars=-3: must be non-negative",
@@ -101,6 +102,8 @@ def test_nonsense_values_are_refused_before_anything_is_built():
         assert "\n" not in line and line.startswith("error: " + expected), (override, line)
     with pytest.raises(SystemExit, match="base_ar_share=0.01: applies only when tokenizer.base_mix is empty"):
         run_py.preflight(["experiment=english_base", "+tokenizer.base_mix.hi=0.01"])
+    with pytest.raises(SystemExit, match=r"tokenizer\.base_mix=\{hi:0\.3,fa:0\.3\}: must be in \[0, 0\.5\)"):
+        run_py.preflight(["+tokenizer.base_mix.hi=0.3", "+tokenizer.base_mix.fa=0.3"])
     for fine in (["trainer.devices=-1"], ["trainer.devices=auto"], ["optim.grad_clip=0"], ["logger=wandb"]):
         run_py.preflight(fine)
 

@@ -35,16 +35,28 @@ def _above_zero(key: str, value: Optional[float]) -> None:
 
 
 def base_mix(tok) -> None:
-    """english8k's training-text shares: tokenizer.base_ar_share, or a tokenizer.base_mix table of
-    known language codes (not both); each a fraction."""
-    _unit("tokenizer.base_ar_share", tok.base_ar_share)
+    """english8k's training-text shares: tokenizer.base_ar_share, or a tokenizer.base_mix table
+    (not both), by :func:`base_shares`."""
     table = dict(tok.get("base_mix") or {})
     if table and float(tok.base_ar_share or 0.0):
         _fail("tokenizer.base_ar_share", tok.base_ar_share, "applies only when tokenizer.base_mix is empty; with "
               "tokenizer.base_mix set the Arabic share is tokenizer.base_mix.ar")
-    for code, share in table.items():
-        language(str(code), "tokenizer.base_mix")
-        _unit(f"tokenizer.base_mix.{code}", share)
+    base_shares(table, "tokenizer.base_mix") if table else base_shares({"ar": tok.base_ar_share or 0.0},
+                                                                        "tokenizer.base_ar_share")
+
+
+def base_shares(shares, key: str) -> None:
+    """The rule for the other languages' shares of english8k's training words: known codes, not
+    English, each at least 0 and together below one half (the base stays mostly English)."""
+    values = {str(c): float(v) for c, v in shares.items()}
+    if any(v < 0 for v in values.values()) or not sum(values.values()) < 0.5:
+        shown = ("{" + ",".join(f"{c}:{v}" for c, v in shares.items()) + "}") if key.endswith("base_mix") \
+            else next(iter(shares.values()))
+        _fail(key, shown, "must be in [0, 0.5) (the base stays mostly English)")
+    if values.get("en", 0.0) > 0:
+        raise ConfigError(f"{key}: names en; it holds the shares of the other languages in the English base's text")
+    for code in values:
+        language(code, key)  # tokenizer.base_mix=xx: unknown language code
 
 
 def _positive(key: str, value: Optional[int], allow_zero: bool = False) -> None:

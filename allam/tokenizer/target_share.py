@@ -16,17 +16,11 @@ class WithTargetShare:
     key, so the cache tells them apart (``{ar: s}`` keys as the Arabic-only version always has)."""
 
     def __init__(self, texts: Callable[[str], Iterable[str]], shares: Mapping[str, float], key: str = "tokenizer.base_mix"):
+        from allam.config.rules import base_shares
+
+        base_shares(shares, key)  # the rule validate() checks before a run starts
         self.shares = {str(c): float(s) for c, s in shares.items() if float(s) > 0}
         total = sum(self.shares.values())
-        if any(float(s) < 0 for s in shares.values()) or not total < 0.5:
-            value = "{" + ",".join(f"{c}:{s}" for c, s in shares.items()) + "}" if key.endswith("base_mix") else next(iter(shares.values()))
-            raise ConfigError(f"{key}={value}: must be in [0, 0.5) (the base stays mostly English)")
-        if "en" in self.shares:
-            raise ConfigError(f"{key}: names en; it holds the shares of the other languages in the English base's text")
-        from allam.config.langs import language
-
-        for code in shares:
-            language(str(code), key)  # tokenizer.base_mix=xx: unknown language code
         self.key_name = key
         self.texts, self.total = texts, total
         if hasattr(texts, "key"):
