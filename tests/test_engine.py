@@ -542,14 +542,17 @@ def test_a_submission_and_a_local_build_never_share_a_work_folder(tok, tmp_path,
     class Cfg:
         task_bytes = 6000
 
+    # as if each command had looked for a submission (pending) just before the other recorded one:
+    # what decides is the check each makes again under the lock
+    monkeypatch.setattr(engine_run, "pending", lambda *a, **k: None)
     t = threading.Thread(target=other_process)
     t.start()
     holding.wait()
     said: list = []
-    assert shard_build.submit([job], info, Cfg, log=said.append) == []  # no sbatch here: submitting would fail
+    pending = shard_build.submit([job], info, Cfg, log=said.append)  # no sbatch here: submitting would fail
     t.join()
+    assert [(p["state"], p["jobs"]["merge"]) for p in pending] == [("pending", 103)]
     assert any("submitted meanwhile" in line for line in said), said
-    monkeypatch.setattr(engine_run, "pending", lambda *a, **k: None)  # as if build() looked just before the submission
     with pytest.raises(ConfigError, match=r"^data\.sources\.ar: its shards are being built by SLURM jobs"):
         _build(srcs, info, cache, task_bytes=6000)
 

@@ -85,7 +85,8 @@ def _run_forked(executor, ranks: list[int], at_once: int) -> None:
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_task_child, args=(executor, rank, slot, writer), name=f"task-{rank}")
                 running[rank] = (proc, reader, slot)  # before start: a Ctrl+C in between still stops it
-                proc.start()
+                with _FORK_LOCK:  # not while the progress thread holds a lock (stderr's) the child would inherit taken
+                    proc.start()
                 writer.close()
             if not running:
                 break
@@ -128,6 +129,7 @@ def _died(code: Optional[int]) -> str:
 
 
 _FORKED: dict = {}  # steps of this process's local executor runs, by id (inherited by its forked workers)
+_FORK_LOCK = threading.Lock()  # held by run_local's progress thread while it writes, and around each fork
 
 
 def _forked_stage(key: int) -> "_Stage":
@@ -229,7 +231,8 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
         def watch():
             while not stop.wait(1.0):
                 bar.read[0], docs, tokens = _progress_sums(plans)
-                bar.update(docs - bar.docs, tokens)
+                with _FORK_LOCK:
+                    bar.update(docs - bar.docs, tokens)
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
     prev = os.environ.get("TOKENIZERS_PARALLELISM")

@@ -350,8 +350,14 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
             if load(job) is not None:  # published meanwhile
                 cached[job.name] = True
                 continue
-            if engine.submitted(job) is not None:  # submitted meanwhile by another process
-                log(f"data: {job.name}: submitted meanwhile by {engine.submitted(job).get('by')}; not submitting it again")
+            meanwhile = engine.submitted(job)
+            if meanwhile is not None:  # submitted by another process since pending() looked: as "submitted before"
+                log(f"data: {job.name}: submitted meanwhile ({meanwhile.get('at')}, {meanwhile.get('by')}; SLURM jobs "
+                    f"{meanwhile.get('jobs')}); not submitting it again")
+                merge = (meanwhile.get("jobs") or {}).get("merge")
+                if merge is not None and str(merge) != "-1":
+                    merges[job.name] = str(merge)
+                out.append({**meanwhile, "state": "pending"})
                 continue
             plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
             unsubmitted = [p.name for p in missing if p.name not in merges]
