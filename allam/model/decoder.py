@@ -120,26 +120,17 @@ def check_architecture(m, ckpt_cfg: PretrainedConfig, path: str) -> None:
 
 
 def _kept_from_checkpoint(m, ckpt_cfg: PretrainedConfig) -> list[str]:
-    """The model group's non-shape settings that differ from the checkpoint's, which a pretrained
-    init keeps ("model.rope_theta=500000 (checkpoint: 10000)")."""
+    """The model group's position settings that differ from the checkpoint's, which a pretrained
+    init keeps ("model.rope_theta=500000 (checkpoint: 10000)"): the ones a long-context ablation
+    would override. (norm_eps and tie_embeddings are the checkpoint's too, but a model group's
+    defaults differ from many checkpoints' without anyone having asked for them.)"""
     rope = getattr(ckpt_cfg, "rope_parameters", None) or {}
-    theirs = {
-        "rope_theta": rope.get("rope_theta", getattr(ckpt_cfg, "rope_theta", None)),
-        "norm_eps": getattr(ckpt_cfg, "rms_norm_eps", None),
-        "tie_embeddings": bool(getattr(ckpt_cfg, "tie_word_embeddings", False)),
-        "max_position_embeddings": getattr(ckpt_cfg, "max_position_embeddings", None),
-    }
-    ours = {"rope_theta": float(m.rope_theta), "norm_eps": float(m.norm_eps), "tie_embeddings": bool(m.tie_embeddings),
-            "max_position_embeddings": m.max_position_embeddings}
-    out = []
-    for key, mine in ours.items():
-        other = theirs[key]
-        if mine is None or other is None:
-            continue
-        same = math.isclose(float(mine), float(other), rel_tol=1e-9) if not isinstance(mine, bool) else mine == other
-        if not same:
-            out.append(f"model.{key}={mine} (checkpoint: {other})")
-    return out
+    theirs = {"rope_theta": rope.get("rope_theta", getattr(ckpt_cfg, "rope_theta", None)),
+              "max_position_embeddings": getattr(ckpt_cfg, "max_position_embeddings", None)}
+    ours = {"rope_theta": m.rope_theta, "max_position_embeddings": m.max_position_embeddings}
+    return [f"model.{key}={mine} (checkpoint: {theirs[key]})" for key, mine in ours.items()
+            if mine is not None and theirs[key] is not None
+            and not math.isclose(float(mine), float(theirs[key]), rel_tol=1e-9)]
 
 
 def pretrained_config(m, init) -> PretrainedConfig:
