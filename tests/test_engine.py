@@ -190,6 +190,22 @@ def test_a_merge_process_that_dies_is_one_line_not_a_wait(tok, tmp_path, monkeyp
     jobs = {j.name: j for j in shards.plan_jobs(srcs, False, info, cache)}
     assert shards.load(jobs["ar"]) is not None and shards.load(jobs["en"]) is None
     assert not list(cache.rglob("en-*.tmp-*"))
+    # the same command again: the tokenized parts are kept as it said, so no task runs again (the
+    # run's set of sources, by which datatrove's logs are named, is now `en` alone)
+    monkeypatch.setattr(shard_build, "_merge", real)
+    ran = tmp_path / "ran"
+    ran.mkdir()
+
+    def recording(stage, fn):
+        def run(plan, rank):
+            (ran / f"{stage}-{plan.job.name}-{rank}").touch()
+            return fn(plan, rank)
+        return run
+
+    monkeypatch.setattr(engine_run, "count_piece", recording("count", engine.count_piece))
+    monkeypatch.setattr(engine_run, "tokenize_piece", recording("tokenize", engine.tokenize_piece))
+    assert _build(srcs, info, cache, task_bytes=6000)["en"].meta["train"]["docs"] > 0
+    assert not list(ran.iterdir())
 
 
 def test_a_task_process_that_dies_is_one_line_and_the_rerun_finishes(tok, tmp_path, monkeypatch):  # noqa: F811

@@ -222,7 +222,7 @@ def run_local(plans: list[Plan], workers: int, logs: Path, bar=None) -> None:
     from loguru import logger
 
     Local, _ = _executor_classes()
-    _forget_unfinished(plans, logs)
+    _marks_from_outputs(plans, logs)
     n = sum(len(p.pieces) for p in plans)
     workers = max(1, min(workers, n))
     stop = threading.Event()
@@ -273,18 +273,28 @@ def stage_output(plan: Plan, stage: str, rank: int) -> Path:
     return plan.work / "parts" / f"{rank:05d}" / "stats.json"
 
 
-def _forget_unfinished(plans: list[Plan], logs: Path) -> None:
-    """Before a local run: a task's completion mark is dropped unless its output is there. A task
-    that met bad input records the error and completes (datatrove marks it); a run cut off before
-    raising that error left such a mark over a piece that was never counted, so every later run
-    skipped the task and failed elsewhere with a traceback. Errors recorded by an earlier run are
-    dropped too: the tasks that recorded them run again and record them anew."""
+def _marks_from_outputs(plans: list[Plan], logs: Path) -> None:
+    """Before a local run, datatrove's completion marks are made to say what the work folders hold:
+    a task is complete exactly when its output is there (both are written last, atomically).
+
+    - A task that met bad input records the error and completes (datatrove marks it); a run cut
+      off before raising that error left a mark over a piece never counted, so every later run
+      skipped the task and failed elsewhere with a traceback: its mark goes.
+    - The marks live in a logs folder named by the run's set of plans (the task numbers run across
+      them): a run with another set (a source published meanwhile, or a merge that died while
+      the others published) finds the finished tasks by their outputs and does not redo them.
+
+    Errors recorded by an earlier run are dropped too: the tasks that recorded them run again."""
     offset = 0
     for plan in plans:
         for stage in ("count", "tokenize"):
+            marks = logs / stage / "completions"
             for rank in range(len(plan.pieces)):
-                mark = logs / stage / "completions" / f"{offset + rank:05d}"
-                if mark.exists() and not stage_output(plan, stage, rank).exists():
+                mark = marks / f"{offset + rank:05d}"
+                if stage_output(plan, stage, rank).exists():
+                    marks.mkdir(parents=True, exist_ok=True)
+                    mark.touch()
+                elif mark.exists():
                     mark.unlink()
         offset += len(plan.pieces)
         shutil.rmtree(plan.work / "errors", ignore_errors=True)
