@@ -91,6 +91,22 @@ def test_init_llama2_from_saved_checkpoint(make_cfg, tmp_path, english8k):
     assert (after - before).abs().max() < 0.05  # ...and did not start from random ones
 
 
+def test_a_resumed_adaptation_keeps_its_starting_scores(make_cfg, tmp_path, english8k):
+    """start.val.* (the checkpoint's scores before training) and delta.val.* are what forgetting is
+    measured by; a run resumed from its checkpoint (a preemption, a longer budget) reported none,
+    since only the first command scores the start. They travel in the checkpoint now."""
+    ckpt = _save_tiny_llama(tmp_path / "base", english8k.tokenizer)
+    out = tmp_path / "run"
+    common = ["init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, "data.batch_size=2", "data.val_bytes=3000",
+              "export=false"]
+    first = train_task.run(make_cfg(*common, "trainer.max_steps=2", out=out))
+    again = train_task.run(make_cfg(*common, "trainer.max_steps=4", out=out))
+    assert again["resumed_from"] and again["train.steps"] == 4
+    for lang in ("ar", "en"):
+        assert again[f"start.val.{lang}.bpb"] == first[f"start.val.{lang}.bpb"]
+        assert again[f"delta.val.{lang}.bpb"] == pytest.approx(again[f"val.{lang}.bpb"] - first[f"start.val.{lang}.bpb"])
+
+
 def test_init_llama2_vocab_mismatch_is_a_clear_error(make_cfg, tmp_path, english8k):
     ckpt = _save_tiny_llama(tmp_path / "small-vocab", english8k.tokenizer, vocab=4096)
     cfg = make_cfg("init=llama2", f"init.checkpoint={ckpt}", *SMALL_MODEL, *FAST)

@@ -262,18 +262,19 @@ class TrainingCallbacks:
     preemption: Any  # allam.train.guards.Preemption: checkpoint at a step boundary on a stop signal
     record: Any  # allam.train.guards.RunRecord: the config and data fingerprint in every checkpoint
     units: Any  # allam.train.guards.MicroBatchUnits: Lightning's micro-batch count in a resume's micro-batches
+    starts: Any  # allam.train.callbacks.StartScores: the starting scores, kept across a resume
     evaluator: Any = None  # allam.train.eval_callback.EvalDuringTraining, when the run evaluates
 
     def as_list(self) -> list:
         evaluator = [self.evaluator] if self.evaluator is not None else []
-        return [self.throughput, self.nonfinite, self.preemption, self.record, self.units, *evaluator]
+        return [self.throughput, self.nonfinite, self.preemption, self.record, self.units, self.starts, *evaluator]
 
 
 def training_callbacks(cfg: DictConfig, out: Path, flops_per_token: float, data_fingerprint: dict,
                        base_flops: float | None = None, evaluator=None) -> TrainingCallbacks:
     """The one list of callbacks a training run gives :func:`build_trainer` (the train task and
     the throughput benchmark's project arm both use it). Checkpoints go to ``out/checkpoints``."""
-    from allam.train.callbacks import Throughput
+    from allam.train.callbacks import StartScores, Throughput
     from allam.train.guards import MicroBatchUnits, NonFiniteGuard, Preemption, RunRecord
 
     t, checkpoints = cfg.trainer, out / "checkpoints"
@@ -283,6 +284,7 @@ def training_callbacks(cfg: DictConfig, out: Path, flops_per_token: float, data_
         preemption=Preemption(checkpoints),
         record=RunRecord(to_dict(cfg), data_fingerprint),
         units=MicroBatchUnits(),
+        starts=StartScores(),
         evaluator=evaluator,
     )
 

@@ -104,8 +104,9 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     trainer = build_trainer(cfg, out, callbacks.as_list(), steps)
     log.info("training %s for %d steps (%s tokens/step) in %s", cfg.model.name, steps, f"{tps:,}", out)
 
-    start_val = score_start(trainer, module, dm) if is_pretrained(cfg.init.name) and ckpt is None else {}
-    start_post, module.final_post = dict(getattr(module, "final_post", {})), {}
+    starts = callbacks.starts  # scored here at the start; a resume gets them back from its checkpoint in fit
+    starts.val = score_start(trainer, module, dm) if is_pretrained(cfg.init.name) and ckpt is None else {}
+    starts.post, module.final_post = dict(getattr(module, "final_post", {})), {}
     status, failure = "finished", None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True if ckpt else None)
@@ -159,12 +160,12 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         "train.nonfinite_skips": callbacks.nonfinite.skipped,
         "resumed_from": str(ckpt) if ckpt else None,
         "wall_seconds": time.perf_counter() - t0,
-        **R.validation_keys(module.final_val, start_val),
+        **R.validation_keys(module.final_val, starts.val),
         "val.step": module.final_val_step,
         R.CURVE_KEY: throughput.curve,
         **R.eval_keys(evaluator.final if evaluator else {}),
         "data": dm.mix_report(),
-        **R.objective_keys(str(cfg.objective.name), module.final_post, start_post),
+        **R.objective_keys(str(cfg.objective.name), module.final_post, starts.post),
     }
     if status == "preempted":
         results["checkpoint"] = str(stopped["checkpoint"] if stopped else preemption.saved)

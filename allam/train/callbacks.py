@@ -222,6 +222,23 @@ class Throughput(L.Callback):
         self._world = trainer.world_size
 
 
+class StartScores(L.Callback):
+    """The starting checkpoint's validation scores (per language, and a post-training objective's),
+    kept in the run's checkpoints: a resumed run reports ``start.val.*`` and ``delta.val.*`` (what
+    forgetting is measured by) as the run that scored them at its start did."""
+
+    def __init__(self) -> None:
+        self.val: dict[str, dict] = {}
+        self.post: dict[str, dict] = {}
+
+    def state_dict(self) -> dict:
+        return {"val": self.val, "post": self.post}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.val = dict(state_dict.get("val") or {})
+        self.post = dict(state_dict.get("post") or {})
+
+
 class AppendingCSVLogger(CSVLogger):
     """Lightning's CSV logger for a run directory that may be resumed:
 
