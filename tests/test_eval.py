@@ -197,6 +197,16 @@ def test_eval_one_line_errors(make_cfg, tmp_path):
         with pytest.raises(ConfigError, match=says) as err:
             eval_task.run(make_cfg("task=eval", *([f"ckpt={ckpt}"] if ckpt else [])))
         assert "\n" not in str(err.value)
+    damaged = tmp_path / "damaged-run"  # a run whose last checkpoint was cut off mid-write
+    (damaged / "checkpoints").mkdir(parents=True)
+    (damaged / "model_config.json").write_text("{}")
+    (damaged / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut off")
+    from allam.tasks import generate as generate_task
+
+    for task in (eval_task, generate_task):
+        with pytest.raises(ConfigError, match=r"damaged-run: unreadable .*; point ckpt= at a complete checkpoint") as err:
+            task.run(make_cfg(f"task={task.__name__.rsplit('.', 1)[1]}", f"ckpt={damaged}", "prompt=hello"))
+        assert "\n" not in str(err.value)
     for bad, says in (("eval.every_tokens=0", "must be positive"), ("eval.tasks=[]", "name at least one"),
                       (f"eval.data_dir={tmp_path / 'none'}", "no such folder")):
         with pytest.raises(ConfigError, match=says):

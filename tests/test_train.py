@@ -149,7 +149,11 @@ def test_export_reproduces_training_logits(make_cfg, tmp_path):
     assert diff < 1e-4
     gen = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert gen.shape[1] == ids.shape[1] + 5
-    # task=export from the checkpoint gives the same folder contents
+    # task=export from the checkpoint gives the same folder contents, finding the run's tokenizer in
+    # this command's cache (paths.cache_dir), not the one the run recorded (another machine's, here)
+    saved = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(saved.replace(f"cache_dir: {make_cfg().paths.cache_dir}", "cache_dir: /proc/elsewhere"))
+    assert "/proc/elsewhere" in (out / "config.yaml").read_text()
     exp = tmp_path / "exported"
     export_task.run(make_cfg("task=export", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", out=exp))
     again = AutoModelForCausalLM.from_pretrained(exp / "hf", dtype=torch.float32).eval()

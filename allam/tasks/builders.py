@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from allam.config import is_pretrained, to_dict
+from allam.config import ConfigError, is_pretrained, to_dict
 from allam.config.langs import targets
 from allam.config.rules import writable_dir
 from allam.config.derived import compute_dtype, device_type, total_steps, world_size
@@ -87,6 +87,19 @@ def tokenizer_targets(cfg: DictConfig) -> tuple[str, ...]:
     language but English with a source, in data.sources' order, whatever its share (so a sweep over
     the shares keeps one vocabulary); Arabic when there is none, as before."""
     return tuple(targets(str(cfg.data.sources[n].lang) for n in cfg.data.sources)) or ("ar",)
+
+
+def model_source(ckpt, task: str):
+    """The model `ckpt=` names (:func:`allam.eval.load.resolve`), a checkpoint verified first: a
+    damaged or cut-off one is one line, as task=export says it, not a traceback at load."""
+    from allam.eval import load
+    from allam.train.checkpointing import verify
+
+    source = load.resolve(ckpt, task=task)
+    why = verify(source.path) if source.kind == "checkpoint" else None
+    if why:
+        raise ConfigError(f"ckpt={ckpt}: {why}; point ckpt= at a complete checkpoint, its run directory or an export")
+    return source
 
 
 def saved_run_tokenizer(cfg: DictConfig):

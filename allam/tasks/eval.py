@@ -16,7 +16,7 @@ from allam import results as R
 from allam.config import to_dict, validate
 from allam.config.derived import device_type
 from allam.config.saved import training_config_for
-from allam.tasks.builders import group_choices, run_dir, saved_run_tokenizer
+from allam.tasks.builders import group_choices, model_source, run_dir, saved_run_tokenizer
 
 
 def run(cfg: DictConfig) -> dict:
@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
 
     validate(cfg)
     t0 = time.perf_counter()
-    source = load.resolve(cfg.ckpt)
+    source = model_source(cfg.ckpt, "eval")
     out = run_dir(cfg)
     plan = harness.prepare(cfg.eval, out)  # one line, before any model is loaded, if the suite cannot run
     model, tokenizer = load.load(source, saved_run_tokenizer(cfg), device_type(cfg.trainer))

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from allam.config import ConfigError
 from allam.config.saved import training_config_for
-from allam.tasks.builders import build_tokenizer, export_hf
+from allam.tasks.builders import build_tokenizer, export_hf, saved_run_tokenizer
 
 log = logging.getLogger("allam")
 
@@ -25,7 +25,8 @@ def run(cfg: DictConfig) -> dict:
     saved = next((p / "model_config.json" for p in ckpt.resolve().parents if (p / "model_config.json").exists()), None)
     if saved is None:
         raise ConfigError(f"ckpt={cfg.ckpt}: not inside an allam run directory (no model_config.json above it)")
-    bundle = build_tokenizer(training_config_for(ckpt) or cfg)
+    trained = training_config_for(ckpt)  # the run's tokenizer, found in this command's cache (paths.cache_dir)
+    bundle = saved_run_tokenizer(cfg)(trained) if trained is not None else build_tokenizer(cfg)
     out = Path(cfg.paths.output_dir) / "hf"
     export_hf(checkpoint_tensors(ckpt), saved_config(saved), bundle, out)
     print(f"exported: {out}")

@@ -23,7 +23,7 @@ from allam import results as R
 from allam.config import ConfigError, to_dict, validate
 from allam.config.derived import device_type
 from allam.config.saved import training_config_for
-from allam.tasks.builders import run_dir, saved_run_tokenizer
+from allam.tasks.builders import model_source, run_dir, saved_run_tokenizer
 
 log = logging.getLogger("allam")
 CONTEXT_IDS = 8  # prompt ids decoded ahead of the new ones, so the first new word keeps its leading space
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict:
 
     validate(cfg)
     t0 = time.perf_counter()
-    source = load.resolve(cfg.ckpt, task="generate")
+    source = model_source(cfg.ckpt, "generate")
     out = run_dir(cfg)
     tokenizer = load.load_tokenizer(source, saved_run_tokenizer(cfg))
     trained = training_config_for(source.path) if source.run_dir is not None else None
