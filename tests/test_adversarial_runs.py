@@ -409,3 +409,52 @@ def test_the_gradient_norm_is_logged_every_step(finished):
     assert sorted(int(r["step"]) for r in rows) == [0, 1, 2]
     norms = [float(r["train/grad_norm"]) for r in rows]
     assert all(n > 0 and n == n and n != float("inf") for n in norms), norms
+
+
+def test_a_re_export_that_stops_or_fills_the_disk_keeps_the_earlier_export(tmp_path, monkeypatch):
+    """Exporting into a folder that holds an earlier export (a finished run extended): the earlier
+    weights go only once the new ones are complete, so a stop or a full disk leaves a loadable
+    folder (results.json still points at it); a full disk is one line. The weights are stored with
+    their dtype in config.json and are readable as the folder's other files are."""
+    import errno
+
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig
+
+    from allam.config import RunFailed
+    from allam.model import export
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    first = {"model.embed_tokens.weight": torch.ones(64, 16, dtype=torch.bfloat16), "lm_head.weight": torch.ones(64, 16, dtype=torch.bfloat16)}
+    out = export.write_hf_folder(first.items(), cfg, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+    def stream(stop_at: int, exc: BaseException):
+        for i, (name, t) in enumerate(first.items()):
+            if i == stop_at:
+                raise exc
+            yield name, torch.zeros_like(t)
+
+    with pytest.raises(KeyboardInterrupt):
+        export.write_hf_folder(stream(1, KeyboardInterrupt()), cfg, out, max_shard_bytes=1)
+    assert torch.equal(load_file(out / "model.safetensors")["lm_head.weight"], first["lm_head.weight"])
+    assert not list(out.glob("part-*"))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(RunFailed, match=r"^export to .*hf failed \(No space left on device; [\d.]+ GiB free there\); "
+                                        r"an earlier export in that folder is kept$"):
+        export.write_hf_folder(((n, torch.zeros_like(t)) for n, t in first.items()), cfg, out)
+    assert torch.equal(load_file(out / "model.safetensors")["lm_head.weight"], first["lm_head.weight"])
+    assert not list(out.glob("part-*"))
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -76,8 +76,8 @@ def test_a_run_directory_works_as_ckpt(make_cfg, tmp_path, english_checkpoint, h
     run.mkdir()
     save_run_config(make_cfg(out=run), model.config, run)
     (run / "checkpoints").mkdir()
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               run / "checkpoints" / "last.ckpt")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 0, "loops": {}},
+               run / "checkpoints" / "last.ckpt")  # what eval and generate verify before loading
     args = ("task=generate", "prompt=The kingdom of heaven", "generate.temperature=0", "generate.max_new_tokens=8")
     res = generate.run(make_cfg(*args, f"ckpt={run}", out=tmp_path / "from-run"))
     # the run was trained by pretraining: chat=auto sends plain text (the HF folder is told so)

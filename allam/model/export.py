@@ -13,6 +13,8 @@ tensors plus one tensor. The folder loads with ``AutoModelForCausalLM.from_pretr
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -70,6 +72,12 @@ def checkpoint_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     return dcp_tensors(path) if path.is_dir() else ckpt_tensors(path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_hf_folder(tensors: Iterable[tuple[str, torch.Tensor]], config, out: Path,
                     max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write a Hugging Face model folder: config.json, generation_config.json and the weights as
@@ -80,13 +88,12 @@ def write_hf_folder(tensors: Iterable[tuple[str, torch.Tensor]], config, out: Pa
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
-        old.unlink()
     tied = bool(getattr(config, "tie_word_embeddings", False))
     weight_map: dict[str, int] = {}
     current: dict[str, torch.Tensor] = {}
     current_bytes = total = 0
     written = 0
+    dtypes: set[torch.dtype] = set()
 
     def flush() -> None:
         nonlocal current, current_bytes, written
@@ -95,31 +102,54 @@ def write_hf_folder(tensors: Iterable[tuple[str, torch.Tensor]], config, out: Pa
             written += 1
             current, current_bytes = {}, 0
 
-    for name, t in tensors:
-        if name.endswith(SKIP) or (tied and name == "lm_head.weight"):
-            continue
-        t = t.detach().to("cpu").contiguous()
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            from allam.config import RunFailed
+    def drop_parts() -> None:
+        for part in out.glob("part-*.tmp"):
+            part.unlink()
 
-            for part in out.glob("part-*.tmp"):
-                part.unlink()
-            raise RunFailed(f"{name}: non-finite values; refusing to export to {out}")
-        size = t.numel() * t.element_size()
-        if current and current_bytes + size > max_shard_bytes:
-            flush()
-        current[name] = t
-        current_bytes += size
-        total += size
-        weight_map[name] = written
-    flush()
+    try:
+        for name, t in tensors:
+            if name.endswith(SKIP) or (tied and name == "lm_head.weight"):
+                continue
+            t = t.detach().to("cpu").contiguous()
+            if t.is_floating_point():
+                dtypes.add(t.dtype)
+                if not torch.isfinite(t).all():
+                    from allam.config import RunFailed
+
+                    drop_parts()
+                    raise RunFailed(f"{name}: non-finite values; refusing to export to {out}")
+            size = t.numel() * t.element_size()
+            if current and current_bytes + size > max_shard_bytes:
+                flush()
+            current[name] = t
+            current_bytes += size
+            total += size
+            weight_map[name] = written
+        flush()
+    except OSError as exc:  # a full disk: one line, and no part left behind
+        from allam.config import RunFailed
+
+        drop_parts()
+        free = shutil.disk_usage(out).free if out.exists() else 0
+        raise RunFailed(f"export to {out} failed ({exc.strerror or exc}; {free / GiB:.1f} GiB free there); "
+                        "an earlier export in that folder is kept") from None
+    except BaseException:  # a stop: the earlier export stays whole
+        drop_parts()
+        raise
+    # the new weights are complete: only now do the earlier export's go
+    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        old.unlink()
     names = ["model.safetensors"] if written == 1 else [f"model-{i + 1:05d}-of-{written:05d}.safetensors" for i in range(written)]
+    mode = 0o666 & ~_umask()
     for i, final in enumerate(names):
         (out / f"part-{i:05d}.tmp").replace(out / final)
+        os.chmod(out / final, mode)  # safetensors writes 0600; readable as the folder's other files are
     if written > 1:
         index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in sorted(weight_map.items())}}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config = config.__class__.from_dict(config.to_dict())
+    if len(dtypes) == 1:  # the dtype the weights are stored in (bf16-true runs export bfloat16)
+        config.dtype = next(iter(dtypes))
     config.use_cache = True
     config._attn_implementation = "sdpa"  # xformers is registered only inside allam
     config.save_pretrained(str(out))
