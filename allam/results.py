@@ -156,13 +156,14 @@ def objective_keys(objective: str, final: dict[str, dict], start: dict[str, dict
 
 def carried_flops(checkpoint: str | None) -> float | None:
     """FLOPs already spent on a checkpoint: the ``train.total_flops`` of the training run whose
-    export it is (``<run dir>/hf`` next to ``<run dir>/results.json``). None when that is unknown
-    (a hub checkpoint, a folder no run of this project wrote)."""
+    export it is (``<run dir>/hf`` next to ``<run dir>/results.json``), or of the checkpoint a
+    ``task=export`` folder was written from. None when that is unknown (a hub checkpoint, a folder
+    no run of this project wrote)."""
     if not checkpoint:
         return None
     for candidate in (Path(checkpoint) / FILENAME, Path(checkpoint).parent / FILENAME):
         res = read(candidate) if candidate.is_file() else None
-        if res and res.get("task") == "train" and isinstance(res.get("train.total_flops"), (int, float)):
+        if res and res.get("task") in ("train", "export") and isinstance(res.get("train.total_flops"), (int, float)):
             return float(res["train.total_flops"])
     return None
 

@@ -156,6 +156,14 @@ def test_export_reproduces_training_logits(make_cfg, tmp_path):
     assert "/proc/elsewhere" in (out / "config.yaml").read_text()
     exp = tmp_path / "exported"
     export_task.run(make_cfg("task=export", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", out=exp))
+    # the export folder says what it is: the run's FLOPs up to the checkpoint, its config (objective)
+    from allam import results as R
+    from allam.config.saved import training_config_for
+
+    trained = json.loads((out / "results.json").read_text())
+    assert R.carried_flops(str(exp / "hf")) == pytest.approx(trained["train.total_flops"])
+    assert json.loads((exp / "results.json").read_text())["source_run"] == str(out)
+    assert training_config_for(exp / "hf").objective.name == "pretrain"
     again = AutoModelForCausalLM.from_pretrained(exp / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
         assert (again(ids).logits - model(ids).logits).abs().max().item() < 1e-5

@@ -30,7 +30,33 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir) / "hf"
     export_hf(checkpoint_tensors(ckpt), saved_config(saved), bundle, out)
     print(f"exported: {out}")
-    return {"task": "export", "export": str(out), "ckpt": str(ckpt)}
+    return record_export(saved.parent, ckpt, out)
+
+
+def record_export(run: Path, ckpt: Path, out: Path) -> dict:
+    """results.json next to the export, with the run's config.yaml and model_config.json: the
+    folder then says what it is, as a run's own ``hf`` does. generate reads the run's objective
+    (chat=auto: the template only after sft or dpo), and a run starting from the export carries
+    the FLOPs spent up to the exported checkpoint (``train.total_flops``: the run's base FLOPs and
+    its FLOPs per token times the tokens the checkpoint had trained)."""
+    import shutil
+
+    from allam import results as R
+    from allam.train.checkpointing import read_meta
+
+    meta = read_meta(ckpt)
+    tokens = ((meta.get("callbacks") or {}).get("Throughput") or {}).get("tokens")
+    source = R.read(run / R.FILENAME) or {}
+    fpt = source.get("train.flops_per_token")
+    total = (float(source.get("train.base_flops") or 0.0) + float(fpt) * int(tokens)
+             if isinstance(fpt, (int, float)) and tokens is not None else None)
+    for name in ("config.yaml", "model_config.json"):
+        if (run / name).exists() and (run / name).resolve() != (out.parent / name).resolve():
+            shutil.copyfile(run / name, out.parent / name)
+    results = {"task": "export", "source_run": str(run), "ckpt": str(ckpt), "export": str(out),
+               "train.steps": meta.get("global_step"), "train.tokens": tokens, "train.total_flops": total}
+    R.write(out.parent, results)
+    return results
 
 
 def checkpoint_to_export(value) -> Path:
