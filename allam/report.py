@@ -78,6 +78,8 @@ def differing_keys(runs: list[dict]) -> list[str]:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, bool):  # before int: a bool is one
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:,.4f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int):

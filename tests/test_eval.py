@@ -167,6 +167,7 @@ def test_eval_during_training_task_eval_and_lm_eval_agree(make_cfg, tmp_path):
 
     again = eval_task.run(make_cfg("task=eval", f"ckpt={run}", *pick, out=tmp_path / "eval"))
     assert again["source_run"] == str(run.resolve())
+    assert again["choices"] == res["choices"]  # the groups of the run it scored, as its config is
     for t in tasks:
         for key in ("acc", "acc_norm", "n", "max_length"):
             assert again[f"eval.{t}.{key}"] == res[f"eval.{t}.{key}"], (t, key)

@@ -16,7 +16,7 @@ from allam import results as R
 from allam.config import to_dict, validate
 from allam.config.derived import device_type
 from allam.config.saved import training_config_for
-from allam.tasks.builders import group_choices, model_source, run_dir, saved_run_tokenizer
+from allam.tasks.builders import model_source, run_dir, saved_run_tokenizer
 
 
 def run(cfg: DictConfig) -> dict:
@@ -35,7 +35,9 @@ def run(cfg: DictConfig) -> dict:
         "run_dir": str(out),
         "ckpt": str(source.path),
         "source_run": str(source.run_dir) if source.run_dir is not None else None,
-        "choices": group_choices(cfg),
+        # the groups of the run it scored (this command's would describe its own defaults, not the model)
+        "choices": ((R.read(source.run_dir / R.FILENAME) or {}).get("choices") if source.run_dir is not None
+                    else None),
         "eval.suite": str(cfg.eval.name),
         **R.eval_keys(scores),
         "wall_seconds": time.perf_counter() - t0,
