@@ -156,3 +156,9 @@ def test_prepare_builds_the_shards_and_the_run_then_tokenizes_nothing(tmp_path, 
     assert "submitted" not in again and again["sources"]["mine"] == mine
     err = run_inprocess(["task=prepare", "objective=sft"], cache_dir, tmp_path / "sft")
     assert err is not None and err.startswith("error: ") and "task=prepare" in err
+
+
+def test_report_cells_print_booleans_as_words():
+    from allam.report import _fmt
+
+    assert [_fmt(True), _fmt(False), _fmt(3), _fmt(0.5), _fmt(None)] == ["true", "false", "3", "0.5000", ""]
