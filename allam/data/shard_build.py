@@ -337,10 +337,7 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
             log(f"data: {job.name}: submitted before ({sub.get('at')}; SLURM jobs {sub.get('jobs')}; {done}) and not "
                 f"merged yet; not submitting it again (if those jobs are gone, delete "
                 f"{engine.work_folder(job) / engine.SUBMITTED} to submit afresh)")
-            merge = (sub.get("jobs") or {}).get("merge")
-            if merge is not None and str(merge) != "-1":
-                merges[job.name] = str(merge)
-            out.append({**sub, "state": "pending"})
+            out.append(_pending(job, sub, merges))
             continue
         missing = [p for p in job.after if not cached[p.name]]  # dedup_across_sources: not in the cache yet
         local = False
@@ -354,10 +351,7 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
             if meanwhile is not None:  # submitted by another process since pending() looked: as "submitted before"
                 log(f"data: {job.name}: submitted meanwhile ({meanwhile.get('at')}, {meanwhile.get('by')}; SLURM jobs "
                     f"{meanwhile.get('jobs')}); not submitting it again")
-                merge = (meanwhile.get("jobs") or {}).get("merge")
-                if merge is not None and str(merge) != "-1":
-                    merges[job.name] = str(merge)
-                out.append({**meanwhile, "state": "pending"})
+                out.append(_pending(job, meanwhile, merges))
                 continue
             plan = engine.make_plan(job, tok, int(cfg.task_bytes), min_pieces=1)
             unsubmitted = [p.name for p in missing if p.name not in merges]
@@ -389,6 +383,15 @@ def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> 
             f"work folder {sub['work']}")
         out.append(sub)
     return out
+
+
+def _pending(job: ShardJob, sub: dict, merges: dict[str, str]) -> dict:
+    """A source SLURM jobs are building: its merge job noted (later sources' merges wait for it
+    under data.dedup_across_sources) and its entry in submit's answer."""
+    merge = (sub.get("jobs") or {}).get("merge")
+    if merge is not None and str(merge) != "-1":
+        merges[job.name] = str(merge)
+    return {**sub, "state": "pending"}
 
 
 def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: int, progress: bool,
