@@ -1,6 +1,7 @@
 """Model shapes, plan mode counts, attention backends and init."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ LLAMA2 = {"7b": 6_738_415_616, "13b": 13_015_864_320, "70b": 68_976_648_192}
 
 
 @pytest.mark.parametrize("size", sorted(LLAMA2))
-def test_plan_counts_equal_published_llama2(make_cfg, size):
-    res = plan(make_cfg(f"model={size}", "init=llama2"))
+def test_plan_counts_equal_published_llama2(make_cfg, size, tmp_path):
+    res = plan(make_cfg(f"model={size}", "init=llama2", out=tmp_path / "plan"))
     assert res["model.parameters"] == LLAMA2[size]
+    assert json.loads((tmp_path / "plan" / "results.json").read_text())["plan.vocab_size"] == res["plan.vocab_size"]
     assert res["plan.vocab_size"] == 32000
     assert res["plan.memory_gib"]["total"] > res["plan.memory_gib"]["weights"] > 0
 

@@ -7,7 +7,8 @@ from omegaconf import DictConfig
 
 from allam.config import TokenizerVariant, is_pretrained, validate
 from allam.config.derived import tokens_per_step, world_size
-from allam.tasks.builders import group_choices
+from allam import results as R
+from allam.tasks.builders import group_choices, run_dir
 
 
 def run(cfg: DictConfig) -> dict:
@@ -30,4 +31,5 @@ def run(cfg: DictConfig) -> dict:
         print("  dpo          2 sequences per pair (chosen, rejected): the micro-batch and tokens/step count both")
     results = {"task": "plan", "choices": group_choices(cfg), **{f"plan.{k}": v for k, v in p.as_dict().items()}}
     results["model.parameters"] = p.parameters
+    R.write(run_dir(cfg), results)  # the run directory says what was planned, as every task's does
     return results
