@@ -309,12 +309,14 @@ def _merge_all(plans: list, workers: int, log, t0: float) -> dict[str, SourceSha
 
 def merge_job(plan: "engine.Plan") -> None:
     """What the merge job of ``executor=slurm`` runs: the parts into the source's folder (unless a
-    complete one is there already); then the work folder keeps only the jobs' logs."""
+    complete one is there already); then the work folder keeps only the jobs' logs. Both under the
+    source's lock, which :func:`submit` holds while it records a submission: the record is not
+    written again after the merge removed it."""
     job = plan.job
     with cache_lock.building(job.path, f"the shards of source {job.name}", log=print):
         if load(job) is None:
             _build_one(0, job, plan.tok, None, 1, False, print, plan=plan)
-    engine.clear_work(plan, keep_logs=True)
+        engine.clear_work(plan, keep_logs=True)
 
 
 def submit(jobs: list[ShardJob], tok: TokenizerInfo, cfg: Any, *, log=print) -> list[dict]:
