@@ -59,73 +59,28 @@ class TaskDied(RunFailed):
     the same command resumes (unlike bad input, after which the fixed source starts afresh)."""
 
 
-def _task_child(executor, rank: int, local_rank: int, writer) -> None:
-    try:
-        executor._run_for_rank(rank, local_rank)
-        writer.send(None)
-    except BaseException as exc:  # a task's own bad input is recorded by _Stage; anything else is a failure
-        writer.send(f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
-    finally:
-        writer.close()
-
-
 def _run_forked(executor, ranks: list[int], at_once: int) -> None:
-    """Runs `executor`'s tasks `ranks` in forked processes (they inherit the pipeline: nothing is
-    pickled), `at_once` at a time; raises RunFailed for the first task that failed or whose process
-    died, after the running ones have ended. Stopping (Ctrl+C) stops the tasks."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
+    """Runs `executor`'s tasks `ranks` in forked processes (:func:`allam.data.forked.run`: they
+    inherit the pipeline, nothing is pickled), `at_once` at a time; raises TaskDied for the first
+    task that failed or whose process died, after the running ones have ended."""
+    from allam.data import forked
 
-    ctx = mp.get_context("fork")
-    todo, running, free, failed = list(ranks), {}, list(range(at_once)), None
-    try:
-        while todo or running:
-            while todo and free and failed is None:
-                rank, slot = todo.pop(0), free.pop(0)
-                reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_task_child, args=(executor, rank, slot, writer), name=f"task-{rank}")
-                running[rank] = (proc, reader, slot)  # before start: a Ctrl+C in between still stops it
-                with _FORK_LOCK:  # not while the progress thread holds a lock (stderr's) the child would inherit taken
-                    proc.start()
-                writer.close()
-            if not running:
-                break
-            ready = wait([r for _, r, _ in running.values()] + [p.sentinel for p, _, _ in running.values()])
-            for rank, (proc, reader, slot) in list(running.items()):
-                if reader not in ready and proc.sentinel not in ready:
-                    continue
-                try:
-                    error = reader.recv()
-                except EOFError:  # ended without a result
-                    proc.join()
-                    error = _died(proc.exitcode)
-                proc.join()
-                reader.close()
-                del running[rank]
-                free.append(slot)
-                if error is not None and failed is None:
-                    failed = (rank, error)
-    except BaseException:
-        started = [proc for proc, _, _ in running.values() if proc.pid is not None]
-        for proc in started:
-            proc.terminate()
-        for proc in started:
-            proc.join(60)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        raise
+    def task(rank: int, slot: int, writer) -> None:
+        try:
+            executor._run_for_rank(rank, slot)
+            writer.send(None)
+        except BaseException as exc:  # a task's own bad input is recorded by _Stage; anything else is a failure
+            writer.send(f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
+        finally:
+            writer.close()
+
+    results = forked.run(ranks, at_once, task, lambda rank, code, pid: forked.died(code),
+                         stop=lambda error: error is not None, fork_lock=_FORK_LOCK)
+    failed = next(((rank, error) for rank, error in results.items() if error is not None), None)
     if failed is not None:
         rank, error = failed
-        step = executor.pipeline[0]
-        raise TaskDied(f"{step!r}: task {rank} {error}; run the same command again (the finished tasks are kept)")
-
-
-def _died(code: Optional[int]) -> str:
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        return f"was killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
-    return f"ended with exit code {code} and no result"
+        raise TaskDied(f"{executor.pipeline[0]!r}: task {rank} {error}; run the same command again (the finished "
+                       "tasks are kept)")
 
 
 _FORKED: dict = {}  # steps of this process's local executor runs, by id (inherited by its forked workers)

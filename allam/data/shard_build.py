@@ -207,7 +207,7 @@ def _merge(i: int, t0: float, lines: list) -> Optional[tuple[str, str]]:
     return None
 
 
-def _merge_child(i: int, t0: float, conn) -> None:
+def _merge_child(i: int, slot: int, conn, t0: float = 0.0) -> None:
     """A forked merge process: SIGTERM (the parent stopping) raises SystemExit, so the unfinished
     folder is removed; Ctrl+C is the parent's to handle."""
     import signal
@@ -223,64 +223,33 @@ def _merge_child(i: int, t0: float, conn) -> None:
     conn.close()
 
 
-def _died(plan, code: Optional[int]) -> tuple[str, str]:
-    """The one line for a merge process that ended without a result; its unfinished folder is removed."""
-    import signal
+def _merge_died(i: int, code: Optional[int], pid: int) -> tuple[list, Optional[tuple[str, str]]]:
+    """(lines, error) for merge `i`, whose process ended without a result: its unfinished folder
+    is removed; one that died after publishing (clearing its work folder) is a finished build."""
+    from allam.data import forked
 
-    how = (f"was killed by {signal.Signals(-code).name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
-           if code is not None and code < 0 else f"ended with exit code {code} and no result (stopped from outside, or "
-           "its traceback is above)")
-    return "RunFailed", (f"data.sources.{plan.job.name}: the process merging its shards {how}; nothing was added to "
-                         f"the cache; run the same command again (the tokenized parts in {plan.work} are kept)")
+    plan = _MERGING[i]
+    for tmp in plan.job.path.parent.glob(f"{plan.job.path.name}.tmp-{cache_lock.HOST}-{pid}-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if load(plan.job) is not None:
+        engine.clear_work(plan)
+        return [], None
+    how = forked.died(code) if code is not None and code < 0 else (
+        f"ended with exit code {code} and no result (stopped from outside, or its traceback is above)")
+    return [], ("RunFailed", f"data.sources.{plan.job.name}: the process merging its shards {how}; nothing was added "
+                f"to the cache; run the same command again (the tokenized parts in {plan.work} are kept)")
 
 
 def _merge_in_processes(n: int, at_once: int, t0: float) -> list:
-    """Runs merges 0..n-1 in forked processes, `at_once` at a time; returns each one's (lines,
-    error). A process that dies is an error naming its source, never a wait; stopping (Ctrl+C)
-    stops the merges, which remove their unfinished folders."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
+    """Runs merges 0..n-1 in forked processes (:func:`allam.data.forked.run`), `at_once` at a
+    time; returns each one's (lines, error). A process that dies is an error naming its source,
+    never a wait; stopping (Ctrl+C) stops the merges, which remove their unfinished folders."""
+    from functools import partial
 
-    ctx = mp.get_context("fork")
-    todo, running, results = list(range(n)), {}, [None] * n
-    try:
-        while todo or running:
-            while todo and len(running) < at_once:
-                i = todo.pop(0)
-                reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_merge_child, args=(i, t0, writer), name=f"merge-{i}")
-                running[i] = (proc, reader)  # before start: a Ctrl+C in between still stops it
-                proc.start()
-                writer.close()
-            ready = wait([r for _, r in running.values()] + [p.sentinel for p, _ in running.values()])
-            for i, (proc, reader) in list(running.items()):
-                if reader in ready or proc.sentinel in ready:
-                    try:
-                        results[i] = reader.recv()
-                    except EOFError:  # ended without a result
-                        proc.join()
-                        for tmp in _MERGING[i].job.path.parent.glob(
-                                f"{_MERGING[i].job.path.name}.tmp-{cache_lock.HOST}-{proc.pid}-*"):
-                            shutil.rmtree(tmp, ignore_errors=True)
-                        if load(_MERGING[i].job) is not None:  # it died after publishing (clearing its work folder)
-                            engine.clear_work(_MERGING[i])
-                            results[i] = ([], None)
-                        else:
-                            results[i] = ([], _died(_MERGING[i], proc.exitcode))
-                    proc.join()
-                    reader.close()
-                    del running[i]
-    except BaseException:
-        started = [proc for proc, _ in running.values() if proc.pid is not None]
-        for proc in started:
-            proc.terminate()
-        for proc in started:
-            proc.join(60)
-            if proc.is_alive():  # its cleanup hangs: it must not publish once the locks are released
-                proc.kill()
-                proc.join()
-        raise
-    return results
+    from allam.data import forked
+
+    results = forked.run(list(range(n)), at_once, partial(_merge_child, t0=t0), _merge_died)
+    return [results[i] for i in range(n)]
 
 
 def _merge_all(plans: list, workers: int, log, t0: float) -> dict[str, SourceShards]:
