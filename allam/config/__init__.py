@@ -1,7 +1,8 @@
 """The config: typed schemas (:mod:`.schema`), the rules a config must satisfy (:mod:`.rules`),
 quantities derived from it (:mod:`.derived`) and one-line errors (:mod:`.errors`)."""
 from allam.config.errors import ConfigError, RunFailed, explain_compose_error, group_choices
-from allam.config.rules import Stage, mix_languages, mix_stages, mix_targets, to_dict, validate
+from allam.config.mix_rules import Stage, mix_languages, mix_stages, mix_targets
+from allam.config.rules import to_dict, validate
 from allam.config.schema import (
     Arch,
     is_pretrained,
