@@ -428,7 +428,7 @@ def test_a_re_export_that_stops_or_fills_the_disk_keeps_the_earlier_export(tmp_p
     first = {"model.embed_tokens.weight": torch.ones(64, 16, dtype=torch.bfloat16), "lm_head.weight": torch.ones(64, 16, dtype=torch.bfloat16)}
     out = export.write_hf_folder(first.items(), cfg, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~export._umask()
 
     def stream(stop_at: int, exc: BaseException):
         for i, (name, t) in enumerate(first.items()):
@@ -450,11 +450,3 @@ def test_a_re_export_that_stops_or_fills_the_disk_keeps_the_earlier_export(tmp_p
         export.write_hf_folder(((n, torch.zeros_like(t)) for n, t in first.items()), cfg, out)
     assert torch.equal(load_file(out / "model.safetensors")["lm_head.weight"], first["lm_head.weight"])
     assert not list(out.glob("part-*"))
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -30,8 +30,10 @@ def base_mix(tok) -> None:
     if table and float(tok.base_ar_share or 0.0):
         _fail("tokenizer.base_ar_share", tok.base_ar_share, "applies only when tokenizer.base_mix is empty; with "
               "tokenizer.base_mix set the Arabic share is tokenizer.base_mix.ar")
-    base_shares(table, "tokenizer.base_mix") if table else base_shares({"ar": tok.base_ar_share or 0.0},
-                                                                        "tokenizer.base_ar_share")
+    if table:
+        base_shares(table, "tokenizer.base_mix")
+    else:
+        base_shares({"ar": tok.base_ar_share or 0.0}, "tokenizer.base_ar_share")
 
 
 def base_shares(shares, key: str) -> None:
