@@ -40,9 +40,9 @@ def _with_defaults(config: dict, defaults: dict) -> dict:
 def seed_group_key(run: dict) -> str:
     """What a run is apart from its seed: its resolved config (keys it lacks at their schema
     defaults) without the keys above."""
-    from allam.config.saved import without_empty_stage_mix
+    from allam.config.saved import comparable_config
 
-    config = _with_defaults(without_empty_stage_mix(json.loads(json.dumps(run.get("config", {}), default=str))),
+    config = _with_defaults(comparable_config(json.loads(json.dumps(run.get("config", {}), default=str))),
                             json.loads(_schema_defaults()))
     for dotted in _NOT_ARM:
         *parents, leaf = dotted.split(".")

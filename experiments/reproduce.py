@@ -91,7 +91,7 @@ def language_overrides(cell: str, lang: str) -> list[str]:
         return []
     out = [f"data=bible_{lang}"]
     if cell == C.BASE:
-        out += ["data.ar_ratio=0.45", f"data.mix.{lang}=0.01", "tokenizer.base_ar_share=0.0", f"+tokenizer.base_mix.{lang}=0.01"]
+        out += ["data.ar_ratio=null", f"data.mix.{lang}=0.01", "tokenizer.base_ar_share=0.0", f"+tokenizer.base_mix.{lang}=0.01"]
     return out
 
 

@@ -94,6 +94,14 @@ def test_the_mix_table_and_its_one_line_refusals(make_cfg):
             ["experiment=scratch_toy", "data.ar_ratio=0.3"],
         r"^data\.translated_share=0\.5: applies only when data\.stages is empty; .*data\.stages\.<i>\.translated_share":
             ["experiment=scratch_toy", "data.translated_share=0.5"],
+        # 0.45, the default Arabic share, is a value like any other once set: it passed unnoticed
+        # while 0.45 stood for "not set"
+        r"^data\.ar_ratio=0\.45: applies only when data\.stages is empty; .*\(data\.ar_ratio=null clears this one":
+            ["experiment=scratch_toy", "data.ar_ratio=0.45"],
+        r"^data\.ar_ratio=0\.45: applies only when data\.mix is empty; .*\(data\.ar_ratio=null clears this one":
+            ["data=bible_hi", "data.ar_ratio=0.45"],
+        r"^data\.stages\.0\.ar_ratio=0\.45: applies only when data\.stages\.0\.mix is empty":
+            ["data=bible_hi", "data.mix=null", "data.stages=[{tokens:1000,ar_ratio:0.45,mix:{hi:0.0,en:1.0}},{mix:{hi:0.45,en:null}}]"],
     }
     for pattern, overrides in bad.items():
         with pytest.raises(ConfigError, match=pattern):
@@ -103,6 +111,13 @@ def test_the_mix_table_and_its_one_line_refusals(make_cfg):
                       "+data.mix={ar:0.45,hi:0.1,en:null}"))
     data = _data(make_cfg, "data=bible_hi", "data.mix=null", "data.stages=[{tokens:1000,mix:{hi:0.0,en:1.0}},{mix:{hi:0.45,en:null}}]")
     assert [st.shares for st in mix_stages(data)] == [(("hi", 0.0), ("en", 1.0)), (("hi", 0.45), ("en", pytest.approx(0.55)))]
+    # an experiment's Arabic share cleared for another language's preset
+    data = _data(make_cfg, "experiment=english_base", "data=bible_hi", "data.ar_ratio=null", "data.mix.hi=0.01")
+    assert mix_stages(data)[0].shares == (("hi", 0.01), ("en", pytest.approx(0.99)))
+    # unset, the Arabic share is the paper's 45%, at the top and in a stage
+    assert mix_stages(_data(make_cfg))[0].shares == (("ar", 0.45), ("en", pytest.approx(0.55)))
+    staged = mix_stages(_data(make_cfg, "data.stages=[{tokens:1000,ar_ratio:0.0},{tokens:null}]"))
+    assert [st.ar_ratio for st in staged] == [0.0, 0.45]
 
 
 def test_the_blend_depends_on_the_shares_not_the_order_of_the_table(make_cfg):
@@ -255,6 +270,37 @@ def test_a_staged_run_saved_before_stage_mix_resumes_and_groups_with_new_runs(ma
     moved = copy.deepcopy(current)
     moved["data"]["stages"][0]["ar_ratio"] = 0.3
     assert changed_keys(moved, current) == ["data.stages"]  # a real change still counts
+
+
+def test_a_run_saved_when_0_45_meant_unset_resumes_and_groups_with_new_runs(make_cfg):
+    """Before ``ar_ratio`` was Optional, an unset Arabic share was saved as 0.45 (beside a mix
+    table too, and in each stage); the same run now has None there. Resume sees no change, the
+    claims report puts old and new seeds in one arm, and a real change still counts."""
+    import copy
+
+    from allam.claims import seed_group_key
+    from allam.config import to_dict
+    from allam.tasks.rundir import changed_keys
+
+    for overrides in [(), ("data=bible_hi",), ("experiment=claim7_mix_only",)]:
+        cfg = make_cfg(*overrides)
+        validate(cfg)
+        current = to_dict(cfg)
+        assert current["data"]["ar_ratio"] is None
+        saved = copy.deepcopy(current)
+        saved["data"]["ar_ratio"] = 0.45
+        assert changed_keys(saved, current) == [], overrides
+        assert seed_group_key({"config": saved}) == seed_group_key({"config": current})
+        saved["data"]["ar_ratio"] = 0.3
+        assert changed_keys(saved, current) == ["data.ar_ratio"]
+        assert seed_group_key({"config": saved}) != seed_group_key({"config": current})
+    cfg = make_cfg("data.stages=[{tokens:1000,ar_ratio:0.0},{tokens:null}]")
+    validate(cfg)
+    current = to_dict(cfg)
+    saved = copy.deepcopy(current)
+    saved["data"]["ar_ratio"] = 0.45
+    saved["data"]["stages"][1]["ar_ratio"] = 0.45
+    assert current["data"]["stages"][1]["ar_ratio"] is None and changed_keys(saved, current) == []
 
 
 def test_the_new_pieces_come_from_every_target_with_a_source_whatever_its_share(make_cfg):

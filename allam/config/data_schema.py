@@ -73,7 +73,7 @@ def source_defaults() -> dict[str, Any]:
 @dataclass
 class StageConfig:
     tokens: Optional[int] = None  # None: until the end of training (last stage only)
-    ar_ratio: float = 0.45
+    ar_ratio: Optional[float] = None  # as data.ar_ratio, for this stage
     translated_share: Optional[float] = None
     mix: dict[str, Optional[float]] = field(default_factory=dict)  # as data.mix, for this stage
 
@@ -115,7 +115,9 @@ class DataConfig:
     # (`+data.sources.NAME={lang: ar, loader: jsonl, path: ...}`); validate() checks each entry
     # against SourceConfig and fills its defaults.
     sources: dict[str, Any] = field(default_factory=dict)
-    ar_ratio: float = 0.45  # fraction of training tokens that are Arabic (when data.mix is empty)
+    # fraction of training tokens that are Arabic, with data.mix empty (None: 0.45, the paper's);
+    # refused when a mix table or data.stages gives the shares
+    ar_ratio: Optional[float] = None
     # share of training tokens per language, e.g. {hi: 0.45, en: null}: null (at most one) takes
     # the rest, else the shares sum to 1; empty: {ar: ar_ratio, en: the rest}. A share the table
     # names is one override (data.mix.hi=0.3); a language it lacks, or a table for data=demo, takes

@@ -37,18 +37,20 @@ class Stage:
 
 
 SHARE_SUM_TOL = 1e-6
+DEFAULT_AR_RATIO = 0.45  # the paper's Arabic share: an unset ar_ratio's value when no mix table is given
 
 
-def _shares(mix, ar_ratio: float, key: str) -> tuple[tuple[str, float], ...]:
+def _shares(mix, ar_ratio: Optional[float], key: str) -> tuple[tuple[str, float], ...]:
     """A stage's shares from its ``mix`` table, or ``{ar: ar_ratio, en: the rest}`` when the
     table is empty, in a fixed order whatever the table's (the targets by code, then English), so
     the blend depends on the shares alone."""
     if not mix:
+        ar_ratio = DEFAULT_AR_RATIO if ar_ratio is None else ar_ratio
         _unit(f"{key}.ar_ratio", ar_ratio)
         return (("ar", float(ar_ratio)), (BASE_LANG, 1.0 - float(ar_ratio)))
-    if float(ar_ratio) != 0.45:
+    if ar_ratio is not None:
         _fail(f"{key}.ar_ratio", ar_ratio, f"applies only when {key}.mix is empty; with {key}.mix set the "
-              f"Arabic share is {key}.mix.ar")
+              f"Arabic share is {key}.mix.ar ({key}.ar_ratio=null clears this one, e.g. an experiment's)")
     entries = [(str(code), share) for code, share in mix.items()]
     for code, share in entries:
         language(code, f"{key}.mix")  # data.mix=xx: unknown language code
@@ -92,16 +94,17 @@ def mix_stages(data) -> list[Stage]:
     if raw and data.get("mix"):
         _fail("data.mix", _table(list(data.mix.items())), "applies only when data.stages is empty; with stages set "
               "each stage's share table, data.stages.<i>.mix (data.mix=null clears this one, e.g. a preset's)")
-    if raw and float(data.ar_ratio) != 0.45:  # 0.45: the schema's default, i.e. not set (see _shares)
+    if raw and data.get("ar_ratio") is not None:
         _fail("data.ar_ratio", data.ar_ratio, "applies only when data.stages is empty; with stages set each stage's "
-              "data.stages.<i>.ar_ratio (or data.stages.<i>.mix) gives its Arabic share")
+              "data.stages.<i>.ar_ratio (or data.stages.<i>.mix) gives its Arabic share (data.ar_ratio=null clears "
+              "this one, e.g. an experiment's)")
     if raw and data.get("translated_share") is not None:
         _fail("data.translated_share", data.translated_share, "applies only when data.stages is empty; with stages "
               "set each stage's data.stages.<i>.translated_share")
     if not raw:
-        stages = [Stage(None, _shares(data.get("mix"), data.ar_ratio, "data"), _opt(data.translated_share), "data")]
+        stages = [Stage(None, _shares(data.get("mix"), data.get("ar_ratio"), "data"), _opt(data.translated_share), "data")]
     else:
-        stages = [Stage(st.tokens, _shares(st.get("mix"), st.ar_ratio, f"data.stages.{i}"), _opt(st.translated_share),
+        stages = [Stage(st.tokens, _shares(st.get("mix"), st.get("ar_ratio"), f"data.stages.{i}"), _opt(st.translated_share),
                         f"data.stages.{i}") for i, st in enumerate(raw)]
     names = list(data.sources)
     sources = [data.sources[name] for name in names]

@@ -19,12 +19,26 @@ def training_config_for(ckpt: Path) -> DictConfig | None:
     return None
 
 
-def without_empty_stage_mix(config: dict) -> dict:
-    """``config`` with each ``data.stages`` item's empty ``mix`` left out: a stage saved before the
-    key existed is the stage it is now (a list item's keys are compared as one value)."""
-    stages = ((config or {}).get("data") or {}).get("stages")
-    if not stages:
+OLD_AR_RATIO_DEFAULT = 0.45  # data.ar_ratio's schema default before None meant "not set"
+
+
+def comparable_config(config: dict) -> dict:
+    """``config`` in the form runs were saved in before two schema changes, so a run saved before
+    them compares equal to the same run now: each ``data.stages`` item's empty ``mix`` is left out
+    (a stage saved before the key existed is the stage it is now; a list item's keys are compared
+    as one value), and an unset ``ar_ratio`` (None, at the top or in a stage) reads 0.45, the
+    schema's default then, which meant "not set" beside a mix table and the same share without."""
+    data = (config or {}).get("data")
+    if not isinstance(data, dict):
         return config
-    out = {**config, "data": {**config["data"], "stages": [
-        {k: v for k, v in st.items() if not (k == "mix" and not v)} if isinstance(st, dict) else st for st in stages]}}
+    data = {**data, **({"ar_ratio": OLD_AR_RATIO_DEFAULT} if "ar_ratio" in data and data["ar_ratio"] is None else {})}
+    if data.get("stages"):
+        data["stages"] = [_comparable_stage(st) if isinstance(st, dict) else st for st in data["stages"]]
+    return {**config, "data": data}
+
+
+def _comparable_stage(stage: dict) -> dict:
+    out = {k: v for k, v in stage.items() if not (k == "mix" and not v)}
+    if "ar_ratio" in out and out["ar_ratio"] is None:
+        out["ar_ratio"] = OLD_AR_RATIO_DEFAULT
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from allam.config import ConfigError, Resume
-from allam.config.saved import without_empty_stage_mix
+from allam.config.saved import comparable_config
 
 LOCK = ".lock"
 # keys a resume may change: they decide how long to train, where to log and checkpoint, and how
@@ -135,7 +135,7 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two resolved configs, except those a resume may change and
     keys added since the run was saved that keep its behaviour (:data:`ADDED_KEYS`, and a stage's
     empty ``mix``)."""
-    a, b = _flatten(without_empty_stage_mix(saved)), _flatten(without_empty_stage_mix(current))
+    a, b = _flatten(comparable_config(saved)), _flatten(comparable_config(current))
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_MAY_CHANGE)
             and not _added_with_old_behaviour(k, b.get(k), a)]
