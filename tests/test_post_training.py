@@ -164,6 +164,20 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir, monke
     assert said["generate.prompt_text"].endswith("[/INST]") and 1 <= said["generate.tokens"] <= 4
 
 
+def test_dpo_references_run_in_the_steps_precision(tmp_path, cache_dir, english_checkpoint):
+    """Under bf16-mixed the policy's forwards run in autocast (Lightning's step context); the
+    reference table must too, or step 0 (policy = reference) already shows rewards (its reward
+    accuracy was 0.25 here): a fixed per-pair offset for the whole run."""
+    out = tmp_path / "bf16"
+    args = [*DPO, "init=pretrained", f"init.checkpoint={english_checkpoint}", "trainer.precision=bf16-mixed",
+            "trainer.max_steps=1", "objective.val=null", "export=false"]
+    assert run_inprocess(args, cache_dir, out) is None
+    first = next(r for r in _rows(out) if r.get("train/loss"))
+    # equal up to float32 sums over differently padded batches (without the context: 4.8e-5 off log 2)
+    assert float(first["train/loss"]) == pytest.approx(math.log(2), abs=1e-5)
+    assert float(first["train/reward_accuracy"]) == 0.0 and abs(float(first["train/margin"])) < 1e-5
+
+
 def test_global_batch_does_not_depend_on_ranks(cache_dir, english_checkpoint):
     """Two ranks of 2 examples read exactly the examples of one rank of 4 (and 1 rank x 2 x 2
     accumulated), with the same label-token count of the global batch, in a new order each epoch."""

@@ -8,6 +8,7 @@ optimizer, schedule, clipping and guards are CausalLM's; only the steps and vali
 - DPO: one forward over chosen and rejected (allam.train.dpo.pair_logps), the loss of
   allam.train.dpo.dpo_loss against the reference log-probabilities, which are the starting model's:
   computed once under ``no_grad`` with the policy itself before its first update (no second model),
+  in the steps' precision context,
   for every training and held-out example, each rank its share, gathered, and saved in every
   checkpoint so a resumed run never recomputes them with trained weights. Logged as
   ``train/`` and ``val/dpo/``: loss, reward_accuracy, margin, chosen_reward, rejected_reward,
@@ -64,7 +65,10 @@ class PostTrainingLM(CausalLM):
         """[n, 2] log-probabilities of the current (initial) model for every example of `split`:
         each rank scores its share, and every rank gets the whole table."""
         n = len(dm.train if split == "train" else dm.val)
-        local = reference_logps(self.model, dm.shared_batches(split), average=self.average)
+        # in the precision context Lightning runs the steps in (autocast under bf16-mixed; hooks run
+        # outside it), so the policy's first forward equals its reference exactly
+        with self.trainer.precision_plugin.forward_context():
+            local = reference_logps(self.model, dm.shared_batches(split), average=self.average)
         parts = [local]
         if self.trainer.world_size > 1:
             parts = [None] * self.trainer.world_size
