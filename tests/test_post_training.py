@@ -209,6 +209,35 @@ def test_global_batch_does_not_depend_on_ranks(cache_dir, english_checkpoint):
     assert state["examples_consumed"] == 0 and state["fingerprint"] == make(4, 1, 1, 0).fingerprint()
 
 
+def test_own_training_data_is_not_scored_on_the_demo_by_default(tmp_path, cache_dir, english_checkpoint):
+    """objective.val=auto (the sft and dpo groups' value) scores the demo's held-out set only when
+    training on the demo: with one's own file nothing held out is scored unless named (it scored
+    the demo translation set, unsaid); an explicit val is kept, and a run saved with val=demo on
+    the demo compares equal on resume."""
+    from allam.config import to_dict
+    from allam.data.chat_demo import write_jsonl
+    from allam.tasks.rundir import changed_keys
+
+    def chats(n, word):
+        return [{"messages": [{"role": "user", "content": f"Say {word} {i}."},
+                              {"role": "assistant", "content": f"{word} {i}"}]} for i in range(n)]
+
+    own, held = write_jsonl(chats(8, "hello"), tmp_path / "chats.jsonl"), write_jsonl(chats(3, "bye"), tmp_path / "held.jsonl")
+    init = ["init=pretrained", f"init.checkpoint={english_checkpoint}"]
+    dm, _ = _datamodule(cache_dir, *SFT, *init, f"objective.train={own}")
+    assert len(dm.train) == 8 and dm.val == []
+    dm, _ = _datamodule(cache_dir, *SFT, *init, f"objective.train={own}", f"objective.val={held}")
+    assert len(dm.val) == 3
+    dm, _ = _datamodule(cache_dir, *SFT, *init)  # demo training data: the demo's held-out set
+    assert len(dm.val) > 0
+    current = to_dict(_compose(cache_dir, *SFT, *init))
+    assert current["objective"]["val"] == "auto"
+    saved = {**current, "objective": {**current["objective"], "val": "demo"}}
+    assert changed_keys(saved, current) == []
+    mine = to_dict(_compose(cache_dir, *SFT, *init, f"objective.train={own}"))
+    assert changed_keys({**mine, "objective": {**mine["objective"], "val": "demo"}}, mine) == ["objective.val"]
+
+
 def test_wrong_data_kind_and_missing_init_are_one_line(cli, tmp_path, english_checkpoint):
     """A preference file for sft is the reader's one line, and so is no data, before any model is built; sft from
     random init and a DPO beta of 0 are refused at compose time."""

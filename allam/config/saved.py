@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from allam.config.derived import POST_VAL_AUTO, post_validation
 from allam.config.schema import AllamConfig
 
 
@@ -23,11 +24,15 @@ OLD_AR_RATIO_DEFAULT = 0.45  # data.ar_ratio's schema default before None meant 
 
 
 def comparable_config(config: dict) -> dict:
-    """``config`` in the form runs were saved in before two schema changes, so a run saved before
+    """``config`` in the form runs were saved in before three schema changes, so a run saved before
     them compares equal to the same run now: each ``data.stages`` item's empty ``mix`` is left out
     (a stage saved before the key existed is the stage it is now; a list item's keys are compared
     as one value), and an unset ``ar_ratio`` (None, at the top or in a stage) reads 0.45, the
-    schema's default then, which meant "not set" beside a mix table and the same share without."""
+    schema's default then, which meant "not set" beside a mix table and the same share without.
+    ``objective.val=auto`` reads as the held-out data it stands for (``demo`` with demo training data)."""
+    objective = (config or {}).get("objective")
+    if isinstance(objective, dict) and objective.get("val") == POST_VAL_AUTO:  # the data it stands for
+        config = {**config, "objective": {**objective, "val": post_validation(objective)}}
     data = (config or {}).get("data")
     if not isinstance(data, dict):
         return config

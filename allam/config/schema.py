@@ -323,7 +323,9 @@ class ObjectiveConfig:
     # sft/dpo training data: a JSONL/parquet file, a folder or glob of them, or `demo` (the offline
     # translation sets, written once into <paths.cache_dir>/post_training by allam.data.chat_demo)
     train: Optional[str] = None
-    val: Optional[str] = None  # sft/dpo held-out data, the same forms; None: no post-training validation
+    # sft/dpo held-out data, the same forms; None: no post-training validation; auto (the sft and dpo
+    # groups' value): the demo's held-out set when train is demo, none for other training data
+    val: Optional[str] = None
     epochs: int = 1  # passes over the training examples (sets the steps unless trainer.max_steps is set)
     max_examples: Optional[int] = None  # use only the first N training examples (None: all); a quick run
     beta: float = 0.1  # dpo: scale of the implicit reward beta * (log pi - log pi_ref)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from allam.config import ConfigError
+from allam.config.derived import post_validation
 from allam.data import chat
 
 log = logging.getLogger("allam.data")
@@ -168,8 +169,12 @@ class PostTrainingDataModule(L.LightningDataModule):
                               "JSONL/parquet file, a folder or glob of them, or demo")
         src = source_of(self.objective, "train", c.train, self.cache_dir, self.seed)
         self.train = load_examples(self.objective, "train", src, self.tokenizer, self.max_length, c.max_examples)
-        if c.val:
-            src = source_of(self.objective, "val", c.val, self.cache_dir, self.seed)
+        val = post_validation(c)
+        if c.val is not None and str(c.val) == "auto" and val is None:
+            log.info("objective.val=auto: no held-out scoring for objective.train=%s (auto scores the demo's only "
+                     "with train=demo); give objective.val=<held-out file>", c.train)
+        if val:
+            src = source_of(self.objective, "val", val, self.cache_dir, self.seed)
             self.val = load_examples(self.objective, "val", src, self.tokenizer, self.max_length)
         if self.objective == "sft":
             self.labels = np.array([label_count(ex) for ex in self.train], np.int64)
