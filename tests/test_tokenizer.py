@@ -224,6 +224,23 @@ def test_select_pieces_skips_known_non_arabic_and_unreachable():
     assert (stats.without_arabic, stats.unreachable, stats.added_chars, stats.added) == (2, 1, 1, 4)
 
 
+def test_every_new_piece_is_produced_over_a_base_with_arabic_pieces(cache):
+    """Over a base that has Arabic merges of its own (here 5% Arabic, as the claims' base has 1%),
+    some Arabic-model pieces that two vocabulary pieces form are never produced: the base's merges
+    fire first and take the word elsewhere. They are dropped and replaced, so each new id is what
+    the Hugging Face BPE (merges ranked by id) makes of its own text, and the count is recorded."""
+    b = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base_ar_share": 0.05}), cache_dir=cache, texts=train_text)
+    stats = b.meta["stats"]
+    assert stats["added"] == SMALL["num_new_tokens"] and stats["unproduced"] > 0
+    model = b.tokenizer.backend_tokenizer.model
+    first = len(b.base.tokenizer)
+    new = range(first, len(b.tokenizer))
+    assert len(new) == SMALL["num_new_tokens"]
+    wrong = [(i, [t.value for t in model.tokenize(b.tokenizer.convert_ids_to_tokens(i))]) for i in new
+             if [t.id for t in model.tokenize(b.tokenizer.convert_ids_to_tokens(i))] != [i]]
+    assert wrong == []
+
+
 # --------------------------------------------------------------------------- bilingual
 def test_bilingual_is_trained_on_both_languages(bilingual, english, heldout):
     assert bilingual.name == "bilingual2048" and len(bilingual.tokenizer) == 2048 and bilingual.base is None

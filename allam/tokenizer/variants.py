@@ -219,7 +219,8 @@ def _expanded(cfg, base: TokenizerBundle, cache_dir: Path, texts: Texts, targets
     text = TrainingTexts(texts, plan, lambda lang: f"tokenizer.variant=expanded: no {lang_name(lang)} training text "
                          f"(the {lang_name(lang)} sources yielded nothing)", seed=cfg.seed)
     name = f"{base.name}+{tag}{n}"
-    options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed)}
+    options = {"kind": "expanded", "base_sha256": spm_util.model_sha256(base_proto), "num_new_tokens": n, "seed": int(cfg.seed),
+               "selection": expand_mod.SELECTION_VERSION}
     if targets != ARABIC:
         options["targets"] = list(targets)
     folder = Path(cache_dir) / f"{safe_name(name)}-{fingerprint(options, text.fingerprint)}"
