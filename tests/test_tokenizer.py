@@ -186,6 +186,27 @@ def test_expansion_from_tokenizer_json_only_folder(english, expanded_en, cache, 
     assert b.tokenizer(docs)["input_ids"] == expanded_en.tokenizer(docs)["input_ids"]
 
 
+def test_plain_added_tokens_stay_whole_after_expansion(english, cache, tmp_path, heldout):
+    """A base with a special token (<pad>) and a plain one (add_tokens: a chat mark) added on top,
+    saved without tokenizer.model: after expansion both keep their ids and the plain one is still
+    matched whole, so English with it encodes as before token for token (it was folded into the
+    vocabulary as an ordinary piece, which BPE never produces: '<|user|>' became bytes)."""
+    tok = type(english.tokenizer).from_pretrained(str(english.path))
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_tokens(["<|user|>"])
+    folder = tmp_path / "added"
+    tok.save_pretrained(str(folder))
+    (folder / "tokenizer.model").unlink(missing_ok=True)
+    b = build_tokenizer(tcfg(variant="expanded", **{**SMALL, "base": str(folder)}), cache_dir=cache, texts=train_text)
+    n = len(english.tokenizer)
+    assert len(b.tokenizer) == n + 2 + SMALL["num_new_tokens"]
+    assert b.tokenizer.convert_tokens_to_ids(["<pad>", "<|user|>"]) == [n, n + 1]
+    docs = [f"<|user|> {d} <|user|>{d[:20]}<pad>" for d in heldout["en"][:20]]
+    before = tok(docs, add_special_tokens=False)["input_ids"]
+    assert b.tokenizer(docs, add_special_tokens=False)["input_ids"] == before
+    assert all(ids.count(n + 1) == 2 for ids in before)
+
+
 def test_tokens_added_on_top_of_a_model_file_keep_their_ids(english, expanded_en, cache, tmp_path, heldout):
     """A derived checkpoint's folder: tokenizer.model plus a <pad> the tokenizer added at the next
     id. The expansion keeps <pad> there (the new pieces come after it) and encodes as the plain

@@ -266,6 +266,7 @@ def proto_from_tokenizer(tokenizer: PreTrainedTokenizerBase):
         return None
     dummy_prefix = legacy or pre.get("prepend_scheme", "always") != "never"
     vocab = dict(model["vocab"])
+    plain_added = set(plain_added_tokens(tokenizer))  # matched whole: USER_DEFINED pieces
     for added in spec.get("added_tokens", []):
         vocab.setdefault(added["content"], added["id"])
     pieces = sorted(vocab, key=vocab.get)
@@ -286,6 +287,8 @@ def proto_from_tokenizer(tokenizer: PreTrainedTokenizerBase):
             p.type, p.score = T.UNKNOWN, 0.0
         elif piece in special:
             p.type, p.score = T.CONTROL, 0.0
+        elif piece in plain_added:
+            p.type, p.score = T.USER_DEFINED, 0.0
         elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
             p.type, p.score = T.BYTE, 0.0
             n_bytes += 1
@@ -322,13 +325,24 @@ EDGE_CASES = (
 )
 
 
+def plain_added_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Tokens added outside the BPE model and not special (``add_tokens(...)``): the text matches
+    them whole, as SentencePiece matches its USER_DEFINED pieces."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return []
+    spec = json.loads(backend.to_str())
+    vocab = (spec.get("model") or {}).get("vocab") or {}
+    return [t["content"] for t in spec.get("added_tokens", []) if not t.get("special") and t["content"] not in vocab]
+
+
 def check_equal(tokenizer: PreTrainedTokenizerBase, proto, texts: Iterable[str], what: str) -> int:
     """Asserts the HF tokenizer encodes ``texts`` (plus edge cases) exactly like SentencePiece.
 
     Returns the number of texts compared. Raises RuntimeError naming the first difference.
     """
     sp = spm_util.processor(proto)
-    texts = list(texts) + list(EDGE_CASES)
+    texts = list(texts) + list(EDGE_CASES) + [f"a {t} in a line{t}, twice" for t in plain_added_tokens(tokenizer)]
     ours = tokenizer(texts, add_special_tokens=False)["input_ids"]
     ref = sp.encode(texts)
     for text, a, b in zip(texts, ours, ref):
