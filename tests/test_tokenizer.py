@@ -186,6 +186,24 @@ def test_expansion_from_tokenizer_json_only_folder(english, expanded_en, cache, 
     assert b.tokenizer(docs)["input_ids"] == expanded_en.tokenizer(docs)["input_ids"]
 
 
+def test_a_model_file_with_sentencepiece_normalization_is_one_line(tmp_path):
+    """SentencePiece's default training (nmt_nfkc, remove_extra_whitespaces) makes a .model the
+    Hugging Face Llama conversion encodes differently (it applies neither): refused in one line
+    naming both, nothing cached (a bare RuntimeError before)."""
+    import io
+
+    lines = [ln for d in itertools.islice(demo_texts("en", "train"), 60) for ln in d.split("\n") if ln.strip()][:600]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, model_type="bpe", vocab_size=400,
+                                   byte_fallback=True, minloglevel=2)
+    model = tmp_path / "nfkc.model"
+    model.write_bytes(out.getvalue())
+    with pytest.raises(ConfigError, match=r"^tokenizer\.base=.*nfkc\.model: its normalizer nmt_nfkc and "
+                       r"remove_extra_whitespaces are SentencePiece's, .*differs from SentencePiece") as e:
+        build_tokenizer(tcfg(base=str(model)), cache_dir=tmp_path / "cache", texts=train_text)
+    assert "\n" not in str(e.value) and not [f for f in (tmp_path / "cache").glob("*") if f.is_dir()]
+
+
 def test_plain_added_tokens_stay_whole_after_expansion(english, cache, tmp_path, heldout):
     """A base with a special token (<pad>) and a plain one (add_tokens: a chat mark) added on top,
     saved without tokenizer.model: after expansion both keep their ids and the plain one is still

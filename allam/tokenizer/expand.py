@@ -33,9 +33,9 @@ the new ones build on top, the way appended merges extend a BPE merge list. Scor
 that they stay distinct in float32 (a tie would be broken by position, not by rank).
 
 Limits: the base must be a SentencePiece BPE model (a Unigram base would need log-probability
-scores; a tokenizer.json-only base such as a byte-level BPE has no ModelProto). A base whose
-normalizer is not one of SentencePiece's built-in rules is trained against with identity
-normalization; its own normalizer still runs at encoding time.
+scores; a tokenizer.json-only base such as a byte-level BPE has no ModelProto). A ``.model``
+base whose text the Hugging Face conversion encodes differently (it applies no SentencePiece
+normalizer: nmt_nfkc, remove_extra_whitespaces) is refused when it is wrapped, before any expansion.
 """
 from __future__ import annotations
 

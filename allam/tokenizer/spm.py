@@ -238,7 +238,8 @@ def trainer_overrides_like(proto: sp_pb2.ModelProto) -> dict:
 
     Used to train the Arabic pieces for an expansion with the base model's own pre-tokenization
     and normalization settings. A normalizer that is not one of SentencePiece's built-in rules
-    cannot be passed to the trainer; identity is used then (see expand.py for what that means).
+    cannot be passed to the trainer; identity is used then (such a base is refused before this
+    when its Hugging Face conversion encodes differently: see expand.py).
     """
     t, n = proto.trainer_spec, proto.normalizer_spec
     name = n.name if n.name in BUILTIN_NORMALIZERS else "identity"

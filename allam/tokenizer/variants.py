@@ -98,7 +98,17 @@ def _wrap_model_file(model_file: Path, name: str, cache_dir: Path, key: str) -> 
     sha = spm_util.model_sha256(proto)
     folder = Path(cache_dir) / f"{safe_name(name)}-{sha[:16]}"
     if not hf_folder.is_complete(folder):
-        _publish(proto, folder, name, {"kind": "sentencepiece-file", "source": str(model_file), "sha256": sha})
+        try:
+            _publish(proto, folder, name, {"kind": "sentencepiece-file", "source": str(model_file), "sha256": sha})
+        except RuntimeError as e:
+            norm = proto.normalizer_spec
+            why = ""
+            if norm.name != "identity" or norm.remove_extra_whitespaces:
+                rules = [f"normalizer {norm.name}"] * (norm.name != "identity") + ["remove_extra_whitespaces"] * norm.remove_extra_whitespaces
+                why = (f"its {' and '.join(rules)} are SentencePiece's, which the Hugging Face (Llama) conversion does not "
+                       "apply; use a model trained with normalization_rule_name=identity and remove_extra_whitespaces=false, "
+                       "as Llama-2's; ")
+            raise ConfigError(f"{key}={model_file}: {why}{e}") from None
     return load_bundle(folder, name)
 
 
