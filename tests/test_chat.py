@@ -165,6 +165,22 @@ def test_chat_rows_read_from_parquet_and_a_folder(tmp_path, bundles):
     write_jsonl(tmp_path / "f" / "x.jsonl", [{"messages": GOOD}])
     (tmp_path / "f" / "notes.txt").write_text("not read")
     assert chat.read_chat("f", chat.file_source(tmp_path / "f")).rows == [GOOD]
+    # a folder of parquet shards, the Hub's layout (it went to the jsonl reader: "no .jsonl/.json file")
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for k, rows in enumerate([[GOOD], [CONVERSATION]]):
+        pq.write_table(pa.Table.from_pylist([{"messages": m} for m in rows]), tmp_path / "hub" / "data" / f"train-{k}.parquet")
+    (tmp_path / "hub" / "README.md").write_text("card")
+    src = chat.file_source(tmp_path / "hub")
+    assert src["loader"] == "parquet" and chat.read_chat("train", src).rows == [GOOD, CONVERSATION]
+
+
+def test_a_post_training_file_error_names_the_objective_key(tmp_path, bundles):
+    from allam.config import ConfigError
+    from allam.data.post_datamodule import load_examples
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"^objective\.val=.*empty: folder has no \.jsonl/\.json file$"):
+        load_examples("sft", "val", chat.file_source(tmp_path / "empty"), bundles("english").tokenizer, 128)
 
 
 @pytest.mark.slow

@@ -91,17 +91,25 @@ class Rows:
 
 # --------------------------------------------------------------------------- reading rows
 def file_source(path: str | Path, loader: Optional[str] = None, split: Optional[str] = None) -> dict:
-    """A source mapping for a file, folder or glob; the loader follows the extension (.parquet:
-    parquet, a saved dataset folder: hf, otherwise jsonl) unless given."""
+    """A source mapping for a file, folder or glob; the loader follows the extension unless given:
+    .parquet (a file or glob), a saved dataset folder (hf), a folder of .parquet files and no
+    .jsonl/.json (the Hub's layout, e.g. data/train-00000-of-00002.parquet): parquet; otherwise jsonl."""
     p = Path(str(path)).expanduser()
     if loader is None:
         if str(path).endswith(".parquet"):
             loader = "parquet"
         elif p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
             loader = "hf"
+        elif p.is_dir() and _only_parquet(p):
+            loader = "parquet"
         else:
             loader = "jsonl"
     return {"loader": loader, "path": str(path), "split": split}
+
+
+def _only_parquet(folder: Path) -> bool:
+    names = [f.name for f in folder.rglob("*") if f.is_file()]
+    return any(n.endswith(".parquet") for n in names) and not any(n.endswith((".jsonl", ".json")) for n in names)
 
 
 def _raw_rows(name: str, src: Any) -> Iterator[tuple[str, str, Any]]:

@@ -81,9 +81,15 @@ def load_examples(objective: str, name: str, src: dict, tokenizer, max_length: i
                   limit: int | None = None) -> list[dict]:
     """Tokenized examples of one source (only the first `limit` of those kept, when set); the
     kept and dropped counts are logged once. A file of the other kind is a one-line ConfigError."""
-    rows = chat.read_chat(name, src) if objective == "sft" else chat.read_preferences(name, src)
     tokenize = chat.tokenize_sft if objective == "sft" else chat.tokenize_preferences
-    examples = tokenize(tokenizer, rows, max_length, limit)
+    try:
+        rows = chat.read_chat(name, src) if objective == "sft" else chat.read_preferences(name, src)
+        examples = tokenize(tokenizer, rows, max_length, limit)
+    except ConfigError as e:  # the file readers name a data source's key; this one is objective.<split>
+        prefix = f"data.sources.{name}.path="
+        if str(e).startswith(prefix):
+            raise ConfigError(f"objective.{name}={str(e)[len(prefix):]}") from None
+        raise
     rows.report()
     log.info("%s data %s: %d examples of at most %d tokens", rows.kind, name, len(examples), max_length)
     if not examples:
