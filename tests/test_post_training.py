@@ -240,7 +240,7 @@ def test_own_training_data_is_not_scored_on_the_demo_by_default(tmp_path, cache_
 
 def test_wrong_data_kind_and_missing_init_are_one_line(cli, tmp_path, english_checkpoint):
     """A preference file for sft is the reader's one line, and so is no data, before any model is built; sft from
-    random init and a DPO beta of 0 are refused at compose time."""
+    random init, a DPO beta of 0 and the settings counted in pretraining tokens are refused at compose time."""
     from allam.data.chat_demo import demo_preferences, write_jsonl
 
     prefs = write_jsonl(demo_preferences("train", 4), tmp_path / "prefs.jsonl")
@@ -255,6 +255,12 @@ def test_wrong_data_kind_and_missing_init_are_one_line(cli, tmp_path, english_ch
                    "init.checkpoint=<run>/hf (or a Hugging Face folder)")
     err = cli("objective=dpo", "init=pretrained", f"init.checkpoint={english_checkpoint}", "objective.beta=0")
     assert err == "error: objective.beta=0.0: must be a number > 0"
+    # settings counted in pretraining tokens ran on a nominal batch x seq_len count under post-training
+    init = ["init=pretrained", f"init.checkpoint={english_checkpoint}"]
+    err = cli(*SFT, *init, "eval.every_tokens=4096")
+    assert err.startswith("error: eval.every_tokens=4096: counts pretraining tokens; objective=sft trains on padded")
+    err = cli("objective=dpo", *init, "init.embedding_warmup_tokens=1000")
+    assert err.startswith("error: init.embedding_warmup_tokens=1000: applies to continued pretraining of new rows")
 
 
 @pytest.mark.parametrize("experiment", ["allam7b_sft", "allam7b_dpo"])

@@ -265,7 +265,7 @@ def validate(cfg: DictConfig) -> None:
     stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
     generation(cfg)
-    objective(cfg.objective, ini)
+    objective(cfg.objective, ini, cfg.eval)
 
 
 def evaluation(e) -> None:
@@ -297,9 +297,11 @@ def generation(cfg) -> None:
         _fail("generate.chat", g.chat, "allowed: auto, true, false")
 
 
-def objective(obj, ini) -> None:
+def objective(obj, ini, ev=None) -> None:
     """The training objective's rules: sft and dpo continue a trained model (DPO's reference is the
-    starting model; SFT teaches a format, not the language); dpo's loss settings are in range. The
+    starting model; SFT teaches a format, not the language); dpo's loss settings are in range;
+    settings counted in pretraining tokens (batch x seq_len per sequence), which a padded example
+    or a pair is not, are refused rather than applied on that nominal count. The
     data are checked when read, before any model is built (allam.data.post_datamodule: no
     objective.train, or a file of the other kind, is one line), so task=plan sizes a recipe without them."""
     if obj.name == "pretrain":
@@ -309,6 +311,12 @@ def objective(obj, ini) -> None:
               "init.checkpoint=<run>/hf (or a Hugging Face folder)")
     _positive("objective.epochs", obj.epochs)
     _positive("objective.max_examples", obj.max_examples)
+    if ev is not None and ev.get("every_tokens"):
+        _fail("eval.every_tokens", ev.every_tokens, f"counts pretraining tokens; objective={obj.name} trains on padded "
+              "examples, so it would evaluate at a nominal count: score its checkpoints after training (task=eval ckpt=<run>)")
+    if int(ini.get("embedding_warmup_tokens") or 0):
+        _fail("init.embedding_warmup_tokens", ini.embedding_warmup_tokens, f"applies to continued pretraining of new "
+              f"rows; objective={obj.name} trains every weight from the start (set it to 0)")
     if not (math.isfinite(obj.beta) and obj.beta > 0):
         _fail("objective.beta", obj.beta, "must be a number > 0")
     if not 0.0 <= obj.label_smoothing < 0.5:
