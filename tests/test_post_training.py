@@ -361,3 +361,34 @@ def test_ipo_scores_answers_per_token(cache_dir, english_checkpoint):
             want = pair_logps(model, batch, average=average)
         assert torch.allclose(pc, want[0]) and torch.allclose(pr, want[1])
         assert torch.equal(rc.double(), table[batch["index"], 0]) and torch.equal(rr.double(), table[batch["index"], 1])
+
+
+def test_a_dpo_resume_refuses_changed_held_out_pairs(tmp_path, cache_dir, english_checkpoint):
+    """The held-out reference table is read by position; a checkpoint records which pairs it
+    belongs to. The same objective.val path with other pairs behind it is refused in one line
+    (the starting model that scored them is gone); the same pairs load."""
+    from transformers import AutoModelForCausalLM
+
+    from allam.config import ConfigError
+    from allam.data.chat_demo import write_jsonl
+    from allam.train.post import PostTrainingLM
+
+    def pairs(words):
+        return [{"prompt": f"Say {w}.", "chosen": w, "rejected": "no"} for w in words]
+
+    held = write_jsonl(pairs(["yes", "hello", "one"]), tmp_path / "held.jsonl")
+    args = [*DPO, "init=pretrained", f"init.checkpoint={english_checkpoint}", f"objective.val={held}"]
+    dm, _ = _datamodule(cache_dir, *args)
+    model = AutoModelForCausalLM.from_pretrained(english_checkpoint, dtype=torch.float32)
+    obj = SimpleNamespace(name="dpo", beta=0.1, label_smoothing=0.0, loss_type="sigmoid")
+    module = PostTrainingLM(model, SimpleNamespace(grad_clip=1.0), obj, total_steps=1, token_bytes=np.ones(8))
+    module._trainer = SimpleNamespace(datamodule=dm)
+    module.reference = {"train": torch.zeros(len(dm.train), 2, dtype=torch.float64), "val": torch.zeros(3, 2, dtype=torch.float64)}
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    module.on_load_checkpoint(checkpoint)  # the same pairs
+    write_jsonl(pairs(["yes", "hello", "two"]), held)
+    module._trainer = SimpleNamespace(datamodule=_datamodule(cache_dir, *args)[0])
+    with pytest.raises(ConfigError, match=r"^objective\.val=.*held\.jsonl: other held-out pairs than the checkpoint's"):
+        module.on_load_checkpoint(checkpoint)
+

@@ -93,7 +93,8 @@ def load_examples(objective: str, name: str, src: dict, tokenizer, max_length: i
     rows.report()
     log.info("%s data %s: %d examples of at most %d tokens", rows.kind, name, len(examples), max_length)
     if not examples:
-        raise ConfigError(f"objective.{name}={src['path']}: no example left to train on (see the dropped counts above)")
+        raise ConfigError(f"objective.{name}={src['path']}: no example left to {'train on' if name == 'train' else 'score'} "
+                          "(see the dropped counts above)")
     return examples
 
 
@@ -299,14 +300,18 @@ class PostTrainingDataModule(L.LightningDataModule):
     def fingerprint(self) -> dict:
         """What decides the example stream: the objective, the tokenized examples, the seed."""
         if self._fingerprint is None:
-            self.prepare()
-            h = hashlib.sha256()
-            for ex in self.train:
-                for k in sorted(ex):
-                    h.update(repr(ex[k]).encode())
             self._fingerprint = {"objective": self.objective, "examples": len(self.train), "seed": self.seed,
-                                 "content": h.hexdigest()[:16]}
+                                 "content": self.content("train")}
         return self._fingerprint
+
+    def content(self, split: str) -> str:
+        """A digest of one split's tokenized examples, in order."""
+        self.prepare()
+        h = hashlib.sha256()
+        for ex in self.train if split == "train" else self.val:
+            for k in sorted(ex):
+                h.update(repr(ex[k]).encode())
+        return h.hexdigest()[:16]
 
     def state_dict(self) -> dict:
         pos = self.position

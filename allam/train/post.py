@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from allam.config import ConfigError
 from allam.train.dpo import IGNORE_INDEX, dpo_loss, pair_logps, reference_logps
 from allam.train.module import CausalLM
 
@@ -91,9 +92,18 @@ class PostTrainingLM(CausalLM):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.reference is not None:
             checkpoint["dpo_reference"] = {k: v.clone() for k, v in self.reference.items()}
+            # the held-out table is read by position: the pairs it belongs to (the training ones are
+            # the datamodule's fingerprint, checked before a resume)
+            checkpoint["dpo_reference_val"] = self.trainer.datamodule.content("val")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "dpo_reference" in checkpoint:
+            saved = checkpoint.get("dpo_reference_val")
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            if saved is not None and dm is not None and saved != dm.content("val"):
+                raise ConfigError(f"objective.val={dm.cfg.val}: other held-out pairs than the checkpoint's, whose reference "
+                                  "log-probabilities (the starting model's) cannot be scored again after training; resume "
+                                  "with the held-out data it started with")
             self.reference = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in checkpoint["dpo_reference"].items()}
 
     def _dpo(self, batch: dict, split: str) -> tuple[torch.Tensor, ...]:
