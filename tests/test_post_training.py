@@ -153,6 +153,7 @@ def test_dpo_first_step_and_export_after_sft(sft_run, tmp_path, cache_dir, monke
     assert torch.allclose(ref[:, 0], chosen.double(), atol=1e-3) and torch.allclose(ref[:, 1], rejected.double(), atol=1e-3)
     res = _results(out)
     assert res["objective"] == "dpo" and res["start.val.dpo.reward_accuracy"] == 0.0
+    assert res["train.cross_entropy"] == "plain"  # pairs are scored from the whole logits
     assert res["val.dpo.pairs"] == len(dm.val) and 0.0 <= res["val.dpo.reward_accuracy"] <= 1.0
     assert (out / "hf" / "model.safetensors").exists() and (out / "hf" / "chat_template.jinja").exists()
     # and task=generate talks to the export through its chat template (the run was trained with dpo)
@@ -277,6 +278,14 @@ def test_plan_sizes_the_recipes(cli, experiment, capsys):
         pairs, single = plan_task.run(cfg), plan_task.run(_compose(Path("/tmp"), f"experiment={experiment}", "objective=sft"))
         assert pairs["plan.tokens_per_step"] == 2 * single["plan.tokens_per_step"]
         assert pairs["plan.memory_gib"]["total"] > single["plan.memory_gib"]["total"] and "2 sequences per pair" in capsys.readouterr().out
+        # DPO scores pairs from the whole logits (not trainer.cross_entropy's chunks), and the
+        # run's own memory check plans the same as task=plan
+        from allam.model.plan import GiB, loss_bytes
+        from allam.tasks.preflight import planned
+
+        tokens = 2 * cfg.data.batch_size * cfg.model.seq_len
+        assert pairs["plan.memory_gib"]["logits"] == pytest.approx(loss_bytes("plain", 0, tokens, 32000, 0, 2, True) / GiB)
+        assert planned(cfg, 32000).memory_gib == pytest.approx(pairs["plan.memory_gib"])
 
 
 # --------------------------------------------------------------------------- 2-process FSDP2

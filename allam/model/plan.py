@@ -14,7 +14,9 @@ No weights are read or downloaded. The estimate counts, per GPU:
   (16-bit logits, their fp32 copy for the loss and its gradient); ``chunked``/``fused``/``auto``
   hold those of one chunk of tokens, plus the gradient of the hidden states (counted at fp32, an upper bound) and, when
   sharded, the whole head's fp32 gradient (it is made in the forward; unsharded it is the head's
-  gradient the gradients term counts).
+  gradient the gradients term counts). DPO scores its pairs from the model's whole logits, so its
+  plan counts ``plain`` whatever ``trainer.cross_entropy`` says, over twice the micro-batch (each
+  pair's chosen and rejected sequences).
 Host memory per rank (CPU RAM), from the sharded loader and the streaming export:
 - at load: the model is created on the meta device and filled tensor by tensor, so a rank holds
   its own shard (on the host only when training on CPUs; on GPUs the shard goes to the device)
@@ -122,9 +124,10 @@ def host_memory(model, n: int, shard: int, accelerator: str, grows: bool) -> dic
 
 
 def make_plan(m, t, *, batch_size: int, optimizer: str, vocab_size: int, world: int, tokens_per_step: int,
-              grows: bool = False) -> Plan:
+              grows: bool = False, loss_kind: str | None = None) -> Plan:
     """The plan for model group `m` on trainer group `t` with `batch_size` sequences per rank;
-    `grows`: the embedding matrices grow from a checkpoint's (vocabulary expansion)."""
+    `grows`: the embedding matrices grow from a checkpoint's (vocabulary expansion); `loss_kind`:
+    how the head's logits are held when not as ``trainer.cross_entropy`` says (DPO: ``plain``)."""
     model = build_meta(m, vocab_size)
     counts = parameter_counts(model)
     optimizer = str(optimizer)
@@ -152,7 +155,8 @@ def make_plan(m, t, *, batch_size: int, optimizer: str, vocab_size: int, world: 
     activations = recomputed * h * tokens * act_bytes + (L - recomputed) * per_layer + (per_layer if recomputed else 0)
     activations += attention_score_bytes(str(m.attention), batch_size, m.num_heads, m.seq_len, act_bytes,
                                          (L - recomputed) + (1 if recomputed else 0))
-    logits = loss_bytes(str(t.cross_entropy), int(t.cross_entropy_chunk), tokens, vocab_size, h, act_bytes, shard > 1)
+    logits = loss_bytes(loss_kind or str(t.cross_entropy), int(t.cross_entropy_chunk), tokens, vocab_size, h, act_bytes,
+                        shard > 1)
     mem = {
         "weights": weights / GiB,
         "gradients": grads / GiB,

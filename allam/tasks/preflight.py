@@ -79,15 +79,26 @@ def available_memory_gib(trainer) -> tuple[float, str]:
     return avail / GiB / ranks_here, f"available host memory per rank ({ranks_here} on this machine)"
 
 
+def planned(cfg, vocab_size: int, grows: bool = False):
+    """The memory plan of this run (allam.model.plan.make_plan). A DPO micro-batch holds each
+    pair's chosen and rejected sequences, twice data.batch_size, scored from the model's whole
+    logits (``plain``); post-training batches are padded to their longest example, so the plan
+    takes model.seq_len, an upper bound."""
+    from allam.model.plan import make_plan
+
+    dpo = str(cfg.objective.name) == "dpo"
+    per_example = 2 if dpo else 1
+    return make_plan(cfg.model, cfg.trainer, batch_size=cfg.data.batch_size * per_example, optimizer=cfg.optim.name,
+                     vocab_size=vocab_size, world=world_size(cfg.trainer),
+                     tokens_per_step=tokens_per_step(cfg.data, cfg.model, cfg.trainer) * per_example, grows=grows,
+                     loss_kind="plain" if dpo else None)
+
+
 def check_memory(cfg, vocab_size: int) -> None:
     """Refuse a run whose plan cannot fit the device."""
     if not cfg.run.memory_check:
         return
-    from allam.model.plan import make_plan
-
-    p = make_plan(cfg.model, cfg.trainer, batch_size=cfg.data.batch_size, optimizer=cfg.optim.name,
-                  vocab_size=vocab_size, world=world_size(cfg.trainer),
-                  tokens_per_step=tokens_per_step(cfg.data, cfg.model, cfg.trainer))
+    p = planned(cfg, vocab_size)
     need = p.memory_gib["total"]
     have, what = available_memory_gib(cfg.trainer)
     if need <= have:

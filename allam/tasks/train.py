@@ -145,7 +145,8 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         "model.parameters": counts["total"],
         "model.non_embedding_parameters": counts["non_embedding"],
         "model.attention": attention,
-        "train.cross_entropy": module.cross_entropy,
+        # DPO scores its pairs from the model's whole logits, whatever trainer.cross_entropy says
+        "train.cross_entropy": "plain" if cfg.objective.name == "dpo" else module.cross_entropy,
         "tokenizer.name": bundle.name,
         "tokenizer.vocab_size": len(bundle.tokenizer),
         "train.steps": trainer.global_step,
