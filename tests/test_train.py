@@ -205,13 +205,26 @@ def test_resume_from_checkpoint_continues_steps(make_cfg, tmp_path):
     assert res["train.tokens_this_run"] == 2 * 2 * 64  # only the two new steps ran here
 
 
-def test_wandb_logger_writes_offline_run(make_cfg, tmp_path, monkeypatch):
+def test_wandb_runs_offline_one_per_job_and_one_per_resumed_run(make_cfg, tmp_path, monkeypatch):
+    """Offline by default; two jobs in one process (Hydra's multirun) are two W&B runs (the second
+    logged into the first's, still open); a resumed run keeps its W&B run id (it started another run)."""
+    from allam.tasks.builders import WANDB_ID_FILE
+
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    out = tmp_path / "run"
-    train_task.run(make_cfg(*SMALL_MODEL, *FAST, "logger=wandb", "export=false", out=out))
-    runs = list((out / "wandb").glob("offline-run-*"))
-    assert runs, list(out.rglob("*"))[:20]
-    assert any(runs[0].rglob("*.wandb"))
+    args = [*SMALL_MODEL, "data.batch_size=2", "data.val_bytes=1500", "logger=wandb", "export=false",
+            "trainer.checkpoint_every_steps=2"]
+    first, second = tmp_path / "job0", tmp_path / "job1"
+    train_task.run(make_cfg(*args, "trainer.max_steps=2", out=first))
+    train_task.run(make_cfg(*args, "trainer.max_steps=2", "data.seed=2", out=second))
+    train_task.run(make_cfg(*args, "trainer.max_steps=4", out=first))  # resumes job0 from its checkpoint
+
+    def runs(out):
+        return sorted(p.name for p in (out / "wandb").glob("offline-run-*") if any(p.rglob("*.wandb")))
+
+    ids = [(out / WANDB_ID_FILE).read_text().strip() for out in (first, second)]
+    assert ids[0] != ids[1]
+    assert len(runs(first)) == 2 and all(name.endswith("-" + ids[0]) for name in runs(first))  # synced as one run
+    assert len(runs(second)) == 1 and runs(second)[0].endswith("-" + ids[1])
 
 
 def test_final_scores_come_from_the_last_step(make_cfg, tmp_path):

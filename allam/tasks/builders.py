@@ -153,20 +153,44 @@ def build_datamodule(cfg: DictConfig, tokenizer, max_seq_len: int | None = None)
     )
 
 
-def build_logger(logger_cfg, out: Path, config: dict):
-    """The Lightning logger (False for logger=none); `config` is recorded with W&B runs. The CSV
-    logger continues an existing csv/metrics.csv (a resumed run) and never deletes it."""
+WANDB_ID_FILE = "wandb_run_id"
+_WANDB_MODE_SET: str | None = None  # the WANDB_MODE this process set for a job (a later job may set another)
+
+
+def wandb_run_id(out: Path) -> str:
+    """The W&B run id of the run in `out`: made and written there by its first command, read by
+    every later one, so a resumed (requeued, preempted) run logs into the same W&B run."""
+    path = Path(out) / WANDB_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    import secrets
+
+    run_id = secrets.token_hex(4)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(path)
+    return run_id
+
+
+def build_logger(logger_cfg, out: Path, config: dict, rank_zero: bool = True):
+    """The Lightning logger (False for logger=none); `config` is recorded with W&B runs, whose id
+    stays with the run directory (:func:`wandb_run_id`; on global rank 0, the only rank W&B logs
+    from). The CSV logger continues an existing csv/metrics.csv (a resumed run) and never deletes it."""
     if logger_cfg.name == "none":
         return False
     if logger_cfg.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
         mode = logger_cfg.mode
+        global _WANDB_MODE_SET
+        if os.environ.get("WANDB_MODE") == _WANDB_MODE_SET:  # set by an earlier job of this process, not the user
+            os.environ.pop("WANDB_MODE", None)
         env = os.environ.get("WANDB_MODE")
         if mode == "online" and env and env != "online":  # wandb obeys the environment over its init arguments
             log.warning("logger.mode=online but WANDB_MODE=%s is set in the environment: W&B runs %s and does "
                         "not sync (unset WANDB_MODE to sync, or set logger.mode=%s)", env, env, env)
-        os.environ.setdefault("WANDB_MODE", mode)
+        if env is None:
+            os.environ["WANDB_MODE"] = _WANDB_MODE_SET = mode
         return WandbLogger(
             project=logger_cfg.project,
             entity=logger_cfg.entity,
@@ -175,6 +199,7 @@ def build_logger(logger_cfg, out: Path, config: dict):
             tags=list(logger_cfg.tags),
             config=config,
             **run_names(logger_cfg),
+            **({"id": wandb_run_id(out), "resume": "allow"} if rank_zero else {}),
         )
     from allam.train.callbacks import AppendingCSVLogger
 
@@ -211,6 +236,13 @@ def build_strategy(t):
         return AtomicModelParallelStrategy(data_parallel_size=world_size(t), tensor_parallel_size=1,
                                            save_distributed_checkpoint=True)
     return strategy
+
+
+def _rank_zero() -> bool:
+    """Whether this process is global rank 0 (Lightning reads the launcher's environment on import)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
 
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
@@ -256,7 +288,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
-        logger=build_logger(cfg.logger, out, to_dict(cfg)),
+        logger=build_logger(cfg.logger, out, to_dict(cfg), rank_zero=_rank_zero()),
         callbacks=cbs,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,

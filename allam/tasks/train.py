@@ -41,8 +41,20 @@ def run(cfg: DictConfig) -> dict:
     try:
         return _train(cfg, out)
     finally:
+        _finish_wandb()
         if lock is not None:
             lock.release()
+
+
+def _finish_wandb() -> None:
+    """End the W&B run this command opened: Hydra's multirun runs its jobs in one process, and
+    the next job's logger would find the run still open and log into it (Lightning's logger does
+    not end it)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _global_rank() -> int:
