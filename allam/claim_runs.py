@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Optional
 
 from allam.config import ConfigError
+from allam.config.saved import RESUME_MAY_CHANGE
 from allam.config.schema import SEED_KEYS
 
 # what differs between the seeds of one arm without making it another arm: the seeds, the base
-# checkpoint's path (one base per seed) and where and how the run logged
-_NOT_ARM = (*SEED_KEYS, "init.checkpoint", "paths", "trainer.progress_bar", "logger")
+# checkpoint's path (one base per seed), and what a resume may change (where and how the run logged,
+# was laid out, evaluated or resumed from) except the training budget
+_BUDGET = ("trainer.max_tokens", "trainer.max_steps")
+_NOT_ARM = (*SEED_KEYS, "init.checkpoint", *(k.rstrip(".") for k in RESUME_MAY_CHANGE if k not in _BUDGET))
 
 
 @lru_cache(maxsize=1)
@@ -114,6 +117,17 @@ def check_seeds(groups: dict[str, list[dict]], arms: list[str]) -> None:
                 raise ConfigError(f"claims: arm {arm} holds two runs of seed {shown}: {_run_label(seen[seed])} and "
                                   f"{_run_label(r)}; report over a folder with one copy of each run")
             seen[seed] = r
+
+
+def left_out(groups: dict[str, list[dict]], arms: list[str]) -> dict[str, list[str]]:
+    """Runs of a claim arm's experiment that differ from the arm in more than seeds and what a
+    resume may change (grouped as ``arm#2``, ...): the claims do not read them. Arm -> run labels."""
+    out: dict[str, list[str]] = {}
+    for name, runs in groups.items():
+        base, _, k = name.partition("#")
+        if k and base in arms:
+            out.setdefault(name, []).extend(_run_label(r) for r in runs)
+    return out
 
 
 def _run_label(run: dict) -> str:

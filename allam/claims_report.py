@@ -3,6 +3,7 @@ t-test (paired over seeds, or Welch's) and each claim's verdict) and one plot pe
 :mod:`allam.claims`. :func:`run_claims_report` is what experiments/reproduce.py and task=report call."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -24,9 +25,12 @@ from allam.claims import (
     worked_example,
     stat,
 )
+from allam.claim_runs import left_out
 from allam.config.langs import lang_name
 from allam.curves import curve_points, interpolate, metric_value
 from allam.results import collect_runs
+
+log = logging.getLogger("allam")
 
 
 def rule_text() -> str:
@@ -352,6 +356,10 @@ def run_claims_report(root: Path, out_dir: Path, numbers: Optional[list[int]] = 
     claims = claims_by_number(numbers, lang)
     commits = check_commits(groups, arms_of(claims), mix_commits)
     check_seeds(groups, arms_of(claims))
+    apart = left_out(groups, arms_of(claims))
+    for name, labels in apart.items():
+        log.warning("claims: %d run(s) of %s differ from that arm in more than seeds, budget-free layout or "
+                    "logging, and are left out as %s: %s", len(labels), name.split("#")[0], name, ", ".join(labels))
     results = evaluate(claims, groups)
     competence = competence_by_arm(groups, collect_runs(root, task="eval"), lang)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,7 +373,7 @@ def run_claims_report(root: Path, out_dir: Path, numbers: Optional[list[int]] = 
     md_path.write_text(claims_markdown(results, groups, command, header, plots, competence, lang), encoding="utf-8")
     return {"claims_md": str(md_path), "plots": plots,
             "verdicts": {r["claim"].number: r["verdict"] for r in results},
-            "arms": {arm: len(runs) for arm, runs in groups.items()}, "commits": commits,
+            "arms": {arm: len(runs) for arm, runs in groups.items()}, "commits": commits, "left_out": apart,
             "competence": {arm: len(e) for arm, e in competence.items()}}
 
 

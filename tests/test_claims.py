@@ -134,6 +134,23 @@ def test_arms_from_one_base_are_paired_by_seed_and_scratch_arms_use_welch():
     assert res["rows"][0]["test"].kind == "welch" and res["verdict"] == C.INCONCLUSIVE
 
 
+def test_seeds_differing_in_layout_logging_or_resume_are_one_arm_and_a_split_off_arm_is_named():
+    """A seed resumed with ckpt=, run with other workers or evaluated at the end is still a seed of
+    its arm (each was an arm#k the claims never read, silently); another budget is another arm,
+    and the report names the runs it leaves out."""
+    from allam.claim_runs import left_out
+
+    runs = [_run("claim5_ar20", s, {"val.ar.bpb": 1.0}) for s in (1, 2, 3, 4, 5)]
+    runs[2]["config"]["ckpt"] = "/x/seed3/claim5_ar20/checkpoints/last.ckpt"
+    runs[3]["config"]["data"]["num_workers"] = 2
+    runs[4]["config"]["eval"] = {"at_end": True}
+    runs.append(_run("claim5_ar20", 6, {"val.ar.bpb": 1.0}))
+    runs[5]["config"]["trainer"]["max_tokens"] = 4096
+    groups = C.group_by_seed(runs)
+    assert {k: len(v) for k, v in groups.items()} == {"claim5_ar20": 5, "claim5_ar20#2": 1}
+    assert left_out(groups, ["claim5_ar20", "claim1_adapt"]) == {"claim5_ar20#2": ["seed6/claim5_ar20"]}
+
+
 def test_the_base_pairs_with_the_runs_started_from_its_export_and_the_tolerance_decides():
     """Claim 1's English row: adapted within EN_TOLERANCE of its base is reproduced; adapted
     significantly more than the tolerance worse is not reproduced."""

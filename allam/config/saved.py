@@ -20,6 +20,22 @@ def training_config_for(ckpt: Path) -> DictConfig | None:
     return None
 
 
+# keys a resume may change (a prefix ending in "." covers a group): how long to train, where to log
+# and checkpoint, and how the same computation is laid out or run (allam.tasks.rundir refuses a
+# resume that changes any other key; the claims report counts runs that differ only in these, and
+# their seeds, as one arm, the budget keys apart); tokens per optimizer step must stay the same on a
+# resume (checked separately)
+RESUME_MAY_CHANGE = (
+    "task", "ckpt", "export", "report_dir", "run.", "paths.", "logger.", "eval.",
+    "trainer.max_tokens", "trainer.max_steps", "trainer.val_every_steps", "trainer.checkpoint_every_steps",
+    "trainer.log_every_n_steps", "trainer.progress_bar", "trainer.devices", "trainer.num_nodes",
+    "trainer.strategy", "trainer.name", "trainer.compile", "trainer.peak_tflops", "trainer.deterministic",
+    "trainer.accelerator", "data.batch_size", "data.num_workers", "data.allow_fingerprint_change", "data.cache_wait_s", "data.prepare.",
+    "trainer.accumulate_grad_batches", "model.attention", "model.activation_checkpointing",
+    "trainer.cross_entropy", "trainer.cross_entropy_chunk", "train.nonfinite", "train.max_nonfinite_skips",
+)
+
+
 OLD_AR_RATIO_DEFAULT = 0.45  # data.ar_ratio's schema default before None meant "not set"
 
 

@@ -19,20 +19,9 @@ from pathlib import Path
 from typing import Optional
 
 from allam.config import ConfigError, Resume
-from allam.config.saved import comparable_config
+from allam.config.saved import RESUME_MAY_CHANGE, comparable_config
 
 LOCK = ".lock"
-# keys a resume may change: they decide how long to train, where to log and checkpoint, and how
-# fast, not what is trained (tokens per optimizer step must stay the same: checked separately)
-RESUME_MAY_CHANGE = (
-    "task", "ckpt", "export", "report_dir", "run.", "paths.", "logger.", "eval.",
-    "trainer.max_tokens", "trainer.max_steps", "trainer.val_every_steps", "trainer.checkpoint_every_steps",
-    "trainer.log_every_n_steps", "trainer.progress_bar", "trainer.devices", "trainer.num_nodes",
-    "trainer.strategy", "trainer.name", "trainer.compile", "trainer.peak_tflops", "trainer.deterministic",
-    "trainer.accelerator", "data.batch_size", "data.num_workers", "data.allow_fingerprint_change", "data.cache_wait_s", "data.prepare.",
-    "trainer.accumulate_grad_batches", "model.attention", "model.activation_checkpointing",
-    "trainer.cross_entropy", "trainer.cross_entropy_chunk", "train.nonfinite", "train.max_nonfinite_skips",
-)
 
 
 def _alive(pid: int) -> bool:

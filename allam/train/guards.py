@@ -342,7 +342,7 @@ class RunRecord(L.Callback):
 
 class MicroBatchUnits(L.Callback):
     """A resume may trade micro-batch size (ranks x data.batch_size) for gradient accumulation at the
-    same tokens per step (allam.tasks.rundir.RESUME_MAY_CHANGE). The datamodule converts its data
+    same tokens per step (allam.config.saved.RESUME_MAY_CHANGE). The datamodule converts its data
     position into the new micro-batches; Lightning restores its count of micro-batches (the fit
     loop's batch progress, which decides when an optimizer step ends) in the old ones. This
     rewrites that count in the new micro-batches before Lightning restores it, so the resumed run's
