@@ -8,8 +8,9 @@ were evaluated, the accuracy of every eval task (``eval.<task>.acc`` and ``acc_n
 A task=eval run's scores join the row of the run it scored (its ``source_run``); one that scored
 no run under the folder (e.g. a Hugging Face folder) gets its own row. Every row shows the run's
 ``status`` (finished, preempted, failed; ``eval`` for an eval run's own row). A results.json that is
-empty, not JSON (truncated, garbage) or written by another task is skipped, and the report prints
-and records (``skipped``, and the end of report.md) each skipped file with the reason.
+empty, not JSON (truncated, garbage) or written by another task is skipped, and so is a run folder
+(a ``config.yaml`` outside ``.hydra/``) with no results.json (killed, crashed or still running); the
+report prints and records (``skipped``, and the end of report.md) each with the reason.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ def collect(root: Path) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     root = Path(root)
     files = [root] if root.is_file() else sorted(root.rglob(FILENAME))
     runs, evals, skipped = [], [], []
+    if root.is_dir():  # a run folder (its config.yaml is written at start) that never wrote results.json
+        for cfg in sorted(root.rglob("config.yaml")):
+            if cfg.parent.name != ".hydra" and not (cfg.parent / FILENAME).exists():
+                skipped.append((str(cfg.parent), "no results.json (killed, crashed or still running)"))
     for f in files:
         res, why = read_results(f)
         if res is not None and res.get("task") in ("train", "eval"):

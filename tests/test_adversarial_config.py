@@ -76,9 +76,15 @@ def test_report_names_skipped_files_and_shows_each_runs_status(make_cfg, tmp_pat
     for name, body in damaged.items():
         (runs / name).mkdir()
         (runs / name / "results.json").write_bytes(body)
+    (runs / "killed" / ".hydra").mkdir(parents=True)  # started (config saved), never wrote results.json
+    (runs / "killed" / "config.yaml").write_text("task: train\n")
+    (runs / "killed" / ".hydra" / "config.yaml").write_text("task: train\n")
     res = report_task.run(make_cfg("task=report", f"report_dir={runs}", out=tmp_path / "report"))
     rows = {row[0]: dict(zip(res["header"], row)) for row in res["rows"]}
     assert set(rows) == {"done", "cut"}
+    assert [s["reason"] for s in res["skipped"] if s["path"] == str(runs / "killed")] == [
+        "no results.json (killed, crashed or still running)"]
+    res["skipped"] = [s for s in res["skipped"] if s["path"] != str(runs / "killed")]
     assert rows["done"]["status"] == "finished" and rows["cut"]["status"] == "preempted"
     assert rows["cut"]["val.ar.bpb"] == "" and rows["cut"]["train.tokens"] == "4,096"
     why = {Path(s["path"]).parent.name: s["reason"] for s in res["skipped"]}
