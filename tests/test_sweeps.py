@@ -36,6 +36,30 @@ def test_one_sweep_file_per_claim_axis():
     for f in SWEEPS:
         spec = yaml.safe_load(f.read_text())
         assert spec["program"] == "run.py" and spec["command"][-1] == "${args_no_hyphens}", f
+        # each agent run gets its own folder, named by the run id the agent sets (runs started in
+        # the same second shared outputs/<date>/<time>)
+        run_dir = spec["command"][-2]
+        assert run_dir.startswith("hydra.run.dir=") and not run_dir.startswith("${"), f
+        resolved = OmegaConf.create({"d": run_dir.split("=", 1)[1]})
+        os.environ["WANDB_RUN_ID"] = "abc123"
+        try:
+            assert resolved.d == "outputs/sweeps/abc123"
+        finally:
+            del os.environ["WANDB_RUN_ID"]
+
+
+def test_an_agent_run_logs_under_the_run_id_the_agent_gave(tmp_path, monkeypatch):
+    """Under an agent the W&B run id is WANDB_RUN_ID (its controller waits for that run); elsewhere
+    the run folder's own, made once and read on every resume."""
+    from allam.tasks.builders import WANDB_ID_FILE, wandb_run_id
+
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    (tmp_path / "a").mkdir()
+    own = wandb_run_id(tmp_path / "a")
+    assert wandb_run_id(tmp_path / "a") == own == (tmp_path / "a" / WANDB_ID_FILE).read_text().strip()
+    monkeypatch.setenv("WANDB_RUN_ID", "agent42")
+    (tmp_path / "b").mkdir()
+    assert wandb_run_id(tmp_path / "b") == "agent42" == (tmp_path / "b" / WANDB_ID_FILE).read_text().strip()
 
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)

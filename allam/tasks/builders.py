@@ -159,13 +159,15 @@ _WANDB_MODE_SET: str | None = None  # the WANDB_MODE this process set for a job 
 
 def wandb_run_id(out: Path) -> str:
     """The W&B run id of the run in `out`: made and written there by its first command, read by
-    every later one, so a resumed (requeued, preempted) run logs into the same W&B run."""
+    every later one, so a resumed (requeued, preempted) run logs into the same W&B run. Under a
+    sweep agent, the run id the agent gave (WANDB_RUN_ID), which its controller waits for."""
     path = Path(out) / WANDB_ID_FILE
-    if path.is_file() and path.read_text().strip():
+    given = os.environ.get("WANDB_RUN_ID")
+    if not given and path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     import secrets
 
-    run_id = secrets.token_hex(4)
+    run_id = given or secrets.token_hex(4)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(run_id + "\n")
     tmp.replace(path)
