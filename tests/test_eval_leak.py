@@ -46,6 +46,17 @@ def test_arabic_normalization_folds_marks_and_letter_variants():
         leak.words("قال ان الاعمال بالنيه ولكل امرئ ما نوي")
 
 
+def test_words_keep_their_marks_in_every_script():
+    """A Devanagari vowel sign or virama is part of its word (version 1 split there: 8 Hindi words
+    made 15 fragments and का, की, के, को were one word); a joiner stays inside a word; punctuation
+    and symbols still separate words."""
+    assert leak.words("परमेश्‍वर ने आकाश और पृथ्वी की सृष्टि की।") == \
+        ["परमेश्‍वर", "ने", "आकाश", "और", "पृथ्वी", "की", "सृष्टि", "की"]
+    assert len({leak.words(w)[0] for w in ("का", "की", "के", "को")}) == 4
+    assert leak.words("Don't stop—the end (v. 2_3)!") == ["don", "t", "stop", "the", "end", "v", "2", "3"]
+    assert leak.words("می‌خواهم بروم") == ["می‌خواهم", "بروم"]
+
+
 def test_planted_overlap_is_dropped_from_a_closed_suite(monkeypatch, tmp_path):
     """An item's answer inserted into a training document of a demo source: the index built from
     the sources (through the cache) sees it, and the suite drops that item and keeps its groups closed."""
