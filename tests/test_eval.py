@@ -245,6 +245,9 @@ def test_offline_harness_tasks_are_named_with_their_hub_datasets(make_cfg, tmp_p
     assert "verse_en2ar" not in line  # the package's own tasks need no hub
     with pytest.raises(ConfigError, match=r"eval.tasks.no_such_task: no such lm-evaluation-harness task"):
         harness.prepare(make_cfg("eval=paper", "eval.tasks=[no_such_task]").eval, tmp_path)
+    # the harness draws few-shot examples from the test items when a task has no other split: ours
+    with pytest.raises(ConfigError, match=r"^eval\.num_fewshot\.word_order_ar=3: the project's own tasks have only"):
+        harness.prepare(make_cfg("eval=competence", "+eval.num_fewshot.word_order_ar=3").eval, tmp_path)
 
 
 @pytest.mark.slow  # the full task library's index takes 10-40 s; the quick test above indexes the suite's folders

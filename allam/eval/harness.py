@@ -73,6 +73,11 @@ def prepare(eval_cfg, workdir: Path) -> Plan:
     copies, writes those tasks' configs pointed at them under `workdir`."""
     shots = dict(eval_cfg.num_fewshot or {})
     tasks = {str(t): int(shots.get(t, 0)) for t in eval_cfg.tasks}
+    for name, n in tasks.items():
+        if n and name in own_tasks():  # the harness would draw the shots from the scored items themselves
+            raise ConfigError(f"eval.num_fewshot.{name}={n}: the project's own tasks have only their test items, "
+                              "which the harness would draw the examples from (another item's answer shown); "
+                              "score them zero-shot")
     foreign = [t for t in tasks if t not in own_tasks()]
     if not foreign:
         return Plan(tasks, seed=int(eval_cfg.seed))
