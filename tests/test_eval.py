@@ -328,3 +328,35 @@ def test_exports_ship_a_fast_tokenizer_that_encodes_like_sentencepiece(make_cfg,
         auto = AutoTokenizer.from_pretrained(str(alone))
         assert auto(texts, add_special_tokens=False)["input_ids"] == sp.encode(texts)
         assert auto("hello")["input_ids"][0] == sp.bos_id()
+
+
+def test_an_answer_is_scored_after_the_context_the_whole_text_has():
+    """Where the context's own tokens are a prefix of the whole text's (every SentencePiece
+    tokenizer here), the split is the harness's; where a pre-tokenizer glues punctuation to the
+    newlines after it (Qwen's, tekken's), the straddling token is scored with the answer rather
+    than dropped (the model saw "man." then the answer, without the blank line)."""
+    import regex
+    from lm_eval.api.model import TemplateLM
+
+    from allam.eval import harness
+
+    vocab: dict[str, int] = {}
+
+    def glued(text):  # punctuation with the newlines after it, as Qwen's pre-tokenizer groups them
+        return [vocab.setdefault(t, len(vocab)) for t in regex.findall(r"[^\s\p{L}\p{N}]+[\r\n]*|\p{L}+|\s+", text)]
+
+    def plain(text):
+        return [vocab.setdefault(t, len(vocab)) for t in regex.findall(r"[^\s\p{L}\p{N}]|\p{L}+|\s+", text)]
+
+    ctx, cont = harness.split_pair(glued, "a man.", "\n\nاني هو")
+    ids = {v: k for k, v in vocab.items()}
+    assert [ids[i] for i in ctx] == ["a", " ", "man"] and [ids[i] for i in cont] == [".\n\n", "اني", " ", "هو"]
+    harness_own = TemplateLM._encode_pair(type("T", (), {"backend": "causal", "tok_encode": staticmethod(glued)})(),
+                                          "a man.", "\n\nاني هو")
+    assert [ids[i] for i in harness_own[0] + harness_own[1]] == ["a", " ", "man", ".", "اني", " ", "هو"]  # no blank line
+    # where the context's tokens are a prefix, and with a trailing space, the split is the harness's
+    for encode, context, continuation in ((plain, "a man.", "\n\nاني"), (plain, "Say ", "x y"), (glued, "Say ", "x y")):
+        own = TemplateLM._encode_pair(type("T", (), {"backend": "causal", "tok_encode": staticmethod(encode)})(),
+                                      context, continuation)
+        assert harness.split_pair(encode, context, continuation) == own
+

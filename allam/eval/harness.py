@@ -27,6 +27,7 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from allam.config import ConfigError
@@ -233,6 +234,41 @@ def _quiet_harness():
             lg.removeFilter(notes)
 
 
+def split_pair(encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """The context and continuation tokens a continuation is scored with: the harness's split (the
+    whole text's tokens after the context's own; trailing spaces of the context go with the
+    continuation), except where the context's own tokens are not a prefix of the whole text's. A
+    byte-level pre-tokenizer that glues punctuation to the newlines after it (Qwen's, tekken's)
+    encodes "man." + "\n\nاني" as ``man .ĊĊ اني``, not ``man . ĊĊ اني``; the harness then scored
+    the answer after ``man .``, a text without the blank line the model was trained on. Here the
+    context is the tokens the two encodings share and the rest is scored, the straddling token
+    included: the same for every choice of an item, so ``acc`` is unchanged by it."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole, alone = encode(context + continuation), encode(context)
+    shared = 0
+    for a, b in zip(whole, alone):
+        if a != b:
+            break
+        shared += 1
+    if shared == len(alone) or shared == 0:
+        return alone, whole[len(alone):]
+    return whole[:shared], whole[shared:]
+
+
+@lru_cache(maxsize=1)
+def _scoring_lm():
+    """lm-evaluation-harness's HFLM with :func:`split_pair` as its context/continuation split."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ScoringLM(HFLM):
+        def _encode_pair(self, context, continuation):
+            return split_pair(self.tok_encode, context, continuation)
+
+    return ScoringLM
+
+
 def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None) -> dict[str, dict]:
     """Scores `model` (a Hugging Face causal LM, in memory) on every task of `plan`; returns
     task -> {acc, acc_stderr, acc_norm, acc_norm_stderr, n, chance, max_length, seconds}.
@@ -241,8 +277,8 @@ def evaluate(model, tokenizer, eval_cfg, plan: Plan, mixed_precision_dtype=None)
     log line) for a task whose longest answer would not fit: the harness scores a continuation
     whole and left-truncates only its context."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
+    HFLM = _scoring_lm()
     tm = plan.manager()
     was_training = model.training
     out: dict[str, dict] = {}
