@@ -403,6 +403,31 @@ def test_online_wandb_with_an_unreachable_server_ends_in_one_line(monkeypatch):
         check_wandb_login(logger)
 
 
+def test_a_self_hosted_w_and_b_login_is_found_where_wandb_keeps_it(monkeypatch, tmp_path):
+    """`wandb login --host https://wandb.corp.example` writes a netrc entry for that host and its
+    base_url into wandb's settings: the credentials check reads both (it asked for api.wandb.ai)."""
+    from omegaconf import OmegaConf
+
+    from allam.tasks.preflight import check_wandb_login, wandb_base_url
+
+    for k in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the reachability check is the test above's
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb"))
+    (tmp_path / "netrc").write_text("machine wandb.corp.example\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / "wandb").mkdir()
+    logger = OmegaConf.create({"name": "wandb", "mode": "online"})
+    with pytest.raises(ConfigError, match=r"no api\.wandb\.ai entry in ~/\.netrc"):
+        check_wandb_login(logger)  # the default server: this netrc has no login for it
+    (tmp_path / "wandb" / "settings").write_text("[default]\nbase_url = https://wandb.corp.example\n")
+    assert wandb_base_url() == "https://wandb.corp.example"
+    check_wandb_login(logger)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://other.example")  # the environment wins, as in wandb
+    with pytest.raises(ConfigError, match=r"no other\.example entry"):
+        check_wandb_login(logger)
+
+
 # --------------------------------------------------------------------------- the gradient norm
 def test_the_gradient_norm_is_logged_every_step(finished):
     rows = [r for r in csv.DictReader((finished / "csv" / "metrics.csv").open()) if r.get("train/grad_norm")]

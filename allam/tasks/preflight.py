@@ -27,26 +27,59 @@ def check_wandb_login(logger) -> None:
     network) and a reachable server (:func:`check_wandb_reachable`)."""
     if logger.name != LoggerName.wandb or logger.mode != "online":
         return
+    url = wandb_base_url()
     if not os.environ.get("WANDB_API_KEY"):
-        netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-        if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
-            raise ConfigError("logger.mode=online: no W&B credentials (WANDB_API_KEY unset and no api.wandb.ai "
-                              "entry in ~/.netrc); run `wandb login`, or keep logger.mode=offline")
+        from urllib.parse import urlsplit
+
+        host = urlsplit(url).hostname or url
+        if not _netrc_has(host):
+            raise ConfigError(f"logger.mode=online: no W&B credentials (WANDB_API_KEY unset and no {host} entry in "
+                              "~/.netrc); run `wandb login`, or keep logger.mode=offline")
     if os.environ.get("WANDB_MODE", "online") in ("online", "run", ""):  # otherwise wandb stays offline
-        check_wandb_reachable()
+        check_wandb_reachable(url=url)
+
+
+def wandb_base_url() -> str:
+    """The W&B server runs log to, found as wandb finds it: WANDB_BASE_URL, else ``base_url`` in
+    wandb's settings file (``wandb login --host`` writes it; ``$WANDB_CONFIG_DIR/settings`` or
+    ``~/.config/wandb/settings``), else https://api.wandb.ai."""
+    import configparser
+
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    folder = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(folder / "settings")
+    except configparser.Error:
+        return "https://api.wandb.ai"
+    return parser.get("default", "base_url", fallback=None) or "https://api.wandb.ai"
+
+
+def _netrc_has(host: str) -> bool:
+    """Whether ~/.netrc (or $NETRC) has a login for `host`, where `wandb login` keeps it."""
+    import netrc
+
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not path.exists():
+        return False
+    try:
+        return netrc.netrc(str(path)).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError):
+        return f"machine {host}" in path.read_text(errors="ignore")
 
 
 WANDB_CONNECT_TIMEOUT_S = 10.0
 
 
-def check_wandb_reachable(timeout: float = WANDB_CONNECT_TIMEOUT_S) -> None:
-    """An online W&B run needs its server (``WANDB_BASE_URL``, default https://api.wandb.ai), or the
-    HTTPS proxy set in the environment, to accept a connection within `timeout` seconds; without
-    this check wandb stalls for minutes and ends in a traceback."""
+def check_wandb_reachable(timeout: float = WANDB_CONNECT_TIMEOUT_S, url: str | None = None) -> None:
+    """An online W&B run needs its server (:func:`wandb_base_url`), or the HTTPS proxy set in the
+    environment, to accept a connection within `timeout` seconds; without this check wandb stalls
+    for minutes and ends in a traceback."""
     import socket
     from urllib.parse import urlsplit
 
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = url or wandb_base_url()
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
     target = urlsplit(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else url)
     host = target.hostname or ""
