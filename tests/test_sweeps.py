@@ -62,6 +62,21 @@ def test_an_agent_run_logs_under_the_run_id_the_agent_gave(tmp_path, monkeypatch
     assert wandb_run_id(tmp_path / "b") == "agent42" == (tmp_path / "b" / WANDB_ID_FILE).read_text().strip()
 
 
+def test_the_w_and_b_config_is_flat_so_a_swept_group_replaces_nothing(make_cfg):
+    """W&B merges an agent's parameters over the run's config key by key: with a nested config a
+    swept ``optim=rewarm_cosine`` replaced the whole optim subtree (optim.lr gone) and a swept
+    ``data.ar_ratio`` appeared twice. The config is dotted keys plus choices.<group>."""
+    from allam.tasks.builders import group_choices, wandb_config
+
+    cfg = make_cfg("optim=rewarm_cosine", "data.ar_ratio=0.2")
+    flat = wandb_config(cfg)
+    assert not any(isinstance(v, dict) and v for v in flat.values())
+    assert flat["data.ar_ratio"] == 0.2 and "optim.lr" in flat and "optim" not in flat and "data" not in flat
+    assert {k: v for k, v in flat.items() if k.startswith("choices.")} == {f"choices.{g}": c for g, c in group_choices(cfg).items()}
+    swept = {**flat, "optim": "rewarm_cosine", "data.ar_ratio": 0.2}  # what wandb.init makes of it under an agent
+    assert swept["optim.lr"] == flat["optim.lr"]
+
+
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)
 def test_every_agent_command_composes(sweep, make_cfg):
     """Every run the agent would start composes against the real config and passes validate()."""

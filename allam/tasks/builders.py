@@ -240,6 +240,18 @@ def build_strategy(t):
     return strategy
 
 
+def wandb_config(cfg: DictConfig) -> dict:
+    """The config a W&B run records: dotted keys (``optim.lr``) and each group's choice as
+    ``choices.<group>``. Flat, so a sweep agent's parameters (merged over it key by key: a swept
+    ``optim=adamw`` or ``data.ar_ratio``) neither replace a whole group's values nor appear twice."""
+    def flat(node, prefix: str = "") -> dict:
+        if isinstance(node, dict) and node:
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    return {**flat(to_dict(cfg)), **{f"choices.{g}": c for g, c in group_choices(cfg).items()}}
+
+
 def _rank_zero() -> bool:
     """Whether this process is global rank 0 (Lightning reads the launcher's environment on import)."""
     from lightning.pytorch.utilities import rank_zero_only
@@ -290,7 +302,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
-        logger=build_logger(cfg.logger, out, to_dict(cfg), rank_zero=_rank_zero()),
+        logger=build_logger(cfg.logger, out, wandb_config(cfg), rank_zero=_rank_zero()),
         callbacks=cbs,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
