@@ -9,7 +9,7 @@ A task=eval run's scores join the row of the run it scored (its ``source_run``);
 no run under the folder (e.g. a Hugging Face folder) gets its own row. Every row shows the run's
 ``status`` (finished, preempted, failed; ``eval`` for an eval run's own row). A results.json that is
 empty, not JSON (truncated, garbage) or written by another task is skipped, and so is a run folder
-(a ``config.yaml`` outside ``.hydra/``) with no results.json (killed, crashed or still running); the
+(a ``config.yaml`` outside ``.hydra/`` and W&B's ``wandb/``) with no results.json (killed, crashed or still running); the
 report prints and records (``skipped``, and the end of report.md) each with the reason.
 """
 from __future__ import annotations
@@ -59,7 +59,8 @@ def collect(root: Path) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     runs, evals, skipped = [], [], []
     if root.is_dir():  # a run folder (its config.yaml is written at start) that never wrote results.json
         for cfg in sorted(root.rglob("config.yaml")):
-            if cfg.parent.name != ".hydra" and not (cfg.parent / FILENAME).exists():
+            inside = cfg.relative_to(root).parts[:-1]
+            if not {".hydra", "wandb"} & set(inside) and not (cfg.parent / FILENAME).exists():
                 skipped.append((str(cfg.parent), "no results.json (killed, crashed or still running)"))
     for f in files:
         res, why = read_results(f)

@@ -79,6 +79,8 @@ def test_report_names_skipped_files_and_shows_each_runs_status(make_cfg, tmp_pat
     (runs / "killed" / ".hydra").mkdir(parents=True)  # started (config saved), never wrote results.json
     (runs / "killed" / "config.yaml").write_text("task: train\n")
     (runs / "killed" / ".hydra" / "config.yaml").write_text("task: train\n")
+    (runs / "done" / "wandb" / "run-1" / "files").mkdir(parents=True)  # W&B's copy of a finished run's config
+    (runs / "done" / "wandb" / "run-1" / "files" / "config.yaml").write_text("a: 1\n")
     res = report_task.run(make_cfg("task=report", f"report_dir={runs}", out=tmp_path / "report"))
     rows = {row[0]: dict(zip(res["header"], row)) for row in res["rows"]}
     assert set(rows) == {"done", "cut"}

@@ -426,6 +426,10 @@ def test_a_self_hosted_w_and_b_login_is_found_where_wandb_keeps_it(monkeypatch, 
     monkeypatch.setenv("WANDB_BASE_URL", "https://other.example")  # the environment wins, as in wandb
     with pytest.raises(ConfigError, match=r"no other\.example entry"):
         check_wandb_login(logger)
+    # a server on a port (the local server's default): wandb keeps the login under host:port
+    (tmp_path / "netrc").write_text("machine localhost:8080\n  login user\n  password " + "k" * 40 + "\n")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://localhost:8080")
+    check_wandb_login(logger)
 
 
 # --------------------------------------------------------------------------- the gradient norm

@@ -149,6 +149,16 @@ def test_seeds_differing_in_layout_logging_or_resume_are_one_arm_and_a_split_off
     groups = C.group_by_seed(runs)
     assert {k: len(v) for k, v in groups.items()} == {"claim5_ar20": 5, "claim5_ar20#2": 1}
     assert left_out(groups, ["claim5_ar20", "claim1_adapt"]) == {"claim5_ar20#2": ["seed6/claim5_ar20"]}
+    # the layout may differ, the tokens per step it makes may not (another global batch is another schedule)
+    shape = {"data": {"batch_size": 8}, "model": {"seq_len": 256}, "trainer": {"accumulate_grad_batches": 1,
+                                                                                "devices": 1, "num_nodes": 1}}
+    runs = [_run("claim4_rewarm", s, {"val.en.bpb": 2.0}) for s in (1, 2, 3)]
+    for r in runs:
+        for group, values in shape.items():
+            r["config"].setdefault(group, {}).update(values)
+    runs[1]["config"]["data"]["batch_size"], runs[1]["config"]["trainer"]["devices"] = 4, 2  # the same 2,048 tokens
+    runs[2]["config"]["trainer"]["accumulate_grad_batches"] = 4  # 8,192 tokens a step
+    assert {k: len(v) for k, v in C.group_by_seed(runs).items()} == {"claim4_rewarm": 2, "claim4_rewarm#2": 1}
 
 
 def test_the_base_pairs_with_the_runs_started_from_its_export_and_the_tolerance_decides():

@@ -1,6 +1,7 @@
 """W&B sweeps as W&B's agent runs them, and the SLURM launcher through Hydra's submitit plugin."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -40,12 +41,9 @@ def test_one_sweep_file_per_claim_axis():
         # the same second shared outputs/<date>/<time>)
         run_dir = spec["command"][-2]
         assert run_dir.startswith("hydra.run.dir=") and not run_dir.startswith("${"), f
-        resolved = OmegaConf.create({"d": run_dir.split("=", 1)[1]})
-        os.environ["WANDB_RUN_ID"] = "abc123"
-        try:
-            assert resolved.d == "outputs/sweeps/abc123"
-        finally:
-            del os.environ["WANDB_RUN_ID"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("WANDB_RUN_ID", "abc123")
+            assert OmegaConf.create({"d": run_dir.split("=", 1)[1]}).d == "outputs/sweeps/abc123"
 
 
 def test_an_agent_run_logs_under_the_run_id_the_agent_gave(tmp_path, monkeypatch):
@@ -62,6 +60,38 @@ def test_an_agent_run_logs_under_the_run_id_the_agent_gave(tmp_path, monkeypatch
     assert wandb_run_id(tmp_path / "b") == "agent42" == (tmp_path / "b" / WANDB_ID_FILE).read_text().strip()
 
 
+def test_a_run_ends_its_w_and_b_run_with_its_exit_code_and_gives_back_its_wandb_mode(make_cfg, tmp_path, monkeypatch):
+    """A preempted (75) or failed (1) run is not recorded as finished (wandb.finish without a code
+    said 0), and the WANDB_MODE a job set is gone for the next job of a multirun."""
+    import sys
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from allam.tasks import builders
+    from allam.tasks import train as train_task
+
+    finished, seen = [], []
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=object(), finish=lambda exit_code: finished.append(exit_code)))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for outcome, code in ((SystemExit(75), 75), (RuntimeError("x"), 1), (None, 0)):
+        def fake(cfg, out, outcome=outcome):
+            builders.build_logger(OmegaConf.create({"name": "wandb", "project": "p", "entity": None, "mode": "offline",
+                                                    "tags": [], "run_name": "r", "group": "g"}), out, {})
+            seen.append(os.environ.get("WANDB_MODE"))
+            if outcome is not None:
+                raise outcome
+            return {}
+        monkeypatch.setattr(train_task, "_train", fake)
+        with pytest.raises(type(outcome)) if outcome is not None else contextlib.nullcontext():
+            train_task.run(make_cfg(out=tmp_path / f"run{code}"))
+        assert finished[-1] == code and "WANDB_MODE" not in os.environ
+    assert seen == ["offline"] * 3
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the user's own stays
+    train_task.run(make_cfg(out=tmp_path / "mine"))
+    assert seen[-1] == os.environ["WANDB_MODE"] == "disabled"
+
+
 def test_the_w_and_b_config_is_flat_so_a_swept_group_replaces_nothing(make_cfg):
     """W&B merges an agent's parameters over the run's config key by key: with a nested config a
     swept ``optim=rewarm_cosine`` replaced the whole optim subtree (optim.lr gone) and a swept
@@ -73,8 +103,6 @@ def test_the_w_and_b_config_is_flat_so_a_swept_group_replaces_nothing(make_cfg):
     assert not any(isinstance(v, dict) and v for v in flat.values())
     assert flat["data.ar_ratio"] == 0.2 and "optim.lr" in flat and "optim" not in flat and "data" not in flat
     assert {k: v for k, v in flat.items() if k.startswith("choices.")} == {f"choices.{g}": c for g, c in group_choices(cfg).items()}
-    swept = {**flat, "optim": "rewarm_cosine", "data.ar_ratio": 0.2}  # what wandb.init makes of it under an agent
-    assert swept["optim.lr"] == flat["optim.lr"]
 
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)

@@ -10,20 +10,6 @@ import math
 import torch
 
 
-POST_VAL_AUTO = "auto"
-
-
-def post_validation(objective):
-    """The held-out data post-training scores (``objective.val``; None: none): ``auto`` (the
-    sft/dpo groups' default) is the demo's held-out set when ``objective.train`` is ``demo`` and
-    none for any other training data, so one's own training file is never scored on the demo's."""
-    val = objective.get("val") if hasattr(objective, "get") else getattr(objective, "val", None)
-    if val is not None and str(val) == POST_VAL_AUTO:
-        train = objective.get("train") if hasattr(objective, "get") else getattr(objective, "train", None)
-        return "demo" if train is not None and str(train) == "demo" else None
-    return val
-
-
 def world_size(trainer) -> int:
     """Ranks the run trains on: devices per node x nodes (``auto``/-1 counts the visible GPUs)."""
     devices = trainer.devices

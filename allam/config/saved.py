@@ -6,8 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from allam.config.derived import POST_VAL_AUTO, post_validation
-from allam.config.schema import AllamConfig
+from allam.config.schema import POST_VAL_AUTO, AllamConfig, post_validation
 
 
 def training_config_for(ckpt: Path) -> DictConfig | None:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from allam.config import ConfigError
-from allam.config.derived import post_validation
+from allam.config.schema import POST_VAL_AUTO, post_validation
 from allam.data import chat
 
 log = logging.getLogger("allam.data")
@@ -177,7 +177,7 @@ class PostTrainingDataModule(L.LightningDataModule):
         src = source_of(self.objective, "train", c.train, self.cache_dir, self.seed)
         self.train = load_examples(self.objective, "train", src, self.tokenizer, self.max_length, c.max_examples)
         val = post_validation(c)
-        if c.val is not None and str(c.val) == "auto" and val is None:
+        if c.val is not None and str(c.val) == POST_VAL_AUTO and val is None:
             log.info("objective.val=auto: no held-out scoring for objective.train=%s (auto scores the demo's only "
                      "with train=demo); give objective.val=<held-out file>", c.train)
         if val:

@@ -242,7 +242,8 @@ def split_pair(encode, context: str, continuation: str) -> tuple[list[int], list
     encodes "man." + "\n\nاني" as ``man .ĊĊ اني``, not ``man . ĊĊ اني``; the harness then scored
     the answer after ``man .``, a text without the blank line the model was trained on. Here the
     context is the tokens the two encodings share and the rest is scored, the straddling token
-    included: the same for every choice of an item, so ``acc`` is unchanged by it."""
+    included (the same for every choice whose first characters are the same, as in this
+    project's tasks, which start each with the delimiter)."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation

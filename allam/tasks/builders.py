@@ -157,6 +157,15 @@ WANDB_ID_FILE = "wandb_run_id"
 _WANDB_MODE_SET: str | None = None  # the WANDB_MODE this process set for a job (a later job may set another)
 
 
+def reset_wandb_mode() -> None:
+    """Take back the WANDB_MODE this process set for a job (never one the user set), so the next
+    job of a multirun, and its online check, see the user's environment."""
+    global _WANDB_MODE_SET
+    if _WANDB_MODE_SET is not None and os.environ.get("WANDB_MODE") == _WANDB_MODE_SET:
+        os.environ.pop("WANDB_MODE", None)
+    _WANDB_MODE_SET = None
+
+
 def wandb_run_id(out: Path) -> str:
     """The W&B run id of the run in `out`: made and written there by its first command, read by
     every later one, so a resumed (requeued, preempted) run logs into the same W&B run. Under a
@@ -185,8 +194,7 @@ def build_logger(logger_cfg, out: Path, config: dict, rank_zero: bool = True):
 
         mode = logger_cfg.mode
         global _WANDB_MODE_SET
-        if os.environ.get("WANDB_MODE") == _WANDB_MODE_SET:  # set by an earlier job of this process, not the user
-            os.environ.pop("WANDB_MODE", None)
+        reset_wandb_mode()
         env = os.environ.get("WANDB_MODE")
         if mode == "online" and env and env != "online":  # wandb obeys the environment over its init arguments
             log.warning("logger.mode=online but WANDB_MODE=%s is set in the environment: W&B runs %s and does "
@@ -252,11 +260,12 @@ def wandb_config(cfg: DictConfig) -> dict:
     return {**flat(to_dict(cfg)), **{f"choices.{g}": c for g, c in group_choices(cfg).items()}}
 
 
-def _rank_zero() -> bool:
-    """Whether this process is global rank 0 (Lightning reads the launcher's environment on import)."""
+def global_rank() -> int:
+    """This process's global rank before any Trainer exists: Lightning's ``rank_zero_only.rank``,
+    which it reads from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID) on import."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    return int(getattr(rank_zero_only, "rank", 0)) == 0
+    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
@@ -302,7 +311,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list, steps: int):
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
-        logger=build_logger(cfg.logger, out, wandb_config(cfg), rank_zero=_rank_zero()),
+        logger=build_logger(cfg.logger, out, wandb_config(cfg), rank_zero=global_rank() == 0),
         callbacks=cbs,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,

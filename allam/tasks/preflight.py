@@ -31,8 +31,9 @@ def check_wandb_login(logger) -> None:
     if not os.environ.get("WANDB_API_KEY"):
         from urllib.parse import urlsplit
 
-        host = urlsplit(url).hostname or url
-        if not _netrc_has(host):
+        parts = urlsplit(url)
+        host = parts.netloc or url  # wandb keeps a login under host:port when the URL has a port
+        if not (_netrc_has(host) or (parts.hostname and _netrc_has(parts.hostname))):
             raise ConfigError(f"logger.mode=online: no W&B credentials (WANDB_API_KEY unset and no {host} entry in "
                               "~/.netrc); run `wandb login`, or keep logger.mode=offline")
     if os.environ.get("WANDB_MODE", "online") in ("online", "run", ""):  # otherwise wandb stays offline
@@ -40,9 +41,10 @@ def check_wandb_login(logger) -> None:
 
 
 def wandb_base_url() -> str:
-    """The W&B server runs log to, found as wandb finds it: WANDB_BASE_URL, else ``base_url`` in
-    wandb's settings file (``wandb login --host`` writes it; ``$WANDB_CONFIG_DIR/settings`` or
-    ``~/.config/wandb/settings``), else https://api.wandb.ai."""
+    """The W&B server runs log to: WANDB_BASE_URL, else ``base_url`` in wandb's global settings
+    file (``wandb login --host`` writes it; ``$WANDB_CONFIG_DIR/settings`` or
+    ``~/.config/wandb/settings``), else https://api.wandb.ai. (wandb also reads a project-local
+    ./wandb/settings, which this does not.)"""
     import configparser
 
     if os.environ.get("WANDB_BASE_URL"):

@@ -172,7 +172,9 @@ def check_resume(path: Path, config: dict, model_shapes: dict, data_fingerprint:
                 f"ckpt={path}: resuming with changed settings {shown}{' ...' if len(diff) > 4 else ''}; a resume "
                 "continues the checkpoint's model, optimizer, schedule and data, so only the length of training, "
                 "devices, logging, checkpointing and evaluation may change; start a new run from its export "
-                "(init=llama2 init.checkpoint=<run>/hf) to change the others")
+                "(init=llama2 init.checkpoint=<run>/hf) to change the others"
+                + ("; a run saved when objective.val defaulted to demo resumes with objective.val=demo"
+                   if "objective.val" in diff and _get(saved, "objective.val") == "demo" else ""))
         saved_tps = _tokens_per_step(saved)
         if saved_tps and saved_tps != tokens_per_step:
             raise ConfigError(f"ckpt={path}: tokens per optimizer step {tokens_per_step:,} differs from the "

@@ -38,31 +38,40 @@ def run(cfg: DictConfig) -> dict:
     check_wandb_login(cfg.logger)
     out = run_dir(cfg)
     lock = RunLock(out).acquire() if _global_rank() == 0 else None
+    exit_code = 1
     try:
-        return _train(cfg, out)
+        result = _train(cfg, out)
+        exit_code = 0
+        return result
+    except SystemExit as exc:  # a preempted run ends with EXIT_PREEMPTED
+        exit_code = exc.code if isinstance(exc.code, int) else 1
+        raise
     finally:
-        _finish_wandb()
+        _finish_wandb(exit_code)
         if lock is not None:
             lock.release()
 
 
-def _finish_wandb() -> None:
-    """End the W&B run this command opened: Hydra's multirun runs its jobs in one process, and
-    the next job's logger would find the run still open and log into it (Lightning's logger does
-    not end it)."""
+def _finish_wandb(exit_code: int) -> None:
+    """End the W&B run this command opened, with its exit code (a preempted or failed run is not
+    finished): Hydra's multirun runs its jobs in one process, and the next job's logger would find
+    the run still open and log into it (Lightning's logger does not end it). A WANDB_MODE set for
+    this job goes with it (:func:`allam.tasks.builders.reset_wandb_mode`)."""
     import sys
+
+    from allam.tasks.builders import reset_wandb_mode
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
+    reset_wandb_mode()
 
 
 def _global_rank() -> int:
-    """This process's global rank before any Trainer exists: Lightning's ``rank_zero_only.rank``,
-    which it reads from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID) on import."""
-    from lightning.pytorch.utilities import rank_zero_only
+    """This process's global rank before any Trainer exists (:func:`allam.tasks.builders.global_rank`)."""
+    from allam.tasks.builders import global_rank
 
-    return int(getattr(rank_zero_only, "rank", 0))
+    return global_rank()
 
 
 def _train(cfg: DictConfig, out: Path) -> dict:
