@@ -51,9 +51,16 @@ def test_stages_must_cover_the_training_budget(make_cfg):
                                           r"\(trainer\.max_steps=2 x 2,048 tokens per step\)"):
         validate(make_cfg("data.stages=[{tokens: 256, ar_ratio: 0.45}]", "trainer.max_steps=2",
                           "data.batch_size=8", "model.seq_len=256"))
-    with pytest.raises(ConfigError, match=r"^data\.stages\.1: starts at token 300,000 but training ends at 262,144 .*never run"):
+    with pytest.raises(ConfigError, match=r"^data\.stages\.1: starts at token 300,000 \(block 1,172 of 256 tokens\) but "
+                                          r"training ends at block 1,024 \(262,144 tokens.*never run"):
         validate(make_cfg("data.stages=[{tokens: 300000, ar_ratio: 0.0}, {tokens: null, ar_ratio: 0.45}]",
                           "trainer.max_tokens=262144"))
+    # a stage starts at the first whole block at or after its token: one token before the end is no block
+    with pytest.raises(ConfigError, match=r"^data\.stages\.1: starts at token 262,143 \(block 1,024 .*never run"):
+        validate(make_cfg("data.stages=[{tokens: 262143, ar_ratio: 0.0}, {tokens: null, ar_ratio: 0.45}]",
+                          "trainer.max_tokens=262144"))
+    validate(make_cfg("data.stages=[{tokens: 261888, ar_ratio: 0.0}, {tokens: null, ar_ratio: 0.45}]",
+                      "trainer.max_tokens=262144"))  # the last block is the second stage's
     # what is allowed: the last stage to the end (null), or stages that reach the budget
     validate(make_cfg("data.stages=[{tokens: 256, ar_ratio: 0.0}, {tokens: null, ar_ratio: 0.45}]"))
     validate(make_cfg("data.stages=[{tokens: 131072, ar_ratio: 0.0}, {tokens: 131072, ar_ratio: 0.45}]",

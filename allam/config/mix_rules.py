@@ -171,7 +171,7 @@ def stage_budget(stages: list[Stage], data, model, trainer) -> None:
     """The stages cover the training budget: every stage starts before training ends, and a last
     stage that sets ``tokens`` (instead of null: to the end) reaches the budget. The budget is
     ``trainer.max_tokens``, or ``trainer.max_steps`` x tokens per step when max_steps is set."""
-    from allam.config.derived import tokens_per_step
+    from allam.config.derived import tokens_per_step, total_steps
 
     if len(stages) == 1 and stages[0].tokens is None:
         return
@@ -180,11 +180,15 @@ def stage_budget(stages: list[Stage], data, model, trainer) -> None:
         what = f"trainer.max_steps={trainer.max_steps} x {tokens_per_step(data, model, trainer):,} tokens per step"
     else:
         budget, what = int(trainer.max_tokens), "trainer.max_tokens"
+    # the blend starts a stage at the first whole block at or after its token: at ceil(start / seq_len)
+    seq = int(model.seq_len)
+    blocks = total_steps(data, model, trainer) * tokens_per_step(data, model, trainer) // seq
     start = 0
     for st in stages:
-        if start >= budget:
-            raise ConfigError(f"{st.key}: starts at token {start:,} but training ends at {budget:,} ({what}), so "
-                              "it would never run; shorten the earlier stages, drop this one or raise the budget")
+        if -(-start // seq) >= blocks:
+            raise ConfigError(f"{st.key}: starts at token {start:,} (block {-(-start // seq):,} of {seq:,} tokens) but "
+                              f"training ends at block {blocks:,} ({budget:,} tokens, {what}), so it would never run; "
+                              "shorten the earlier stages, drop this one or raise the budget")
         start += st.tokens or 0
     last = stages[-1]
     if last.tokens is not None and start < budget:

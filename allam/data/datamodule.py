@@ -352,13 +352,19 @@ class AllamDataModule(L.LightningDataModule):
 
     # -- fingerprint and mix report ---------------------------------------------------------
     def fingerprint(self) -> dict:
-        """Everything that decides the token stream (allam.data.fingerprint.data_fingerprint)."""
-        if self._fingerprint is None:
+        """Everything that decides the token stream (allam.data.fingerprint.data_fingerprint); kept
+        once every source's shards are built (before, it lacks their token counts)."""
+        if self._fingerprint is None or len(self._fingerprint["sources"]) != sum(
+                "train_tokens" in f for f in self._fingerprint["sources"].values()):
             contents = {name: self.shards[name].meta["content"] if name in self.shards else content_fingerprint(name, src)
                         for name, src in self.sources.items()}
+            # the built shards' token counts: a rebuild under other cleaning rules, format or Unicode
+            # tables can change them while the raw files (contents) stay the same
+            counted = {name: int(sh.meta["train"]["tokens"]) for name, sh in self.shards.items()}
             self._fingerprint = data_fingerprint(self.sources, contents, self.stages,
                                                  parallel_pairs=bool(self.cfg.parallel_pairs), seed=self.seed,
-                                                 seq_len=self.seq_len, tokenizer=self._tokenizer_info().hash)
+                                                 seq_len=self.seq_len, tokenizer=self._tokenizer_info().hash,
+                                                 train_tokens=counted)
         return self._fingerprint
 
     def total_blocks(self) -> int:

@@ -15,12 +15,14 @@ SOURCE_FIELDS = tuple(f.name for f in fields(SourceConfig))
 
 
 def data_fingerprint(sources: dict[str, Any], contents: dict[str, str], stages: Sequence[Stage], *,
-                     parallel_pairs: bool, seed: int, seq_len: int, tokenizer: str) -> dict:
+                     parallel_pairs: bool, seed: int, seq_len: int, tokenizer: str,
+                     train_tokens: dict[str, int] | None = None) -> dict:
     """Everything that decides the token stream: each source's fields (plain values, as
     allam.data.sources.source_values gives them) and content fingerprint, the stages, the pair
     option, the seed, seq_len and the tokenizer's hash."""
     return {
-        "sources": {name: {**{k: src[k] for k in SOURCE_FIELDS}, "content": contents[name]}
+        "sources": {name: {**{k: src[k] for k in SOURCE_FIELDS}, "content": contents[name],
+                           **({"train_tokens": train_tokens[name]} if name in (train_tokens or {}) else {})}
                     for name, src in sources.items()},
         "stages": [_stage(s) for s in stages],
         "parallel_pairs": bool(parallel_pairs),
@@ -61,15 +63,22 @@ def _short(v: Any) -> str:
 
 
 def fingerprint_diff(saved: dict, current: dict) -> list[str]:
-    """'key: old -> new' for every leaf that differs (missing leaves show as <absent>), and a stage's
-    languages in another order (the blend splits them in that order: a run saved before the order
-    was fixed, with another table order, drew another stream)."""
+    """'key: old -> new' for every leaf that differs (missing leaves show as <absent>; a source's
+    ``train_tokens``, the tokens its built shards hold, only when both record it), the sources in
+    another order (the blend chains them in that order; Hydra keeps ``+data.sources.X`` overrides
+    in command-line order), and a stage's languages in another order (the blend splits them in that
+    order: a run saved before the order was fixed, with another table order, drew another stream)."""
     a, b = _flatten(saved), _flatten(current)
     out = []
     for k in sorted(set(a) | set(b)):
+        if k.endswith(".train_tokens") and (k not in a or k not in b):  # recorded since shards are counted
+            continue
         va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
         if va != vb:
             out.append(f"{k}: {_short(va)} -> {_short(vb)}")
+    x, y = (list(f.get("sources") or {}) for f in (saved, current))
+    if set(x) == set(y) and x != y:  # the blend chains the sources in this order
+        out.append(f"sources order: {','.join(x)} -> {','.join(y)}")
     for i, (sa, sb) in enumerate(zip(saved.get("stages") or [], current.get("stages") or [])):
         x, y = (s.get("shares") if isinstance(s, dict) else None for s in (sa, sb))
         if isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y) and list(x) != list(y):
