@@ -18,7 +18,9 @@ from allam.tasks.builders import (
     build_tokenizer,
     build_trainer,
     export_hf,
+    global_rank,
     group_choices,
+    reset_wandb_mode,
     resolve_attention,
     run_dir,
     training_callbacks,
@@ -37,7 +39,7 @@ def run(cfg: DictConfig) -> dict:
     check_device(cfg.trainer)
     check_wandb_login(cfg.logger)
     out = run_dir(cfg)
-    lock = RunLock(out).acquire() if _global_rank() == 0 else None
+    lock = RunLock(out).acquire() if global_rank() == 0 else None
     exit_code = 1
     try:
         result = _train(cfg, out)
@@ -59,19 +61,10 @@ def _finish_wandb(exit_code: int) -> None:
     this job goes with it (:func:`allam.tasks.builders.reset_wandb_mode`)."""
     import sys
 
-    from allam.tasks.builders import reset_wandb_mode
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
     reset_wandb_mode()
-
-
-def _global_rank() -> int:
-    """This process's global rank before any Trainer exists (:func:`allam.tasks.builders.global_rank`)."""
-    from allam.tasks.builders import global_rank
-
-    return global_rank()
 
 
 def _train(cfg: DictConfig, out: Path) -> dict:
@@ -109,7 +102,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
         step = check_resume(ckpt, resume_config(cfg, ckpt), shapes, fingerprint, bool(cfg.data.allow_fingerprint_change), tps,
                             sharded=str(cfg.trainer.strategy) == "fsdp")
         log.info("resuming from %s (step %d)", ckpt, step)
-    if _global_rank() == 0:  # the lock holder: no other command writes in this run directory
+    if global_rank() == 0:  # the lock holder: no other command writes in this run directory
         for path in clean_partial_writes(out / "checkpoints"):
             log.info("removed an unfinished checkpoint write: %s", path)
     save_run_config(cfg, spec.config, out)
