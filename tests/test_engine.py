@@ -352,6 +352,32 @@ def test_a_merge_process_that_dies_after_publishing_is_a_finished_build(tok, tmp
     assert not engine.work_folder(jobs["en"]).exists()
 
 
+def test_a_source_that_changed_while_built_leaves_no_work_folder_behind(tok, tmp_path, monkeypatch):  # noqa: F811
+    """Files that changed during the build give the source another cache key, so its work folder
+    (counts and parts of the old files) would never be used again: a local build removes it, and a
+    SLURM merge job keeps only the jobs' logs. The same command builds once the files are final."""
+    srcs = {"ar": _corpus(tmp_path)["ar"]}
+    info = shards.TokenizerInfo.from_tokenizer(tok)
+    cache = tmp_path / "cache"
+    job = shards.plan_jobs(srcs, False, info, cache)[0]
+    real = shard_build.content_fingerprint
+    monkeypatch.setattr(shard_build, "content_fingerprint", lambda *a: "another writer appended")
+    with pytest.raises(ConfigError, match=r"^data\.sources\.ar: its files changed while being prepared"):
+        _build(srcs, info, cache, task_bytes=6000, workers=1)
+    assert not engine.work_folder(job).exists() and shards.load(job) is None
+
+    plan = engine.make_plan(job, info, 6000, min_pieces=1)  # executor=slurm: the tasks ran, then the merge job
+    engine_run.run_local([plan], 1, engine_run.logs_folder([plan]))
+    (plan.work / "logs").mkdir(exist_ok=True)
+    (plan.work / "logs" / "merge.log").write_text("the merge job's log")
+    engine.record_submission(plan, {"jobs": {"count": 1, "tokenize": 2, "merge": 3}, "state": "submitted"})
+    with pytest.raises(ConfigError, match=r"its files changed while being prepared"):
+        shard_build.merge_job(plan)
+    assert sorted(p.name for p in plan.work.iterdir()) == ["logs"] and shards.load(job) is None
+    monkeypatch.setattr(shard_build, "content_fingerprint", real)
+    assert _build(srcs, info, cache, task_bytes=6000, workers=1)["ar"].meta["train"]["docs"] > 0
+
+
 def _interrupted_build(srcs, info, cache, q):
     """Builds in a child process whose merge of `en` hangs, until the test sends it Ctrl+C."""
     import signal

@@ -30,7 +30,7 @@ from allam.config import ConfigError, RunFailed
 from allam.data import engine, engine_run
 from allam.data.shard_writer import WORKER, ShardWriter, batches, check_script, process_batch
 from allam.data.shards import FORMAT_VERSION, ShardJob, SourceShards, TokenizerInfo, _differs, file_record, load, verify
-from allam.data.source_files import content_fingerprint, source_bytes
+from allam.data.source_files import SourceChanged, content_fingerprint, source_bytes
 from allam.data.sources import read_documents
 
 
@@ -87,14 +87,9 @@ def build(jobs: list[ShardJob], tok: TokenizerInfo, *, workers: Optional[int] = 
     :data:`allam.cache_lock.wait_default`), saying so through `wait_log` (default `log`).
     A file or hf source larger than `task_bytes` is built in parallel tasks (:mod:`allam.data.engine`,
     `workers` at once); the others by this process and a pool of `workers`."""
-    out: dict[str, SourceShards] = {}
-    todo = []
-    for job in jobs:
-        shards = load(job)
-        if shards is None:
-            todo.append(job)
-        else:
-            out[job.name] = shards
+    loaded = {job.name: load(job) for job in jobs}
+    out: dict[str, SourceShards] = {n: s for n, s in loaded.items() if s is not None}
+    todo = [job for job in jobs if loaded[job.name] is None]
     if not todo:
         return out
     for job in todo:
@@ -201,6 +196,8 @@ def _merge(i: int, t0: float, lines: list) -> Optional[tuple[str, str]]:
     try:
         _build_one(0, plan.job, plan.tok, None, 1, False, lines.append, plan=plan, t0=t0)
     except (ConfigError, RunFailed) as exc:
+        if isinstance(exc, SourceChanged):  # the parts are of the old files; a rerun plans afresh (another key)
+            engine.clear_work(plan)
         return type(exc).__name__, str(exc)
     lines.append(f"data: {plan.job.name}: {len(plan.pieces)} parts merged in {time.perf_counter() - t1:.1f}s")
     engine.clear_work(plan)
@@ -283,8 +280,12 @@ def merge_job(plan: "engine.Plan") -> None:
     written again after the merge removed it."""
     job = plan.job
     with cache_lock.building(job.path, f"the shards of source {job.name}", log=print):
-        if load(job) is None:
-            _build_one(0, job, plan.tok, None, 1, False, print, plan=plan)
+        try:
+            if load(job) is None:
+                _build_one(0, job, plan.tok, None, 1, False, print, plan=plan)
+        except SourceChanged:  # nothing of this work folder is of use to a rerun (another key)
+            engine.clear_work(plan, keep_logs=True)
+            raise
         engine.clear_work(plan, keep_logs=True)
 
 
@@ -402,7 +403,7 @@ def _build_one(job_idx: int, job: ShardJob, tok: TokenizerInfo, pool, workers: i
             log(f"data: {job.name}: skipped {len(bad_json):,} lines that are not JSON (skip_bad_json): {shown}")
         # never publish shards of files that changed while read (package files and saved datasets do not)
         if job.src["loader"] not in ("demo", "hf") and content_fingerprint(job.name, job.src) != job.content:
-            raise ConfigError(f"data.sources.{job.name}: its files changed while being prepared "
+            raise SourceChanged(f"data.sources.{job.name}: its files changed while being prepared "
                               f"({job.src['path']}); nothing was written to the cache; run again once they are final")
         check_script(job, stats)
         if stats["docs_read"] == 0 and bad[0] == 0 and not bad_json:

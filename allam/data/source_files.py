@@ -50,6 +50,11 @@ def reader_key(src: Any) -> dict:
     return {"reader": {k: src[k] for k in source_fields("reader")}, "hold_out": hold_out_rule(src)}
 
 
+class SourceChanged(ConfigError):
+    """A source's files changed while its shards were built (its :func:`content_fingerprint` then
+    differs from the one its cache key holds): nothing is published."""
+
+
 def content_fingerprint(name: str, src: Any) -> str:
     """A cheap hash that changes when the source's content changes: each file's name, size and
     content sample in reading order (:func:`file_identity`), for demo sources also the code of the
