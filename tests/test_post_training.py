@@ -262,6 +262,12 @@ def test_wrong_data_kind_and_missing_init_are_one_line(cli, tmp_path, english_ch
     assert err.startswith("error: eval.every_tokens=4096: counts pretraining tokens; objective=sft trains on padded")
     err = cli("objective=dpo", *init, "init.embedding_warmup_tokens=1000")
     assert err.startswith("error: init.embedding_warmup_tokens=1000: applies to continued pretraining of new rows")
+    # a token budget was logged as unused: epochs (or trainer.max_steps) set post-training's steps
+    err = cli(*SFT, *init, "trainer.max_tokens=100000")
+    assert err == ("error: trainer.max_tokens=100000: objective=sft trains objective.epochs=1 passes over its examples "
+                   "(or trainer.max_steps steps), not a token budget: leave trainer.max_tokens unset")
+    assert cli("trainer.max_tokens=null") == ("error: trainer.max_tokens=None: objective=pretrain needs a training "
+                                              "budget: set trainer.max_tokens (or trainer.max_steps)")
 
 
 @pytest.mark.parametrize("experiment", ["allam7b_sft", "allam7b_dpo"])

@@ -262,10 +262,23 @@ def validate(cfg: DictConfig) -> None:
     for name in list(d.sources):
         d.sources[name] = source(name, d.sources[name], complete)
     hold_out(d)
-    stage_budget(mix_stages(d), d, m, t)
+    budget(t, cfg.objective)
+    if cfg.objective.name == "pretrain":
+        stage_budget(mix_stages(d), d, m, t)
     evaluation(cfg.eval)
     generation(cfg)
     objective(cfg.objective, ini, cfg.eval)
+
+
+def budget(t, obj) -> None:
+    """Pretraining runs to ``trainer.max_tokens`` (or ``trainer.max_steps``); sft and dpo run
+    ``objective.epochs`` over their examples (or ``trainer.max_steps``), so their groups unset the
+    token budget and one set after them is refused rather than ignored."""
+    if obj.name == "pretrain" and t.max_tokens is None and not t.max_steps:
+        _fail("trainer.max_tokens", None, "objective=pretrain needs a training budget: set trainer.max_tokens (or trainer.max_steps)")
+    if obj.name != "pretrain" and t.max_tokens is not None:
+        _fail("trainer.max_tokens", t.max_tokens, f"objective={obj.name} trains objective.epochs={obj.epochs} passes over its "
+              "examples (or trainer.max_steps steps), not a token budget: leave trainer.max_tokens unset")
 
 
 def evaluation(e) -> None:

@@ -209,7 +209,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed... (Lightning strategy names)
     precision: str = "32-true"
-    max_tokens: int = 262144  # training budget in tokens (sets max_steps)
+    max_tokens: Optional[int] = 262144  # pretraining budget in tokens (sets max_steps); null under sft/dpo (their group unsets it)
     max_steps: Optional[int] = None  # overrides max_tokens when set
     accumulate_grad_batches: int = 1
     val_every_steps: Optional[int] = None  # None: validate at the end only

@@ -110,7 +110,7 @@ def _train(cfg: DictConfig, out: Path) -> dict:
     post = cfg.objective.name != "pretrain"  # sft | dpo: steps from examples x epochs / global batch
     steps = dm.steps if post else total_steps(cfg.data, cfg.model, cfg.trainer)
     if post:
-        log.info("objective=%s: %d steps (%s; trainer.max_tokens is not used)", cfg.objective.name, steps,
+        log.info("objective=%s: %d steps (%s)", cfg.objective.name, steps,
                  "trainer.max_steps" if cfg.trainer.max_steps else f"{len(dm.train)} examples x objective.epochs="
                  f"{cfg.objective.epochs} / {dm.global_batch} per step")
     counts = parameter_counts(meta)
