@@ -355,12 +355,11 @@ def test_a_merge_process_that_dies_after_publishing_is_a_finished_build(tok, tmp
 def test_a_source_that_changed_while_built_leaves_no_work_folder_behind(tok, tmp_path, monkeypatch):  # noqa: F811
     """Files that changed during the build give the source another cache key, so its work folder
     (counts and parts of the old files) would never be used again: a local build removes it, and a
-    SLURM merge job keeps only the jobs' logs. The same command builds once the files are final."""
+    SLURM merge job keeps only the jobs' logs."""
     srcs = {"ar": _corpus(tmp_path)["ar"]}
     info = shards.TokenizerInfo.from_tokenizer(tok)
     cache = tmp_path / "cache"
     job = shards.plan_jobs(srcs, False, info, cache)[0]
-    real = shard_build.content_fingerprint
     monkeypatch.setattr(shard_build, "content_fingerprint", lambda *a: "another writer appended")
     with pytest.raises(ConfigError, match=r"^data\.sources\.ar: its files changed while being prepared"):
         _build(srcs, info, cache, task_bytes=6000, workers=1)
@@ -374,8 +373,6 @@ def test_a_source_that_changed_while_built_leaves_no_work_folder_behind(tok, tmp
     with pytest.raises(ConfigError, match=r"its files changed while being prepared"):
         shard_build.merge_job(plan)
     assert sorted(p.name for p in plan.work.iterdir()) == ["logs"] and shards.load(job) is None
-    monkeypatch.setattr(shard_build, "content_fingerprint", real)
-    assert _build(srcs, info, cache, task_bytes=6000, workers=1)["ar"].meta["train"]["docs"] > 0
 
 
 def _interrupted_build(srcs, info, cache, q):
