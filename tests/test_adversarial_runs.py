@@ -423,6 +423,20 @@ def test_a_self_hosted_w_and_b_login_is_found_where_wandb_keeps_it(monkeypatch, 
     (tmp_path / "wandb" / "settings").write_text("[default]\nbase_url = https://wandb.corp.example\n")
     assert wandb_base_url() == "https://wandb.corp.example"
     check_wandb_login(logger)
+    # the workspace settings (./wandb/settings, or ./.wandb/ where it exists) win over the global file, as in wandb
+    (tmp_path / "project" / "wandb").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")
+    (tmp_path / "project" / "wandb" / "settings").write_text("[default]\nbase_url = https://local.example\n")
+    from wandb.sdk.wandb_settings import Settings
+
+    def wandb_reads() -> str:  # what wandb itself makes of the same files
+        settings = Settings(settings_system=str(tmp_path / "wandb" / "settings"))
+        settings.update_from_system_settings()
+        return settings.base_url
+
+    assert wandb_base_url() == wandb_reads() == "https://local.example"
+    (tmp_path / "project" / ".wandb").mkdir()
+    assert wandb_base_url() == wandb_reads() == "https://wandb.corp.example"  # .wandb/settings then, which has none
     monkeypatch.setenv("WANDB_BASE_URL", "https://other.example")  # the environment wins, as in wandb
     with pytest.raises(ConfigError, match=r"no other\.example entry"):
         check_wandb_login(logger)

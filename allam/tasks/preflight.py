@@ -41,21 +41,26 @@ def check_wandb_login(logger) -> None:
 
 
 def wandb_base_url() -> str:
-    """The W&B server runs log to: WANDB_BASE_URL, else ``base_url`` in wandb's global settings
-    file (``wandb login --host`` writes it; ``$WANDB_CONFIG_DIR/settings`` or
-    ``~/.config/wandb/settings``), else https://api.wandb.ai. (wandb also reads a project-local
-    ./wandb/settings, which this does not.)"""
+    """The W&B server runs log to, where wandb looks for it: WANDB_BASE_URL, else ``base_url`` in
+    the workspace settings (``./wandb/settings``, or ``./.wandb/settings`` where that folder
+    exists: ``wandb login --host`` without ``--relogin`` inside a project writes it), which wins
+    over the global settings file (``$WANDB_CONFIG_DIR/settings`` or ``~/.config/wandb/settings``),
+    else https://api.wandb.ai. The working directory is the command's (Hydra does not change it)."""
     import configparser
 
     if os.environ.get("WANDB_BASE_URL"):
         return os.environ["WANDB_BASE_URL"]
-    folder = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(folder / "settings")
-    except configparser.Error:
-        return "https://api.wandb.ai"
-    return parser.get("default", "base_url", fallback=None) or "https://api.wandb.ai"
+    global_file = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb") / "settings"
+    workspace = Path.cwd() / (".wandb" if (Path.cwd() / ".wandb").exists() else "wandb") / "settings"
+    for path in (workspace, global_file):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        if parser.get("default", "base_url", fallback=None):
+            return parser.get("default", "base_url")
+    return "https://api.wandb.ai"
 
 
 def _netrc_has(host: str) -> bool:
