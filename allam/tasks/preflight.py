@@ -44,7 +44,8 @@ def wandb_base_url() -> str:
     """The W&B server runs log to, where wandb looks for it: WANDB_BASE_URL, else ``base_url`` in
     the project-local workspace settings (``./wandb/settings``, or ``./.wandb/settings`` where that
     folder exists), which win over the global settings file that ``wandb login --host`` writes
-    (``$WANDB_CONFIG_DIR/settings`` or ``~/.config/wandb/settings``), else https://api.wandb.ai. The working directory is the command's (Hydra does not change it)."""
+    (``$WANDB_CONFIG_DIR/settings`` or ``~/.config/wandb/settings``), else https://api.wandb.ai.
+    The working directory is the command's (Hydra does not change it)."""
     import configparser
 
     if os.environ.get("WANDB_BASE_URL"):
