@@ -341,3 +341,24 @@ def test_each_seed_is_scored_on_the_competence_tier_before_the_next_seed_runs(tm
     assert not any(ln.startswith("[run]") for ln in lines)
     assert [ln for ln in lines if ln.startswith("[eval]")] == [f"[eval] seed {s} {c}" for s in (1, 2) for c in cells]
     assert reproduce.main(["--competence-only", "--no-competence", "--out", str(tmp_path)]) == 2
+
+
+def test_the_committed_full_report_is_what_the_committed_runs_make(tmp_path):
+    """experiments/CLAIMS_FULL.md (its verdicts are quoted in the README) is the report this code
+    writes from the committed runs in experiments/claims_full_runs, line for line; a change to the
+    claims, the statistics or the report's layout fails here until the file is regenerated
+    (`python experiments/reproduce.py --full --report-only --out experiments/claims_full_runs
+    --claims-md experiments/CLAIMS_FULL.md`). The header line, which names the machine's cores,
+    is taken from the committed file; its counts are checked against the runs."""
+    from allam.results import collect_runs
+
+    committed = (ROOT / "experiments" / "CLAIMS_FULL.md").read_text(encoding="utf-8")
+    header = next(line for line in committed.splitlines() if line.startswith("Budget `full`"))
+    runs = collect_runs(ROOT / "experiments" / "claims_full_runs")
+    assert f"; {len(runs)} runs, {sum(r.get('train.tokens_this_run') or 0 for r in runs):,} training tokens" in header
+    md = tmp_path / "CLAIMS_FULL.md"
+    rep = CR.run_claims_report(ROOT / "experiments" / "claims_full_runs", tmp_path / "claims_full_plots", None,
+                               "python experiments/reproduce.py --full", header, md)
+    assert md.read_text(encoding="utf-8") == committed
+    assert rep["verdicts"] == {1: "not reproduced", 2: "reproduced", 3: "not reproduced", 4: "reproduced",
+                               5: "reproduced", 6: "reproduced", 7: "reproduced", 8: "reproduced"}
