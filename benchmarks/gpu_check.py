@@ -89,7 +89,7 @@ PLANS = {
         "attention": ["--seq", "64"],
         "cross_entropy": ["--tokens", "512", "--hidden", "64", "--vocab", "4096", "--chunk", "128"],
         "throughput": {"tiny": ["--model", "tiny", "--steps", "2", "--warmup", "1", *TINY, "model.vocab_size=512",
-                                "data.batch_size=2"]},
+                                "tokenizer.english_vocab_size=512", "data.batch_size=2"]},
         "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1", *TINY,
                  "data.batch_size=2", "tokenizer.english_vocab_size=512", "data.val_bytes=4000",
                  "model.activation_checkpointing=selective"],
