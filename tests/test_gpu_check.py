@@ -222,7 +222,7 @@ def test_compiled_hf_baseline_matches_the_eager_one():
     proc = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--model", "tiny", "--steps", "2", "--warmup", "1",
                            "--arms", "hf_loop,hf_compiled,project", "model.hidden_size=64", "model.intermediate_size=128",
                            "model.num_layers=2", "model.num_heads=4", "model.seq_len=64", "model.vocab_size=512",
-                           "data.batch_size=2"], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+                           "tokenizer.english_vocab_size=512", "data.batch_size=2"], capture_output=True, text=True, timeout=1200, cwd=ROOT)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["hf_compiled"]["tokens_per_s"] > 0 and out["compile_fallback"] is None
     assert abs(out["hf_compiled"]["last_loss"] - out["hf_loop"]["last_loss"]) < 1e-3

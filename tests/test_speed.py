@@ -239,7 +239,8 @@ def _bench(*args, timeout=600, env=None):
 def test_throughput_benchmark_runs_on_cpu():
     out = _json_line(_bench(ROOT / "benchmarks" / "throughput.py", "--model", "tiny", "--steps", "1", "--warmup", "1",
                             "model.num_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
-                            "model.num_heads=4", "model.seq_len=32", "model.vocab_size=512", "data.batch_size=2"))
+                            "model.num_heads=4", "model.seq_len=32", "model.vocab_size=512",
+                            "tokenizer.english_vocab_size=512", "data.batch_size=2"))
     assert out["benchmark"] == "throughput" and out["device"] == "cpu"
     for arm in ("hf_loop", "project", "raw_loop"):
         assert out[arm]["tokens_per_s"] > 0 and out[arm]["peak_memory_gib"] > 0
