@@ -13,6 +13,12 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 LIMIT_MIB="${WHEEL_LIMIT_MIB:-64}"
 version() { "$PYTHON" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
+for pkg in hydra-core omegaconf bitsandbytes protobuf antlr4-python3-runtime; do  # the versions come from here
+  if [[ -z "$(version "$pkg")" ]]; then
+    echo "error: $pkg is not installed for $PYTHON, whose versions the wheels take; run this from the project's environment (or set PYTHON=.venv/bin/python)" >&2
+    exit 1
+  fi
+done
 rm -rf .whl && mkdir -p .whl && echo '*' > .whl/.gitignore
 fetch() {
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" --implementation cp \

@@ -71,6 +71,15 @@ def test_gpu_wheels_refuses_above_the_carry_limit(tmp_path):
     refused = subprocess.run(["bash", "benchmarks/gpu_wheels.sh"], capture_output=True, text=True, cwd=repo,
                              env={**env, "WHEEL_LIMIT_MIB": "1"}, timeout=60)
     assert refused.returncode == 1 and "exceed the 1 MiB carry limit" in refused.stderr and not (repo / ".whl").exists()
+    bare = tmp_path / "barepy"  # a Python without the project's packages: `pip show` finds nothing
+    bare.write_text("#!/usr/bin/env bash\nexit 1\n")
+    bare.chmod(0o755)
+    (repo / ".whl").mkdir()
+    (repo / ".whl" / "kept.whl").write_text("from an earlier fetch")
+    wrong = subprocess.run(["bash", "benchmarks/gpu_wheels.sh"], capture_output=True, text=True, cwd=repo,
+                           env={**os.environ, "PYTHON": str(bare)}, timeout=60)
+    assert wrong.returncode == 1 and wrong.stderr.startswith(f"error: hydra-core is not installed for {bare}")
+    assert (repo / ".whl" / "kept.whl").exists()  # nothing fetched, nothing removed (it asked pip for hydra-core==)
 
 
 # --------------------------------------------------------------------------- deadline and partial results
