@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from allam.config import ConfigError
+from allam.config.derived import saved_tokens_per_step
 from allam.config.saved import RESUME_MAY_CHANGE
 from allam.config.schema import SEED_KEYS
 
@@ -49,7 +50,7 @@ def seed_group_key(run: dict) -> str:
                             json.loads(_schema_defaults()))
     # the layout keys go, but not what they multiply to: a resume keeps tokens per step (checked
     # apart from the keys), the arm's seeds must too (another global batch is another schedule)
-    config["tokens_per_step"] = _tokens_per_step(config)
+    config["tokens_per_step"] = saved_tokens_per_step(config)
     for dotted in _NOT_ARM:
         *parents, leaf = dotted.split(".")
         node = config
@@ -58,17 +59,6 @@ def seed_group_key(run: dict) -> str:
         if isinstance(node, dict):
             node.pop(leaf, None)
     return json.dumps(config, sort_keys=True)
-
-
-def _tokens_per_step(config: dict) -> Optional[int]:
-    """Sequences per device x seq_len x accumulation x devices x nodes of a resolved config (None
-    when a part is missing or not a number, e.g. devices=auto)."""
-    try:
-        d, m, t = config["data"], config["model"], config["trainer"]
-        return int(d["batch_size"]) * int(m["seq_len"]) * int(t["accumulate_grad_batches"]) * int(t["devices"]) \
-            * int(t["num_nodes"])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def arm_name(run: dict) -> str:

@@ -6,8 +6,10 @@ whole config, so a task module can hand them around without reaching upstream.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def world_size(trainer) -> int:
@@ -20,7 +22,12 @@ def world_size(trainer) -> int:
     elif hasattr(devices, "__len__") and not isinstance(devices, str):
         n = len(devices)
     elif devices in ("auto", -1, "-1"):
-        n = torch.cuda.device_count() if trainer.accelerator in ("gpu", "cuda") else 1
+        if trainer.accelerator in ("gpu", "cuda"):
+            import torch  # only here: a saved config's numbers need no torch (allam.claim_runs)
+
+            n = torch.cuda.device_count()
+        else:
+            n = 1
     else:
         n = 1
     return max(1, n) * max(1, trainer.num_nodes)
@@ -29,6 +36,18 @@ def world_size(trainer) -> int:
 def tokens_per_step(data, model, trainer) -> int:
     """Training tokens in one optimizer step: micro-batch x seq_len x accumulation x ranks."""
     return data.batch_size * model.seq_len * trainer.accumulate_grad_batches * world_size(trainer)
+
+
+def saved_tokens_per_step(config: dict) -> Optional[int]:
+    """:func:`tokens_per_step` of a saved, resolved config (a run's config.yaml or results.json
+    ``config``); None when a part is missing or not a number."""
+    try:
+        from omegaconf import OmegaConf
+
+        c = OmegaConf.create({k: config[k] for k in ("data", "model", "trainer")})
+        return int(tokens_per_step(c.data, c.model, c.trainer))
+    except Exception:
+        return None
 
 
 def total_steps(data, model, trainer) -> int:
@@ -47,6 +66,8 @@ def embedding_warmup_steps(init, data, model, trainer) -> int:
 
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype forward and backward run in for a Lightning precision string."""
+    import torch
+
     precision = str(precision)
     if precision.startswith("bf16"):
         return torch.bfloat16
@@ -58,6 +79,8 @@ def compute_dtype(precision: str) -> torch.dtype:
 def fsdp_param_dtype(trainer) -> torch.dtype | None:
     """The dtype FSDP2 gathers parameters in for forward and backward (bf16 under bf16 precision;
     gradients are still reduced and master weights kept in fp32); None when not sharding."""
+    import torch
+
     if str(trainer.strategy) != "fsdp":
         return None
     dtype = compute_dtype(trainer.precision)
@@ -66,5 +89,7 @@ def fsdp_param_dtype(trainer) -> torch.dtype | None:
 
 def device_type(trainer) -> str:
     """"cuda" or "cpu": where the run's tensors live."""
+    import torch
+
     gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
     return "cuda" if gpu else "cpu"

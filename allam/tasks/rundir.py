@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from allam.config import ConfigError, Resume
+from allam.config.derived import saved_tokens_per_step
 from allam.config.saved import RESUME_MAY_CHANGE, comparable_config
 
 LOCK = ".lock"
@@ -175,7 +176,7 @@ def check_resume(path: Path, config: dict, model_shapes: dict, data_fingerprint:
                 "(init=llama2 init.checkpoint=<run>/hf) to change the others"
                 + ("; a run saved when objective.val defaulted to demo resumes with objective.val=demo"
                    if "objective.val" in diff and _get(saved, "objective.val") == "demo" else ""))
-        saved_tps = _tokens_per_step(saved)
+        saved_tps = saved_tokens_per_step(saved)
         if saved_tps and saved_tps != tokens_per_step:
             raise ConfigError(f"ckpt={path}: tokens per optimizer step {tokens_per_step:,} differs from the "
                               f"checkpoint's {saved_tps:,}; keep data.batch_size x devices x nodes x "
@@ -187,15 +188,3 @@ def check_resume(path: Path, config: dict, model_shapes: dict, data_fingerprint:
 
 def _get(cfg: dict, dotted: str):
     return _flatten(cfg).get(dotted)
-
-
-def _tokens_per_step(cfg: dict) -> Optional[int]:
-    try:
-        from omegaconf import OmegaConf
-
-        from allam.config.derived import tokens_per_step
-
-        c = OmegaConf.create(cfg)
-        return tokens_per_step(c.data, c.model, c.trainer)
-    except Exception:
-        return None
